@@ -1,0 +1,84 @@
+"""conv2d: NCHW input, KCRS weight, any stride, padding, dilation and groups.
+
+Shape N,C,H,W,K,R,S. Groups get an axis of their own (`g`, present when groups > 1), so every
+index stays affine: output channel `g*K/groups + k`, input channel `g*C/groups + c`. Depthwise
+convolution is groups = C. The weight is constant (packed once at build time when a schedule
+rewrites its layout); reads of the input outside its bounds are the zero padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from templates._common import check_shape, fill_attrs
+from tuner.dag import Axis, ComputeDAG, Operand, aff
+from tuner.errors import ShapeError
+
+NAME = "conv2d"
+SHAPE_FORM = "N,C,H,W,K,R,S"
+DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": False}
+
+
+def normalize_attrs(shape, attrs: dict) -> dict:
+    return fill_attrs(NAME, attrs, DEFAULTS)
+
+
+def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: int):
+    oh = (h + 2 * pad - dilation * (r - 1) - 1) // stride + 1
+    ow = (w + 2 * pad - dilation * (s - 1) - 1) // stride + 1
+    return oh, ow
+
+
+def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
+               bias: bool = False, relu: bool = False) -> ComputeDAG:
+    n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
+    for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
+                             ("groups", groups, 1), ("pad", pad, 0)):
+        if value < low:
+            raise ShapeError(f"conv2d {name} expects an integer >= {low}, got {value}")
+    if c % groups or k % groups:
+        raise ShapeError(f"conv2d groups={groups} must divide C={c} and K={k}")
+    oh, ow = output_hw(h, w, r, s, stride, pad, dilation)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"conv2d with H,W={h},{w}, R,S={r},{s}, stride={stride}, pad={pad}, "
+                         f"dilation={dilation} has an empty output ({oh}x{ow})")
+    cg, kg = c // groups, k // groups
+    axes = [Axis("n", n)]
+    if groups > 1:
+        axes.append(Axis("g", groups))
+    axes += [Axis("k", kg), Axis("oh", oh), Axis("ow", ow),
+             Axis("c", cg, True), Axis("kh", r, True), Axis("kw", s, True)]
+    out_channel = aff(("g", kg), ("k", 1)) if groups > 1 else aff(("k", 1))
+    in_channel = aff(("g", cg), ("c", 1)) if groups > 1 else aff(("c", 1))
+    data = Operand("data", (n, c, h, w),
+                   (aff(("n", 1)), in_channel,
+                    aff(("oh", stride), ("kh", dilation), const=-pad),
+                    aff(("ow", stride), ("kw", dilation), const=-pad)),
+                   padded=True)
+    weight = Operand("weight", (k, cg, r, s),
+                     (out_channel, aff(("c", 1)), aff(("kh", 1)), aff(("kw", 1))),
+                     constant=True)
+    out = Operand("out", (n, k, oh, ow), (aff(("n", 1)), out_channel, aff(("oh", 1)),
+                                          aff(("ow", 1))))
+    bias_op = Operand("bias", (k,), (out_channel,), constant=True) if bias else None
+
+    def reference(data_val, weight_val, bias_val=None):
+        x = np.pad(data_val.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        wt = weight_val.astype(np.float64)
+        res = np.zeros((n, k, oh, ow))
+        for gi in range(groups):
+            xg = x[:, gi * cg:(gi + 1) * cg]
+            wg = wt[gi * kg:(gi + 1) * kg]
+            for ri in range(r):
+                for si in range(s):
+                    h0, w0 = ri * dilation, si * dilation
+                    win = xg[:, :, h0:h0 + stride * (oh - 1) + 1:stride,
+                             w0:w0 + stride * (ow - 1) + 1:stride]
+                    res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
+                                                                wg[:, :, ri, si])
+        if bias_val is not None:
+            res = res + bias_val[None, :, None, None]
+        return np.maximum(res, 0) if relu else res
+
+    flops = 2.0 * n * k * oh * ow * cg * r * s
+    return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference)

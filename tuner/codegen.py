@@ -1,0 +1,501 @@
+"""Code generation: a LoopNest becomes an LLVM module, with nothing left for LLVM to guess.
+
+`emit_llvm(nest, threads)` writes one kernel function `void <name>(out, in0, in1[, bias])` (all
+pointers `noalias`) and one `pack_<operand>(dst, src)` per layout-rewritten operand.
+
+What the generator decides itself, because DESIGN.md §3 measured that LLVM's auto-vectorizer
+reaches under half of peak on its own:
+- vectorized loops become explicit `<W x float>` values; each operand is read as a broadcast
+  (index invariant in the vector axis), a contiguous (masked where padded) load, or a gather,
+  whichever its index expression calls for;
+- unrolled loops are unrolled here, with their indices folded to constants, so the local
+  accumulator of a cache_write tile is indexed by constants and SROA keeps it in registers;
+- tails: a loop whose tile does not fit its remaining extent gets a dynamic trip count; at the
+  cache_write point and at the start of the innermost unrolled/vectorized region the generator
+  branches once on "is this a full tile" into a constant-extent fast path and a general path,
+  and inside a constant-extent path a constant tail is peeled. So a prime extent costs one extra
+  copy of the inner code, not a guard per element;
+- parallel loops are outlined into `void body(ptr)` and run with `GOMP_parallel`, each thread
+  taking a static block of iterations (DESIGN.md §4: ~0 µs dispatch with spinning threads).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from llvmlite import ir
+
+from tuner.dag import Affine, Operand
+from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
+                          lane_offsets, masked_load, materialize, relu, runtime_loop, smin,
+                          splat, var, vec_type)
+from tuner.schedule import Loop, LoopNest, LoopPart
+
+PartKey = tuple[str, int]  # (axis, level)
+
+
+@dataclass(frozen=True)
+class Access:
+    """How generated code finds element offsets in one buffer."""
+    ptr: str
+    flat: Affine | None = None                       # offset over axis values ...
+    guards: tuple[tuple[Affine, int], ...] = ()      # ... with dims that may leave [0, size)
+    strides: dict[PartKey, int] | None = None        # or: offset = sum(loop var * stride)
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Where emission stands: loop variables, remaining extent per axis, vector lane, tile."""
+    vars: dict[PartKey, tuple[Lin, int]] = field(default_factory=dict)  # (value, step)
+    rem: dict[str, int | ir.Value] = field(default_factory=dict)
+    bound: dict[str, int] = field(default_factory=dict)  # the largest `rem` can be here
+    vec: tuple[str, int, int] | None = None              # (axis, level, width)
+    partition: bool = False                              # peel constant tails from here on
+    acc: Access | None = None
+
+    def enter(self, part: LoopPart, value: Lin, rem, vec=None) -> "Ctx":
+        return replace(self, vars={**self.vars, (part.axis, part.level): (value, part.step)},
+                       rem={**self.rem, part.axis: rem},
+                       bound={**self.bound, part.axis: part.step}, vec=vec or self.vec)
+
+    def axis_value(self, axis: str) -> Lin:
+        total = Lin()
+        for (a, _), (value, step) in self.vars.items():
+            if a == axis:
+                total = total + value.scale(step)
+        return total
+
+
+class Fn:
+    """One LLVM function being written: its builder and the buffer pointers it can see."""
+
+    def __init__(self, func: ir.Function, ptrs: dict[str, ir.Value] | None = None):
+        self.func = func
+        entry = func.append_basic_block("entry")
+        start = func.append_basic_block("start")
+        # allocas go to a block of their own, before a branch to the code, where SROA finds them
+        self._allocas = ir.IRBuilder(entry)
+        self._allocas.position_before(self._allocas.branch(start))
+        self.b = ir.IRBuilder(start)
+        self.ptrs = dict(ptrs or {})
+
+    def alloca(self, typ: ir.Type) -> ir.Value:
+        slot = self._allocas.alloca(typ)
+        slot.align = 64
+        slot.type = PTR  # llvmlite still types allocas; the IR it prints is opaque anyway
+        return slot
+
+
+def emit_llvm(nest: LoopNest, threads: int, name: str = "kernel") -> ir.Module:
+    return _Emitter(nest, threads, name).module
+
+
+def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
+    """A rewritten operand's layout: its loop levels in loop order (Ansor's layout rewrite)."""
+    return [p for loop in nest.loops for p in loop.parts if operand.depends_on(p.axis)]
+
+
+def row_major(parts: list[LoopPart]) -> dict[PartKey, int]:
+    strides, acc = {}, 1
+    for p in reversed(parts):
+        strides[(p.axis, p.level)] = acc
+        acc *= p.extent
+    return strides
+
+
+def padding(operand: Operand, extents: dict[str, int]) -> list[tuple[int, int]]:
+    """(before, after) zeros per dimension that the index expressions can reach."""
+    out = []
+    for expr, size in zip(operand.index, operand.shape):
+        lo, hi = expr.bounds(extents)
+        out.append((max(0, -lo), max(0, hi - (size - 1))))
+    return out
+
+
+def region_start(loops) -> int | None:
+    """First loop of the innermost run of unrolled / vectorized loops."""
+    start = None
+    for i in range(len(loops) - 1, -1, -1):
+        if loops[i].kind in ("unroll", "vectorize"):
+            start = i
+        else:
+            break
+    return start
+
+
+class _Emitter:
+    def __init__(self, nest: LoopNest, threads: int, name: str):
+        self.nest, self.dag, self.threads, self.name = nest, nest.dag, threads, name
+        self.module = ir.Module(name=name)
+        self.extents = self.dag.extents
+        self.accesses = {op.name: self._access(op) for op in self.dag.inputs}
+        self.accesses["out"] = Access("out", self.dag.output.flat())
+        self.n_parallel = 0
+        for op in self.dag.inputs:
+            if op.name in nest.layout_rewrite:
+                self._emit_pack(op)
+        self._emit_kernel()
+
+    # ------------------------------------------------------------------ accesses
+    def _access(self, op: Operand) -> Access:
+        if op.name in self.nest.layout_rewrite:
+            return Access(op.name, strides=row_major(packed_parts(self.nest, op)))
+        pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
+        if self.nest.pad_mode(op.name) == "root" and any(lo or hi for lo, hi in pads):
+            shifted = Operand(op.name, tuple(s + lo + hi for s, (lo, hi) in zip(op.shape, pads)),
+                              tuple(Affine(e.terms, e.const + lo)
+                                    for e, (lo, _) in zip(op.index, pads)))
+            return Access(op.name, shifted.flat())
+        guards = tuple((e, s) for e, s, (lo, hi) in zip(op.index, op.shape, pads) if lo or hi)
+        return Access(op.name, op.flat(), guards)
+
+    def _offset(self, ctx: Ctx, acc: Access) -> Lin:
+        if acc.strides is not None:
+            total = Lin()
+            for key, stride in acc.strides.items():
+                total = total + ctx.vars[key][0].scale(stride)
+            return total
+        return self._affine(ctx, acc.flat)
+
+    def _affine(self, ctx: Ctx, expr: Affine) -> Lin:
+        total = Lin((), expr.const)
+        for axis, coef in expr.terms:
+            total = total + ctx.axis_value(axis).scale(coef)
+        return total
+
+    @staticmethod
+    def _lane_stride(ctx: Ctx, acc_or_expr) -> int:
+        axis, level, _ = ctx.vec
+        if isinstance(acc_or_expr, Affine):
+            return acc_or_expr.coef(axis) * ctx.vars[(axis, level)][1]
+        if acc_or_expr.strides is not None:
+            return acc_or_expr.strides.get((axis, level), 0)
+        return acc_or_expr.flat.coef(axis) * ctx.vars[(axis, level)][1]
+
+    def _guard(self, fn: Fn, ctx: Ctx, acc: Access, width: int | None):
+        """i1 (or <W x i1>) that is true where every padded index is in bounds."""
+        b, cond = fn.b, None
+        for expr, size in acc.guards:
+            value = materialize(b, self._affine(ctx, expr))
+            if width:
+                value = b.add(splat(b, value, width),
+                              lane_offsets(width, self._lane_stride(ctx, expr)))
+                lo = ir.Constant(value.type, [0] * width)
+                hi = ir.Constant(value.type, [size] * width)
+            else:
+                lo, hi = ir.Constant(I64, 0), ir.Constant(I64, size)
+            ok = b.and_(b.icmp_signed(">=", value, lo), b.icmp_signed("<", value, hi))
+            cond = ok if cond is None else b.and_(cond, ok)
+        return cond
+
+    def _load_scalar(self, fn: Fn, ctx: Ctx, acc: Access, offset: Lin) -> ir.Value:
+        b = fn.b
+        off = materialize(b, offset)
+        if not acc.guards:
+            return b.load(elem_ptr(b, fn.ptrs[acc.ptr], off), typ=F32, align=4)
+        ok = self._guard(fn, replace(ctx, vec=None), acc, None)
+        safe = b.select(ok, off, ir.Constant(I64, 0))  # element 0 is always readable
+        value = b.load(elem_ptr(b, fn.ptrs[acc.ptr], safe), typ=F32, align=4)
+        return b.select(ok, value, ir.Constant(F32, 0.0))
+
+    def load(self, fn: Fn, ctx: Ctx, acc: Access) -> ir.Value:
+        b = fn.b
+        offset = self._offset(ctx, acc)
+        if ctx.vec is None:
+            return self._load_scalar(fn, ctx, acc, offset)
+        width = ctx.vec[2]
+        stride = self._lane_stride(ctx, acc)
+        if stride == 0:
+            return splat(b, self._load_scalar(fn, ctx, acc, offset), width)
+        if stride == 1:
+            ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
+            if acc.guards:
+                return masked_load(b, ptr, self._guard(fn, ctx, acc, width), width)
+            return b.load(ptr, typ=vec_type(width), align=4)
+        lanes = ir.Constant(vec_type(width), ir.Undefined)
+        for lane in range(width):
+            lane_ctx = self._lane_ctx(ctx, lane)
+            value = self._load_scalar(fn, lane_ctx, acc, self._offset(lane_ctx, acc))
+            lanes = b.insert_element(lanes, value, ir.Constant(I32, lane))
+        return lanes
+
+    def store(self, fn: Fn, ctx: Ctx, acc: Access, value: ir.Value) -> None:
+        b = fn.b
+        offset = self._offset(ctx, acc)
+        if ctx.vec is not None and self._lane_stride(ctx, acc) != 1:
+            for lane in range(ctx.vec[2]):
+                lane_ctx = self._lane_ctx(ctx, lane)
+                ptr = elem_ptr(b, fn.ptrs[acc.ptr],
+                               materialize(b, self._offset(lane_ctx, acc)))
+                b.store(b.extract_element(value, ir.Constant(I32, lane)), ptr, align=4)
+            return
+        b.store(value, elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset)), align=4)
+
+    @staticmethod
+    def _lane_ctx(ctx: Ctx, lane: int) -> Ctx:
+        axis, level, _ = ctx.vec
+        _, step = ctx.vars[(axis, level)]
+        return replace(ctx, vars={**ctx.vars, (axis, level): (Lin((), lane), step)}, vec=None)
+
+    # ------------------------------------------------------------------ leaves
+    def _zero(self, ctx: Ctx) -> ir.Value:
+        return ir.Constant(vec_type(ctx.vec[2]) if ctx.vec else F32, None)
+
+    def leaf_compute(self, fn: Fn, ctx: Ctx) -> None:
+        target = ctx.acc or self.accesses["out"]
+        x = self.load(fn, ctx, self.accesses[self.dag.lhs.name])
+        w = self.load(fn, ctx, self.accesses[self.dag.rhs.name])
+        self.store(fn, ctx, target, fma(fn.b, x, w, self.load(fn, ctx, target)))
+
+    def leaf_init_acc(self, fn: Fn, ctx: Ctx) -> None:
+        self.store(fn, ctx, ctx.acc, self._zero(ctx))
+
+    def _epilogue(self, fn: Fn, ctx: Ctx, value: ir.Value, with_bias: bool) -> ir.Value:
+        if with_bias and self.dag.bias is not None:
+            value = fn.b.fadd(value, self.load(fn, ctx, self.accesses["bias"]))
+        return relu(fn.b, value) if self.dag.relu else value
+
+    def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:
+        value = self._epilogue(fn, ctx, self.load(fn, ctx, ctx.acc), with_bias=True)
+        self.store(fn, ctx, self.accesses["out"], value)
+
+    def leaf_init_out(self, fn: Fn, ctx: Ctx) -> None:
+        value = (self.load(fn, ctx, self.accesses["bias"]) if self.dag.bias is not None
+                 else self._zero(ctx))
+        self.store(fn, ctx, self.accesses["out"], value)
+
+    def leaf_relu_out(self, fn: Fn, ctx: Ctx) -> None:
+        out = self.accesses["out"]
+        self.store(fn, ctx, out, relu(fn.b, self.load(fn, ctx, out)))
+
+    # ------------------------------------------------------------------ loops
+    def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf) -> None:
+        spec = region_start(loops)
+
+        def go(fn: Fn, pos: int, ctx: Ctx, specialized: bool = False) -> None:
+            if pos == len(loops):
+                leaf(fn, ctx)
+            elif pos == spec and not specialized:
+                self.specialize(fn, loops[pos:], ctx, lambda f, c: go(f, pos, c, True))
+            else:
+                self.emit_loop(fn, loops[pos], ctx, lambda f, c: go(f, pos + 1, c))
+
+        go(fn, 0, ctx)
+
+    def specialize(self, fn: Fn, loops, ctx: Ctx, then) -> None:
+        """Branch once into a constant-extent fast path where every tile is full."""
+        ctx = replace(ctx, partition=True)
+        axes = {p.axis for loop in loops for p in loop.parts}
+        dynamic = sorted(a for a in axes if not isinstance(ctx.rem[a], int))
+        if not dynamic:
+            then(fn, ctx)
+            return
+        b = fn.b
+        cond = None
+        for a in dynamic:
+            eq = b.icmp_signed("==", ctx.rem[a], ir.Constant(I64, ctx.bound[a]))
+            cond = eq if cond is None else b.and_(cond, eq)
+        full = replace(ctx, rem={**ctx.rem, **{a: ctx.bound[a] for a in dynamic}})
+        with b.if_else(cond) as (fast, general):
+            with fast:
+                then(fn, full)
+            with general:
+                then(fn, ctx)
+
+    def emit_loop(self, fn: Fn, loop: Loop, ctx: Ctx, inner) -> None:
+        if loop.kind == "parallel" and self.threads > 1 and loop.extent > 1:
+            self.emit_parallel(fn, loop, ctx, inner)
+            return
+        if len(loop.parts) > 1:
+            runtime_loop(fn.b, 0, loop.extent,
+                         lambda v: self.enter_parts(fn, loop.parts, ctx, v, inner), loop.name)
+            return
+        part = loop.parts[0]
+        rem, step = ctx.rem[part.axis], part.step
+        if loop.kind == "vectorize" and isinstance(rem, int):
+            vec = (part.axis, part.level, rem) if rem > 1 else None
+            inner(fn, ctx.enter(part, Lin(), rem, vec))
+            return
+        if loop.kind == "unroll" and isinstance(rem, int):
+            for t in range(-(-rem // step)):
+                inner(fn, ctx.enter(part, Lin((), t), min(step, rem - t * step)))
+            return
+        if isinstance(rem, int) and rem % step == 0:
+            runtime_loop(fn.b, 0, rem // step,
+                         lambda v: inner(fn, ctx.enter(part, var(v), step)), loop.name)
+        elif isinstance(rem, int) and ctx.partition:
+            full = rem // step
+            if full:
+                runtime_loop(fn.b, 0, full,
+                             lambda v: inner(fn, ctx.enter(part, var(v), step)), loop.name)
+            inner(fn, ctx.enter(part, Lin((), full), rem - full * step))
+        else:
+            def body(v):
+                left = fn.b.sub(as_value(rem), fn.b.mul(v, ir.Constant(I64, step)))
+                inner(fn, ctx.enter(part, var(v), smin(fn.b, step, left)))
+            runtime_loop(fn.b, 0, ceil_div(fn.b, rem, step), body, loop.name)
+
+    def enter_parts(self, fn: Fn, parts, ctx: Ctx, v: ir.Value, inner) -> None:
+        """Decode a (fused) loop's variable into its parts and enter them all."""
+        b = fn.b
+        checks = []
+        for k, part in enumerate(reversed(parts)):
+            idx = v
+            if k < len(parts) - 1:
+                idx = b.urem(v, ir.Constant(I64, part.extent))
+                v = b.udiv(v, ir.Constant(I64, part.extent))
+            rem = ctx.rem[part.axis]
+            if isinstance(rem, int) and rem % part.step == 0 and rem // part.step == part.extent:
+                new_rem = part.step
+            else:
+                left = b.sub(as_value(rem), b.mul(idx, ir.Constant(I64, part.step)))
+                new_rem = smin(b, part.step, left)
+                if not (isinstance(rem, int) and -(-rem // part.step) == part.extent):
+                    checks.append(b.icmp_signed(">", left, ir.Constant(I64, 0)))
+            ctx = ctx.enter(part, var(idx), new_rem)
+        if not checks:
+            inner(fn, ctx)
+            return
+        cond = checks[0]
+        for c in checks[1:]:
+            cond = b.and_(cond, c)
+        with b.if_then(cond):
+            inner(fn, ctx)
+
+    def emit_parallel(self, fn: Fn, loop: Loop, ctx: Ctx, inner) -> None:
+        assert all(isinstance(r, int) for r in ctx.rem.values()) and not ctx.vars
+        self.n_parallel += 1
+        body = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
+                           name=f"{self.name}.par{self.n_parallel}")
+        body.linkage = "internal"
+        body.type = PTR  # passed as a plain `ptr`; llvmlite would print a typed function pointer
+        keys = list(fn.ptrs)
+        b = fn.b
+        data = fn.alloca(ir.ArrayType(PTR, len(keys)))
+        for i, key in enumerate(keys):
+            b.store(fn.ptrs[key], b.gep(data, [ir.Constant(I64, i)], source_etype=PTR))
+        gomp = self._extern("GOMP_parallel", VOID, [PTR, PTR, I32, I32])
+        b.call(gomp, [body, data, ir.Constant(I32, self.threads), ir.Constant(I32, 0)])
+
+        sub = Fn(body)
+        sb = sub.b
+        for i, key in enumerate(keys):
+            slot = sb.gep(body.args[0], [ir.Constant(I64, i)], source_etype=PTR)
+            sub.ptrs[key] = sb.load(slot, typ=PTR)
+        tid = sb.sext(sb.call(self._extern("omp_get_thread_num", I32, []), []), I64)
+        nthr = sb.sext(sb.call(self._extern("omp_get_num_threads", I32, []), []), I64)
+        trips = ir.Constant(I64, loop.extent)
+        lo = sb.sdiv(sb.mul(tid, trips), nthr)
+        hi = sb.sdiv(sb.mul(sb.add(tid, ir.Constant(I64, 1)), trips), nthr)
+        runtime_loop(sb, lo, hi, lambda v: self.enter_parts(sub, loop.parts, ctx, v, inner),
+                     loop.name)
+        sb.ret_void()
+
+    def _extern(self, name: str, ret, args) -> ir.Function:
+        fn = self.module.globals.get(name)
+        return fn if fn is not None else ir.Function(self.module, ir.FunctionType(ret, args),
+                                                     name=name)
+
+    # ------------------------------------------------------------------ functions
+    def _root_ctx(self) -> Ctx:
+        return Ctx(rem=dict(self.extents), bound=dict(self.extents))
+
+    @staticmethod
+    def _plain_loops(parts) -> list[Loop]:
+        return [Loop(f"{p.axis}.{p.level}", (p,), False) for p in parts]
+
+    def _emit_kernel(self) -> None:
+        names = ["out"] + [op.name for op in self.dag.inputs]
+        func = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * len(names)),
+                           name=self.name)
+        for arg, name in zip(func.args, names):
+            arg.name = name
+            arg.add_attribute("noalias")
+        fn = Fn(func, dict(zip(names, func.args)))
+        frees = [self._emit_root_pad(fn, op) for op in self.dag.inputs
+                 if op.padded and self.nest.pad_mode(op.name) == "root"
+                 and op.name not in self.nest.layout_rewrite]
+        spatial = self._plain_loops(LoopPart(a.name, 0, a.extent, 1)
+                                    for a in self.dag.spatial_axes)
+        nest = self.nest
+        if nest.cache_write_at is None:
+            self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_init_out)
+            self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute)
+            if self.dag.relu:
+                self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_relu_out)
+        else:
+            at = nest.cache_write_at
+            self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile)
+        for ptr in frees:
+            if ptr is not None:
+                fn.b.call(self._extern("free", VOID, [PTR]), [ptr])
+        fn.b.ret_void()
+
+    def _emit_tile(self, fn: Fn, ctx: Ctx) -> None:
+        tile = self.nest.tile_loops
+        spatial_tile = [l for l in tile if not l.reduce]
+        tile_parts = [p for l in spatial_tile for p in l.parts]
+        size = math.prod(p.extent for p in tile_parts)
+
+        def body(fn: Fn, ctx: Ctx) -> None:
+            slot = fn.alloca(ir.ArrayType(F32, size))
+            fn.ptrs = {**fn.ptrs, f"acc{id(slot)}": slot}
+            acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts))
+            c = replace(ctx, acc=acc)
+            self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
+            self.emit_loops(fn, tile, c, self.leaf_compute)
+            self.emit_loops(fn, spatial_tile, c, self.leaf_writeback)
+
+        self.specialize(fn, tile, ctx, body)
+
+    def _emit_root_pad(self, fn: Fn, op: Operand):
+        pads = padding(op, self.extents)
+        if not any(lo or hi for lo, hi in pads):
+            return None
+        shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
+        b = fn.b
+        malloc = self._extern("malloc", PTR, [I64])
+        dst = b.call(malloc, [ir.Constant(I64, 4 * math.prod(shape))])
+        src = fn.ptrs[op.name]
+        # copy with an index per padded dimension: dst[d] = src[d - lo] or 0 outside
+        dims = [f"_d{i}" for i in range(len(shape))]
+        parts = [LoopPart(d, 0, s, 1) for d, s in zip(dims, shape)]
+        src_access = Access("src", Affine(tuple((d, st) for d, st in zip(dims, op.strides())),
+                                          -sum(lo * st for (lo, _), st in
+                                               zip(pads, op.strides()))),
+                            tuple((Affine(((d, 1),), -lo), s)
+                                  for d, s, (lo, hi) in zip(dims, op.shape, pads) if lo or hi))
+        dst_access = Access("dst", strides=row_major(parts))
+        ctx = Ctx(rem={d: s for d, s in zip(dims, shape)}, bound={d: s for d, s in
+                                                                 zip(dims, shape)})
+        saved = fn.ptrs
+        fn.ptrs = {**saved, "src": src, "dst": dst}
+        self.emit_loops(fn, self._plain_loops(parts), ctx,
+                        lambda f, c: self.store(f, c, dst_access, self.load(f, c, src_access)))
+        fn.ptrs = {**saved, op.name: dst}
+        return dst
+
+    def _emit_pack(self, op: Operand) -> None:
+        """pack_<op>(dst, src): the packed layout, zero where a tile overhangs the shape."""
+        func = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR]), name=f"pack_{op.name}")
+        fn = Fn(func, {"dst": func.args[0], "src": func.args[1]})
+        parts = packed_parts(self.nest, op)
+        axes = sorted({p.axis for p in parts})
+        ctx = Ctx()
+        guards = tuple((Affine(((a, 1),)), self.extents[a]) for a in axes)
+        src = Access("src", op.flat(), guards)
+        dst = Access("dst", strides=row_major(parts))
+
+        def go(i: int, ctx: Ctx) -> None:
+            if i == len(parts):
+                self.store(fn, ctx, dst, self.load(fn, ctx, src))
+                return
+            p = parts[i]
+            runtime_loop(fn.b, 0, p.extent,
+                         lambda v: go(i + 1, replace(ctx, vars={**ctx.vars, (p.axis, p.level):
+                                                                (var(v), p.step)})),
+                         f"{p.axis}.{p.level}")
+
+        go(0, ctx)
+        fn.b.ret_void()

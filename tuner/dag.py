@@ -1,0 +1,129 @@
+"""Compute definitions: what an operator computes, with no decision about how.
+
+Every operator in scope (conv2d in all its variants, matmul/dense, batch matmul) is a
+*contraction*: an output element is the sum, over the reduction axes, of the product of two
+operands read at affine indices, optionally plus a bias and through a ReLU. Keeping the IR to
+that form is what lets code generation pick broadcast / contiguous / gathered vector loads per
+operand and lets layout rewrite derive a packed layout from the loop order alone. An operator
+that is not a contraction needs a new body kind here, not a new code path elsewhere.
+
+Index expressions are affine in the iteration axes: conv2d's input row is
+`oh*stride + kh*dilation - pad`; grouped convolution gets there by giving the group its own axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    name: str
+    extent: int
+    reduce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Affine:
+    """sum(coef * axis) + const."""
+    terms: tuple[tuple[str, int], ...]
+    const: int = 0
+
+    def coef(self, axis: str) -> int:
+        return sum(c for a, c in self.terms if a == axis)
+
+    def bounds(self, extents: dict[str, int]) -> tuple[int, int]:
+        """Smallest and largest value over the whole iteration space."""
+        lo = hi = self.const
+        for axis, c in self.terms:
+            top = c * (extents[axis] - 1)
+            lo += min(0, top)
+            hi += max(0, top)
+        return lo, hi
+
+
+def aff(*terms: tuple[str, int], const: int = 0) -> Affine:
+    return Affine(tuple((a, c) for a, c in terms if c != 0), const)
+
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    name: str
+    shape: tuple[int, ...]
+    index: tuple[Affine, ...]  # one affine expression per dimension, row-major layout
+    constant: bool = False     # a weight: its layout may be rewritten once at build time
+    padded: bool = False       # reads outside the shape are zero (convolution padding)
+
+    def strides(self) -> tuple[int, ...]:
+        out, acc = [], 1
+        for size in reversed(self.shape):
+            out.append(acc)
+            acc *= size
+        return tuple(reversed(out))
+
+    def flat(self) -> Affine:
+        """The element offset as one affine expression (ignoring padding bounds)."""
+        coefs: dict[str, int] = {}
+        const = 0
+        for expr, stride in zip(self.index, self.strides()):
+            const += expr.const * stride
+            for a, c in expr.terms:
+                coefs[a] = coefs.get(a, 0) + c * stride
+        return Affine(tuple(sorted((a, c) for a, c in coefs.items() if c)), const)
+
+    def depends_on(self, axis: str) -> bool:
+        return any(expr.coef(axis) for expr in self.index)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeDAG:
+    """out[output.index] = relu?(bias[...] + sum_reduce lhs[...] * rhs[...])."""
+    op: str
+    axes: tuple[Axis, ...]
+    output: Operand
+    lhs: Operand
+    rhs: Operand
+    bias: Operand | None
+    relu: bool
+    flops: float
+    # numpy reference on the user-facing inputs (lhs, rhs[, bias]); float64 inside for accuracy
+    reference: Callable[..., np.ndarray] = field(compare=False, hash=False, repr=False)
+
+    @property
+    def inputs(self) -> tuple[Operand, ...]:
+        return (self.lhs, self.rhs) + ((self.bias,) if self.bias is not None else ())
+
+    @property
+    def extents(self) -> dict[str, int]:
+        return {a.name: a.extent for a in self.axes}
+
+    def axis(self, name: str) -> Axis:
+        for a in self.axes:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    @property
+    def spatial_axes(self) -> tuple[Axis, ...]:
+        return tuple(a for a in self.axes if not a.reduce)
+
+    @property
+    def reduce_axes(self) -> tuple[Axis, ...]:
+        return tuple(a for a in self.axes if a.reduce)
+
+    def operand(self, name: str) -> Operand:
+        for op in self.inputs + (self.output,):
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return tuple(rng.uniform(-1.0, 1.0, size=op.shape).astype(np.float32)
+                     for op in self.inputs)

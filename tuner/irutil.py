@@ -1,0 +1,140 @@
+"""Small helpers for emitting LLVM IR with llvmlite: symbolic linear indices, loops, vectors.
+
+Index arithmetic is kept symbolic (`Lin`: a sum of IR values times Python integers plus a
+constant) until an access needs it, so the loop variables of unrolled loops, which are Python
+integers, fold into constant offsets and every unrolled copy of a body shares one dynamic base
+that GVN merges: the generated IR is already in the shape that reaches peak (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+F32 = ir.FloatType()
+I1 = ir.IntType(1)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+
+
+@dataclass(frozen=True, slots=True)
+class Lin:
+    terms: tuple[tuple[ir.Value, int], ...] = ()
+    const: int = 0
+
+    def __add__(self, other: "Lin | int") -> "Lin":
+        if isinstance(other, int):
+            return Lin(self.terms, self.const + other)
+        terms = list(self.terms)
+        for value, coef in other.terms:
+            for k, (v, c) in enumerate(terms):
+                if v is value:
+                    terms[k] = (v, c + coef)
+                    break
+            else:
+                terms.append((value, coef))
+        return Lin(tuple((v, c) for v, c in terms if c), self.const + other.const)
+
+    def scale(self, k: int) -> "Lin":
+        if k == 0:
+            return Lin()
+        return Lin(tuple((v, c * k) for v, c in self.terms), self.const * k)
+
+    @property
+    def is_const(self) -> bool:
+        return not self.terms
+
+
+def var(value: ir.Value) -> Lin:
+    return Lin(((value, 1),), 0)
+
+
+def materialize(b: ir.IRBuilder, lin: Lin) -> ir.Value:
+    acc = None
+    for value, coef in lin.terms:
+        term = value if coef == 1 else b.mul(value, ir.Constant(I64, coef))
+        acc = term if acc is None else b.add(acc, term)
+    if acc is None:
+        return ir.Constant(I64, lin.const)
+    return b.add(acc, ir.Constant(I64, lin.const)) if lin.const else acc
+
+
+def as_value(x: "int | ir.Value") -> ir.Value:
+    return ir.Constant(I64, x) if isinstance(x, int) else x
+
+
+def smin(b: ir.IRBuilder, x: "int | ir.Value", y: "int | ir.Value") -> ir.Value:
+    x, y = as_value(x), as_value(y)
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def ceil_div(b: ir.IRBuilder, x: "int | ir.Value", d: int) -> "int | ir.Value":
+    if isinstance(x, int):
+        return -(-x // d)
+    return b.sdiv(b.add(x, ir.Constant(I64, d - 1)), ir.Constant(I64, d))
+
+
+def runtime_loop(b: ir.IRBuilder, start, stop, body, name: str = "l") -> None:
+    """for (v = start; v < stop; ++v) body(v): a plain counted loop LLVM's passes recognise."""
+    func = b.function
+    pre = b.block
+    head = func.append_basic_block(f"{name}.head")
+    loop = func.append_basic_block(f"{name}.body")
+    done = func.append_basic_block(f"{name}.end")
+    b.branch(head)
+    b.position_at_end(head)
+    phi = b.phi(I64, name=name)
+    phi.add_incoming(as_value(start), pre)
+    b.cbranch(b.icmp_signed("<", phi, as_value(stop)), loop, done)
+    b.position_at_end(loop)
+    body(phi)
+    phi.add_incoming(b.add(phi, ir.Constant(I64, 1)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def vec_type(width: int) -> ir.VectorType:
+    return ir.VectorType(F32, width)
+
+
+def splat(b: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    vt = ir.VectorType(value.type, width)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, width), [0] * width))
+
+
+def lane_offsets(width: int, stride: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I64, width), [stride * lane for lane in range(width)])
+
+
+def elem_ptr(b: ir.IRBuilder, base: ir.Value, offset: ir.Value) -> ir.Value:
+    return b.gep(base, [offset], source_etype=F32)
+
+
+def intrinsic(module: ir.Module, name: str, ret, args) -> ir.Function:
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+def fma(b: ir.IRBuilder, x, y, z) -> ir.Value:
+    t = x.type
+    suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"
+    return b.call(intrinsic(b.module, f"llvm.fma.{suffix}", t, [t, t, t]), [x, y, z])
+
+
+def masked_load(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, width: int) -> ir.Value:
+    vt = vec_type(width)
+    fn = intrinsic(b.module, f"llvm.masked.load.v{width}f32.p0", vt,
+                   [PTR, I32, ir.VectorType(I1, width), vt])
+    return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vt, None)])
+
+
+def relu(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    zero = ir.Constant(x.type, None)
+    return b.select(b.fcmp_ordered(">", x, zero), x, zero)

@@ -1,0 +1,150 @@
+"""Compiling a LoopNest for the host CPU and calling it on numpy arrays.
+
+`compile_nest(nest, target)` optimises the module for the target's CPU and features, JIT-compiles
+it with MCJIT and returns a `Kernel`. MCJIT takes ownership of its TargetMachine, so every engine
+gets a new one (DESIGN.md §2). Parallel kernels call libgomp, loaded once into the process:
+the system's `libgomp.so.1`, else the copy scikit-learn's wheel ships.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from tuner.codegen import emit_llvm, packed_parts
+from tuner.errors import CodegenError, TunerError
+from tuner.llvm_init import llvm
+from tuner.schedule import LoopNest
+from tuner.target import Target
+
+OPT_LEVEL = 3
+
+
+@cache
+def load_libgomp() -> str:
+    candidates = [ctypes.util.find_library("gomp") or "libgomp.so.1"]
+    try:
+        import sklearn
+        libs = os.path.join(os.path.dirname(os.path.dirname(sklearn.__file__)),
+                            "scikit_learn.libs")
+        candidates += sorted(glob.glob(os.path.join(libs, "libgomp*.so*")))
+    except ImportError:
+        pass
+    for path in candidates:
+        try:
+            llvm.load_library_permanently(path)
+            return path
+        except RuntimeError:
+            continue
+    raise TunerError("no libgomp found for parallel kernels; install the system package "
+                     "libgomp1 or run with --threads 1")
+
+
+def target_machine(target: Target, reloc: str = "default"):
+    t = llvm.Target.from_triple(target.triple)
+    return t.create_target_machine(cpu=target.cpu, features=target.features, opt=OPT_LEVEL,
+                                   reloc=reloc, codemodel="jitdefault" if reloc == "default"
+                                   else "default")
+
+
+def optimize(ir_text: str, target: Target, tm=None):
+    """Parses, verifies and runs LLVM's O3 pipeline for the target; returns the module."""
+    try:
+        mod = llvm.parse_assembly(ir_text)
+        mod.verify()
+    except RuntimeError as err:
+        raise CodegenError(f"generated IR does not verify: {err}") from None
+    mod.triple = target.triple
+    tm = tm or target_machine(target)
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+@dataclass(frozen=True)
+class CompiledIR:
+    nest: LoopNest
+    target: Target
+    name: str
+    ir_text: str
+
+
+def generate(nest: LoopNest, target: Target, name: str = "kernel") -> CompiledIR:
+    return CompiledIR(nest, target, name, str(emit_llvm(nest, target.threads, name)))
+
+
+class Kernel:
+    """A compiled schedule: `kernel(*inputs) -> out`, or `run(out, *args)` on packed args."""
+
+    def __init__(self, nest: LoopNest, target: Target, name: str = "kernel"):
+        self.nest, self.target, self.name = nest, target, name
+        self.dag = nest.dag
+        start = time.perf_counter()
+        if target.threads > 1:
+            load_libgomp()
+        self.ir_text = str(emit_llvm(nest, target.threads, name))
+        tm = target_machine(target)
+        mod = optimize(self.ir_text, target, tm)
+        self._engine = llvm.create_mcjit_compiler(mod, tm)
+        self._engine.finalize_object()
+        n_args = 1 + len(self.dag.inputs)
+        proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n_args))
+        self._fn = proto(self._engine.get_function_address(name))
+        pack_proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+        self._packers = {op: pack_proto(self._engine.get_function_address(f"pack_{op}"))
+                         for op in nest.layout_rewrite}
+        self.compile_s = time.perf_counter() - start
+
+    def packed_shape(self, operand: str) -> tuple[int, ...]:
+        parts = packed_parts(self.nest, self.dag.operand(operand))
+        return tuple(p.extent for p in parts)
+
+    def pack(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """User inputs -> kernel arguments: float32, C-contiguous, constants packed."""
+        ops = self.dag.inputs
+        if len(inputs) != len(ops):
+            raise TunerError(f"{self.dag.op} kernel takes {len(ops)} arrays "
+                             f"({', '.join(o.name for o in ops)}), got {len(inputs)}")
+        args = []
+        for op, arr in zip(ops, inputs):
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            if arr.shape != op.shape:
+                raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
+            if op.name in self._packers:
+                packed = np.empty(self.packed_shape(op.name), dtype=np.float32)
+                self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
+                arr = packed
+            args.append(arr)
+        return tuple(args)
+
+    def new_output(self) -> np.ndarray:
+        return np.empty(self.dag.output.shape, dtype=np.float32)
+
+    def run(self, out: np.ndarray, *args: np.ndarray) -> None:
+        """The timed call: no conversion, no packing, no allocation."""
+        self._fn(out.ctypes.data, *(a.ctypes.data for a in args))
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        out = self.new_output()
+        self.run(out, *self.pack(*inputs))
+        return out
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: llvmlite may already be gone
+            pass
