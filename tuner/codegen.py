@@ -28,7 +28,7 @@ from llvmlite import ir
 
 from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
-                          lane_offsets, masked_load, materialize, relu, runtime_loop, smin,
+                          lane_offsets, masked_load, masked_store, materialize, relu, runtime_loop, smin,
                           splat, var, vec_type)
 from tuner.schedule import Loop, LoopNest, LoopPart
 
@@ -42,6 +42,7 @@ class Access:
     flat: Affine | None = None                       # offset over axis values ...
     guards: tuple[tuple[Affine, int], ...] = ()      # ... with dims that may leave [0, size)
     strides: dict[PartKey, int] | None = None        # or: offset = sum(loop var * stride)
+    local: bool = False  # the accumulator tile: sized for full tiles, so never masked
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,15 @@ class Ctx:
     rem: dict[str, int | ir.Value] = field(default_factory=dict)
     bound: dict[str, int] = field(default_factory=dict)  # the largest `rem` can be here
     vec: tuple[str, int, int] | None = None              # (axis, level, width)
+    vec_rem: ir.Value | None = None                      # active lanes, when not all are
     partition: bool = False                              # peel constant tails from here on
     acc: Access | None = None
 
-    def enter(self, part: LoopPart, value: Lin, rem, vec=None) -> "Ctx":
+    def enter(self, part: LoopPart, value: Lin, rem, vec=None, vec_rem=None) -> "Ctx":
         return replace(self, vars={**self.vars, (part.axis, part.level): (value, part.step)},
                        rem={**self.rem, part.axis: rem},
-                       bound={**self.bound, part.axis: part.step}, vec=vec or self.vec)
+                       bound={**self.bound, part.axis: part.step}, vec=vec or self.vec,
+                       vec_rem=vec_rem if vec else self.vec_rem)
 
     def axis_value(self, axis: str) -> Lin:
         total = Lin()
@@ -87,8 +90,10 @@ class Fn:
         return slot
 
 
-def emit_llvm(nest: LoopNest, threads: int, name: str = "kernel") -> ir.Module:
-    return _Emitter(nest, threads, name).module
+def emit_llvm(nest: LoopNest, threads: int, name: str = "kernel",
+              lanes: int = 16) -> ir.Module:
+    """`lanes`: float32 lanes of the target's vector registers (16 with AVX-512)."""
+    return _Emitter(nest, threads, name, lanes).module
 
 
 def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
@@ -125,8 +130,9 @@ def region_start(loops) -> int | None:
 
 
 class _Emitter:
-    def __init__(self, nest: LoopNest, threads: int, name: str):
+    def __init__(self, nest: LoopNest, threads: int, name: str, lanes: int):
         self.nest, self.dag, self.threads, self.name = nest, nest.dag, threads, name
+        self.lanes = lanes
         self.module = ir.Module(name=name)
         self.extents = self.dag.extents
         self.accesses = {op.name: self._access(op) for op in self.dag.inputs}
@@ -189,15 +195,28 @@ class _Emitter:
             cond = ok if cond is None else b.and_(cond, ok)
         return cond
 
-    def _load_scalar(self, fn: Fn, ctx: Ctx, acc: Access, offset: Lin) -> ir.Value:
+    def _load_scalar(self, fn: Fn, ctx: Ctx, acc: Access, offset: Lin, extra=None):
+        """A scalar read; `extra` is one more condition under which it is valid."""
         b = fn.b
         off = materialize(b, offset)
-        if not acc.guards:
+        ok = self._guard(fn, replace(ctx, vec=None), acc, None) if acc.guards else None
+        if extra is not None:
+            ok = extra if ok is None else b.and_(ok, extra)
+        if ok is None:
             return b.load(elem_ptr(b, fn.ptrs[acc.ptr], off), typ=F32, align=4)
-        ok = self._guard(fn, replace(ctx, vec=None), acc, None)
         safe = b.select(ok, off, ir.Constant(I64, 0))  # element 0 is always readable
         value = b.load(elem_ptr(b, fn.ptrs[acc.ptr], safe), typ=F32, align=4)
         return b.select(ok, value, ir.Constant(F32, 0.0))
+
+    def _active(self, fn: Fn, ctx: Ctx, lane: int | None = None):
+        """Which lanes of a partial vector are real: a mask, or one lane's i1."""
+        if ctx.vec_rem is None:
+            return None
+        b = fn.b
+        if lane is not None:
+            return b.icmp_signed("<", ir.Constant(I64, lane), ctx.vec_rem)
+        width = ctx.vec[2]
+        return b.icmp_signed("<", lane_offsets(width, 1), splat(b, ctx.vec_rem, width))
 
     def load(self, fn: Fn, ctx: Ctx, acc: Access) -> ir.Value:
         b = fn.b
@@ -206,37 +225,53 @@ class _Emitter:
             return self._load_scalar(fn, ctx, acc, offset)
         width = ctx.vec[2]
         stride = self._lane_stride(ctx, acc)
-        if stride == 0:
+        if stride == 0:  # lane 0 is always active
             return splat(b, self._load_scalar(fn, ctx, acc, offset), width)
         if stride == 1:
             ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
-            if acc.guards:
-                return masked_load(b, ptr, self._guard(fn, ctx, acc, width), width)
-            return b.load(ptr, typ=vec_type(width), align=4)
+            mask = self._guard(fn, ctx, acc, width) if acc.guards else None
+            active = None if acc.local else self._active(fn, ctx)
+            if active is not None:
+                mask = active if mask is None else b.and_(mask, active)
+            if mask is None:
+                return b.load(ptr, typ=vec_type(width), align=4)
+            return masked_load(b, ptr, mask, width)
         lanes = ir.Constant(vec_type(width), ir.Undefined)
         for lane in range(width):
             lane_ctx = self._lane_ctx(ctx, lane)
-            value = self._load_scalar(fn, lane_ctx, acc, self._offset(lane_ctx, acc))
+            extra = None if acc.local else self._active(fn, ctx, lane)
+            value = self._load_scalar(fn, lane_ctx, acc, self._offset(lane_ctx, acc), extra)
             lanes = b.insert_element(lanes, value, ir.Constant(I32, lane))
         return lanes
 
     def store(self, fn: Fn, ctx: Ctx, acc: Access, value: ir.Value) -> None:
         b = fn.b
         offset = self._offset(ctx, acc)
+        partial = ctx.vec is not None and ctx.vec_rem is not None and not acc.local
         if ctx.vec is not None and self._lane_stride(ctx, acc) != 1:
             for lane in range(ctx.vec[2]):
                 lane_ctx = self._lane_ctx(ctx, lane)
                 ptr = elem_ptr(b, fn.ptrs[acc.ptr],
                                materialize(b, self._offset(lane_ctx, acc)))
-                b.store(b.extract_element(value, ir.Constant(I32, lane)), ptr, align=4)
+                item = b.extract_element(value, ir.Constant(I32, lane))
+                if partial:
+                    with b.if_then(self._active(fn, ctx, lane)):
+                        b.store(item, ptr, align=4)
+                else:
+                    b.store(item, ptr, align=4)
             return
-        b.store(value, elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset)), align=4)
+        ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
+        if partial:
+            masked_store(b, value, ptr, self._active(fn, ctx))
+        else:
+            b.store(value, ptr, align=4)
 
     @staticmethod
     def _lane_ctx(ctx: Ctx, lane: int) -> Ctx:
         axis, level, _ = ctx.vec
-        _, step = ctx.vars[(axis, level)]
-        return replace(ctx, vars={**ctx.vars, (axis, level): (Lin((), lane), step)}, vec=None)
+        first, step = ctx.vars[(axis, level)]
+        return replace(ctx, vars={**ctx.vars, (axis, level): (first + lane, step)}, vec=None,
+                       vec_rem=None)
 
     # ------------------------------------------------------------------ leaves
     def _zero(self, ctx: Ctx) -> ir.Value:
@@ -313,13 +348,19 @@ class _Emitter:
             return
         part = loop.parts[0]
         rem, step = ctx.rem[part.axis], part.step
-        if loop.kind == "vectorize" and isinstance(rem, int):
-            vec = (part.axis, part.level, rem) if rem > 1 else None
-            inner(fn, ctx.enter(part, Lin(), rem, vec))
+        if loop.kind == "vectorize":
+            self.emit_vector(fn, part, ctx, inner)
             return
         if loop.kind == "unroll" and isinstance(rem, int):
             for t in range(-(-rem // step)):
                 inner(fn, ctx.enter(part, Lin((), t), min(step, rem - t * step)))
+            return
+        if loop.kind == "unroll":  # a partial tile: every copy, each behind its own check
+            b = fn.b
+            for t in range(part.extent):
+                left = b.sub(rem, ir.Constant(I64, t * step))
+                with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
+                    inner(fn, ctx.enter(part, Lin((), t), smin(b, step, left)))
             return
         if isinstance(rem, int) and rem % step == 0:
             runtime_loop(fn.b, 0, rem // step,
@@ -336,15 +377,37 @@ class _Emitter:
                 inner(fn, ctx.enter(part, var(v), smin(fn.b, step, left)))
             runtime_loop(fn.b, 0, ceil_div(fn.b, rem, step), body, loop.name)
 
+    def emit_vector(self, fn: Fn, part: LoopPart, ctx: Ctx, inner) -> None:
+        """Vectors of the machine's width: a 48-lane loop is three <16 x float> chunks, since
+        LLVM widens odd vector types and then keeps them out of registers. A partial tile
+        (dynamic `rem`) uses full-width chunks with the inactive lanes masked off."""
+        rem = ctx.rem[part.axis]
+        if isinstance(rem, int):
+            for first in range(0, rem, self.lanes):
+                width = min(self.lanes, rem - first)
+                vec = (part.axis, part.level, width) if width > 1 else None
+                inner(fn, ctx.enter(part, Lin((), first), width, vec))
+            return
+        b = fn.b
+        for first in range(0, part.extent, self.lanes):
+            width = min(self.lanes, part.extent - first)
+            left = b.sub(rem, ir.Constant(I64, first))
+            with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
+                inner(fn, ctx.enter(part, Lin((), first), left,
+                                    (part.axis, part.level, width), left))
+
     def enter_parts(self, fn: Fn, parts, ctx: Ctx, v: ir.Value, inner) -> None:
         """Decode a (fused) loop's variable into its parts and enter them all."""
         b = fn.b
-        checks = []
+        indices = []
         for k, part in enumerate(reversed(parts)):
             idx = v
             if k < len(parts) - 1:
                 idx = b.urem(v, ir.Constant(I64, part.extent))
                 v = b.udiv(v, ir.Constant(I64, part.extent))
+            indices.append(idx)
+        checks = []
+        for part, idx in zip(parts, reversed(indices)):  # outer to inner, as `rem` requires
             rem = ctx.rem[part.axis]
             if isinstance(rem, int) and rem % part.step == 0 and rem // part.step == part.extent:
                 new_rem = part.step
@@ -441,7 +504,7 @@ class _Emitter:
         def body(fn: Fn, ctx: Ctx) -> None:
             slot = fn.alloca(ir.ArrayType(F32, size))
             fn.ptrs = {**fn.ptrs, f"acc{id(slot)}": slot}
-            acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts))
+            acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts), local=True)
             c = replace(ctx, acc=acc)
             self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
             self.emit_loops(fn, tile, c, self.leaf_compute)

@@ -135,6 +135,13 @@ def masked_load(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, width: int) -> i
     return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vt, None)])
 
 
+def masked_store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+    width = value.type.count
+    fn = intrinsic(b.module, f"llvm.masked.store.v{width}f32.p0", VOID,
+                   [vec_type(width), PTR, I32, ir.VectorType(I1, width)])
+    b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+
+
 def relu(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     zero = ir.Constant(x.type, None)
     return b.select(b.fcmp_ordered(">", x, zero), x, zero)

@@ -79,7 +79,8 @@ class CompiledIR:
 
 
 def generate(nest: LoopNest, target: Target, name: str = "kernel") -> CompiledIR:
-    return CompiledIR(nest, target, name, str(emit_llvm(nest, target.threads, name)))
+    return CompiledIR(nest, target, name,
+                      str(emit_llvm(nest, target.threads, name, target.vector_lanes)))
 
 
 class Kernel:
@@ -91,7 +92,7 @@ class Kernel:
         start = time.perf_counter()
         if target.threads > 1:
             load_libgomp()
-        self.ir_text = str(emit_llvm(nest, target.threads, name))
+        self.ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
         tm = target_machine(target)
         mod = optimize(self.ir_text, target, tm)
         self._engine = llvm.create_mcjit_compiler(mod, tm)

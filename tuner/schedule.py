@@ -294,6 +294,13 @@ _APPLY = {Split: _split, Reorder: _reorder, Fuse: _fuse, Annotate: _annotate,
 def check_nest(nest: LoopNest) -> None:
     """Whole-nest legality: what no single step can check on its own."""
     loops = nest.loops
+    last_level: dict[str, int] = {}
+    for loop in loops:
+        for part in loop.parts:
+            if last_level.get(part.axis, -1) > part.level:
+                raise ScheduleError(f"loop {part.axis}.{part.level} must stay inside the outer "
+                                    f"loops of axis {part.axis!r} (the order of its tiles)")
+            last_level[part.axis] = part.level
     for i, loop in enumerate(loops):
         if loop.kind == "parallel" and i != 0:
             raise ScheduleError(f"parallel loop {loop.name!r} must be the outermost loop")

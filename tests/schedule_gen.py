@@ -1,0 +1,111 @@
+"""Random valid schedules and shapes for differential tests.
+
+Deliberately wilder than the search's sampler: any split (tails included), any order that keeps
+each axis's tiles nested, fused parallel prefixes, cache_write anywhere legal, unrolling of any
+small loop, both padding modes and layout rewrite, so code generation meets every combination.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, LayoutRewrite, Pad,
+                            Reorder, Split, apply_steps)
+from tuner.task import Task
+
+
+def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
+    op = op or str(rng.choice(["conv2d", "matmul", "batch_matmul"]))
+    epilogue = {"bias": bool(rng.integers(2)), "relu": bool(rng.integers(2))}
+    if op == "matmul":
+        return Task.create(op, tuple(int(x) for x in rng.integers(1, 41, size=3)), **epilogue)
+    if op == "batch_matmul":
+        shape = (int(rng.integers(1, 4)),) + tuple(int(x) for x in rng.integers(1, 25, size=3))
+        return Task.create(op, shape, **epilogue)
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c = groups * int(rng.integers(1, 5))
+    k = groups * int(rng.integers(1, 6))
+    r, s = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    stride, dilation, pad = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+    h = int(rng.integers(dilation * (r - 1) + 1, 14))
+    w = int(rng.integers(dilation * (s - 1) + 1, 14))
+    return Task.create(op, (int(rng.integers(1, 3)), c, h, w, k, r, s), stride=stride, pad=pad,
+                       dilation=dilation, groups=groups, **epilogue)
+
+
+def _factors(rng: np.random.Generator, extent: int) -> tuple[int, ...]:
+    count = int(rng.integers(1, 4))
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.5:
+            divisors = [d for d in range(1, extent + 1) if extent % d == 0]
+            out.append(int(rng.choice(divisors)))
+        else:
+            out.append(int(rng.integers(1, max(2, extent) + 1)))
+    return tuple(out)
+
+
+def random_schedule(rng: np.random.Generator, task: Task):
+    dag = task.dag()
+    steps = []
+    levels: dict[str, list[str]] = {}
+    for axis in dag.axes:
+        if axis.extent > 1 and rng.random() < 0.7:
+            factors = _factors(rng, axis.extent)
+            steps.append(Split(axis.name, factors))
+            levels[axis.name] = [f"{axis.name}.{i}" for i in range(len(factors) + 1)]
+        else:
+            levels[axis.name] = [axis.name]
+    # a random interleaving that keeps each axis's levels in order
+    pending = {a: list(names) for a, names in levels.items()}
+    order = []
+    while pending:
+        axis = str(rng.choice(sorted(pending)))
+        order.append(pending[axis].pop(0))
+        if not pending[axis]:
+            del pending[axis]
+    steps.append(Reorder(tuple(order)))
+    nest = apply_steps(dag, steps)
+    loops = list(nest.loops)
+    reduce_of = {l.name: l.reduce for l in loops}
+    extent_of = {l.name: l.extent for l in loops}
+
+    names = [l.name for l in loops]
+    if not reduce_of[names[0]] and rng.random() < 0.5:
+        span = 1
+        while span < len(names) and not reduce_of[names[span]] and rng.random() < 0.5:
+            span += 1
+        if span > 1:
+            steps.append(Fuse(tuple(names[:span])))
+            names = ["+".join(names[:span])] + names[span:]
+            reduce_of[names[0]] = False
+            extent_of[names[0]] = math.prod(extent_of[n] for n in names[0].split("+"))
+        steps.append(Annotate(names[0], "parallel"))
+    inner = names[-1]
+    if not reduce_of[inner] and "+" not in inner and extent_of[inner] <= 64 \
+            and rng.random() < 0.7 and len(names) > 1:
+        steps.append(Annotate(inner, "vectorize"))
+    unrolled = 1
+    for name in names[1:-1]:
+        if "+" not in name and extent_of[name] <= 8 and unrolled * extent_of[name] <= 64 \
+                and rng.random() < 0.3:
+            steps.append(Annotate(name, "unroll"))
+            unrolled *= extent_of[name]
+    legal = []
+    for i, name in enumerate(names):
+        if any(reduce_of[n] for n in names[:i + 1]):
+            break
+        tile = math.prod(extent_of[n] for n in names[i + 1:] if not reduce_of[n])
+        if tile <= MAX_TILE_FLOATS:
+            legal.append(name)
+    if legal and rng.random() < 0.7:
+        steps.append(CacheWrite(str(rng.choice(legal))))
+    for op in dag.inputs:
+        if op.padded and rng.random() < 0.5:
+            steps.append(Pad(op.name, str(rng.choice(["inline", "root"]))))
+        if op.constant and op.name != "bias" and rng.random() < 0.5:
+            steps.append(LayoutRewrite(op.name))
+    apply_steps(dag, steps)  # valid by construction; fail loudly here if not
+    return tuple(steps)
