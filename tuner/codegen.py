@@ -28,6 +28,7 @@ from llvmlite import ir
 
 from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
+                          intrinsic,
                           lane_offsets, masked_load, masked_store, materialize, relu, runtime_loop, smin,
                           splat, var, vec_type)
 from tuner.schedule import Loop, LoopNest, LoopPart
@@ -513,30 +514,36 @@ class _Emitter:
         self.specialize(fn, tile, ctx, body)
 
     def _emit_root_pad(self, fn: Fn, op: Operand):
+        """A zeroed padded copy of `op`, filled row by row with memcpy (a select per element
+        would keep LLVM from vectorizing the copy, and depthwise layers are copy-bound)."""
         pads = padding(op, self.extents)
         if not any(lo or hi for lo, hi in pads):
             return None
         shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
         b = fn.b
-        malloc = self._extern("malloc", PTR, [I64])
-        dst = b.call(malloc, [ir.Constant(I64, 4 * math.prod(shape))])
+        i8 = ir.IntType(8)
+        dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, 4 * math.prod(shape))])
+        memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
+        b.call(memset, [dst, ir.Constant(i8, 0), ir.Constant(I64, 4 * math.prod(shape)),
+                        ir.Constant(ir.IntType(1), 0)])
+        memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
+                           [PTR, PTR, I64, ir.IntType(1)])
         src = fn.ptrs[op.name]
-        # copy with an index per padded dimension: dst[d] = src[d - lo] or 0 outside
-        dims = [f"_d{i}" for i in range(len(shape))]
-        parts = [LoopPart(d, 0, s, 1) for d, s in zip(dims, shape)]
-        src_access = Access("src", Affine(tuple((d, st) for d, st in zip(dims, op.strides())),
-                                          -sum(lo * st for (lo, _), st in
-                                               zip(pads, op.strides()))),
-                            tuple((Affine(((d, 1),), -lo), s)
-                                  for d, s, (lo, hi) in zip(dims, op.shape, pads) if lo or hi))
-        dst_access = Access("dst", strides=row_major(parts))
-        ctx = Ctx(rem={d: s for d, s in zip(dims, shape)}, bound={d: s for d, s in
-                                                                 zip(dims, shape)})
-        saved = fn.ptrs
-        fn.ptrs = {**saved, "src": src, "dst": dst}
-        self.emit_loops(fn, self._plain_loops(parts), ctx,
-                        lambda f, c: self.store(f, c, dst_access, self.load(f, c, src_access)))
-        fn.ptrs = {**saved, op.name: dst}
+        dst_strides = Operand(op.name, tuple(shape), ()).strides()
+
+        def rows(dim: int, src_off: Lin, dst_off: Lin) -> None:
+            if dim == len(shape) - 1:
+                to = elem_ptr(b, dst, materialize(b, dst_off + pads[dim][0]))
+                frm = elem_ptr(b, src, materialize(b, src_off))
+                b.call(memcpy, [to, frm, ir.Constant(I64, 4 * op.shape[dim]),
+                                ir.Constant(ir.IntType(1), 0)])
+                return
+            runtime_loop(b, 0, op.shape[dim], lambda v: rows(
+                dim + 1, src_off + var(v).scale(op.strides()[dim]),
+                dst_off + (var(v) + pads[dim][0]).scale(dst_strides[dim])), f"pad{dim}")
+
+        rows(0, Lin(), Lin())
+        fn.ptrs = {**fn.ptrs, op.name: dst}
         return dst
 
     def _emit_pack(self, op: Operand) -> None:

@@ -1,0 +1,116 @@
+"""A good schedule for any contraction, before any tuning: the expert's first guess.
+
+It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and above OpenBLAS:
+- vectorize the spatial axis along which every input is either invariant (broadcast) or
+  contiguous, preferring one along which the constant operand can be packed (conv2d: output
+  channels with the weight packed, input pixels broadcast; matmul: columns of B);
+- 1-2 native vectors wide, unroll a second spatial axis so that about 24 vector accumulators
+  live in registers (32 zmm registers minus operands), accumulate them locally (cache_write)
+  across the whole reduction, apply the epilogue on write-back;
+- unroll the innermost reduction a little, keep the vector axis's outer tiles outermost (a packed
+  weight panel stays in L2 while the other loops sweep), pad at the root, and run the fused outer
+  loops in parallel when there is more than one thread.
+"""
+
+from __future__ import annotations
+
+from tuner.dag import ComputeDAG
+from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
+                            Step, apply_steps)
+from tuner.target import Target
+
+ACCUMULATOR_REGISTERS = 24
+REDUCE_UNROLL = 4
+
+
+def _vector_cost(dag: ComputeDAG, axis: str) -> float:
+    cost = 0.0
+    for op in (dag.lhs, dag.rhs):
+        if not op.depends_on(axis):
+            continue
+        if op.constant:
+            cost += 0.5               # packed so that this axis is contiguous
+        elif op.flat().coef(axis) == 1:
+            cost += 1.0               # a contiguous load
+        else:
+            cost += 10.0              # a gather
+    if dag.output.flat().coef(axis) != 1:
+        cost += 0.25                  # scattered write-back, once per tile
+    return cost
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
+    lanes = target.vector_lanes
+    spatial = [a for a in dag.spatial_axes if a.extent > 1]
+    if not spatial:
+        return ()
+    vec = min(spatial, key=lambda a: (_vector_cost(dag, a.name), -a.extent))
+    if vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or vec.extent >= 4 * lanes:
+        width = 2 * lanes
+    elif vec.extent >= lanes:
+        width = lanes
+    else:
+        width = vec.extent
+    if vec.extent % width and vec.extent % lanes == 0:
+        width = lanes
+
+    steps: list[Step] = [Split(vec.name, (width,))]
+    outer = [f"{vec.name}.0"]
+    inner = [f"{vec.name}.1"]
+    others = [a for a in spatial if a is not vec]
+    unrolled = None
+    if others:
+        lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
+        unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
+        budget = max(1, ACCUMULATOR_REGISTERS // max(1, -(-width // lanes)))
+        count = _largest_divisor_at_most(unrolled.extent, budget)
+        if count < budget // 2 and unrolled.extent > budget:
+            count = budget
+        steps.append(Split(unrolled.name, (count,)))
+        inner.insert(0, f"{unrolled.name}.1")
+    for a in dag.spatial_axes:
+        if a is vec:
+            continue
+        outer.append(f"{a.name}.0" if a is unrolled else a.name)
+
+    reduce_loops = []
+    reduce_axes = list(dag.reduce_axes)
+    for r in reduce_axes[:-1]:
+        reduce_loops.append(r.name)
+    unroll_reduce = None
+    if reduce_axes:
+        last = reduce_axes[-1]
+        if last.extent <= 2 * REDUCE_UNROLL:
+            reduce_loops.append(last.name)
+            unroll_reduce = last.name if last.extent > 1 else None
+        else:
+            steps.append(Split(last.name, (REDUCE_UNROLL,)))
+            reduce_loops += [f"{last.name}.0", f"{last.name}.1"]
+            unroll_reduce = f"{last.name}.1"
+    steps.append(Reorder(tuple(outer + reduce_loops + inner)))
+
+    at = outer[-1]
+    if target.threads > 1 and len(outer) > 1:
+        steps.append(Fuse(tuple(outer)))
+        at = "+".join(outer)
+    if target.threads > 1:
+        steps.append(Annotate(at, "parallel"))
+    if unroll_reduce:
+        steps.append(Annotate(unroll_reduce, "unroll"))
+    if len(inner) > 1:
+        steps.append(Annotate(inner[0], "unroll"))
+    if width > 1:
+        steps.append(Annotate(inner[-1], "vectorize"))
+    steps.append(CacheWrite(at))
+    for op in dag.inputs:
+        if op.padded:
+            steps.append(Pad(op.name, "root"))
+        if op.constant and op is not dag.bias:
+            steps.append(LayoutRewrite(op.name))
+    steps = tuple(steps)
+    apply_steps(dag, steps)  # raises ScheduleError here, never in a user's build, if wrong
+    return steps
