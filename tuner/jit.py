@@ -70,40 +70,49 @@ def optimize(ir_text: str, target: Target, tm=None):
     return mod
 
 
-@dataclass(frozen=True)
-class CompiledIR:
-    nest: LoopNest
-    target: Target
-    name: str
-    ir_text: str
-
-
-def generate(nest: LoopNest, target: Target, name: str = "kernel") -> CompiledIR:
-    return CompiledIR(nest, target, name,
-                      str(emit_llvm(nest, target.threads, name, target.vector_lanes)))
+def compile_object(nest: LoopNest, target: Target, name: str = "kernel") -> bytes:
+    """Position-independent machine code for the target: loadable by MCJIT in another process
+    (the measurement runner) and linkable into a shared library (AOT export)."""
+    ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
+    tm = target_machine(target, reloc="pic")
+    return tm.emit_object(optimize(ir_text, target, tm))
 
 
 class Kernel:
-    """A compiled schedule: `kernel(*inputs) -> out`, or `run(out, *args)` on packed args."""
+    """A compiled schedule: `kernel(*inputs) -> out`, or `run(out, *args)` on packed args.
 
-    def __init__(self, nest: LoopNest, target: Target, name: str = "kernel"):
+    Built from the nest in this process, or from an object file `compile_object` made
+    elsewhere (the measurement workers compile in one process and time in another)."""
+
+    def __init__(self, nest: LoopNest, target: Target, name: str = "kernel",
+                 obj: bytes | None = None):
         self.nest, self.target, self.name = nest, target, name
         self.dag = nest.dag
         start = time.perf_counter()
         if target.threads > 1:
             load_libgomp()
-        self.ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
         tm = target_machine(target)
-        mod = optimize(self.ir_text, target, tm)
-        self._engine = llvm.create_mcjit_compiler(mod, tm)
+        if obj is None:
+            self.ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
+            self._engine = llvm.create_mcjit_compiler(optimize(self.ir_text, target, tm), tm)
+        else:
+            self.ir_text = None
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self._engine.finalize_object()
         n_args = 1 + len(self.dag.inputs)
         proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n_args))
-        self._fn = proto(self._engine.get_function_address(name))
+        self._fn = proto(self._address(name))
         pack_proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-        self._packers = {op: pack_proto(self._engine.get_function_address(f"pack_{op}"))
+        self._packers = {op: pack_proto(self._address(f"pack_{op}"))
                          for op in nest.layout_rewrite}
         self.compile_s = time.perf_counter() - start
+
+    def _address(self, symbol: str) -> int:
+        address = self._engine.get_function_address(symbol)
+        if not address:
+            raise CodegenError(f"compiled code has no function {symbol!r}")
+        return address
 
     def packed_shape(self, operand: str) -> tuple[int, ...]:
         parts = packed_parts(self.nest, self.dag.operand(operand))

@@ -1,0 +1,59 @@
+"""Measurement in worker processes: typed errors, and the batch goes on after any of them."""
+
+import pytest
+
+from tuner.measure import MeasureInput, MeasureOptions, Measurer
+from tuner.result import ErrorKind
+from tuner.schedule import Annotate, Split
+from tuner.target import host_target
+from tuner.task import Task
+
+TASK = Task.create("matmul", (64, 64, 64))
+FAST = dict(min_sample_s=1e-4, samples=3, run_timeout_s=5.0)
+
+
+def test_faulty_kernels_are_recorded_and_the_batch_goes_on():
+    options = MeasureOptions(builder="fault_builders:by_schedule", **FAST)
+    good = MeasureInput(TASK, ())
+    batch = [good,
+             MeasureInput(TASK, (Split("i", (1,)),)),     # segfaults
+             good,
+             MeasureInput(TASK, (Split("i", (2,)),)),     # never returns
+             MeasureInput(TASK, (Split("i", (3,)),)),     # wrong result
+             MeasureInput(TASK, (Annotate("k", "vectorize"),)),  # invalid schedule
+             good]
+    with Measurer(host_target(1), options) as measurer:
+        results = measurer.measure(batch)
+    kinds = [r.error for r in results]
+    assert kinds == [ErrorKind.NONE, ErrorKind.CRASH, ErrorKind.NONE, ErrorKind.TIMEOUT,
+                     ErrorKind.WRONG_RESULT, ErrorKind.INVALID_SCHEDULE, ErrorKind.NONE]
+    assert "SIGSEGV" in results[1].detail
+    assert "exceeded 5 s" in results[3].detail
+    assert "differ from the reference" in results[4].detail
+    assert "cannot vectorize reduction loop 'k'" in results[5].detail
+    for r in (results[0], results[2], results[6]):
+        assert len(r.costs_s) == 3 and r.number >= 1 and r.median_s > 0 and r.compile_s > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_real_kernels_are_checked_and_timed(threads):
+    from tuner.default import default_schedule
+    target = host_target(threads)
+    steps = default_schedule(TASK.dag(), target)
+    with Measurer(target, MeasureOptions(**FAST)) as measurer:
+        results = measurer.measure([MeasureInput(TASK, steps), MeasureInput(TASK, ())])
+    assert [r.error for r in results] == [ErrorKind.NONE, ErrorKind.NONE]
+    assert results[0].median_s < results[1].median_s  # the tiled kernel beats the naive one
+    assert results[0].gflops(TASK.dag().flops) > 0
+
+
+def test_out_of_memory_is_its_own_error():
+    huge = Task.create("matmul", (60000, 60000, 1))  # a float64 reference of 28.8 GB
+    with Measurer(host_target(1), MeasureOptions(**FAST)) as measurer:
+        [result] = measurer.measure([MeasureInput(huge, ())])
+    assert result.error is ErrorKind.OUT_OF_MEMORY, result
+
+
+def test_an_empty_batch_returns_nothing():
+    with Measurer(host_target(1), MeasureOptions(**FAST)) as measurer:
+        assert measurer.measure([]) == []

@@ -1,0 +1,234 @@
+"""Measuring candidates on this CPU, safely: worker processes a kernel may crash or hang.
+
+`Measurer(target, options).measure([MeasureInput]) -> [MeasureResult]` returns one result per
+candidate, in order, whatever happens to it. Builders (compile to machine code) and a runner
+(check against numpy, then time) are persistent processes, each a fresh interpreter (`python -m
+tuner.measure_worker`), so none inherits OpenMP threads (DESIGN.md §4) and the caller's
+`__main__` is never re-imported. A
+segfault shows up as EOF on the pipe and the exit signal, a hang as a missed deadline; either
+way the worker is replaced and the batch goes on.
+
+Cores: timing never shares a core with other work. When the target uses fewer threads than the
+machine has cores, builders run on the spare cores while the runner, pinned to its own, times
+the previous candidate; otherwise the batch is built first (on every core) and timed after.
+Builders are recycled every `recycle_after` builds because LLVM's O3 pipeline leaks
+(DESIGN.md §2). Timing protocol: warm-up, then `samples` samples of at least `min_sample_s`
+each (tuner/timing.py); caches are not flushed between samples (a warm-cache policy, the same
+for every candidate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+from tuner.errors import ScheduleError
+from tuner.measure_worker import worker_main
+from tuner.result import ErrorKind, MeasureResult
+from tuner.schedule import Step, apply_steps, schedule_to_json
+from tuner.target import Target
+from tuner.task import Task
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureInput:
+    task: Task
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureOptions:
+    build_timeout_s: float = 30.0    # lowering + LLVM; a 4096-body unroll takes seconds
+    run_timeout_s: float = 20.0      # loading, checking and timing one candidate
+    min_sample_s: float = 1e-3       # a sample repeats the call until it lasts this long
+    samples: int = 7                 # median of 7 varied 2-4% here (DESIGN.md §5)
+    warmup: int = 1
+    check: bool = True               # compare the first run with the numpy reference
+    seed: int = 0                    # inputs are random arrays drawn with this seed
+    recycle_after: int = 200         # builds per builder process before it is replaced
+    memory_fraction: float = 0.75    # address-space limit per worker, of physical memory
+    builder: str = "tuner.measure_worker:build"
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _death(exitcode: int | None) -> tuple[ErrorKind, str]:
+    if exitcode is not None and exitcode < 0:
+        sig = signal.Signals(-exitcode)
+        if sig is signal.SIGKILL:
+            return ErrorKind.OUT_OF_MEMORY, "worker killed by SIGKILL (the out-of-memory killer?)"
+        return ErrorKind.CRASH, f"worker killed by {sig.name}"
+    return ErrorKind.CRASH, f"worker exited with status {exitcode}"
+
+
+class _Worker:
+    """A worker process and our end of its socket."""
+
+    def __init__(self, role: str, cpus, options: MeasureOptions):
+        self.role = role
+        ours, theirs = socket.socketpair()
+        config = {"role": role, "cpus": cpus, "builder": options.builder,
+                  "memory_bytes": int(_physical_memory() * options.memory_fraction)}
+        # the worker imports what this process can import (a builder may live anywhere)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.measure_worker", str(theirs.fileno()),
+             json.dumps(config)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.job: int | None = None
+        self.deadline = 0.0
+        self.served = 0
+
+    def submit(self, job: int, request: dict, timeout_s: float) -> None:
+        self.job, self.deadline = job, time.monotonic() + timeout_s
+        self.conn.send(request)
+
+    def exitcode(self, wait_s: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            if self.exitcode(1.0) is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.conn.close()
+
+
+class Measurer:
+    """Owns the worker processes; use as a context manager or call `close()`."""
+
+    def __init__(self, target: Target, options: MeasureOptions = MeasureOptions()):
+        self.target, self.options = target, options
+        cores = sorted(os.sched_getaffinity(0))
+        self.overlap = target.threads < len(cores)
+        if self.overlap:
+            self._run_cpus = cores[-target.threads:]
+            self._build_cpus = cores[:-target.threads]
+        else:
+            self._run_cpus, self._build_cpus = None, None
+        n_builders = len(self._build_cpus) if self.overlap else len(cores)
+        self._builders = [self._start("build") for _ in range(n_builders)]
+        self._runner = self._start("run")
+
+    def _start(self, role: str) -> _Worker:
+        cpus = self._run_cpus if role == "run" else self._build_cpus
+        return _Worker(role, cpus, self.options)
+
+    def _replace(self, worker: _Worker, kill: bool) -> _Worker:
+        if kill:
+            worker.kill()
+        else:
+            worker.stop()
+        new = self._start(worker.role)
+        if worker.role == "run":
+            self._runner = new
+        else:
+            self._builders[self._builders.index(worker)] = new
+        return new
+
+    def close(self) -> None:
+        for worker in self._builders + [self._runner]:
+            worker.stop()
+
+    def __enter__(self) -> "Measurer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
+        opts = self.options
+        results: list[MeasureResult | None] = [None] * len(inputs)
+        requests, compile_s, objects = {}, {}, {}
+        to_build: deque[int] = deque()
+        for i, item in enumerate(inputs):
+            try:
+                apply_steps(item.task.dag(), item.steps)
+            except ScheduleError as err:
+                results[i] = MeasureResult(ErrorKind.INVALID_SCHEDULE, str(err),
+                                           timestamp=time.time())
+                continue
+            requests[i] = {"task": item.task.to_json(), "schedule": schedule_to_json(item.steps),
+                           "target": self.target.to_json()}
+            to_build.append(i)
+        to_run: deque[int] = deque()
+
+        def finish(i: int, kind: ErrorKind, detail: str) -> None:
+            results[i] = MeasureResult(kind, detail, compile_s=compile_s.get(i, 0.0),
+                                       timestamp=time.time())
+
+        while to_build or to_run or any(w.job is not None for w in self._builders) \
+                or self._runner.job is not None:
+            for worker in self._builders:
+                if worker.job is None and to_build:
+                    if worker.served >= opts.recycle_after:
+                        worker = self._replace(worker, kill=False)
+                    i = to_build.popleft()
+                    worker.submit(i, requests[i], opts.build_timeout_s)
+            building = bool(to_build) or any(w.job is not None for w in self._builders)
+            if self._runner.job is None and to_run and (self.overlap or not building):
+                i = to_run.popleft()
+                request = {**requests[i], "object": objects.pop(i), "check": opts.check,
+                           "seed": opts.seed, "min_sample_s": opts.min_sample_s,
+                           "samples": opts.samples, "warmup": opts.warmup}
+                self._runner.submit(i, request, opts.run_timeout_s)
+            busy = [w for w in self._builders + [self._runner] if w.job is not None]
+            if not busy:
+                continue
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            ready = wait([w.conn for w in busy], timeout=timeout)
+            for worker in busy:
+                if worker.conn in ready:
+                    self._collect(worker, finish, compile_s, objects, to_run, results)
+                elif time.monotonic() >= worker.deadline:
+                    i, worker.job = worker.job, None
+                    limit = opts.run_timeout_s if worker.role == "run" else opts.build_timeout_s
+                    finish(i, ErrorKind.TIMEOUT, f"{worker.role} exceeded {limit:g} s")
+                    self._replace(worker, kill=True)
+        return results
+
+    def _collect(self, worker: _Worker, finish, compile_s, objects, to_run, results) -> None:
+        i = worker.job
+        try:
+            answer = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.job = None
+            kind, detail = _death(worker.exitcode(5.0))
+            finish(i, kind, f"{detail} while {'timing' if worker.role == 'run' else 'compiling'}")
+            self._replace(worker, kill=True)
+            return
+        worker.job = None
+        worker.served += 1
+        if not answer["ok"]:
+            finish(i, ErrorKind(answer["error"]), answer["detail"])
+        elif worker.role == "build":
+            compile_s[i] = answer["compile_s"]
+            objects[i] = answer["object"]
+            to_run.append(i)
+        else:
+            results[i] = MeasureResult(ErrorKind.NONE, "", tuple(answer["costs_s"]),
+                                       answer["number"], compile_s.get(i, 0.0), time.time())

@@ -1,0 +1,139 @@
+"""The worker side of measurement: code that runs in child processes a kernel may kill.
+
+Two roles. A *builder* lowers a schedule and compiles it to position-independent machine code
+(`build`). A *runner* loads that code, checks its first result against the numpy reference and
+times it (`run`). Both answer every request with a plain dict: either the payload or an error
+kind and a short detail, never an exception, so the parent only has to handle a worker that
+died or hung. Requests and answers are plain data (JSON texts, numbers, object-file bytes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import time
+import traceback
+
+import numpy as np
+
+from tuner.errors import CodegenError, ScheduleError, ShapeError
+from tuner.result import ErrorKind
+
+_INPUTS: dict[str, tuple] = {}  # runner: per task, random inputs and the reference output
+
+
+def _error(kind: ErrorKind, detail: str) -> dict:
+    return {"ok": False, "error": kind.value, "detail": detail[:500]}
+
+
+def build(request: dict) -> dict:
+    from tuner.jit import compile_object
+    from tuner.schedule import apply_steps, schedule_from_json
+    from tuner.target import Target
+    from tuner.task import Task
+
+    start = time.perf_counter()
+    try:
+        task = Task.from_json(request["task"])
+        nest = apply_steps(task.dag(), schedule_from_json(request["schedule"]))
+    except (ScheduleError, ShapeError) as err:
+        return _error(ErrorKind.INVALID_SCHEDULE, str(err))
+    try:
+        obj = compile_object(nest, Target.from_json(request["target"]))
+    except (CodegenError, RuntimeError) as err:
+        return _error(ErrorKind.COMPILE_ERROR, str(err))
+    return {"ok": True, "object": obj, "compile_s": time.perf_counter() - start}
+
+
+def _task_data(task, seed: int):
+    key = task.key
+    if key not in _INPUTS:
+        dag = task.dag()
+        inputs = dag.random_inputs(np.random.default_rng(seed))
+        _INPUTS.clear()  # one task at a time: inputs of large layers are hundreds of MB
+        _INPUTS[key] = (inputs, dag.reference(*inputs).astype(np.float32))
+    return _INPUTS[key]
+
+
+def run(request: dict) -> dict:
+    from tuner.jit import Kernel
+    from tuner.schedule import apply_steps, schedule_from_json
+    from tuner.target import Target
+    from tuner.task import Task
+    from tuner.timing import time_callable
+
+    task = Task.from_json(request["task"])
+    dag = task.dag()
+    nest = apply_steps(dag, schedule_from_json(request["schedule"]))
+    try:
+        kernel = Kernel(nest, Target.from_json(request["target"]), obj=request["object"])
+    except (CodegenError, RuntimeError) as err:
+        return _error(ErrorKind.COMPILE_ERROR, f"loading the object failed: {err}")
+    try:
+        inputs, expected = _task_data(task, request["seed"])
+        args = kernel.pack(*inputs)
+        out = kernel.new_output()
+        if request["check"]:
+            out.fill(np.nan)  # an output element the kernel never writes cannot pass
+            kernel.run(out, *args)
+            reduction = int(np.prod([a.extent for a in dag.reduce_axes]))
+            atol = 4e-6 * max(1.0, reduction) ** 0.5
+            if not np.allclose(out, expected, rtol=1e-4, atol=atol):
+                bad = np.argwhere(~np.isclose(out, expected, rtol=1e-4, atol=atol))
+                where = tuple(int(x) for x in bad[0])
+                return _error(ErrorKind.WRONG_RESULT,
+                              f"{len(bad)} of {out.size} outputs differ from the reference; "
+                              f"first at {where}: {out[where]!r} vs {expected[where]!r}")
+        timing = time_callable(lambda: kernel.run(out, *args),
+                               min_sample_s=request["min_sample_s"], samples=request["samples"],
+                               warmup=request["warmup"])
+    except MemoryError:
+        return _error(ErrorKind.OUT_OF_MEMORY, f"out of memory for {task.key}")
+    finally:
+        kernel.close()
+    return {"ok": True, "costs_s": list(timing.costs_s), "number": timing.number}
+
+
+def resolve(path: str):
+    """'module:function' -> the function (the builder can be swapped, e.g. by tests)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | None,
+                builder: str) -> None:
+    """Serve requests until the parent sends None or goes away."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    handler = resolve(builder) if role == "build" else run
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if request is None:
+            return
+        try:
+            answer = handler(request)
+        except MemoryError:
+            answer = _error(ErrorKind.OUT_OF_MEMORY, "out of memory")
+        except Exception:  # a bug of ours: report it with the candidate, keep serving
+            answer = _error(ErrorKind.RUNTIME_ERROR, traceback.format_exc(limit=3))
+        conn.send(answer)
+
+
+if __name__ == "__main__":
+    # started by tuner.measure as `python -m tuner.measure_worker FD JSON`: a fresh interpreter,
+    # so no OpenMP threads are inherited and the caller's __main__ is never re-imported
+    import json
+    import signal
+    import sys
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    config = json.loads(sys.argv[2])
+    worker_main(Connection(int(sys.argv[1])), config["role"], config["cpus"],
+                config["memory_bytes"], config["builder"])
