@@ -43,8 +43,8 @@ def test_real_kernels_are_checked_and_timed(threads):
     with Measurer(target, MeasureOptions(**FAST)) as measurer:
         results = measurer.measure([MeasureInput(TASK, steps), MeasureInput(TASK, ())])
     assert [r.error for r in results] == [ErrorKind.NONE, ErrorKind.NONE]
-    assert results[0].median_s < results[1].median_s  # the tiled kernel beats the naive one
-    assert results[0].gflops(TASK.dag().flops) > 0
+    for r in results:  # speed is the benchmarks' business; here: timed, and sanely
+        assert len(r.costs_s) == 3 and all(0 < c < 1 for c in r.costs_s)
 
 
 def test_out_of_memory_is_its_own_error():
