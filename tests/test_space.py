@@ -1,0 +1,73 @@
+"""The search space: sketch rules, and annotations that are valid by construction."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_matches_reference
+from schedule_gen import random_task
+from tuner.annotate import crossover, mutate, sample, to_steps
+from tuner.jit import Kernel
+from tuner.schedule import apply_steps
+from tuner.sketch import Sketch, generate_sketches
+from tuner.task import Task
+
+
+
+def test_sketch_counts_and_rules_for_fixed_shapes():
+    conv = Task.create("conv2d", (1, 64, 56, 56, 64, 3, 3), pad=1, relu=True).dag()
+    sketches = generate_sketches(conv)
+    assert len(sketches) == 12  # cache_write {S1, S0, none} x pad {inline, root} x pack {y, n}
+    assert sketches[0].rules == ("multi_level_tiling", "cache_write_S1", "fuse_epilogue",
+                                 "inline_padding", "layout_rewrite")
+    assert all(s.rules[0] == "multi_level_tiling" for s in sketches)
+    assert len(generate_sketches(Task.create("conv2d", (1, 8, 8, 8, 8, 1, 1)).dag())) == 6
+    assert len(generate_sketches(Task.create("matmul", (8, 8, 8)).dag())) == 6
+    bmm = generate_sketches(Task.create("batch_matmul", (2, 8, 8, 8)).dag())
+    assert [s.cache_write for s in bmm] == ["S1", "S0", None]
+    for s in sketches:
+        assert Sketch.from_json(json.loads(json.dumps(s.to_json()))) == s
+
+
+def test_thousands_of_samples_are_valid(target1, target2):
+    rng = np.random.default_rng(11)
+    count = 0
+    while count < 3000:
+        task = random_task(rng)
+        dag = task.dag()
+        target = target2 if count % 2 else target1
+        for sketch in generate_sketches(dag):
+            a = sample(rng, dag, sketch, target)
+            b = mutate(rng, dag, sketch, a, target)
+            c = crossover(rng, dag, sketch, a, b)
+            for ann in (a, b, c):
+                apply_steps(dag, to_steps(dag, sketch, ann, target))  # raises if invalid
+                count += 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sampled_schedules_compute_the_right_thing(seed, target1, target2):
+    rng = np.random.default_rng(500 + seed)
+    task = random_task(rng)
+    dag = task.dag()
+    target = target2 if seed % 3 == 0 else target1
+    sketches = generate_sketches(dag)
+    sketch = sketches[int(rng.integers(len(sketches)))]
+    ann = sample(rng, dag, sketch, target)
+    kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
+    inputs = dag.random_inputs(rng)
+    assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+def test_benchmark_shapes_sample_validly(target2):
+    rng = np.random.default_rng(5)
+    for task in (Task.create("conv2d", (1, 3, 224, 224, 64, 7, 7), stride=2, pad=3),
+                 Task.create("conv2d", (1, 32, 112, 112, 32, 3, 3), pad=1, groups=32),
+                 Task.create("matmul", (1024, 1024, 1024)),
+                 Task.create("batch_matmul", (12, 128, 128, 64))):
+        dag = task.dag()
+        for sketch in generate_sketches(dag):
+            for _ in range(20):
+                apply_steps(dag, to_steps(dag, sketch, sample(rng, dag, sketch, target2),
+                                          target2))

@@ -1,0 +1,270 @@
+"""Annotation: the numbers a sketch leaves open, sampled, mutated and turned into steps.
+
+An `Annotation` is the genome of the evolutionary search: tile sizes of every split axis, the
+vectorized axis, the auto-unroll limit and how many outer loops run in parallel. `to_steps`
+makes the schedule (a tuple of steps) from (dag, sketch, annotation, target); everything it
+makes is valid by construction (tests check thousands of samples), and `sample`, `mutate` and
+`crossover` only ever return annotations that stay valid.
+
+Defaults follow Ansor (DESIGN.md §7): tile sizes from random factorizations of each extent (a
+few with tails, which the code generator handles without per-element guards), the innermost
+vector tile a multiple of the target's lanes, auto-unroll in {0, 16, 64, 512}, outer loops
+fused until there are 16 iterations per thread.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tuner.dag import ComputeDAG
+from tuner.default import _vector_cost
+from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
+                            LayoutRewrite, Pad, Reorder, Split, Step)
+from tuner.sketch import REDUCE_LEVELS, SPATIAL_LEVELS, Sketch
+from tuner.target import Target
+
+UNROLL_CHOICES = (0, 16, 64, 512)
+TAIL_PROBABILITY = 0.1
+ITERATIONS_PER_THREAD = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    tiles: tuple[tuple[str, tuple[int, ...]], ...]  # axis -> inner tile sizes, outer first
+    vector_axis: str | None
+    unroll_max: int
+    parallel_depth: int
+
+    def tile(self, axis: str) -> tuple[int, ...]:
+        return dict(self.tiles)[axis]
+
+    def to_json(self) -> dict:
+        return {"tiles": {a: list(f) for a, f in self.tiles}, "vector_axis": self.vector_axis,
+                "unroll_max": self.unroll_max, "parallel_depth": self.parallel_depth}
+
+
+def split_axes(dag: ComputeDAG) -> list[str]:
+    return [a.name for a in dag.axes if a.extent > 1]
+
+
+def _levels(dag: ComputeDAG, axis: str) -> int:
+    return (REDUCE_LEVELS if dag.axis(axis).reduce else SPATIAL_LEVELS) - 1
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _random_factors(rng: np.random.Generator, extent: int, count: int) -> list[int]:
+    """`count` inner tile sizes: a random factorization of `extent`, or now and then sizes
+    that leave a tail (prime extents have no other useful tiling)."""
+    if rng.random() < TAIL_PROBABILITY:
+        choices = [c for c in (1, 2, 3, 4, 6, 8, 12, 16, 32) if c <= extent]
+        return [int(rng.choice(choices)) for _ in range(count)]
+    left, out = extent, []
+    for _ in range(count):
+        d = int(rng.choice(_divisors(left)))
+        out.append(d)
+        left //= d
+    rng.shuffle(out)
+    return out
+
+
+def _vector_tile(rng: np.random.Generator, extent: int, lanes: int) -> int:
+    options = [w for w in (lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes)
+               if 1 < w <= min(extent, MAX_VECTOR_LANES)]
+    if not options:
+        return extent if extent <= MAX_VECTOR_LANES else lanes
+    exact = [w for w in options if extent % w == 0]
+    pool = exact if exact and rng.random() > TAIL_PROBABILITY else options
+    return int(rng.choice(pool))
+
+
+def _sample_tiles(rng, dag: ComputeDAG, axis: str, vector_axis: str | None,
+                  lanes: int) -> tuple[int, ...]:
+    extent = dag.axis(axis).extent
+    count = _levels(dag, axis)
+    if axis != vector_axis:
+        return tuple(_random_factors(rng, extent, count))
+    inner = _vector_tile(rng, extent, lanes)
+    rest = _random_factors(rng, max(1, extent // inner), count - 1)
+    return tuple(rest) + (inner,)
+
+
+def _pick_vector_axis(rng, dag: ComputeDAG) -> str | None:
+    candidates = [a.name for a in dag.spatial_axes if a.extent > 1]
+    if not candidates or rng.random() < 0.03:
+        return None
+    candidates.sort(key=lambda a: _vector_cost(dag, a))
+    if rng.random() < 0.7 or len(candidates) == 1:
+        return candidates[0]
+    return str(rng.choice(candidates[1:]))
+
+
+def _outer_loops(dag: ComputeDAG) -> list[str]:
+    """The S0 group: level 0 of split spatial axes, and unsplit (extent-1) spatial axes."""
+    return [a.name if a.extent == 1 else f"{a.name}.0" for a in dag.spatial_axes]
+
+
+def _default_parallel_depth(dag: ComputeDAG, ann: Annotation, target: Target) -> int:
+    if target.threads == 1:
+        return 0
+    product, depth = 1, 0
+    for a in dag.spatial_axes:
+        if product >= target.threads * ITERATIONS_PER_THREAD:
+            break
+        trips = a.extent if a.extent == 1 else -(-a.extent // math.prod(ann.tile(a.name)))
+        product *= trips
+        depth += 1
+    return depth
+
+
+def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
+           target: Target) -> Annotation:
+    for _ in range(100):
+        vector_axis = _pick_vector_axis(rng, dag)
+        tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes))
+                      for a in split_axes(dag))
+        ann = Annotation(tiles, vector_axis, int(rng.choice(UNROLL_CHOICES)), 0)
+        ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
+        if fits(dag, sketch, ann):
+            return ann
+    raise RuntimeError(f"no annotation of {sketch.name} fits its limits after 100 samples")
+
+
+def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation) -> bool:
+    """The limits no step checks on its own: the local tile and the vector width."""
+    if ann.vector_axis is not None and ann.tile(ann.vector_axis)[-1] > MAX_VECTOR_LANES:
+        return False
+    if sketch.cache_write is None:
+        return True
+    first = 0 if sketch.cache_write == "S0" else 1
+    tile = 1
+    for a in dag.spatial_axes:
+        if a.extent > 1:
+            tile *= math.prod(ann.tile(a.name)[first:])
+    return tile <= MAX_TILE_FLOATS
+
+
+def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -> tuple[Step, ...]:
+    steps: list[Step] = [Split(a, ann.tile(a)) for a in split_axes(dag)]
+    spatial = [a.name for a in dag.spatial_axes if a.extent > 1]
+    reduce = [a.name for a in dag.reduce_axes if a.extent > 1]
+    s0 = _outer_loops(dag)
+    s1 = [f"{a}.1" for a in spatial]
+    r0 = [f"{a}.0" for a in reduce] + [a.name for a in dag.reduce_axes if a.extent == 1]
+    s2 = [f"{a}.2" for a in spatial]
+    r1 = [f"{a}.1" for a in reduce]
+    s3 = [f"{a}.3" for a in spatial if a != ann.vector_axis]
+    if ann.vector_axis is not None:
+        s3.append(f"{ann.vector_axis}.3")
+    order = s0 + s1 + r0 + s2 + r1 + s3
+    steps.append(Reorder(tuple(order)))
+
+    depth = min(ann.parallel_depth, len(s0)) if target.threads > 1 else 0
+    outer = list(s0)
+    if depth >= 2:
+        fused = "+".join(s0[:depth])
+        steps.append(Fuse(tuple(s0[:depth])))
+        outer = [fused] + s0[depth:]
+    if depth >= 1:
+        steps.append(Annotate(outer[0], "parallel"))
+
+    vectorized = None
+    if ann.vector_axis is not None and ann.tile(ann.vector_axis)[-1] > 1:
+        vectorized = f"{ann.vector_axis}.3"
+        steps.append(Annotate(vectorized, "vectorize"))
+    extents = _loop_extents(dag, ann)
+    product = 1
+    for name in reversed(s2 + r1 + s3):  # auto-unroll: innermost loops first, up to the limit
+        if name == vectorized:
+            continue
+        product *= extents[name]
+        if product > ann.unroll_max:
+            break
+        steps.append(Annotate(name, "unroll"))
+
+    if sketch.cache_write == "S0" or (sketch.cache_write == "S1" and not s1):
+        steps.append(CacheWrite(outer[-1]))
+    elif sketch.cache_write == "S1":
+        steps.append(CacheWrite(s1[-1]))
+    for op in dag.inputs:
+        if op.padded and sketch.pad is not None:
+            steps.append(Pad(op.name, sketch.pad))
+    steps += [LayoutRewrite(name) for name in sketch.layout_rewrite]
+    return tuple(steps)
+
+
+def _loop_extents(dag: ComputeDAG, ann: Annotation) -> dict[str, int]:
+    out = {}
+    for a in split_axes(dag):
+        factors = ann.tile(a)
+        out[f"{a}.0"] = -(-dag.axis(a).extent // math.prod(factors))
+        for level, f in enumerate(factors, start=1):
+            out[f"{a}.{level}"] = f
+    return out
+
+
+# ------------------------------------------------------------------------------ evolution
+
+def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annotation,
+           target: Target) -> Annotation:
+    """One of Ansor's mutations, with its probabilities: tile size 0.90, unroll 0.04, vector
+    axis (its compute location, here) 0.05, parallel extent 0.01."""
+    for _ in range(20):
+        r = rng.random()
+        if r < 0.90:
+            new = _mutate_tile(rng, dag, ann, target)
+        elif r < 0.94:
+            new = replace(ann, unroll_max=int(rng.choice(
+                [u for u in UNROLL_CHOICES if u != ann.unroll_max])))
+        elif r < 0.99:
+            vector_axis = _pick_vector_axis(rng, dag)
+            tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes)
+                           if a in (vector_axis, ann.vector_axis) else f) for a, f in ann.tiles)
+            new = replace(ann, vector_axis=vector_axis, tiles=tiles)
+        else:
+            limit = len(_outer_loops(dag)) if target.threads > 1 else 0
+            new = replace(ann, parallel_depth=int(rng.integers(0, limit + 1)))
+        if new != ann and fits(dag, sketch, new):
+            return new
+    return ann
+
+
+def _mutate_tile(rng, dag: ComputeDAG, ann: Annotation, target: Target) -> Annotation:
+    """Moves a prime factor between two levels of one axis (Ansor's tile-size mutation); an
+    axis with a tail is resampled instead."""
+    if not ann.tiles:
+        return ann
+    axis, factors = ann.tiles[int(rng.integers(len(ann.tiles)))]
+    extent = dag.axis(axis).extent
+    if extent % math.prod(factors):
+        new = _sample_tiles(rng, dag, axis, ann.vector_axis, target.vector_lanes)
+    else:
+        levels = [extent // math.prod(factors)] + list(factors)  # level 0 is implicit
+        src = int(rng.choice([i for i, f in enumerate(levels) if f > 1] or [0]))
+        if levels[src] == 1:
+            return ann
+        primes = [p for p in range(2, levels[src] + 1)
+                  if levels[src] % p == 0 and all(p % q for q in range(2, p))]
+        p = int(rng.choice(primes))
+        dst = int(rng.choice([i for i in range(len(levels)) if i != src]))
+        levels[src] //= p
+        levels[dst] *= p
+        new = tuple(levels[1:])
+    return replace(ann, tiles=tuple((a, new if a == axis else f) for a, f in ann.tiles))
+
+
+def crossover(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, a: Annotation,
+              b: Annotation) -> Annotation:
+    """Tile sizes axis by axis from either parent; the rest from one of them."""
+    if a.vector_axis != b.vector_axis:
+        return a
+    tiles = tuple((axis, fa if rng.random() < 0.5 else fb)
+                  for (axis, fa), (_, fb) in zip(a.tiles, b.tiles))
+    base = a if rng.random() < 0.5 else b
+    child = replace(base, tiles=tiles)
+    return child if fits(dag, sketch, child) else a
