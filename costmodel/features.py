@@ -1,0 +1,198 @@
+"""Features of a lowered loop nest, in the spirit of Ansor's (TVM auto_scheduler/feature.cc).
+
+One fixed-length float vector per program, made of
+- GLOBAL features (the whole program: work, parallelism, tails, register tile, allocations),
+- LEVEL features for each of the innermost `LEVELS` loops of the compute statement, innermost
+  first, zero where the nest is shallower: the loop's extent and annotation, and for each buffer
+  (lhs, rhs, the accumulation target) the bytes and cache lines it touches inside that loop and
+  how often each touched element is reused there, plus the arithmetic intensity of the subtree.
+
+Every program has the same statements (one multiply-accumulate, one output pass), so a vector
+per program needs no per-statement sum as Ansor's model does. All sizes enter as log2(1 + x):
+trees split on ratios. `FEATURE_NAMES` documents every entry; bump `FEATURE_VERSION` whenever
+the meaning of any entry changes, since saved models are only valid for their version.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.codegen import packed_parts, padding
+from tuner.schedule import Loop, LoopNest
+
+FEATURE_VERSION = 1
+LEVELS = 10
+LINE_FLOATS = 16  # a 64-byte cache line holds 16 float32
+KINDS = ("serial", "parallel", "unroll", "vectorize")
+BUFFERS = ("lhs", "rhs", "acc")
+
+GLOBAL_FEATURES = (
+    ("flops", "log2 floating-point operations of the whole program"),
+    ("loops", "number of loops in the compute nest"),
+    ("vector_lanes", "lanes of the vectorized loop (0: scalar code)"),
+    ("vector_chunks", "native vectors per vectorized iteration (lanes / machine lanes)"),
+    ("unrolled_bodies", "log2 product of the extents of unrolled loops"),
+    ("register_tile", "log2 floats of the accumulator tile when it is fully unrolled (registers)"),
+    ("register_vectors", "accumulator vectors of the register tile, if any (32 zmm exist)"),
+    ("local_tile", "log2 floats of the local accumulator (cache_write), 0 without one"),
+    ("local_in_registers", "1 if every loop of the local tile is unrolled or vectorized"),
+    ("reduction_inside_tile", "log2 reduction iterations per local tile (0 without one)"),
+    ("parallel_extent", "log2 iterations of the parallel loop (0 without one)"),
+    ("work_per_thread", "log2 flops per thread"),
+    ("parallel_imbalance", "ceil(iterations / threads) * threads / iterations"),
+    ("threads", "threads the program runs on"),
+    ("tail_waste", "log2 of padded iteration space / real iteration space (tails)"),
+    ("vector_tail", "1 if the vectorized loop's extent does not divide its axis' tile"),
+    ("pad_inline", "1 if padded reads are bounds-checked in the inner loop"),
+    ("pad_root", "log2 bytes of the padded copy made per call"),
+    ("packed_operands", "number of constant operands packed at build time"),
+    ("lhs_stride", "log2(1+|stride|) of lhs along the innermost loop (0: broadcast)"),
+    ("rhs_stride", "log2(1+|stride|) of rhs along the innermost loop (0: broadcast)"),
+    ("acc_stride", "log2(1+|stride|) of the accumulation target along the innermost loop"),
+    ("lhs_gather", "1 if lhs is read with a stride other than 0 or 1 in the vector loop"),
+    ("rhs_gather", "1 if rhs is read with a stride other than 0 or 1 in the vector loop"),
+    ("out_scatter", "1 if the output is written with a stride other than 1 in the vector loop"),
+    ("output_bytes", "log2 bytes of the output"),
+    ("epilogue_passes", "extra passes over the output (bias and ReLU without cache_write)"),
+)
+LEVEL_FEATURES = (
+    ("extent", "log2 trips of this loop"),
+    *((f"is_{k}", f"1 if the loop is {k}") for k in KINDS),
+    ("is_reduce", "1 if the loop runs over a reduction axis"),
+    *(item for b in BUFFERS for item in (
+        (f"{b}_bytes", f"log2 bytes of {b} touched inside this loop"),
+        (f"{b}_lines", f"log2 cache lines of {b} touched inside this loop"),
+        (f"{b}_reuse", f"log2 accesses per touched element of {b} inside this loop"))),
+    ("intensity", "log2 flops per byte touched inside this loop"),
+)
+FEATURE_NAMES = tuple(n for n, _ in GLOBAL_FEATURES) + tuple(
+    f"L{level}.{n}" for level in range(LEVELS) for n, _ in LEVEL_FEATURES)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+def _lg(x: float) -> float:
+    return math.log2(1.0 + max(0.0, x))
+
+
+class _Buffer:
+    """Footprint of one buffer as a function of which loops are inside."""
+
+    def __init__(self, nest: LoopNest, role: str):
+        dag = nest.dag
+        self.kind = "affine"
+        if role == "acc" and nest.cache_write_at is not None:
+            self.kind = "tile"
+            self.keys = {(p.axis, p.level) for loop in nest.tile_loops if not loop.reduce
+                         for p in loop.parts}
+            self.dims, self.sizes = None, None
+            return
+        op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
+        if op.name in nest.layout_rewrite:
+            self.kind = "packed"
+            self.keys = {(p.axis, p.level) for p in packed_parts(nest, op)}
+            return
+        pads = padding(op, dag.extents) if op.padded else [(0, 0)] * len(op.shape)
+        self.dims = [(dict(e.terms), size + lo + hi) for e, size, (lo, hi)
+                     in zip(op.index, op.shape, pads)]
+        self.strides = op.strides()
+        self.flat = op.flat()
+
+    def footprint(self, ranges: dict[str, int], parts_inside: list) -> tuple[float, float]:
+        """(elements, cache lines) touched; `ranges`: index span of each axis inside."""
+        if self.kind in ("tile", "packed"):
+            elements = math.prod(p.extent for p in parts_inside
+                                 if (p.axis, p.level) in self.keys)
+            return elements, elements / LINE_FLOATS
+        elements, innermost = 1, 1
+        for coefs, size in self.dims:
+            span = min(size, sum(abs(c) * ranges.get(a, 0) for a, c in coefs.items()) + 1)
+            elements *= span
+            innermost = span
+        return elements, elements / min(LINE_FLOATS, innermost)
+
+    def stride(self, loop: Loop) -> int:
+        if self.kind != "affine":
+            return 1
+        part = loop.parts[-1]
+        return self.flat.coef(part.axis) * part.step
+
+
+def extract_features(nest: LoopNest, threads: int, lanes: int = 16) -> np.ndarray:
+    dag, loops = nest.dag, nest.loops
+    buffers = {role: _Buffer(nest, role) for role in BUFFERS}
+    total_flops = dag.flops
+    out: list[float] = []
+
+    inner = loops[-1]
+    vec = inner if inner.kind == "vectorize" else None
+    unrolled = math.prod(l.extent for l in loops if l.kind == "unroll")
+    tile_loops = nest.tile_loops
+    tile = math.prod(l.extent for l in tile_loops if not l.reduce) if tile_loops else 0
+    in_registers = bool(tile_loops) and all(
+        l.kind in ("unroll", "vectorize") for l in tile_loops if not l.reduce)
+    register_tile = tile if in_registers else 0
+    tile_reduction = math.prod(l.extent for l in tile_loops if l.reduce) if tile_loops else 0
+    parallel = loops[0] if loops[0].kind == "parallel" and threads > 1 else None
+    par_extent = parallel.extent if parallel else 1
+    per_thread = -(-par_extent // threads) if parallel else par_extent
+    padded_space = math.prod(l.extent for l in loops)
+    real_space = math.prod(a.extent for a in dag.axes)
+    vec_tail = 0.0
+    if vec is not None:
+        part = vec.parts[0]
+        axis_extent = dag.axis(part.axis).extent
+        vec_tail = float(axis_extent % vec.extent != 0 and axis_extent > vec.extent)
+    root_pad = 0
+    inline_pad = 0.0
+    for op in dag.inputs:
+        pads = padding(op, dag.extents) if op.padded else []
+        if any(lo or hi for lo, hi in pads):
+            if nest.pad_mode(op.name) == "root":
+                root_pad += 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
+            else:
+                inline_pad = 1.0
+    strides = {r: buffers[r].stride(inner) for r in BUFFERS}
+    out_flat = dag.output.flat()
+    out_scatter = float(vec is not None
+                        and out_flat.coef(vec.parts[0].axis) * vec.parts[0].step != 1)
+    epilogue = 0 if nest.cache_write_at is not None else \
+        (dag.bias is not None) + dag.relu + 1
+    out += [
+        _lg(total_flops), len(loops), vec.extent if vec else 0,
+        math.ceil(vec.extent / lanes) if vec else 0, _lg(unrolled), _lg(register_tile),
+        math.ceil(register_tile / lanes) if register_tile else 0, _lg(tile),
+        float(in_registers), _lg(tile_reduction), _lg(par_extent if parallel else 0),
+        _lg(total_flops / (threads if parallel else 1)),
+        per_thread * threads / par_extent if parallel else 1.0, threads,
+        math.log2(padded_space / real_space), vec_tail, inline_pad, _lg(root_pad),
+        len(nest.layout_rewrite), _lg(abs(strides["lhs"])), _lg(abs(strides["rhs"])),
+        _lg(abs(strides["acc"])),
+        float(vec is not None and abs(strides["lhs"]) > 1),
+        float(vec is not None and abs(strides["rhs"]) > 1), out_scatter,
+        _lg(4 * dag.output.size), epilogue,
+    ]
+
+    ranges: dict[str, int] = {}
+    parts_inside: list = []
+    accesses = 1
+    flops_per_access = total_flops / max(1, real_space)  # 2 per multiply-accumulate
+    for depth in range(LEVELS):
+        if depth >= len(loops):
+            out += [0.0] * len(LEVEL_FEATURES)
+            continue
+        loop = loops[-1 - depth]
+        for p in loop.parts:
+            ranges[p.axis] = ranges.get(p.axis, 0) + (p.extent - 1) * p.step
+            parts_inside.append(p)
+        accesses *= loop.extent
+        row = [_lg(loop.extent)] + [float(loop.kind == k) for k in KINDS] + [float(loop.reduce)]
+        touched = 0.0
+        for role in BUFFERS:
+            elements, lines = buffers[role].footprint(ranges, parts_inside)
+            touched += 4 * elements
+            row += [_lg(4 * elements), _lg(lines), _lg(accesses / max(1.0, elements))]
+        row.append(_lg(accesses * flops_per_access / max(1.0, touched)))
+        out += row
+    return np.asarray(out, dtype=np.float32)
