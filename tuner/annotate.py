@@ -268,3 +268,30 @@ def crossover(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, a: Anno
     base = a if rng.random() < 0.5 else b
     child = replace(base, tiles=tiles)
     return child if fits(dag, sketch, child) else a
+
+
+def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
+                      sketches: list[Sketch]) -> tuple[Sketch, Annotation] | None:
+    """The (sketch, annotation) that `to_steps` turns into exactly `steps`, if any: measured
+    records re-enter the evolutionary population as genomes (a resumed run, another strategy's
+    records). Schedules written by hand or by other tools give None."""
+    tiles = tuple((s.axis, s.factors) for s in steps if isinstance(s, Split))
+    if [a for a, _ in tiles] != split_axes(dag):
+        return None
+    vector = [s.loop for s in steps if isinstance(s, Annotate) and s.annotation == "vectorize"]
+    fused = [s for s in steps if isinstance(s, Fuse)]
+    parallel = [s for s in steps if isinstance(s, Annotate) and s.annotation == "parallel"]
+    depth = len(fused[0].loops) if fused else (1 if parallel else 0)
+    if vector:
+        axes = [vector[0].rsplit(".", 1)[0]]
+    else:  # no vector axis, or one with a vector tile of 1: only its place in the order shows
+        order = next((s.order for s in steps if isinstance(s, Reorder)), ("",))
+        last = order[-1].rsplit(".", 1)[0]
+        axes = [None] + ([last] if last in split_axes(dag) else [])
+    for vector_axis in axes:
+        for unroll in UNROLL_CHOICES:
+            ann = Annotation(tiles, vector_axis, unroll, depth)
+            for sketch in sketches:
+                if fits(dag, sketch, ann) and to_steps(dag, sketch, ann, target) == steps:
+                    return sketch, ann
+    return None
