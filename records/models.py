@@ -1,0 +1,78 @@
+"""SQLAlchemy models of the measurement log: one table per concept, constraints in the schema.
+
+Table names carry a `tuner_` prefix so the log can live in a shared database. Rows never leave
+the package: `records.store` turns them into frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tuner.result import ErrorKind
+
+SCHEMA_VERSION = 1
+ERROR_KINDS = tuple(k.value for k in ErrorKind)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "tuner_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class TaskRow(Base):
+    __tablename__ = "tuner_tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True, nullable=False)
+    op: Mapped[str] = mapped_column(String(64), nullable=False)
+    shape_json: Mapped[str] = mapped_column(Text, nullable=False)
+    attrs_json: Mapped[str] = mapped_column(Text, nullable=False)
+    dtype: Mapped[str] = mapped_column(String(16), nullable=False)
+
+
+class TargetRow(Base):
+    __tablename__ = "tuner_targets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True, nullable=False)
+    triple: Mapped[str] = mapped_column(String(128), nullable=False)
+    cpu: Mapped[str] = mapped_column(String(128), nullable=False)
+    features: Mapped[str] = mapped_column(Text, nullable=False)
+    threads: Mapped[int] = mapped_column(Integer, CheckConstraint("threads >= 1"),
+                                         nullable=False)
+
+
+class RecordRow(Base):
+    __tablename__ = "tuner_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tuner_tasks.id"), nullable=False)
+    target_id: Mapped[int] = mapped_column(ForeignKey("tuner_targets.id"), nullable=False)
+    trial: Mapped[int] = mapped_column(Integer, nullable=False)
+    schedule_json: Mapped[str] = mapped_column(Text, nullable=False)
+    schedule_hash: Mapped[str] = mapped_column(String(40), nullable=False)
+    error_kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    error_detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    costs_json: Mapped[str] = mapped_column(Text, nullable=False)  # seconds per call, a list
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    median_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    compile_s: Mapped[float] = mapped_column(Float, nullable=False)
+    flops: Mapped[float] = mapped_column(Float, nullable=False)
+    gflops: Mapped[float] = mapped_column(Float, nullable=False)  # 0 for failed candidates
+    predicted: Mapped[float | None] = mapped_column(Float, nullable=True)
+    strategy: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tuner_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    timestamp: Mapped[float] = mapped_column(Float, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("error_kind IN (%s)" % ", ".join(f"'{k}'" for k in ERROR_KINDS),
+                        name="ck_tuner_records_error_kind"),
+        CheckConstraint("(error_kind = 'none') = (median_s IS NOT NULL)",
+                        name="ck_tuner_records_timed_iff_ok"),
+        Index("ix_tuner_records_task_target", "task_id", "target_id", "trial"),
+        Index("ix_tuner_records_schedule", "task_id", "target_id", "schedule_hash"),
+    )
