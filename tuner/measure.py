@@ -46,11 +46,12 @@ class MeasureInput:
 
 @dataclass(frozen=True, slots=True)
 class MeasureOptions:
-    build_timeout_s: float = 30.0    # lowering + LLVM; a 4096-body unroll takes seconds
+    build_timeout_s: float = 15.0    # lowering + LLVM: ~0.1 s typically, seconds at the limits
     run_timeout_s: float = 20.0      # loading, checking and timing one candidate
     min_sample_s: float = 1e-3       # a sample repeats the call until it lasts this long
     samples: int = 7                 # median of 7 varied 2-4% here (DESIGN.md §5)
     warmup: int = 1
+    max_total_s: float = 0.5         # timing budget per candidate: slow ones get fewer samples
     check: bool = True               # compare the first run with the numpy reference
     seed: int = 0                    # inputs are random arrays drawn with this seed
     recycle_after: int = 200         # builds per builder process before it is replaced
@@ -194,7 +195,8 @@ class Measurer:
                 i = to_run.popleft()
                 request = {**requests[i], "object": objects.pop(i), "check": opts.check,
                            "seed": opts.seed, "min_sample_s": opts.min_sample_s,
-                           "samples": opts.samples, "warmup": opts.warmup}
+                           "samples": opts.samples, "warmup": opts.warmup,
+                           "max_total_s": opts.max_total_s}
                 self._runner.submit(i, request, opts.run_timeout_s)
             busy = [w for w in self._builders + [self._runner] if w.job is not None]
             if not busy:

@@ -87,7 +87,7 @@ def run(request: dict) -> dict:
                               f"first at {where}: {out[where]!r} vs {expected[where]!r}")
         timing = time_callable(lambda: kernel.run(out, *args),
                                min_sample_s=request["min_sample_s"], samples=request["samples"],
-                               warmup=request["warmup"])
+                               warmup=request["warmup"], max_total_s=request["max_total_s"])
     except MemoryError:
         return _error(ErrorKind.OUT_OF_MEMORY, f"out of memory for {task.key}")
     finally:

@@ -29,7 +29,9 @@ class TimingResult:
 
 
 def time_callable(fn: Callable[[], object], *, min_sample_s: float = 1e-3, samples: int = 7,
-                  warmup: int = 1) -> TimingResult:
+                  warmup: int = 1, max_total_s: float | None = None) -> TimingResult:
+    """`max_total_s` caps the time spent on one slow function: fewer samples (never under 3)
+    when each takes long, since a kernel 50x off the best needs no fourth digit."""
     if samples < 1 or min_sample_s < 0:
         raise ValueError(f"samples must be >= 1 and min_sample_s >= 0, got {samples}, "
                          f"{min_sample_s}")
@@ -46,6 +48,8 @@ def time_callable(fn: Callable[[], object], *, min_sample_s: float = 1e-3, sampl
         # aim straight for the target with 20% margin, at least doubling
         number = max(2 * number, int(number * 1.2 * min_sample_s / max(elapsed, 1e-9)))
     costs = [elapsed / number]
+    if max_total_s is not None:
+        samples = max(min(3, samples), min(samples, int(max_total_s / max(elapsed, 1e-9))))
     for _ in range(samples - 1):
         start = time.perf_counter()
         for _ in range(number):
