@@ -71,3 +71,37 @@ def test_benchmark_shapes_sample_validly(target2):
             for _ in range(20):
                 apply_steps(dag, to_steps(dag, sketch, sample(rng, dag, sketch, target2),
                                           target2))
+
+
+def test_stored_schedules_map_back_to_their_genomes(target1, target2):
+    from tuner.annotate import genome_from_steps
+    rng = np.random.default_rng(21)
+    for i in range(150):
+        task = random_task(rng)
+        dag = task.dag()
+        target = target2 if i % 2 else target1
+        sketches = generate_sketches(dag)
+        for sketch in sketches:
+            steps = to_steps(dag, sketch, sample(rng, dag, sketch, target), target)
+            genome = genome_from_steps(dag, steps, target, sketches)
+            assert genome is not None and to_steps(dag, *genome, target) == steps
+    dag = Task.create("matmul", (64, 64, 64)).dag()
+    from tuner.default import default_schedule
+    assert genome_from_steps(dag, default_schedule(dag, target1), target1,
+                             generate_sketches(dag)) is None  # not in SSRSRS form
+
+
+def test_expert_seed_is_in_the_space_and_correct(target1):
+    from tuner.annotate import expert_annotation
+    task = Task.create("conv2d", (1, 8, 10, 10, 32, 3, 3), pad=1, bias=True, relu=True)
+    dag = task.dag()
+    seeded = 0
+    for sketch in generate_sketches(dag):
+        ann = expert_annotation(dag, sketch, target1)
+        if ann is None:
+            continue
+        seeded += 1
+        kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target1)), target1)
+        inputs = dag.random_inputs(np.random.default_rng(0))
+        assert_matches_reference(dag, kernel(*inputs), inputs)
+    assert seeded >= 4

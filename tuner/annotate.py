@@ -37,13 +37,15 @@ class Annotation:
     vector_axis: str | None
     unroll_max: int
     parallel_depth: int
+    outer_axis: str | None = None  # the spatial axis whose outermost tiles come first
 
     def tile(self, axis: str) -> tuple[int, ...]:
         return dict(self.tiles)[axis]
 
     def to_json(self) -> dict:
         return {"tiles": {a: list(f) for a, f in self.tiles}, "vector_axis": self.vector_axis,
-                "unroll_max": self.unroll_max, "parallel_depth": self.parallel_depth}
+                "unroll_max": self.unroll_max, "parallel_depth": self.parallel_depth,
+                "outer_axis": self.outer_axis}
 
 
 def split_axes(dag: ComputeDAG) -> list[str]:
@@ -104,16 +106,28 @@ def _pick_vector_axis(rng, dag: ComputeDAG) -> str | None:
     return str(rng.choice(candidates[1:]))
 
 
-def _outer_loops(dag: ComputeDAG) -> list[str]:
+def _pick_outer_axis(rng, dag: ComputeDAG) -> str | None:
+    names = [a.name for a in dag.spatial_axes if a.extent > 1]
+    return None if not names or rng.random() < 0.5 else str(rng.choice(names))
+
+
+def _outer_axes(dag: ComputeDAG, outer_axis: str | None = None) -> list:
+    axes = list(dag.spatial_axes)
+    if outer_axis is not None:  # e.g. a matmul's column panels outermost, so B stays in cache
+        axes.sort(key=lambda a: a.name != outer_axis)
+    return axes
+
+
+def _outer_loops(dag: ComputeDAG, outer_axis: str | None = None) -> list[str]:
     """The S0 group: level 0 of split spatial axes, and unsplit (extent-1) spatial axes."""
-    return [a.name if a.extent == 1 else f"{a.name}.0" for a in dag.spatial_axes]
+    return [a.name if a.extent == 1 else f"{a.name}.0" for a in _outer_axes(dag, outer_axis)]
 
 
 def _default_parallel_depth(dag: ComputeDAG, ann: Annotation, target: Target) -> int:
     if target.threads == 1:
         return 0
     product, depth = 1, 0
-    for a in dag.spatial_axes:
+    for a in _outer_axes(dag, ann.outer_axis):
         if product >= target.threads * ITERATIONS_PER_THREAD:
             break
         trips = a.extent if a.extent == 1 else -(-a.extent // math.prod(ann.tile(a.name)))
@@ -128,7 +142,8 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
         vector_axis = _pick_vector_axis(rng, dag)
         tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes))
                       for a in split_axes(dag))
-        ann = Annotation(tiles, vector_axis, int(rng.choice(UNROLL_CHOICES)), 0)
+        ann = Annotation(tiles, vector_axis, int(rng.choice(UNROLL_CHOICES)), 0,
+                         _pick_outer_axis(rng, dag))
         ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
         if fits(dag, sketch, ann):
             return ann
@@ -153,7 +168,7 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
     steps: list[Step] = [Split(a, ann.tile(a)) for a in split_axes(dag)]
     spatial = [a.name for a in dag.spatial_axes if a.extent > 1]
     reduce = [a.name for a in dag.reduce_axes if a.extent > 1]
-    s0 = _outer_loops(dag)
+    s0 = _outer_loops(dag, ann.outer_axis)
     s1 = [f"{a}.1" for a in spatial]
     r0 = [f"{a}.0" for a in reduce] + [a.name for a in dag.reduce_axes if a.extent == 1]
     s2 = [f"{a}.2" for a in spatial]
@@ -212,8 +227,8 @@ def _loop_extents(dag: ComputeDAG, ann: Annotation) -> dict[str, int]:
 
 def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annotation,
            target: Target) -> Annotation:
-    """One of Ansor's mutations, with its probabilities: tile size 0.90, unroll 0.04, vector
-    axis (its compute location, here) 0.05, parallel extent 0.01."""
+    """One of Ansor's mutations, with its probabilities: tile size 0.90, unroll 0.04, loop
+    order and vector axis (the compute location, here) 0.025 each, parallel extent 0.01."""
     for _ in range(20):
         r = rng.random()
         if r < 0.90:
@@ -221,13 +236,15 @@ def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annot
         elif r < 0.94:
             new = replace(ann, unroll_max=int(rng.choice(
                 [u for u in UNROLL_CHOICES if u != ann.unroll_max])))
+        elif r < 0.965:
+            new = replace(ann, outer_axis=_pick_outer_axis(rng, dag))
         elif r < 0.99:
             vector_axis = _pick_vector_axis(rng, dag)
             tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes)
                            if a in (vector_axis, ann.vector_axis) else f) for a, f in ann.tiles)
             new = replace(ann, vector_axis=vector_axis, tiles=tiles)
         else:
-            limit = len(_outer_loops(dag)) if target.threads > 1 else 0
+            limit = len(dag.spatial_axes) if target.threads > 1 else 0
             new = replace(ann, parallel_depth=int(rng.integers(0, limit + 1)))
         if new != ann and fits(dag, sketch, new):
             return new
@@ -288,10 +305,36 @@ def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
         order = next((s.order for s in steps if isinstance(s, Reorder)), ("",))
         last = order[-1].rsplit(".", 1)[0]
         axes = [None] + ([last] if last in split_axes(dag) else [])
+    order = next((s.order for s in steps if isinstance(s, Reorder)), ("",))
+    first = order[0].rsplit(".", 1)[0]
+    outer = [None] + ([first] if first in split_axes(dag) else [])
     for vector_axis in axes:
-        for unroll in UNROLL_CHOICES:
-            ann = Annotation(tiles, vector_axis, unroll, depth)
-            for sketch in sketches:
-                if fits(dag, sketch, ann) and to_steps(dag, sketch, ann, target) == steps:
-                    return sketch, ann
+        for outer_axis in outer:
+            for unroll in UNROLL_CHOICES:
+                ann = Annotation(tiles, vector_axis, unroll, depth, outer_axis)
+                for sketch in sketches:
+                    if fits(dag, sketch, ann) and to_steps(dag, sketch, ann, target) == steps:
+                        return sketch, ann
     return None
+
+
+def expert_annotation(dag: ComputeDAG, sketch: Sketch, target: Target) -> Annotation | None:
+    """The default schedule's register tile, expressed in this sketch's terms: a seed for the
+    evolutionary search, so it starts where an expert would and mutates from there."""
+    from tuner.default import register_tile
+
+    tile = register_tile(dag, target)
+    if tile is None:
+        return None
+    inner = {tile.vector_axis: tile.width, tile.unrolled_axis: tile.count,
+             tile.reduce_axis: tile.reduce_unroll}
+    tiles = []
+    for a in split_axes(dag):
+        levels = _levels(dag, a)
+        tiles.append((a, (1,) * (levels - 1) + (inner.get(a, 1),)))
+    chunks = -(-tile.width // 16)
+    body = tile.count * tile.reduce_unroll * chunks
+    unroll = next((u for u in UNROLL_CHOICES if u >= body), UNROLL_CHOICES[-1])
+    ann = Annotation(tuple(tiles), tile.vector_axis, unroll, 0, tile.vector_axis)
+    ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
+    return ann if fits(dag, sketch, ann) else None

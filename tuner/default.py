@@ -14,6 +14,8 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tuner.dag import ComputeDAG
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             Step, apply_steps)
@@ -43,11 +45,23 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
+@dataclass(frozen=True, slots=True)
+class RegisterTile:
+    """The expert's choices: vector axis and width, the unrolled axis and its count, and the
+    unrolled inner part of the last reduction axis."""
+    vector_axis: str
+    width: int
+    unrolled_axis: str | None
+    count: int
+    reduce_axis: str | None
+    reduce_unroll: int
+
+
+def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     lanes = target.vector_lanes
     spatial = [a for a in dag.spatial_axes if a.extent > 1]
     if not spatial:
-        return ()
+        return None
     vec = min(spatial, key=lambda a: (_vector_cost(dag, a.name), -a.extent))
     if vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or vec.extent >= 4 * lanes:
         width = 2 * lanes
@@ -57,12 +71,8 @@ def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
         width = vec.extent
     if vec.extent % width and vec.extent % lanes == 0:
         width = lanes
-
-    steps: list[Step] = [Split(vec.name, (width,))]
-    outer = [f"{vec.name}.0"]
-    inner = [f"{vec.name}.1"]
     others = [a for a in spatial if a is not vec]
-    unrolled = None
+    unrolled, count = None, 1
     if others:
         lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
         unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
@@ -70,6 +80,28 @@ def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
         count = _largest_divisor_at_most(unrolled.extent, budget)
         if count < budget // 2 and unrolled.extent > budget:
             count = budget
+    reduce_axes = dag.reduce_axes
+    last = reduce_axes[-1] if reduce_axes else None
+    reduce_unroll = 1
+    if last is not None:
+        reduce_unroll = last.extent if last.extent <= 2 * REDUCE_UNROLL else REDUCE_UNROLL
+    return RegisterTile(vec.name, width, unrolled.name if unrolled else None, count,
+                        last.name if last else None, reduce_unroll)
+
+
+def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
+    tile = register_tile(dag, target)
+    if tile is None:
+        return ()
+    vec = dag.axis(tile.vector_axis)
+    width = tile.width
+    unrolled = dag.axis(tile.unrolled_axis) if tile.unrolled_axis else None
+    count = tile.count
+
+    steps: list[Step] = [Split(vec.name, (width,))]
+    outer = [f"{vec.name}.0"]
+    inner = [f"{vec.name}.1"]
+    if unrolled is not None:
         steps.append(Split(unrolled.name, (count,)))
         inner.insert(0, f"{unrolled.name}.1")
     for a in dag.spatial_axes:

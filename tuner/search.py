@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from tuner.annotate import (UNROLL_CHOICES, Annotation, _divisors, _outer_loops, crossover,
-                            fits, mutate, sample, split_axes, to_steps)
+                            expert_annotation, fits, mutate, sample, split_axes, to_steps)
 from tuner.dag import ComputeDAG
 from tuner.result import MeasureResult
 from tuner.schedule import LoopNest, Step, apply_steps, schedule_to_json
@@ -117,6 +117,11 @@ class EvolutionarySearch(RandomSearch):
         self.measured: list[tuple[Candidate, float]] = []  # (candidate, gflops) of this task
         # measurements of other tasks on this target: the model starts from them
         self.history = history
+        self.seeds = []  # the expert register tile in every sketch that can hold it
+        for sketch in self.sketches:
+            ann = expert_annotation(dag, sketch, target)
+            if ann is not None:
+                self.seeds.append(make_candidate(dag, target, sketch, ann))
         self._fit()
 
     def _features(self, candidates: list[Candidate]) -> np.ndarray:
@@ -151,7 +156,7 @@ class EvolutionarySearch(RandomSearch):
         cfg = self.config
         best = sorted((x for x in self.measured if x[1] > 0), key=lambda x: -x[1])
         from_measured = [c for c, _ in best[:int(cfg.population * cfg.measured_share)]]
-        population = list(from_measured)
+        population = from_measured + self.seeds
         while len(population) < cfg.population:
             population.append(self.random_candidate())
         return population
@@ -241,7 +246,8 @@ class OptunaSearch:
             vector_axis = trial.suggest_categorical("vector_axis", self.vector_axes)
             unroll = trial.suggest_categorical("unroll_max", list(UNROLL_CHOICES))
             depth = trial.suggest_int("parallel_depth", 0, len(_outer_loops(self.dag)))
-            ann = Annotation(tiles, vector_axis, unroll, depth)
+            outer_axis = trial.suggest_categorical("outer_axis", self.vector_axes)
+            ann = Annotation(tiles, vector_axis, unroll, depth, outer_axis)
             if not fits(self.dag, sketch, ann):
                 self.study.tell(trial, 0.0)
                 continue
