@@ -21,8 +21,9 @@ import numpy as np
 
 from tuner.dag import ComputeDAG
 from tuner.default import _vector_cost
-from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
-                            LayoutRewrite, Pad, Reorder, Split, Step)
+from tuner.schedule import (MAX_CODE_SIZE, MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate,
+                            CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split, Step,
+                            apply_steps, code_size)
 from tuner.sketch import REDUCE_LEVELS, SPATIAL_LEVELS, Sketch
 from tuner.target import Target
 
@@ -193,6 +194,7 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
         vectorized = f"{ann.vector_axis}.3"
         steps.append(Annotate(vectorized, "vectorize"))
     extents = _loop_extents(dag, ann)
+    unrolled: list[str] = []
     product = -(-extents[vectorized] // 16) if vectorized else 1  # vector statements count
     for name in reversed(s2 + r1 + s3):  # auto-unroll: innermost loops first, up to the limit
         if name == vectorized:
@@ -200,7 +202,8 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
         product *= extents[name]
         if product > ann.unroll_max:
             break
-        steps.append(Annotate(name, "unroll"))
+        unrolled.append(name)
+    steps += [Annotate(name, "unroll") for name in unrolled]
 
     if sketch.cache_write == "S0" or (sketch.cache_write == "S1" and not s1):
         steps.append(CacheWrite(outer[-1]))
@@ -210,6 +213,9 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
         if op.padded and sketch.pad is not None:
             steps.append(Pad(op.name, sketch.pad))
     steps += [LayoutRewrite(name) for name in sketch.layout_rewrite]
+    # gathers make a body many statements long: unroll less until the code is small enough
+    while unrolled and code_size(apply_steps(dag, steps, check=False)) > MAX_CODE_SIZE:
+        steps.remove(Annotate(unrolled.pop(), "unroll"))
     return tuple(steps)
 
 

@@ -1,0 +1,265 @@
+"""The `tune` command: the only place that wires records/, costmodel/ and tuner/ together.
+
+    tune conv2d --shape N,C,H,W,K,R,S [--stride S] [--pad P] [--dilation D] [--groups G]
+    tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
+        [--bias] [--relu] [--trials N] [--db URL] [--threads T] [--seed S]
+        [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
+    tune show     what the database holds: tasks, targets, records, best GFLOPS
+    tune best     the best schedule of every task, as readable pseudo-code (or --json)
+    tune export   the best schedule per (task, target) to a JSON file
+    tune import   merge such a file into the database
+
+Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
+2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
+(everything measured before the interruption is stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tuner.errors import TunerError
+
+OPS = ("conv2d", "matmul", "batch_matmul")
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(TunerError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, our exit status, no usage dump
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 0, got {text!r}")
+    return value
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLAlchemy URL or SQLite file of the records (default: "
+                   "$TUNER_DB, else ~/.local/share/tuner/records.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from templates import get_template
+    from tuner.tune import STRATEGIES
+
+    parser = _Parser(prog="tune", description="Find fast loop schedules for tensor operators "
+                     "on this CPU, and keep every measurement.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for op in OPS:
+        form = get_template(op).SHAPE_FORM
+        p = sub.add_parser(op, help=f"tune {op} ({form})",
+                           description=f"Tune {op} for one shape on this CPU.")
+        p.add_argument("--shape", required=True, help=f"{form}, comma separated")
+        if op == "conv2d":
+            p.add_argument("--stride", type=_positive_int, default=1)
+            p.add_argument("--pad", type=_nonnegative_int, default=0)
+            p.add_argument("--dilation", type=_positive_int, default=1)
+            p.add_argument("--groups", type=_positive_int, default=1,
+                           help="groups; C for depthwise")
+        p.add_argument("--bias", action="store_true", help="add a bias per output channel")
+        p.add_argument("--relu", action="store_true", help="apply ReLU to the output")
+        p.add_argument("--trials", type=_positive_int, default=200,
+                       help="candidates to measure in this run (default 200)")
+        p.add_argument("--batch-size", type=_positive_int, default=16,
+                       help="candidates measured and committed per round (default 16)")
+        p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
+        p.add_argument("--threads", type=_positive_int, default=None,
+                       help="threads the kernel runs on (default: all usable cores)")
+        p.add_argument("--seed", type=_nonnegative_int, default=0)
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_db(p)
+    p = sub.add_parser("show", help="list the tasks and targets in the database")
+    _add_db(p)
+    p = sub.add_parser("best", help="the best schedule of every task in the database")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("export", help="write the best schedule per (task, target) to JSON")
+    _add_db(p)
+    p.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
+    _add_db(p)
+    p.add_argument("file", help="a file written by `tune export`")
+    return parser
+
+
+def parse_shape(op: str, text: str) -> tuple[int, ...]:
+    from templates import get_template
+
+    form = get_template(op).SHAPE_FORM
+    count = form.count(",") + 1
+    parts = text.split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != count or any(d < 1 for d in dims):
+        raise UsageError(f"--shape expects {form} ({count} positive integers), got '{text}'")
+    return dims
+
+
+def _open_store(db: str | None):
+    from records import RecordStore, resolve_db_url
+
+    return RecordStore(resolve_db_url(db))
+
+
+def _cmd_tune(args) -> int:
+    from costmodel.features import extract_features
+    from costmodel.model import XGBModel
+    from tuner.measure import Measurer
+    from tuner.schedule import apply_steps, schedule_from_json
+    from tuner.target import host_target
+    from tuner.task import Task
+    from tuner.tune import TuneConfig, tune
+
+    attrs = {"bias": args.bias, "relu": args.relu}
+    if args.command == "conv2d":
+        attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
+                     groups=args.groups)
+    task = Task.create(args.command, parse_shape(args.command, args.shape), **attrs)
+    target = host_target(args.threads)
+    config = TuneConfig(trials=args.trials, batch_size=args.batch_size,
+                        strategy=args.strategy, seed=args.seed)
+    store = _open_store(args.db)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=args.trials, desc=f"tuning {task.op}", unit="trial", file=sys.stderr,
+                   dynamic_ncols=True)
+
+    def progress(p) -> None:
+        if bar is not None:
+            bar.update(p.trials_done - bar.n)
+            bar.set_postfix_str(f"best {p.best_gflops:.1f} GFLOPS, {p.errors} failed")
+
+    try:
+        with store, Measurer(target) as measurer:
+            result = tune(task, target, store, measurer, config, XGBModel(), extract_features,
+                          progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.best_schedule_json is None:
+        print(f"tune: no valid schedule found for {task.key} in {result.trials_run} trials",
+              file=sys.stderr)
+        return EXIT_NOTHING
+    nest = apply_steps(task.dag(), schedule_from_json(result.best_schedule_json))
+    summary = {
+        "task": task.key, "target": target.key, "trials": result.trials_run,
+        "failed": result.errors, "best_gflops": round(result.best_gflops, 2),
+        "default_gflops": None if result.default_gflops is None
+        else round(result.default_gflops, 2),
+        "tuning_s": round(result.elapsed_s, 1), "db": store._safe_url,
+        "schedule": json.loads(result.best_schedule_json),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return EXIT_OK
+    print(f"task      {task.key}")
+    print(f"target    {target.cpu}, {target.threads} thread(s)")
+    print(f"trials    {result.trials_run} in {result.elapsed_s:.1f} s ({result.errors} failed)")
+    line = f"best      {result.best_gflops:.1f} GFLOPS"
+    if result.default_gflops:
+        line += (f"  (default schedule {result.default_gflops:.1f} GFLOPS, "
+                 f"x{result.best_gflops / result.default_gflops:.2f})")
+    print(line)
+    print(f"records   {store._safe_url}")
+    print("schedule:")
+    for text in nest.pseudo_code().splitlines():
+        print("  " + text)
+    return EXIT_OK
+
+
+def _cmd_show(args) -> int:
+    with _open_store(args.db) as store:
+        rows = store.summary()
+        print(f"{store._safe_url}: {store.count()} records")
+    for task, target, n, failed, best in rows:
+        gflops = f"{best.gflops:8.1f} GFLOPS" if best else "   no valid record"
+        print(f"{task.key:70s} {target.cpu:>12s} x{target.threads}  {n:5d} records "
+              f"({failed} failed)  best {gflops}")
+    return EXIT_OK
+
+
+def _cmd_best(args) -> int:
+    from tuner.schedule import apply_steps, schedule_from_json
+
+    with _open_store(args.db) as store:
+        best = store.best_per_task()
+    if args.json:
+        print(json.dumps([{"task": r.task.key, "target": r.target.key,
+                           "gflops": round(r.gflops, 2),
+                           "schedule": json.loads(r.schedule_json)} for r in best], indent=1))
+        return EXIT_OK if best else EXIT_NOTHING
+    for r in best:
+        print(f"# {r.task.key} on {r.target.cpu} x{r.target.threads}: {r.gflops:.1f} GFLOPS")
+        print(apply_steps(r.task.dag(), schedule_from_json(r.schedule_json)).pseudo_code())
+        print()
+    return EXIT_OK if best else EXIT_NOTHING
+
+
+def _cmd_export(args) -> int:
+    from records import export_best
+
+    with _open_store(args.db) as store:
+        count = export_best(store, args.output)
+    print(f"wrote the best schedule of {count} (task, target) pairs to {args.output}")
+    return EXIT_OK if count else EXIT_NOTHING
+
+
+def _cmd_import(args) -> int:
+    from records import import_best
+
+    with _open_store(args.db) as store:
+        added, present = import_best(store, args.file)
+    print(f"imported {added} records from {args.file} ({present} already present)")
+    return EXIT_OK
+
+
+COMMANDS = {"show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
+            "import": _cmd_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS.get(args.command, _cmd_tune)(args)
+    except TunerError as err:
+        if debug:
+            raise
+        print(f"tune: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tune: interrupted; every finished batch is stored", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
