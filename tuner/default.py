@@ -91,8 +91,11 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
 
 def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
     tile = register_tile(dag, target)
-    if tile is None:
-        return ()
+    return () if tile is None else tiled_schedule(dag, target, tile)
+
+
+def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple[Step, ...]:
+    """The expert schedule around a given register tile (benchmarks vary the tile)."""
     vec = dag.axis(tile.vector_axis)
     width = tile.width
     unrolled = dag.axis(tile.unrolled_axis) if tile.unrolled_axis else None

@@ -1,0 +1,129 @@
+"""Hand-written expert schedules against numpy (OpenBLAS) and onnxruntime (MLAS), one run.
+
+For every shape of shared/bench/shapes.json: the default schedule (tuner/default.py, the
+register-blocked recipe of DESIGN.md §3) and a small hand sweep of its register tile (vector
+width x unrolled rows, within the 32 vector registers), at one and at two threads, next to
+numpy's matmul and onnxruntime's Conv / MatMul measured here with the same timing protocol.
+
+    python bench/kernels.py [--threads 1 2] [--only resnet50.res2.3x3 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.comparators import numpy_matmul, onnxruntime_conv2d, onnxruntime_matmul  # noqa: E402
+from tuner.default import register_tile, tiled_schedule  # noqa: E402
+from tuner.errors import ScheduleError  # noqa: E402
+from tuner.jit import Kernel  # noqa: E402
+from tuner.schedule import apply_steps  # noqa: E402
+from tuner.target import host_target  # noqa: E402
+from tuner.task import Task  # noqa: E402
+from tuner.timing import time_callable  # noqa: E402
+
+SHAPES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "shapes.json"
+
+
+def load_tasks(path: Path = SHAPES) -> list[tuple[str, Task]]:
+    data = json.loads(path.read_text())
+    tasks = []
+    for e in data["conv2d"]:
+        tasks.append((e["name"], Task.create("conv2d", e["shape"], stride=e["stride"],
+                                             pad=e["pad"], dilation=e["dilation"],
+                                             groups=e["groups"])))
+    for e in data["matmul"]:
+        tasks.append((e["name"], Task.create("matmul", e["shape"])))
+    for e in data["batch_matmul"]:
+        tasks.append((e["name"], Task.create("batch_matmul", e["shape"])))
+    return tasks
+
+
+def measure_schedule(task: Task, target, steps) -> float:
+    dag = task.dag()
+    kernel = Kernel(apply_steps(dag, steps), target)
+    import numpy as np
+    args = kernel.pack(*dag.random_inputs(np.random.default_rng(0)))
+    out = kernel.new_output()
+    result = time_callable(lambda: kernel.run(out, *args), min_sample_s=0.02)
+    kernel.close()
+    return dag.flops / result.median_s / 1e9
+
+
+def tile_variants(task: Task, target):
+    dag = task.dag()
+    base = register_tile(dag, target)
+    if base is None:
+        return [()]
+    lanes = target.vector_lanes
+    variants = {tiled_schedule(dag, target, base)}
+    extent = dag.axis(base.vector_axis).extent
+    for width in (lanes, 2 * lanes, 3 * lanes, 4 * lanes):
+        if width > max(extent, lanes):
+            continue
+        budget = 28 // math.ceil(width / lanes)
+        for count in (4, 6, 7, 8, 12, 14):
+            if count > budget or (base.unrolled_axis and
+                                  count > dag.axis(base.unrolled_axis).extent):
+                continue
+            try:
+                variants.add(tiled_schedule(dag, target, replace(base, width=width,
+                                                                  count=count)))
+            except ScheduleError:
+                continue
+    return sorted(variants, key=str)
+
+
+def comparators(task: Task, threads: int) -> dict[str, float]:
+    dag, s, out = task.dag(), task.shape, {}
+    attrs = task.attr_dict
+    if task.op == "conv2d":
+        r = onnxruntime_conv2d(s, attrs["stride"], attrs["pad"], attrs["dilation"],
+                               attrs["groups"], threads)
+        out["onnxruntime"] = dag.flops / r.median_s / 1e9
+    elif task.op == "matmul":
+        out["numpy"] = dag.flops / numpy_matmul(*s, threads).median_s / 1e9
+        out["onnxruntime"] = dag.flops / onnxruntime_matmul(*s, threads).median_s / 1e9
+    else:
+        b, m, n, k = s
+        out["numpy"] = dag.flops / numpy_matmul(m, n, k, threads, batch=b).median_s / 1e9
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--only", nargs="*", help="shape names to run")
+    args = parser.parse_args(argv)
+    host = host_target()
+    print(f"# CPU {host.cpu} ({host.triple}), LLVM features hashed in target key {host.key}")
+    print("| shape | threads | default | best hand tile | numpy | onnxruntime | "
+          "best/numpy | best/ort |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, task in load_tasks():
+        if args.only and name not in args.only:
+            continue
+        for threads in args.threads:
+            target = host.with_threads(threads)
+            variants = tile_variants(task, target)
+            default = measure_schedule(task, target, variants[0] if len(variants) == 1 else
+                                       tiled_schedule(task.dag(), target,
+                                                      register_tile(task.dag(), target)))
+            best = max([default] + [measure_schedule(task, target, v) for v in variants])
+            ref = comparators(task, threads)
+            np_g, ort_g = ref.get("numpy"), ref.get("onnxruntime")
+            fmt = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
+            ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731
+            print(f"| {name} | {threads} | {default:.1f} | {best:.1f} | {fmt(np_g)} | "
+                  f"{fmt(ort_g)} | {ratio(best, np_g)} | {ratio(best, ort_g)} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
