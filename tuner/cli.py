@@ -8,6 +8,7 @@
     tune best     the best schedule of every task, as readable pseudo-code (or --json)
     tune export   the best schedule per (task, target) to a JSON file
     tune import   merge such a file into the database
+    tune build    the best schedules as an object file, a shared library and a C header
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -101,6 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the best schedule per (task, target) to JSON")
     _add_db(p)
     p.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    p = sub.add_parser("build", help="compile the best schedules into a library + C header",
+                       description="Compile the best stored schedule of each task for this "
+                       "CPU into an object file, a shared library and a C header.")
+    p.add_argument("op", nargs="?", choices=OPS, help="the operator (or use --task / --all)")
+    p.add_argument("--shape", help="the shape of OP")
+    for flag in ("--stride", "--dilation", "--groups"):
+        p.add_argument(flag, type=_positive_int, default=None)
+    p.add_argument("--pad", type=_nonnegative_int, default=None)
+    p.add_argument("--bias", action="store_true")
+    p.add_argument("--relu", action="store_true")
+    p.add_argument("--task", action="append", default=[],
+                   help="OP:SHAPE[:k=v,...], e.g. conv2d:1,64,56,56,64,3,3:pad=1; repeatable")
+    p.add_argument("--all", action="store_true",
+                   help="every task with a record for this target in --db")
+    p.add_argument("--db", help="a database (as for tuning) or a JSON file from `tune export`")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--allow-foreign-target", action="store_true",
+                   help="use a schedule tuned on another CPU when this one has none")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--name", default="tuner_kernels", help="library name (default tuner_kernels)")
     p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
     _add_db(p)
     p.add_argument("file", help="a file written by `tune export`")
@@ -241,8 +262,52 @@ def _cmd_import(args) -> int:
     return EXIT_OK
 
 
+def _cmd_build(args) -> int:
+    import warnings
+
+    from tuner.aot import build_library, task_from_spec
+    from tuner.replay import NoRecordWarning, select_schedule
+    from tuner.target import host_target
+    from tuner.task import Task
+
+    tasks = [task_from_spec(spec) for spec in args.task]
+    if args.op:
+        if not args.shape:
+            raise UsageError(f"build {args.op} needs --shape")
+        attrs = {"bias": args.bias, "relu": args.relu}
+        if args.op == "conv2d":
+            attrs.update({k: v for k, v in (("stride", args.stride), ("pad", args.pad),
+                                            ("dilation", args.dilation),
+                                            ("groups", args.groups)) if v is not None})
+        tasks.append(Task.create(args.op, parse_shape(args.op, args.shape), **attrs))
+    target = host_target(args.threads)
+    if args.all:
+        if args.db and args.db.endswith(".json"):
+            from records import read_best
+            found = [r.task for r in read_best(args.db)]
+        else:
+            with _open_store(args.db) as store:
+                found = [r.task for r in store.best_per_task(target)]
+        tasks += [t for t in dict.fromkeys(found) if t not in tasks]
+    if not tasks:
+        raise UsageError("build needs OP --shape ..., --task OP:SHAPE[:k=v,...] or --all")
+    choices = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoRecordWarning)
+        for task in tasks:
+            choices.append(select_schedule(task, target, args.db, args.allow_foreign_target))
+    for w in caught:
+        print(f"tune: warning: {w.message}", file=sys.stderr)
+    lib = build_library(choices, args.output, args.name)
+    for choice, symbol in zip(choices, lib.symbols):
+        how = f"{choice.gflops:.1f} GFLOPS when tuned" if choice.tuned else "default schedule"
+        print(f"{symbol}  ({how})")
+    print(f"wrote {lib.object_file}, {lib.shared_library} and {lib.header}")
+    return EXIT_OK
+
+
 COMMANDS = {"show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
-            "import": _cmd_import}
+            "import": _cmd_import, "build": _cmd_build}
 
 
 def main(argv: list[str] | None = None) -> int:

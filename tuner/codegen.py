@@ -1,7 +1,7 @@
 """Code generation: a LoopNest becomes an LLVM module, with nothing left for LLVM to guess.
 
 `emit_llvm(nest, threads)` writes one kernel function `void <name>(out, in0, in1[, bias])` (all
-pointers `noalias`) and one `pack_<operand>(dst, src)` per layout-rewritten operand.
+pointers `noalias`) and one `<name>_pack_<operand>(dst, src)` per layout-rewritten operand.
 
 What the generator decides itself, because DESIGN.md §3 measured that LLVM's auto-vectorizer
 reaches under half of peak on its own:
@@ -95,6 +95,10 @@ def emit_llvm(nest: LoopNest, threads: int, name: str = "kernel",
               lanes: int = 16) -> ir.Module:
     """`lanes`: float32 lanes of the target's vector registers (16 with AVX-512)."""
     return _Emitter(nest, threads, name, lanes).module
+
+
+def pack_function_name(kernel: str, operand: str) -> str:
+    return f"{kernel}_pack_{operand}"
 
 
 def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
@@ -547,8 +551,10 @@ class _Emitter:
         return dst
 
     def _emit_pack(self, op: Operand) -> None:
-        """pack_<op>(dst, src): the packed layout, zero where a tile overhangs the shape."""
-        func = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR]), name=f"pack_{op.name}")
+        """<name>_pack_<op>(dst, src): the packed layout, zero where a tile overhangs the
+        shape."""
+        func = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR]),
+                           name=pack_function_name(self.name, op.name))
         fn = Fn(func, {"dst": func.args[0], "src": func.args[1]})
         parts = packed_parts(self.nest, op)
         axes = sorted({p.axis for p in parts})

@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from tuner.codegen import emit_llvm, packed_parts
+from tuner.codegen import emit_llvm, pack_function_name, packed_parts
 from tuner.errors import CodegenError, TunerError
 from tuner.llvm_init import llvm
 from tuner.schedule import LoopNest
@@ -116,7 +116,7 @@ class Kernel:
         proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n_args))
         self._fn = proto(self._address(name))
         pack_proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-        self._packers = {op: pack_proto(self._address(f"pack_{op}"))
+        self._packers = {op: pack_proto(self._address(pack_function_name(name, op)))
                          for op in nest.layout_rewrite}
         self.compile_s = time.perf_counter() - start
 
@@ -156,12 +156,23 @@ class Kernel:
         self._fn(out.ctypes.data, *(a.ctypes.data for a in args))
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        """Converts and packs the inputs on every call; see `bind` for constant weights."""
         out = self.new_output()
         self.run(out, *self.pack(*inputs))
         return out
 
+    def bind(self, **constants: np.ndarray) -> "BoundKernel":
+        """Fixes constant operands (e.g. `weight=`), packed once now: the returned callable
+        takes only the remaining inputs, in order."""
+        names = [op.name for op in self.dag.inputs]
+        unknown = sorted(set(constants) - {op.name for op in self.dag.inputs if op.constant})
+        if unknown:
+            raise TunerError(f"{self.dag.op} has no constant operand {unknown[0]!r}; constant "
+                             f"operands: {[op.name for op in self.dag.inputs if op.constant]}")
+        return BoundKernel(self, names, constants)
+
     def close(self) -> None:
-        if self._engine is not None:
+        if getattr(self, "_engine", None) is not None:
             self._engine.close()
             self._engine = None
 
@@ -170,3 +181,43 @@ class Kernel:
             self.close()
         except Exception:  # interpreter shutdown: llvmlite may already be gone
             pass
+
+
+class BoundKernel:
+    """A kernel with its constant operands packed once: `bound(data) -> out`."""
+
+    def __init__(self, kernel: Kernel, names: list[str], constants: dict[str, np.ndarray]):
+        self.kernel = kernel
+        self._free = [n for n in names if n not in constants]
+        self._names = names
+        dag = kernel.dag
+        packed = {}
+        for op in dag.inputs:
+            if op.name in constants:
+                arr = np.ascontiguousarray(constants[op.name], dtype=np.float32)
+                if arr.shape != op.shape:
+                    raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
+                if op.name in kernel._packers:
+                    dst = np.empty(kernel.packed_shape(op.name), dtype=np.float32)
+                    kernel._packers[op.name](dst.ctypes.data, arr.ctypes.data)
+                    arr = dst
+                packed[op.name] = arr
+        self._packed = packed
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        if len(inputs) != len(self._free):
+            raise TunerError(f"this kernel takes {len(self._free)} arrays "
+                             f"({', '.join(self._free)}), got {len(inputs)}")
+        given = dict(zip(self._free, inputs))
+        args = []
+        for op in self.kernel.dag.inputs:
+            if op.name in self._packed:
+                args.append(self._packed[op.name])
+                continue
+            arr = np.ascontiguousarray(given[op.name], dtype=np.float32)
+            if arr.shape != op.shape:
+                raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
+            args.append(arr)
+        out = self.kernel.new_output()
+        self.kernel.run(out, *args)
+        return out
