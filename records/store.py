@@ -384,6 +384,11 @@ class RecordStore:
                 out.append((task, target, n, failed, best[0] if best else None))
             return out
 
+    def best_by_target(self, task: Task) -> list[Record]:
+        """The best record of `task` on every target that measured it."""
+        return [best for t, _, _, _, best in self.summary()
+                if best is not None and t.key == task.key]
+
     def best_per_task(self, target: Target | None = None) -> list[Record]:
         return [best for _, t, _, _, best in self.summary()
                 if best is not None and (target is None or t.key == target.key)]
