@@ -9,6 +9,7 @@
     tune export   the best schedule per (task, target) to a JSON file
     tune import   merge such a file into the database
     tune build    the best schedules as an object file, a shared library and a C header
+    tune plot     search curves of one task as a PNG
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -122,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a schedule tuned on another CPU when this one has none")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--name", default="tuner_kernels", help="library name (default tuner_kernels)")
+    p = sub.add_parser("plot", help="search curves of a task, as a PNG",
+                       description="Plot best GFLOPS over trials and wall time for every "
+                       "strategy that measured a task on this CPU.")
+    _add_db(p)
+    p.add_argument("--task", help="the task key (as `tune show` prints it) or OP:SHAPE[:k=v]; "
+                   "default: the only task in the database")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("-o", "--output", required=True, help="the PNG file to write")
     p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
     _add_db(p)
     p.add_argument("file", help="a file written by `tune export`")
@@ -306,7 +315,36 @@ def _cmd_build(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
+def _cmd_plot(args) -> int:
+    from tuner.aot import task_from_spec
+    from tuner.plot import search_curves
+
+    with _open_store(args.db) as store:
+        rows = store.summary()
+        if args.task:
+            wanted = args.task if "/" in args.task else task_from_spec(args.task).key
+            rows = [row for row in rows if row[0].key == wanted]
+        if args.threads:
+            rows = [row for row in rows if row[1].threads == args.threads]
+        pairs = {(t.key, g.key): (t, g) for t, g, *_ in rows}
+        if not pairs:
+            raise UsageError(f"no records of {args.task or 'any task'} in {store._safe_url}")
+        if len(pairs) > 1:
+            listed = "; ".join(f"{t} on {g}" for t, g in sorted(pairs))
+            raise UsageError(f"several tasks/targets in the database, pick one with --task "
+                             f"(and --threads): {listed}")
+        task, target = next(iter(pairs.values()))
+        history = store.history(task, target)
+    by_strategy: dict[str, list] = {}
+    for r in history:
+        by_strategy.setdefault(r.strategy or "unknown", []).append(r)
+    fig = search_curves(by_strategy, title=f"{task.key} on {target.cpu} x{target.threads}")
+    fig.savefig(args.output, dpi=110)
+    print(f"wrote {args.output} ({len(history)} records)")
+    return EXIT_OK
+
+
+COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
             "import": _cmd_import, "build": _cmd_build}
 
 
