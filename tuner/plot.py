@@ -12,10 +12,8 @@ other implementations measured on the same shape (numpy, onnxruntime), drawn as 
 from __future__ import annotations
 
 import matplotlib
-
-matplotlib.use("Agg")  # files, not windows: runs headless, in CI and in notebooks alike
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global state, no window, any backend
 
 
 def _curve(records) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -28,8 +26,9 @@ def _curve(records) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def search_curves(histories: dict[str, list], references: dict[str, float] | None = None,
                   title: str = ""):
-    fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for (label, records), color in zip(histories.items(), plt.cm.tab10.colors):
+    fig = Figure(figsize=(12, 4.5))
+    by_trial, by_time = fig.subplots(1, 2, sharey=True)
+    for (label, records), color in zip(histories.items(), matplotlib.colormaps["tab10"].colors):
         if not records:
             continue
         trials, elapsed, gflops, ok = _curve(records)
@@ -58,7 +57,8 @@ def search_curves(histories: dict[str, list], references: dict[str, float] | Non
 def model_quality(predicted: np.ndarray, measured: np.ndarray, sizes=None, accuracies=None,
                   importance: dict[str, float] | None = None, top: int = 15):
     panels = 1 + (sizes is not None) + (importance is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5))
+    fig = Figure(figsize=(5.5 * panels, 4.5))
+    axes = fig.subplots(1, panels)
     axes = np.atleast_1d(axes)
     ax = axes[0]
     ax.scatter(measured, predicted, s=10, alpha=0.5)
@@ -82,3 +82,12 @@ def model_quality(predicted: np.ndarray, measured: np.ndarray, sizes=None, accur
         axes[i].set_title("most important features")
     fig.tight_layout()
     return fig
+
+
+def to_png(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (for IPython.display.Image, or a file)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
