@@ -37,8 +37,8 @@ from tuner.target import Target
 
 @dataclass(frozen=True, slots=True)
 class SearchConfig:
-    population: int = 512          # Ansor uses 2048; Python-side lowering makes 512 a better
-    generations: int = 4           # trade-off at our batch sizes
+    population: int = 256          # Ansor: 2048 x 4 generations, in C++. Lowering and features
+    generations: int = 3           # cost ~1-3 ms per candidate in Python: this is ~2 s a round
     mutation_probability: float = 0.85
     measured_share: float = 0.2    # of the initial population, from the best measured
     epsilon: float = 0.05          # share of each batch picked at random
@@ -117,6 +117,7 @@ class EvolutionarySearch(RandomSearch):
         self.measured: list[tuple[Candidate, float]] = []  # (candidate, gflops) of this task
         # measurements of other tasks on this target: the model starts from them
         self.history = history
+        self._feature_cache: dict[str, np.ndarray] = {}
         self.seeds = []  # the expert register tile in every sketch that can hold it
         for sketch in self.sketches:
             ann = expert_annotation(dag, sketch, target)
@@ -125,8 +126,16 @@ class EvolutionarySearch(RandomSearch):
         self._fit()
 
     def _features(self, candidates: list[Candidate]) -> np.ndarray:
-        return np.stack([self.featurize(apply_steps(self.dag, c.steps), self.target.threads)
-                         for c in candidates])
+        rows = []
+        for c in candidates:
+            row = self._feature_cache.get(c.key)
+            if row is None:
+                row = self.featurize(apply_steps(self.dag, c.steps), self.target.threads)
+                if len(self._feature_cache) > 50_000:  # ~40 MB: start over, keep memory flat
+                    self._feature_cache.clear()
+                self._feature_cache[c.key] = row
+            rows.append(row)
+        return np.stack(rows)
 
     def _fit(self) -> None:
         feats, gflops, groups = [], [], []
