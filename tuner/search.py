@@ -10,7 +10,8 @@ drives them alike and benchmarks compare them on equal terms:
   sketch plus mutations of the best measured candidates evolves for a few generations under
   the cost model's predictions (mutation 0.85, crossover otherwise); the best predicted are
   measured, with an ε share of random ones. The model is refitted on every batch and scores are
-  random until enough measurements exist.
+  random until enough measurements exist. Unlike Ansor, the default schedule's register tile,
+  expressed in every sketch that can hold it, seeds the population and is measured first.
 - `RandomSearch`: uniform over sketches, random annotations: the baseline.
 - `OptunaSearch`: Optuna's TPE over the same parameters (sketch, tile sizes per axis and level,
   vector axis, unroll limit, parallel depth): the black-box comparator.
@@ -195,6 +196,12 @@ class EvolutionarySearch(RandomSearch):
         order = np.argsort(-scores, kind="stable")
         n_random = max(0, int(round(n * cfg.epsilon))) if self.model.fitted else 0
         out, seen = [], set(measured)
+        # the expert tiles are measured first, whatever an untrained model says of them: they
+        # anchor the search near what works and teach the model what fast looks like
+        for c in self.seeds:
+            if len(out) < n // 2 and c.key not in seen:
+                seen.add(c.key)
+                out.append(c)
         for i in order:
             c = population[int(i)]
             if len(out) >= n - n_random:
