@@ -1,7 +1,9 @@
 """SQLAlchemy models of the measurement log: one table per concept, constraints in the schema.
 
 Table names carry a `tuner_` prefix so the log can live in a shared database. Rows never leave
-the package: `records.store` turns them into frozen dataclasses.
+the package: `records.store` turns them into frozen dataclasses. Any change to these tables,
+including a new `ErrorKind` (the check constraint lists them), is a new SCHEMA_VERSION: a
+database made by another version is refused with a message, never half-used.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tuner.result import ErrorKind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # stored in tuner_meta under "schema_version"
 ERROR_KINDS = tuple(k.value for k in ErrorKind)
 
 
@@ -30,8 +32,8 @@ class TaskRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(512), unique=True, nullable=False)
     op: Mapped[str] = mapped_column(String(64), nullable=False)
-    shape_json: Mapped[str] = mapped_column(Text, nullable=False)
-    attrs_json: Mapped[str] = mapped_column(Text, nullable=False)
+    shape_json: Mapped[str] = mapped_column(Text, nullable=False)  # [int, ...]
+    attrs_json: Mapped[str] = mapped_column(Text, nullable=False)  # {name: int or bool}
     dtype: Mapped[str] = mapped_column(String(16), nullable=False)
 
 
@@ -56,13 +58,15 @@ class RecordRow(Base):
     schedule_hash: Mapped[str] = mapped_column(String(40), nullable=False)
     error_kind: Mapped[str] = mapped_column(String(32), nullable=False)
     error_detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    costs_json: Mapped[str] = mapped_column(Text, nullable=False)  # seconds per call, a list
+    costs_json: Mapped[str] = mapped_column(Text, nullable=False)  # [seconds per call, ...]
     number: Mapped[int] = mapped_column(Integer, nullable=False)
+    # median and min are columns (derived from costs) so that SQL can rank; NULL on failure
     median_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     min_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     compile_s: Mapped[float] = mapped_column(Float, nullable=False)
     flops: Mapped[float] = mapped_column(Float, nullable=False)
-    gflops: Mapped[float] = mapped_column(Float, nullable=False)  # 0 for failed candidates
+    # derived from flops and median_s, kept for ad-hoc SQL over the log; 0 on failure
+    gflops: Mapped[float] = mapped_column(Float, nullable=False)
     predicted: Mapped[float | None] = mapped_column(Float, nullable=True)
     strategy: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tuner_version: Mapped[str] = mapped_column(String(32), nullable=False)

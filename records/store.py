@@ -1,188 +1,96 @@
 """RecordStore: the measurement log behind a SQLAlchemy URL (SQLite by default).
 
-Follows Optuna's RDB storage: typed models, one session context manager that commits, rolls
-back and translates errors into `RecordsError`, a schema version checked on open, and frozen
-dataclasses for callers. SQLite runs in WAL mode with a busy timeout and takes its write lock
-at BEGIN (`BEGIN IMMEDIATE`), so several tuning processes can append to one file without
-deadlocking on lock upgrades. A file that is not ours (another application's database, or not
-a database at all) is refused before anything is written to it.
+Modelled on Optuna's RDB storage: typed models, one session context manager that commits,
+rolls back and translates database errors into `RecordsError`, a schema version checked when
+the store opens, and frozen dataclasses for callers. The search commits each batch with one
+`add_many` before it starts the next, so an interrupted run loses at most the batch in flight,
+and a resumed one skips what `measured_hashes` lists. Queries use only portable SQL (window
+functions included), so any SQLAlchemy database works; SQLite details live in
+`records.sqlite`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import sqlite3
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, func, inspect, select
+from sqlalchemy import case, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from records import sqlite
+from records.exchange import read_best, write_best
 from records.models import SCHEMA_VERSION, Base, MetaRow, RecordRow, TargetRow, TaskRow
-from tuner.errors import TunerError
+from records.record import (NewRecord, Record, RecordsError, canonical_schedule, make_task,
+                            schedule_hash)
 from tuner.result import ErrorKind, MeasureResult
 from tuner.target import Target
 from tuner.task import Task
 
-BUSY_TIMEOUT_MS = 30_000
-
-
-class RecordsError(TunerError):
-    """The database cannot be used: foreign, corrupt, too new, or unreachable."""
-
-
-def canonical_json(schedule_json: str) -> str:
-    return json.dumps(json.loads(schedule_json), sort_keys=True, separators=(",", ":"))
-
-
-def schedule_hash(schedule_json: str) -> str:
-    return hashlib.sha1(canonical_json(schedule_json).encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class NewRecord:
-    """What the tuner appends: one measured candidate."""
-    schedule_json: str
-    result: MeasureResult
-    trial: int
-    predicted: float | None = None
-    strategy: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    id: int
-    task: Task
-    target: Target
-    trial: int
-    schedule_json: str
-    result: MeasureResult
-    flops: float
-    predicted: float | None
-    strategy: str | None
-    tuner_version: str
-
-    @property
-    def gflops(self) -> float:
-        return self.result.gflops(self.flops)
-
-
-def _check_sqlite_file(path: Path) -> None:
-    """Refuses, without writing, a file that is not an empty or tuner SQLite database."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f:
-        header = f.read(16)
-    if header != b"SQLite format 3\x00":
-        raise RecordsError(f"{path} is not a SQLite database (it starts with {header[:8]!r}); "
-                           f"pass another --db")
-    try:
-        # immutable: no locks, no -wal or -shm files next to a file we may refuse
-        con = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "tuner_meta" in tables:
-                version = con.execute("SELECT value FROM tuner_meta "
-                                      "WHERE key='schema_version'").fetchone()
-                _check_version(str(path), version[0] if version else None)
-            elif tables:
-                raise RecordsError(f"{path} is a SQLite database of another application "
-                                   f"(tables: {', '.join(sorted(tables)[:5])}); pass another --db")
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as err:
-        raise RecordsError(f"{path} is a corrupt SQLite database: {err}") from None
+_OK = ErrorKind.NONE.value
 
 
 def _check_version(where: str, found: str | None) -> None:
     if found is None:
-        raise RecordsError(f"{where} has a tuner_meta table without a schema version")
+        raise RecordsError(f"{where} has a {sqlite.META_TABLE} table without a schema version")
+    if not found.isdigit():
+        raise RecordsError(f"{where} has an unreadable schema version {found!r}")
     if int(found) > SCHEMA_VERSION:
-        raise RecordsError(f"{where} has record schema version {found}, newer than the "
-                           f"{SCHEMA_VERSION} this tuner reads; upgrade with "
+        raise RecordsError(f"{where} has records schema version {found}, newer than version "
+                           f"{SCHEMA_VERSION} that this tuner supports; upgrade it with "
                            f"`pip install --upgrade tuner`")
     if int(found) < SCHEMA_VERSION:
-        raise RecordsError(f"{where} has record schema version {found}; this tuner reads "
-                           f"{SCHEMA_VERSION} and has no upgrade path from it yet")
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    dbapi_connection.isolation_level = None  # transactions are begun by _begin_immediate
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _begin_immediate(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raise RecordsError(f"{where} has records schema version {found}; this tuner supports "
+                           f"version {SCHEMA_VERSION} and cannot upgrade it yet")
 
 
 class RecordStore:
+    """The log of every measured candidate. Owns a SQLAlchemy engine: `close()` it, or use
+    the store as a context manager."""
+
     def __init__(self, url: str):
         self.url = url
         try:
             parsed = make_url(url)
-        except SQLAlchemyError as err:
-            raise RecordsError(f"not a database URL: {url!r} ({err})") from None
-        sqlite = parsed.get_backend_name() == "sqlite"
-        memory = sqlite and parsed.database in (None, "", ":memory:")
-        if sqlite and not memory:
-            _check_sqlite_file(Path(parsed.database))
+        except (SQLAlchemyError, ValueError) as err:
+            raise RecordsError(f"not a database URL: {url!r} ({err}); a plain file path goes "
+                               f"through resolve_db_url first") from None
+        self.display_url = parsed.render_as_string(hide_password=True)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        memory = is_sqlite and parsed.database in (None, "", ":memory:")
         kwargs = {}
-        if memory:
+        if is_sqlite and not memory:
+            path = Path(parsed.database)
+            if not path.parent.is_dir():
+                raise RecordsError(f"cannot create {path}: folder {path.parent} does not exist")
+            found = sqlite.read_schema_version(path)
+            if found is not None:
+                _check_version(str(path), found)
+        if memory:  # one shared connection, or every session would see its own empty database
             kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         try:
             self._engine = create_engine(url, **kwargs)
         except (SQLAlchemyError, ImportError) as err:
-            raise RecordsError(f"cannot open {url}: {err}") from None
-        if sqlite:
-            event.listen(self._engine, "connect", _sqlite_pragmas)
-            event.listen(self._engine, "begin", _begin_immediate)
+            raise RecordsError(f"cannot open {self.display_url}: {err}") from None
+        if is_sqlite:
+            event.listen(self._engine, "connect", sqlite.on_connect)
+            event.listen(self._engine, "begin", sqlite.on_begin)
+        self._is_sqlite = is_sqlite
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        self._init_schema()
-        self._task_ids: dict[str, int] = {}
-        self._target_ids: dict[str, int] = {}
-
-    # ------------------------------------------------------------------ plumbing
-    @contextlib.contextmanager
-    def _session(self):
-        session: Session = self._sessions()
         try:
-            yield session
-            session.commit()
-        except SQLAlchemyError as err:
-            session.rollback()
-            raise RecordsError(f"database error on {self._safe_url}: {err}") from None
-        except BaseException:
-            session.rollback()
+            self._init_schema()
+        except RecordsError:
+            self._engine.dispose()
             raise
-        finally:
-            session.close()
 
+    # `tuner/cli.py` reads this name; it can go once the CLI uses display_url.
     @property
     def _safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
-
-    def _init_schema(self) -> None:
-        try:
-            tables = set(inspect(self._engine).get_table_names())
-        except SQLAlchemyError as err:
-            raise RecordsError(f"cannot open {self._safe_url}: {err}") from None
-        if "tuner_meta" in tables:
-            with self._session() as s:
-                row = s.get(MetaRow, "schema_version")
-                _check_version(self._safe_url, row.value if row else None)
-            return
-        with self._session() as s:
-            Base.metadata.create_all(s.connection())
-            s.merge(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+        return self.display_url
 
     def close(self) -> None:
         self._engine.dispose()
@@ -193,202 +101,309 @@ class RecordStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _get_or_create(self, session, model, key: str, cache: dict, make):
-        if key in cache:
-            return cache[key]
-        row = session.scalar(select(model).where(model.key == key))
-        if row is None:
-            try:
-                with session.begin_nested():
-                    row = make()
-                    session.add(row)
-            except IntegrityError:  # another process created it in the meantime
-                row = session.scalar(select(model).where(model.key == key))
-        session.flush()
-        cache[key] = row.id
-        return row.id
-
-    def _task_id(self, session, task: Task) -> int:
-        return self._get_or_create(
-            session, TaskRow, task.key, self._task_ids,
-            lambda: TaskRow(key=task.key, op=task.op, shape_json=json.dumps(list(task.shape)),
-                            attrs_json=json.dumps({k: int(v) for k, v in task.attrs}),
-                            dtype=task.dtype))
-
-    def _target_id(self, session, target: Target) -> int:
-        return self._get_or_create(
-            session, TargetRow, target.key, self._target_ids,
-            lambda: TargetRow(key=target.key, triple=target.triple, cpu=target.cpu,
-                              features=target.features, threads=target.threads))
-
-    def _find_ids(self, session, task: Task, target: Target) -> tuple[int, int] | None:
-        task_id = session.scalar(select(TaskRow.id).where(TaskRow.key == task.key))
-        target_id = session.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
-        if task_id is None or target_id is None:
-            return None
-        return task_id, target_id
-
-    # ------------------------------------------------------------------ conversion
-    @staticmethod
-    def _task(row: TaskRow) -> Task:
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        """A transaction: committed if the block ends normally, rolled back otherwise
+        (KeyboardInterrupt included). Database errors come out as RecordsError."""
+        session = self._sessions()
         try:
-            return Task.create(row.op, json.loads(row.shape_json), row.dtype,
-                               **json.loads(row.attrs_json))
-        except (TunerError, ValueError, TypeError) as err:
-            raise RecordsError(f"task row {row.id} ({row.key!r}) is not a valid task: {err}") \
-                from None
+            session.connection(execution_options={sqlite.WRITE_OPTION: write})
+            yield session
+            session.commit()
+        except SQLAlchemyError as err:
+            session.rollback()
+            detail = err.orig if isinstance(err, DBAPIError) else err
+            text = " ".join(str(detail).split())  # drivers' messages span lines; the CLI's don't
+            raise RecordsError(f"database error on {self.display_url}: "
+                               f"{type(detail).__name__}: {text}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
 
-    @staticmethod
-    def _target(row: TargetRow) -> Target:
-        return Target(row.triple, row.cpu, row.features, row.threads)
+    def _init_schema(self) -> None:
+        """Checks the version of an existing log; creates the tables in a new one."""
+        for attempt in (1, 2):
+            with self._session() as s:
+                tables = set(inspect(s.connection()).get_table_names())
+                if sqlite.META_TABLE in tables:
+                    row = s.get(MetaRow, "schema_version")
+                    _check_version(self.display_url, row.value if row else None)
+                    return
+            if self._is_sqlite and tables:  # another program made tables since the file check
+                raise RecordsError(f"{self.display_url} is a SQLite database of another "
+                                   f"application; pass another --db or set TUNER_DB")
+            try:
+                with self._session(write=True) as s:
+                    Base.metadata.create_all(s.connection(), checkfirst=True)
+                    s.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            except RecordsError:
+                # A server lets two new processes create the tables at once and fails one
+                # (SQLite's BEGIN IMMEDIATE queues them): the loser finds them made.
+                if attempt == 2:
+                    raise
 
-    def _record(self, row: RecordRow, task: Task, target: Target) -> Record:
-        result = MeasureResult(ErrorKind(row.error_kind), row.error_detail,
-                               tuple(json.loads(row.costs_json)), row.number, row.compile_s,
-                               row.timestamp)
-        return Record(row.id, task, target, row.trial, row.schedule_json, result, row.flops,
-                      row.predicted, row.strategy, row.tuner_version)
+    def _get_or_create(self, s: Session, model, key: str, make) -> int:
+        found = s.scalar(select(model.id).where(model.key == key))
+        if found is not None:
+            return found
+        try:
+            with s.begin_nested():  # a savepoint: a concurrent insert must not end the batch
+                row = make()
+                s.add(row)
+            return row.id
+        except IntegrityError:
+            found = s.scalar(select(model.id).where(model.key == key))
+            if found is None:  # not a concurrent insert of the same key: a real violation
+                raise
+            return found  # another process inserted the same key since the select
 
-    def _records(self, session, query, task: Task | None = None,
-                 target: Target | None = None) -> list[Record]:
-        tasks: dict[int, Task] = {}
-        targets: dict[int, Target] = {}
-        out = []
-        for row in session.scalars(query):
-            if row.task_id not in tasks:
-                tasks[row.task_id] = task or self._task(session.get(TaskRow, row.task_id))
-            if row.target_id not in targets:
-                targets[row.target_id] = target or self._target(
-                    session.get(TargetRow, row.target_id))
-            out.append(self._record(row, tasks[row.task_id], targets[row.target_id]))
-        return out
+    def _task_id(self, s: Session, task: Task) -> int:
+        if list(task.attrs) != sorted(task.attrs):  # its key would not match the task read back
+            raise RecordsError(f"task attributes must be in sorted order, as Task.create makes "
+                               f"them, got {task.attrs!r}")
+        return self._get_or_create(s, TaskRow, task.key, lambda: TaskRow(
+            key=task.key, op=task.op, shape_json=json.dumps(list(task.shape)),
+            attrs_json=json.dumps(dict(task.attrs), sort_keys=True), dtype=task.dtype))
+
+    def _target_id(self, s: Session, target: Target) -> int:
+        return self._get_or_create(s, TargetRow, target.key, lambda: TargetRow(
+            key=target.key, triple=target.triple, cpu=target.cpu, features=target.features,
+            threads=target.threads))
+
+    def _pair_filter(self, s: Session, task: Task | None, target: Target | None):
+        """WHERE clauses selecting a task and/or target; None when one of them is unknown."""
+        clauses = []
+        if task is not None:
+            task_id = s.scalar(select(TaskRow.id).where(TaskRow.key == task.key))
+            if task_id is None:
+                return None
+            clauses.append(RecordRow.task_id == task_id)
+        if target is not None:
+            target_id = s.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
+            if target_id is None:
+                return None
+            clauses.append(RecordRow.target_id == target_id)
+        return clauses
+
+    def _records(self, query, task: Task | None = None, target: Target | None = None
+                 ) -> list[Record]:
+        """Records of `query(where)`, a select of RecordRow given the WHERE clauses that pick
+        the task and/or target, in its order."""
+        with self._session() as s:
+            where = self._pair_filter(s, task, target)
+            if where is None:
+                return []
+            rows = s.execute(query(where).add_columns(TaskRow, TargetRow)
+                             .join(TaskRow, TaskRow.id == RecordRow.task_id)
+                             .join(TargetRow, TargetRow.id == RecordRow.target_id)).all()
+            tasks: dict[int, Task] = {}
+            targets: dict[int, Target] = {}
+            out = []
+            for row, task_row, target_row in rows:
+                if task_row.id not in tasks:
+                    tasks[task_row.id] = _task(task_row)
+                if target_row.id not in targets:
+                    targets[target_row.id] = _target(target_row)
+                out.append(_record_of(row, tasks[task_row.id], targets[target_row.id]))
+            return out
 
     # ------------------------------------------------------------------ writing
-    def add_many(self, task: Task, target: Target, entries: list[NewRecord],
-                 tuner_version: str | None = None) -> list[Record]:
-        """Appends a batch in one transaction: committed, or (on error) not at all."""
+    def add(self, task: Task, target: Target, schedule_json: str, result: MeasureResult, *,
+            flops: float, trial: int, tuner_version: str, predicted: float | None = None,
+            strategy: str | None = None) -> Record:
+        """Appends one record, committed before returning."""
+        return self.add_many(task, target, [NewRecord(schedule_json, result, trial, predicted,
+                                                      strategy)],
+                             flops=flops, tuner_version=tuner_version)[0]
+
+    def add_many(self, task: Task, target: Target, entries: Sequence[NewRecord], *,
+                 flops: float | None = None, tuner_version: str | None = None) -> list[Record]:
+        """Appends a batch of one task on one target in one transaction: all committed before
+        returning, or (on any error, Ctrl-C included) none.
+
+        `flops` defaults to the task template's count and `tuner_version` to the running
+        tuner's; `tuner/tune.py` relies on both defaults."""
+        if flops is None:  # the only use of the templates in records/: avoid it, pass flops
+            flops = task.dag().flops
         if tuner_version is None:
             from tuner import __version__ as tuner_version
-        flops = task.dag().flops
-        with self._session() as s:
+        rows = [_row(e, flops, tuner_version) for e in entries]
+        if not rows:
+            return []
+        with self._session(write=True) as s:
             task_id, target_id = self._task_id(s, task), self._target_id(s, target)
-            rows = []
-            for e in entries:
-                r = e.result
-                text = canonical_json(e.schedule_json)
-                rows.append(RecordRow(
-                    task_id=task_id, target_id=target_id, trial=e.trial,
-                    schedule_json=text, schedule_hash=schedule_hash(text),
-                    error_kind=r.error.value, error_detail=r.detail,
-                    costs_json=json.dumps(list(r.costs_s)), number=r.number,
-                    median_s=r.median_s if r.ok else None, min_s=r.min_s if r.ok else None,
-                    compile_s=r.compile_s, flops=flops, gflops=r.gflops(flops),
-                    predicted=e.predicted, strategy=e.strategy, tuner_version=tuner_version,
-                    timestamp=r.timestamp))
+            for row in rows:
+                row.task_id, row.target_id = task_id, target_id
             s.add_all(rows)
             s.flush()
-            return [self._record(row, task, target) for row in rows]
+            return [_record_of(row, task, target) for row in rows]
 
-    def add(self, task: Task, target: Target, entry: NewRecord, **kw) -> Record:
-        return self.add_many(task, target, [entry], **kw)[0]
+    def import_records(self, records: Iterable[Record]) -> tuple[int, int]:
+        """Merges records from elsewhere in one transaction, skipping any whose (task, target,
+        schedule) is already stored; returns (added, already present). Trials are kept."""
+        added = present = 0
+        with self._session(write=True) as s:
+            seen: dict[tuple[int, int], set[str]] = {}
+            for r in records:
+                ids = self._task_id(s, r.task), self._target_id(s, r.target)
+                if ids not in seen:
+                    seen[ids] = set(s.scalars(select(RecordRow.schedule_hash).where(
+                        RecordRow.task_id == ids[0], RecordRow.target_id == ids[1])))
+                row = _row(NewRecord(r.schedule_json, r.result, r.trial, r.predicted,
+                                     r.strategy), r.flops, r.tuner_version)
+                if row.schedule_hash in seen[ids]:
+                    present += 1
+                    continue
+                row.task_id, row.target_id = ids
+                s.add(row)
+                seen[ids].add(row.schedule_hash)
+                added += 1
+        return added, present
 
     # ------------------------------------------------------------------ reading
     def history(self, task: Task, target: Target) -> list[Record]:
-        """Every record of the task on the target, errors included, in trial order."""
-        with self._session() as s:
-            ids = self._find_ids(s, task, target)
-            if ids is None:
-                return []
-            q = select(RecordRow).where(RecordRow.task_id == ids[0],
-                                        RecordRow.target_id == ids[1]) \
-                .order_by(RecordRow.trial, RecordRow.id)
-            return self._records(s, q, task, target)
+        """Every record of the task on the target, failures included, in trial order."""
+        return self._records(lambda where: select(RecordRow).where(*where)
+                             .order_by(RecordRow.trial, RecordRow.id), task, target)
 
     def top_k(self, task: Task, target: Target, k: int) -> list[Record]:
-        with self._session() as s:
-            ids = self._find_ids(s, task, target)
-            if ids is None:
-                return []
-            q = select(RecordRow).where(RecordRow.task_id == ids[0],
-                                        RecordRow.target_id == ids[1],
-                                        RecordRow.error_kind == ErrorKind.NONE.value) \
-                .order_by(RecordRow.median_s, RecordRow.id).limit(k)
-            return self._records(s, q, task, target)
+        """The k fastest successful records (by median), fastest first."""
+        return self._records(lambda where: select(RecordRow)
+                             .where(*where, RecordRow.error_kind == _OK)
+                             .order_by(RecordRow.median_s, RecordRow.id).limit(max(k, 0)),
+                             task, target)
 
     def best(self, task: Task, target: Target) -> Record | None:
+        """The fastest record whose result is correct; never a failed or wrong one."""
         top = self.top_k(task, target, 1)
         return top[0] if top else None
 
-    def measured_hashes(self, task: Task, target: Target) -> set[str]:
-        with self._session() as s:
-            ids = self._find_ids(s, task, target)
-            if ids is None:
-                return set()
-            return set(s.scalars(select(RecordRow.schedule_hash).where(
-                RecordRow.task_id == ids[0], RecordRow.target_id == ids[1])))
+    def best_per_task(self, target: Target | None = None) -> list[Record]:
+        """The best record of every (task, target) pair, optionally on one target only."""
+        def query(where):
+            rank = func.row_number().over(partition_by=(RecordRow.task_id, RecordRow.target_id),
+                                          order_by=(RecordRow.median_s, RecordRow.id))
+            ranked = select(RecordRow.id, rank.label("rank")) \
+                .where(*where, RecordRow.error_kind == _OK).subquery()
+            return select(RecordRow).join(ranked, ranked.c.id == RecordRow.id) \
+                .where(ranked.c.rank == 1).order_by(RecordRow.task_id, RecordRow.target_id)
+        return self._records(query, target=target)
 
-    def next_trial(self, task: Task, target: Target) -> int:
-        with self._session() as s:
-            ids = self._find_ids(s, task, target)
-            if ids is None:
-                return 0
-            last = s.scalar(select(func.max(RecordRow.trial)).where(
-                RecordRow.task_id == ids[0], RecordRow.target_id == ids[1]))
-            return 0 if last is None else last + 1
-
-    def count(self) -> int:
-        with self._session() as s:
-            return s.scalar(select(func.count(RecordRow.id)))
-
-    def tasks(self) -> list[Task]:
-        with self._session() as s:
-            return [self._task(r) for r in s.scalars(select(TaskRow).order_by(TaskRow.id))]
-
-    def targets(self) -> list[Target]:
-        with self._session() as s:
-            return [self._target(r) for r in s.scalars(select(TargetRow).order_by(TargetRow.id))]
+    def best_by_target(self, task: Task) -> list[Record]:
+        """The best record of `task` on every target that measured it (for replay)."""
+        return [r for r in self.best_per_task() if r.task.key == task.key]
 
     def records_on_target(self, target: Target, exclude: Task | None = None,
                           limit: int = 5000) -> list[Record]:
-        """Recent successful records of every task on a target (to warm-start a model)."""
-        with self._session() as s:
-            target_id = s.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
-            if target_id is None:
-                return []
-            q = select(RecordRow).where(RecordRow.target_id == target_id)
+        """The most recent successful records of every task on a target, newest first (to
+        warm-start a cost model from other tasks)."""
+        def query(where):
+            q = select(RecordRow).where(*where, RecordRow.error_kind == _OK)
             if exclude is not None:
-                task_id = s.scalar(select(TaskRow.id).where(TaskRow.key == exclude.key))
-                if task_id is not None:
-                    q = q.where(RecordRow.task_id != task_id)
-            q = q.order_by(RecordRow.id.desc()).limit(limit)
-            return self._records(s, q, target=target)
+                q = q.where(RecordRow.task_id.not_in(
+                    select(TaskRow.id).where(TaskRow.key == exclude.key)))
+            return q.order_by(RecordRow.id.desc()).limit(limit)
+        return self._records(query, target=target)
+
+    def measured_hashes(self, task: Task, target: Target) -> set[str]:
+        """Schedule hashes (see `schedule_hash`) already measured for the task on the target."""
+        with self._session() as s:
+            where = self._pair_filter(s, task, target)
+            if where is None:
+                return set()
+            return set(s.scalars(select(RecordRow.schedule_hash).where(*where)))
+
+    def next_trial(self, task: Task, target: Target) -> int:
+        """One past the highest trial stored for the task on the target (0 for none)."""
+        with self._session() as s:
+            where = self._pair_filter(s, task, target)
+            last = None if where is None else s.scalar(
+                select(func.max(RecordRow.trial)).where(*where))
+            return 0 if last is None else last + 1
+
+    def count(self, task: Task | None = None, target: Target | None = None, *,
+              ok_only: bool = False) -> int:
+        """Number of records, of one task and/or target if given, successful ones if ok_only."""
+        with self._session() as s:
+            where = self._pair_filter(s, task, target)
+            if where is None:
+                return 0
+            if ok_only:
+                where.append(RecordRow.error_kind == _OK)
+            return s.scalar(select(func.count(RecordRow.id)).where(*where))
+
+    def tasks(self) -> list[Task]:
+        with self._session() as s:
+            return [_task(r) for r in s.scalars(select(TaskRow).order_by(TaskRow.id))]
+
+    def targets(self) -> list[Target]:
+        with self._session() as s:
+            return [_target(r) for r in s.scalars(select(TargetRow).order_by(TargetRow.id))]
 
     def summary(self) -> list[tuple[Task, Target, int, int, Record | None]]:
-        """(task, target, records, failed records, best) for every pair in the log."""
+        """(task, target, records, failed records, best or None) for every pair in the log."""
         with self._session() as s:
-            pairs = s.execute(select(RecordRow.task_id, RecordRow.target_id,
-                                     func.count(RecordRow.id))
-                              .group_by(RecordRow.task_id, RecordRow.target_id)
-                              .order_by(RecordRow.task_id, RecordRow.target_id)).all()
-            out = []
-            for task_id, target_id, n in pairs:
-                task = self._task(s.get(TaskRow, task_id))
-                target = self._target(s.get(TargetRow, target_id))
-                failed = s.scalar(select(func.count(RecordRow.id)).where(
-                    RecordRow.task_id == task_id, RecordRow.target_id == target_id,
-                    RecordRow.error_kind != ErrorKind.NONE.value))
-                best = self._records(s, select(RecordRow).where(
-                    RecordRow.task_id == task_id, RecordRow.target_id == target_id,
-                    RecordRow.error_kind == ErrorKind.NONE.value)
-                    .order_by(RecordRow.median_s, RecordRow.id).limit(1), task, target)
-                out.append((task, target, n, failed, best[0] if best else None))
-            return out
+            failed = func.sum(case((RecordRow.error_kind == _OK, 0), else_=1))
+            rows = s.execute(select(TaskRow, TargetRow, func.count(RecordRow.id), failed)
+                             .join(TaskRow, TaskRow.id == RecordRow.task_id)
+                             .join(TargetRow, TargetRow.id == RecordRow.target_id)
+                             .group_by(TaskRow.id, TargetRow.id)
+                             .order_by(TaskRow.id, TargetRow.id)).all()
+        best = {(r.task.key, r.target.key): r for r in self.best_per_task()}
+        return [(_task(tk), _target(tg), n, int(bad), best.get((tk.key, tg.key)))
+                for tk, tg, n, bad in rows]
 
-    def best_by_target(self, task: Task) -> list[Record]:
-        """The best record of `task` on every target that measured it."""
-        return [best for t, _, _, _, best in self.summary()
-                if best is not None and t.key == task.key]
+    # ------------------------------------------------------------------ the JSON file
+    def export_best(self, path: str | Path, target: Target | None = None) -> int:
+        """Writes the best record of each (task, target) pair to a best-schedules JSON file
+        (see `records.exchange`); returns how many."""
+        records = self.best_per_task(target)
+        write_best(records, path)
+        return len(records)
 
-    def best_per_task(self, target: Target | None = None) -> list[Record]:
-        return [best for _, t, _, _, best in self.summary()
-                if best is not None and (target is None or t.key == target.key)]
+    def import_json(self, path: str | Path) -> tuple[int, int]:
+        """Merges a best-schedules JSON file; returns (added, already present)."""
+        return self.import_records(read_best(path))
+
+
+# ---------------------------------------------------------------------- rows <-> values
+def _row(e: NewRecord, flops: float, tuner_version: str) -> RecordRow:
+    r = e.result
+    if not isinstance(r.error, ErrorKind):
+        raise RecordsError(f"result.error must be an ErrorKind, got {r.error!r}")
+    if r.ok and not r.costs_s:
+        raise RecordsError("a successful result must have costs (seconds per call)")
+    if type(e.trial) is not int or e.trial < 0:
+        raise RecordsError(f"trial must be a non-negative integer, got {e.trial!r}")
+    schedule = canonical_schedule(e.schedule_json)
+    return RecordRow(
+        trial=e.trial, schedule_json=schedule, schedule_hash=schedule_hash(schedule),
+        error_kind=r.error.value, error_detail=r.detail, costs_json=json.dumps(list(r.costs_s)),
+        number=r.number, median_s=r.median_s if r.ok else None,
+        min_s=r.min_s if r.ok else None, compile_s=r.compile_s, flops=float(flops),
+        gflops=r.gflops(flops), predicted=e.predicted, strategy=e.strategy,
+        tuner_version=tuner_version, timestamp=r.timestamp)
+
+
+def _task(row: TaskRow) -> Task:
+    try:
+        return make_task(row.op, json.loads(row.shape_json), json.loads(row.attrs_json),
+                         row.dtype)
+    except (TypeError, ValueError) as err:
+        raise RecordsError(f"task row {row.id} ({row.key!r}) is unreadable: {err}") from None
+
+
+def _target(row: TargetRow) -> Target:
+    return Target(row.triple, row.cpu, row.features, row.threads)
+
+
+def _record_of(row: RecordRow, task: Task, target: Target) -> Record:
+    result = MeasureResult(ErrorKind(row.error_kind), row.error_detail,
+                           tuple(json.loads(row.costs_json)), row.number, row.compile_s,
+                           row.timestamp)
+    return Record(row.id, task, target, row.schedule_json, result, row.flops,
+                  row.tuner_version, row.predicted, row.strategy, row.trial)

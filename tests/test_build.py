@@ -81,8 +81,8 @@ def test_a_record_from_another_target_is_refused_unless_allowed(tmp_path):
     from tuner.schedule import schedule_to_json
     steps = schedule_to_json(default_schedule(MATMUL.dag(), foreign))
     with RecordStore(f"sqlite:///{db}") as store:
-        store.add(MATMUL, foreign, NewRecord(steps, MeasureResult(ErrorKind.NONE, "", (1e-5,),
-                                                                  1), 0))
+        store.add_many(MATMUL, foreign, [NewRecord(steps, MeasureResult(ErrorKind.NONE, "",
+                                                                        (1e-5,), 1), 0)])
     with pytest.raises(TunerError, match="tuned on another target \\(znver4, 2 threads"):
         tuner.build("matmul", (40, 48, 24), db=str(db), threads=1)
     kernel = tuner.build("matmul", (40, 48, 24), db=str(db), threads=1,

@@ -40,9 +40,9 @@ def test_tune_plot_writes_a_png(tmp_path):
             result = MeasureResult(ErrorKind.NONE if ok else ErrorKind.CRASH, "",
                                    (1e-4 / (1 + i),) if ok else (), 1 if ok else 0, 0.1,
                                    1000.0 + i)
-            store.add(task, host_target(1), NewRecord(f'[{{"kind":"split","axis":"i",'
-                                                      f'"factors":[{i + 1}]}}]', result, i,
-                                                      strategy="random"))
+            store.add_many(task, host_target(1), [NewRecord(
+                f'[{{"kind":"split","axis":"i","factors":[{i + 1}]}}]', result, i,
+                strategy="random")])
     png = tmp_path / "curve.png"
     assert main(["plot", "--db", str(db), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

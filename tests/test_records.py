@@ -1,215 +1,454 @@
 """The measurement log: one contract suite over an in-memory and a file database, real
-concurrent writers, interruption, and refusal of databases that are not ours."""
+concurrent writer processes, interruption by SIGINT and SIGKILL, refusal of files that are not
+ours (left byte-for-byte untouched), and the best-schedules JSON file."""
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
+import uuid
 from pathlib import Path
 
 import pytest
+import records_helpers as h
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
-from records import (NewRecord, RecordsError, RecordStore, export_best, import_best,
-                     read_best, resolve_db_url, schedule_hash)
-from tuner.result import ErrorKind, MeasureResult
+from records import (NewRecord, Record, RecordsError, RecordStore, read_best, resolve_db_url,
+                     schedule_hash)
+from records.models import SCHEMA_VERSION
+from tuner.result import ErrorKind
 from tuner.target import Target
 from tuner.task import Task
 
-TASK = Task.create("matmul", (32, 32, 32))
-OTHER = Task.create("conv2d", (1, 4, 8, 8, 4, 3, 3), pad=1, relu=True)
-TARGET = Target("x86_64-test", "testcpu", "+avx,+avx512f", 2)
-FOREIGN_TARGET = Target("x86_64-test", "othercpu", "+avx", 2)
-WRITER = str(Path(__file__).with_name("records_writer.py"))
+SPAWN = multiprocessing.get_context("spawn")
+# The contract suite also runs against a PostgreSQL server when given one, e.g.
+# postgresql+psycopg://postgres@127.0.0.1:5432/postgres (each test gets a scratch database).
+POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES_URL")
 
 
-def ok(seconds: float, *more: float) -> MeasureResult:
-    return MeasureResult(ErrorKind.NONE, "", (seconds,) + more, 3, 0.05, 1_700_000_000.0)
+@contextlib.contextmanager
+def scratch_database(server_url: str):
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as con:
+        con.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as con:
+            con.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
 
 
-def failed(kind: ErrorKind) -> MeasureResult:
-    return MeasureResult(kind, f"{kind.value} detail", (), 0, 0.05, 1_700_000_000.0)
-
-
-def steps(n: int) -> str:
-    """A schedule in canonical form, as the tuner writes and the store keeps them."""
-    return json.dumps([{"axis": "i", "factors": [n], "kind": "split"}], separators=(",", ":"))
-
-
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file"] + (["postgresql"] if POSTGRES_URL else []))
 def store(request, tmp_path):
-    url = "sqlite://" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
-    with RecordStore(url) as s:
-        yield s
+    with contextlib.ExitStack() as stack:
+        if request.param == "memory":
+            url = "sqlite://"
+        elif request.param == "file":
+            url = resolve_db_url(str(tmp_path / "r.db"))
+        else:
+            url = stack.enter_context(scratch_database(POSTGRES_URL))
+        yield stack.enter_context(RecordStore(url))
 
 
-def test_contract(store):
-    assert store.best(TASK, TARGET) is None and store.history(TASK, TARGET) == []
-    assert store.next_trial(TASK, TARGET) == 0
-    added = store.add_many(TASK, TARGET, [
-        NewRecord(steps(1), ok(2e-3, 3e-3, 1e-3), 0, predicted=0.5, strategy="random"),
-        NewRecord(steps(2), failed(ErrorKind.WRONG_RESULT), 1),   # fast but wrong: never best
-        NewRecord(steps(4), ok(1e-3), 2, strategy="evolutionary"),
-        NewRecord(steps(8), failed(ErrorKind.CRASH), 3),
-        NewRecord(steps(16), ok(4e-3), 4),
-    ])
-    assert [r.trial for r in added] == [0, 1, 2, 3, 4]
-    store.add(OTHER, TARGET, NewRecord(steps(1), ok(5e-4), 0))
-    store.add(TASK, FOREIGN_TARGET, NewRecord(steps(32), ok(1e-6), 0))
-
-    best = store.best(TASK, TARGET)
-    assert best.schedule_json == steps(4) and best.result.median_s == 1e-3
-    assert best.gflops == pytest.approx(2 * 32 ** 3 / 1e-3 / 1e9)
-    assert [r.schedule_json for r in store.top_k(TASK, TARGET, 2)] == [steps(4), steps(1)]
-    history = store.history(TASK, TARGET)
-    assert [r.trial for r in history] == [0, 1, 2, 3, 4]
-    assert history[0].predicted == 0.5 and history[0].strategy == "random"
-    assert history[0].result.costs_s == (2e-3, 3e-3, 1e-3) and history[0].result.number == 3
-    assert history[1].result.error is ErrorKind.WRONG_RESULT
-    assert history[1].result.detail == "wrong_result detail" and history[1].gflops == 0
-    assert store.measured_hashes(TASK, TARGET) == {schedule_hash(steps(n))
-                                                   for n in (1, 2, 4, 8, 16)}
-    assert store.next_trial(TASK, TARGET) == 5
-    assert {t.key for t in store.tasks()} == {TASK.key, OTHER.key}
-    assert {t.key for t in store.targets()} == {TARGET.key, FOREIGN_TARGET.key}
-    assert store.count() == 7
-    others = store.records_on_target(TARGET, exclude=TASK)
-    assert [r.task.key for r in others] == [OTHER.key]
-    summary = {(t.key, g.key): (n, bad, b.schedule_json) for t, g, n, bad, b in store.summary()}
-    assert summary[(TASK.key, TARGET.key)] == (5, 2, steps(4))
-    assert len(store.best_per_task(TARGET)) == 2 and len(store.best_per_task()) == 3
+def add(store, task, n, result, trial, target=h.TARGET, **kw) -> Record:
+    return store.add(task, target, h.schedule(n), result, flops=h.flops(task), trial=trial,
+                     tuner_version=h.VERSION, **kw)
 
 
-def test_a_failed_batch_is_not_half_written(store):
-    store.add(TASK, TARGET, NewRecord(steps(1), ok(1e-3), 0))
-    with pytest.raises(RecordsError):  # the second entry has no trial: the schema refuses it
-        store.add_many(TASK, TARGET, [NewRecord(steps(2), ok(1e-3), 1),
-                                      NewRecord(steps(3), ok(1e-3), None)])
-    assert len(store.history(TASK, TARGET)) == 1
+def without_ids(records):
+    return [dataclasses.replace(r, id=0) for r in records]
 
 
-def test_export_then_import_round_trips_exactly(store, tmp_path):
-    store.add_many(TASK, TARGET, [NewRecord(steps(1), ok(2e-3), 0, 0.25, "random"),
-                                  NewRecord(steps(2), ok(1e-3), 1, None, "evolutionary")])
-    store.add(OTHER, TARGET, NewRecord(steps(3), ok(1e-4), 0))
-    path = tmp_path / "best.json"
-    assert export_best(store, path) == 2
-    from_file = read_best(path)
-    with RecordStore("sqlite://") as fresh:
-        assert import_best(fresh, path) == (2, 0)
-        assert import_best(fresh, path) == (0, 2)  # merging twice adds nothing
-        for original in store.best_per_task():
-            copy = fresh.best(original.task, original.target)
-            assert copy.task == original.task and copy.target == original.target
-            assert copy.schedule_json == original.schedule_json
-            assert copy.result == original.result and copy.flops == original.flops
-            assert (copy.predicted, copy.strategy, copy.tuner_version) == \
-                (original.predicted, original.strategy, original.tuner_version)
-    assert sorted(r.schedule_json for r in from_file) == [steps(2), steps(3)]
+# ----------------------------------------------------------------------------- contract
+def test_an_empty_store_answers_every_query(store):
+    assert store.best(h.MATMUL, h.TARGET) is None
+    assert store.top_k(h.MATMUL, h.TARGET, 3) == store.history(h.MATMUL, h.TARGET) == []
+    assert store.measured_hashes(h.MATMUL, h.TARGET) == set()
+    assert store.next_trial(h.MATMUL, h.TARGET) == 0
+    assert store.count() == store.count(h.MATMUL) == 0
+    assert store.tasks() == store.targets() == store.best_per_task() == store.summary() == []
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json", "is not JSON"),
-    ('{"records": []}', "is not a tuner best-schedules file"),
-    ('{"format": "tuner-best-schedules", "version": 99}', "has version 99"),
-    ('{"format": "tuner-best-schedules", "version": 1, "records": [{"task": 1}]}',
-     "record 0 is malformed"),
+def test_what_is_added_is_what_is_read_back(store):
+    added = add(store, h.MATMUL, 1, h.ok(2e-3, 3e-3, 1e-3), 0, predicted=0.5,
+                strategy="evolutionary")
+    assert added.task == h.MATMUL and added.target == h.TARGET and added.trial == 0
+    assert added.result == h.ok(2e-3, 3e-3, 1e-3) and added.flops == h.flops(h.MATMUL)
+    assert (added.predicted, added.strategy, added.tuner_version) == \
+        (0.5, "evolutionary", h.VERSION)
+    assert added.gflops == pytest.approx(h.flops(h.MATMUL) / 2e-3 / 1e9)
+    assert store.history(h.MATMUL, h.TARGET) == [added]
+    assert store.tasks() == [h.MATMUL] and store.targets() == [h.TARGET]
+    # booleans stay booleans: the task the store rebuilds serializes like the original
+    assert store.tasks()[0].to_json() == h.MATMUL.to_json()
+    assert hash(added) == hash(store.best(h.MATMUL, h.TARGET))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        added.trial = 3
+
+
+def test_best_is_the_fastest_correct_record(store):
+    store.add_many(h.MATMUL, h.TARGET, [
+        NewRecord(h.schedule(1), h.ok(2e-3), 0, strategy="random"),
+        NewRecord(h.schedule(2), h.failed(ErrorKind.WRONG_RESULT), 1),  # fast but wrong
+        NewRecord(h.schedule(3), h.ok(1e-3, 9e-3, 1e-3), 2),
+        NewRecord(h.schedule(4), h.failed(ErrorKind.CRASH), 3),
+        NewRecord(h.schedule(5), h.ok(4e-3), 4),
+    ], flops=h.flops(h.MATMUL), tuner_version=h.VERSION)
+    add(store, h.MATMUL, 6, h.ok(1e-9), 0, target=h.OTHER_TARGET)  # another target's
+    add(store, h.CONV, 7, h.ok(5e-4), 0)
+
+    best = store.best(h.MATMUL, h.TARGET)
+    assert best.schedule_json == h.schedule(3) and best.result.median_s == 1e-3
+    assert [r.schedule_json for r in store.top_k(h.MATMUL, h.TARGET, 2)] == \
+        [h.schedule(3), h.schedule(1)]
+    assert len(store.top_k(h.MATMUL, h.TARGET, 10)) == 3 and store.top_k(h.MATMUL, h.TARGET, 0) \
+        == []
+    per_pair = {(r.task, r.target): r.schedule_json for r in store.best_per_task()}
+    assert per_pair == {(h.MATMUL, h.TARGET): h.schedule(3),
+                        (h.MATMUL, h.OTHER_TARGET): h.schedule(6),
+                        (h.CONV, h.TARGET): h.schedule(7)}
+    assert {r.task for r in store.best_per_task(h.OTHER_TARGET)} == {h.MATMUL}
+    assert [(t, g, n, bad, b.schedule_json) for t, g, n, bad, b in store.summary()] == [
+        (h.MATMUL, h.TARGET, 5, 2, h.schedule(3)),
+        (h.MATMUL, h.OTHER_TARGET, 1, 0, h.schedule(6)), (h.CONV, h.TARGET, 1, 0, h.schedule(7))]
+
+
+def test_a_task_whose_records_all_failed_has_no_best(store):
+    add(store, h.MATMUL, 1, h.failed(ErrorKind.TIMEOUT), 0)
+    assert store.best(h.MATMUL, h.TARGET) is None and store.best_per_task() == []
+    assert store.summary()[0][2:] == (1, 1, None)
+
+
+def test_history_is_in_trial_order_with_failures(store):
+    for trial, n in ((2, 10), (0, 11), (1, 12), (1, 13)):
+        result = h.ok(1e-3) if n % 2 else h.failed(ErrorKind.COMPILE_ERROR)
+        add(store, h.MATMUL, n, result, trial)
+    history = store.history(h.MATMUL, h.TARGET)
+    assert [(r.trial, r.schedule_json) for r in history] == \
+        [(0, h.schedule(11)), (1, h.schedule(12)), (1, h.schedule(13)), (2, h.schedule(10))]
+    assert history[1].result == h.failed(ErrorKind.COMPILE_ERROR) and history[1].gflops == 0
+    assert store.next_trial(h.MATMUL, h.TARGET) == 3
+    assert store.next_trial(h.CONV, h.TARGET) == 0
+
+
+def test_measured_hashes_ignore_formatting(store):
+    add(store, h.MATMUL, 1, h.ok(1e-3), 0)
+    store.add(h.MATMUL, h.TARGET, h.schedule(2, spaced=True), h.failed(ErrorKind.CRASH),
+              flops=1.0, trial=1, tuner_version=h.VERSION)
+    assert store.measured_hashes(h.MATMUL, h.TARGET) == \
+        {schedule_hash(h.schedule(1)), schedule_hash(h.schedule(2, spaced=True))}
+    assert schedule_hash(h.schedule(2)) == schedule_hash(h.schedule(2, spaced=True))
+    # stored canonically, so equal schedules are equal strings
+    assert store.history(h.MATMUL, h.TARGET)[1].schedule_json == h.schedule(2)
+    assert store.measured_hashes(h.MATMUL, h.OTHER_TARGET) == set()
+
+
+def test_counts_and_warm_start_records(store):
+    for i in range(3):
+        add(store, h.MATMUL, i, h.ok(1e-3), i)
+    add(store, h.MATMUL, 9, h.failed(ErrorKind.OUT_OF_MEMORY), 3)
+    add(store, h.CONV, 1, h.ok(1e-3), 0)
+    add(store, h.CONV, 2, h.ok(1e-3), 0, target=h.OTHER_TARGET)
+    assert store.count() == 6 and store.count(h.MATMUL) == 4
+    assert store.count(h.MATMUL, h.TARGET, ok_only=True) == 3
+    assert store.count(target=h.OTHER_TARGET) == 1
+    others = store.records_on_target(h.TARGET, exclude=h.MATMUL)
+    assert [(r.task, r.target) for r in others] == [(h.CONV, h.TARGET)]
+    assert len(store.records_on_target(h.TARGET)) == 4
+    assert [r.trial for r in store.records_on_target(h.TARGET, limit=2)] == [0, 2]  # newest
+
+
+@pytest.mark.parametrize("entry, message", [
+    (NewRecord("not json", h.ok(1e-3), 1), "a schedule is JSON text"),
+    (NewRecord('{"kind": "split"}', h.ok(1e-3), 1), "a JSON list of steps"),
+    (NewRecord(h.schedule(1), h.ok(), 1), "must have costs"),
+    (NewRecord(h.schedule(1), h.ok(1e-3), -1), "trial must be a non-negative integer"),
+    (NewRecord(h.schedule(1), h.ok(1e-3), None), "trial must be a non-negative integer"),
 ])
-def test_malformed_best_files_are_refused(tmp_path, content, message):
-    path = tmp_path / "best.json"
-    path.write_text(content)
+def test_a_bad_entry_fails_the_whole_batch(store, entry, message):
+    add(store, h.MATMUL, 0, h.ok(1e-3), 0)
     with pytest.raises(RecordsError, match=message):
+        store.add_many(h.CONV, h.TARGET, [NewRecord(h.schedule(5), h.ok(1e-3), 0), entry],
+                       flops=1.0, tuner_version=h.VERSION)
+    assert store.count() == 1 and store.tasks() == [h.MATMUL]
+
+
+def test_the_schema_refuses_what_it_constrains_and_the_store_goes_on(store):
+    no_threads = Target("x86_64-unknown-linux-gnu", "znver4", "+avx", 0)
+    with pytest.raises(RecordsError, match="database error on .*(CHECK|check constraint)"):
+        add(store, h.MATMUL, 1, h.ok(1e-3), 0, target=no_threads)
+    assert add(store, h.MATMUL, 1, h.ok(1e-3), 0).trial == 0 and store.targets() == [h.TARGET]
+
+
+def test_a_task_with_unsorted_attributes_is_refused(store):
+    unsorted = Task("matmul", (8, 8, 8), (("relu", False), ("bias", False)))
+    with pytest.raises(RecordsError, match="task attributes must be in sorted order"):
+        add(store, unsorted, 1, h.ok(1e-3), 0)
+    assert store.tasks() == []
+
+
+# ----------------------------------------------------------------------------- JSON file
+def test_export_then_import_round_trips_exactly(store, tmp_path):
+    add(store, h.MATMUL, 1, h.ok(2e-3, 1e-3, 3e-3), 0, predicted=0.25, strategy="random")
+    add(store, h.MATMUL, 2, h.ok(1e-3, 1.5e-3, 1e-3), 1, strategy="evolutionary")
+    add(store, h.MATMUL, 3, h.failed(ErrorKind.WRONG_RESULT), 2)
+    add(store, h.CONV, 4, h.ok(1e-4), 5)
+    add(store, h.CONV, 5, h.ok(1e-5), 0, target=h.OTHER_TARGET)
+    first = tmp_path / "best.json"
+    assert store.export_best(first) == 3
+    best = store.best_per_task()
+
+    data = json.loads(first.read_text())
+    assert data["format"] == "tuner-best-schedules" and data["version"] == 1
+    assert data["records"][0]["schedule"] == json.loads(h.schedule(2))  # JSON, not a string
+    assert data["records"][0]["gflops"] == pytest.approx(best[0].gflops)
+    assert without_ids(read_best(first)) == without_ids(best)  # no database needed
+
+    with RecordStore("sqlite://") as fresh:
+        assert fresh.import_json(first) == (3, 0)
+        assert fresh.import_json(first) == (0, 3)  # merging twice adds nothing
+        assert without_ids(fresh.best_per_task()) == without_ids(best)
+        second = tmp_path / "again.json"
+        fresh.export_best(second)
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_import_keeps_the_better_record_of_each_pair(store, tmp_path):
+    add(store, h.MATMUL, 1, h.ok(1e-3), 0)
+    path = tmp_path / "best.json"
+    store.export_best(path)
+    with RecordStore("sqlite://") as other:
+        add(other, h.MATMUL, 1, h.ok(1e-3), 0)   # the same schedule: not duplicated
+        add(other, h.MATMUL, 2, h.ok(5e-4), 1)   # faster than the file's
+        add(other, h.CONV, 3, h.ok(1e-3), 0)
+        assert other.import_json(path) == (0, 1)
+        assert other.count() == 3
+        assert other.best(h.MATMUL, h.TARGET).schedule_json == h.schedule(2)
+        other.export_best(path)
+    assert store.import_json(path) == (2, 0)
+    assert store.best(h.MATMUL, h.TARGET).schedule_json == h.schedule(2)
+    assert store.count() == 3
+
+
+BAD_FILES = [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "is not a JSON file"),
+    (b"not json", "is not a JSON file"),
+    (b"[1, 2]", "is not a tuner best-schedules file"),
+    (b'{"records": []}', "is not a tuner best-schedules file"),
+    (b'{"format": "tuner-best-schedules", "version": 99, "records": []}',
+     "format version 99; this tuner reads version 1"),
+    (b'{"format": "tuner-best-schedules", "version": 1, "records": {}}',
+     '"records" must be a list'),
+]
+
+
+def _file_with(tmp_path, change) -> Path:
+    with RecordStore("sqlite://") as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+        path = tmp_path / "best.json"
+        s.export_best(path)
+    data = json.loads(path.read_text())
+    change(data["records"][0])
+    path.write_text(json.dumps(data))
+    return path
+
+
+BAD_RECORDS = [
+    (lambda r: r.pop("schedule"), "has no field 'schedule'"),
+    (lambda r: r["task"].update(shape=["64", 64, 64]), "shape must be a list of integers"),
+    (lambda r: r.update(schedule={"kind": "split"}), "a JSON list of steps"),
+    (lambda r: r["result"].update(error="exploded"), "'exploded' is not a valid ErrorKind"),
+    (lambda r: r["result"].update(costs_s=[]), "a successful result without costs"),
+    (lambda r: r["target"].update(threads="2"), "integer threads"),
+    (lambda r: r.update(trial=1.5), "expected an integer, got 1.5"),
+    (lambda r: r.update(task=[]), "is malformed: list indices must be integers"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_FILES)
+def test_a_foreign_or_malformed_file_is_refused(tmp_path, content, message):
+    path = tmp_path / "best.json"
+    path.write_bytes(content)
+    with pytest.raises(RecordsError, match=f"^{path}.*{message}"):
+        read_best(path)
+    with RecordStore("sqlite://") as s, pytest.raises(RecordsError, match=message):
+        s.import_json(path)
+
+
+@pytest.mark.parametrize("change, message", BAD_RECORDS)
+def test_a_malformed_record_is_refused_with_its_position(tmp_path, change, message):
+    path = _file_with(tmp_path, change)
+    with pytest.raises(RecordsError, match=f"^{path}: record 0 .*{message}"):
         read_best(path)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def test_a_missing_file_is_refused(tmp_path):
+    with pytest.raises(RecordsError, match="cannot read .*missing.json: No such file"):
+        read_best(tmp_path / "missing.json")
 
 
-def test_corrupt_and_foreign_files_are_refused_untouched(tmp_path):
-    garbage = tmp_path / "garbage.db"
-    garbage.write_bytes(os.urandom(4096))
-    foreign = tmp_path / "foreign.db"
-    con = sqlite3.connect(foreign)
+# ----------------------------------------------------------------------------- opening
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def _foreign(path: Path, wal: bool) -> None:
+    con = sqlite3.connect(path)
+    if wal:
+        con.execute("PRAGMA journal_mode = WAL")
     con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
     con.execute("INSERT INTO invoices VALUES (1, 9.5)")
     con.commit()
     con.close()
-    damaged = tmp_path / "damaged.db"
-    with RecordStore(f"sqlite:///{damaged}") as s:
-        s.add(TASK, TARGET, NewRecord(steps(1), ok(1e-3), 0))
-    for leftover in (Path(f"{damaged}-wal"), Path(f"{damaged}-shm")):
-        leftover.unlink(missing_ok=True)
-    data = bytearray(damaged.read_bytes())
+
+
+def _damaged(path: Path) -> None:
+    with RecordStore(resolve_db_url(str(path))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+    data = bytearray(path.read_bytes())
     data[100:4096] = os.urandom(3996)  # keep the header, wreck the schema page
-    damaged.write_bytes(bytes(data))
-    for path, message in ((garbage, "is not a SQLite database"),
-                          (foreign, "another application"),
-                          (damaged, "corrupt")):
-        before = _digest(path)
-        with pytest.raises(RecordsError, match=message):
-            RecordStore(f"sqlite:///{path}")
-        assert _digest(path) == before
-        assert not Path(str(path) + "-wal").exists()
+    path.write_bytes(bytes(data))
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "new.db"
-    RecordStore(f"sqlite:///{path}").close()
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(os.urandom(8192)), "is not a SQLite database"),
+    (lambda p: p.write_text("id,total\n1,9.5\n"), "is not a SQLite database"),
+    (lambda p: _foreign(p, wal=False), "is a SQLite database of another application"),
+    (lambda p: _foreign(p, wal=True), "is a SQLite database of another application"),
+    (_damaged, "cannot be read as a SQLite database .* may be corrupt"),
+], ids=["random-bytes", "csv", "foreign", "foreign-wal", "damaged"])
+def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, make, message):
+    folder = tmp_path / "dbs"
+    folder.mkdir()
+    path = folder / "x.db"
+    make(path)
+    before = _snapshot(folder)
+    with pytest.raises(RecordsError, match=f"^{path} .*{message}"):
+        RecordStore(resolve_db_url(str(path)))
+    assert _snapshot(folder) == before  # same bytes, and no -wal or -shm files beside it
+
+
+@pytest.mark.parametrize("version, message", [
+    (SCHEMA_VERSION + 98, f"schema version 99, newer than version {SCHEMA_VERSION} that this "
+                          f"tuner supports; upgrade it with `pip install --upgrade tuner`"),
+    (0, f"schema version 0; this tuner supports version {SCHEMA_VERSION}"),
+])
+def test_another_schema_version_is_refused(tmp_path, version, message):
+    path = tmp_path / "r.db"
+    with RecordStore(resolve_db_url(str(path))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
     con = sqlite3.connect(path)
-    con.execute("UPDATE tuner_meta SET value = '99' WHERE key = 'schema_version'")
+    con.execute("UPDATE tuner_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     con.commit()
     con.close()
-    with pytest.raises(RecordsError, match="schema version 99, newer than the 1"):
-        RecordStore(f"sqlite:///{path}")
+    before = _snapshot(tmp_path)
+    with pytest.raises(RecordsError, match=f"^{path} has records {message}"):
+        RecordStore(resolve_db_url(str(path)))
+    assert _snapshot(tmp_path) == before
 
 
-def test_db_url_resolution(tmp_path):
-    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
-    assert resolve_db_url(None, env) == f"sqlite:///{tmp_path}/data/tuner/records.db"
-    assert (tmp_path / "data" / "tuner").is_dir()
-    assert resolve_db_url(None, {**env, "TUNER_DB": "postgresql://u@h/db"}) == "postgresql://u@h/db"
-    assert resolve_db_url(str(tmp_path / "x.db"), env) == f"sqlite:///{tmp_path}/x.db"
-    with pytest.raises(RecordsError, match="not a database URL"):
-        RecordStore("::nonsense::")
+def test_a_new_file_gets_our_schema_in_wal_mode(tmp_path):
+    path = tmp_path / "new.db"
+    with RecordStore(resolve_db_url(str(path))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT value FROM tuner_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    con.close()
+    with RecordStore(resolve_db_url(str(path))) as s:  # and opens again
+        assert s.count() == 1
+
+
+def test_urls_and_paths_that_cannot_be_opened():
+    with pytest.raises(RecordsError, match="not a database URL: 'records.db'"):
+        RecordStore("records.db")
     with pytest.raises(RecordsError, match="cannot open nonsense://: Can't load plugin"):
         RecordStore("nonsense://")
+    with pytest.raises(RecordsError, match="folder /nonexistent/folder does not exist"):
+        RecordStore("sqlite:////nonexistent/folder/r.db")
 
 
-def test_four_processes_writing_one_file_lose_nothing(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    RecordStore(url).close()
-    procs = [subprocess.Popen([sys.executable, WRITER, url, "150", str(w)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_db_url_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"HOME": str(tmp_path / "home")}
+    xdg = {**env, "XDG_DATA_HOME": str(tmp_path / "data")}
+    assert resolve_db_url(None, xdg) == f"sqlite:///{tmp_path}/data/tuner/records.db"
+    assert (tmp_path / "data" / "tuner").is_dir()  # the default's folder is created
+    assert resolve_db_url(None, env) == f"sqlite:///{tmp_path}/home/.local/share/tuner/records.db"
+    relative_xdg = {**env, "XDG_DATA_HOME": "data"}  # ignored, as the XDG specification says
+    assert resolve_db_url(None, relative_xdg) == resolve_db_url(None, env)
+    assert resolve_db_url(None, {**xdg, "TUNER_DB": "postgresql://u@h/db"}) == \
+        "postgresql://u@h/db"
+    assert resolve_db_url(None, {**xdg, "TUNER_DB": "env.db"}) == f"sqlite:///{tmp_path}/env.db"
+    assert resolve_db_url("sqlite://", {**xdg, "TUNER_DB": "env.db"}) == "sqlite://"
+    assert resolve_db_url("runs/x.db", xdg) == f"sqlite:///{tmp_path}/runs/x.db"
+    assert not (tmp_path / "runs").exists()  # a given path's folder is not
+    odd = tmp_path / "a?b#c.db"  # characters that mean something in a URL
+    with RecordStore(resolve_db_url(str(odd))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+    assert odd.exists()
+
+
+# ----------------------------------------------------------------------------- processes
+@pytest.mark.parametrize("backend", ["file"] + (["postgresql"] if POSTGRES_URL else []))
+def test_four_processes_writing_one_database_lose_nothing(tmp_path, backend):
+    with contextlib.ExitStack() as stack:
+        url = resolve_db_url(str(tmp_path / "shared.db")) if backend == "file" else \
+            stack.enter_context(scratch_database(POSTGRES_URL))
+        _write_from_four_processes(url)
+
+
+def _write_from_four_processes(url: str) -> None:
+    start = SPAWN.Event()  # the database is new: the writers also race to create the tables
+    procs = [SPAWN.Process(target=h.write_one_at_a_time, args=(url, w, 200, start))
              for w in range(4)]
     for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     with RecordStore(url) as s:
-        assert s.count() == 600
-        assert len(s.tasks()) == 2 and len(s.targets()) == 1
+        assert s.count() == 800
+        assert s.count(h.MATMUL) == s.count(h.CONV) == 400
+        assert len(s.tasks()) == 2 and s.targets() == [h.TARGET]
+        assert len(s.measured_hashes(h.MATMUL, h.TARGET)) == 400
 
 
-def test_sigint_leaves_every_finished_record_readable(tmp_path):
-    url = f"sqlite:///{tmp_path / 'interrupted.db'}"
-    proc = subprocess.Popen([sys.executable, WRITER, url, "100000", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_writer_leaves_every_finished_batch(tmp_path, sig):
+    path = tmp_path / "interrupted.db"
+    url = resolve_db_url(str(path))
+    receive, send = SPAWN.Pipe(duplex=False)
+    proc = SPAWN.Process(target=h.write_batches_until_stopped, args=(url, send))
+    proc.start()
+    send.close()
     committed = 0
-    while committed < 50:
-        committed = int(proc.stdout.readline())
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode != 0
-    lines = out.split()
-    committed = int(lines[-1]) if lines else committed
+    while committed < 40:
+        assert receive.poll(60), "the writer reported nothing for 60 s"
+        committed = receive.recv()
+    os.kill(proc.pid, sig)
+    proc.join(60)
+    assert proc.exitcode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    while True:  # what it committed before the signal landed
+        try:
+            committed = receive.recv()
+        except EOFError:
+            break
     with RecordStore(url) as s:
-        history = s.history(Task.create("matmul", (16, 16, 16)),
-                            Target("x86_64-test", "testcpu", "+avx", 1))
-    assert committed <= len(history) <= committed + 1
+        history = s.history(h.MATMUL, h.TARGET)
+    assert committed <= len(history) <= committed + h.BATCH  # at most the batch in flight
+    assert len(history) % h.BATCH == 0  # and never part of one
     assert [r.trial for r in history] == list(range(len(history)))
-    con = sqlite3.connect(tmp_path / "interrupted.db")
+    assert all(r.schedule_json == h.schedule(r.trial) and r.result == h.ok(1e-3, 2e-3)
+               for r in history)
+    con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()

@@ -136,17 +136,19 @@ class Kernel:
         if len(inputs) != len(ops):
             raise TunerError(f"{self.dag.op} kernel takes {len(ops)} arrays "
                              f"({', '.join(o.name for o in ops)}), got {len(inputs)}")
-        args = []
-        for op, arr in zip(ops, inputs):
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
-            if arr.shape != op.shape:
-                raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
-            if op.name in self._packers:
-                packed = np.empty(self.packed_shape(op.name), dtype=np.float32)
-                self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
-                arr = packed
-            args.append(arr)
-        return tuple(args)
+        return tuple(self.prepare(op.name, arr) for op, arr in zip(ops, inputs))
+
+    def prepare(self, operand: str, array: np.ndarray) -> np.ndarray:
+        """One user input as the kernel takes it: float32, C-contiguous, packed if rewritten."""
+        op = self.dag.operand(operand)
+        arr = np.ascontiguousarray(array, dtype=np.float32)
+        if arr.shape != op.shape:
+            raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
+        if op.name in self._packers:
+            packed = np.empty(self.packed_shape(op.name), dtype=np.float32)
+            self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
+            arr = packed
+        return arr
 
     def new_output(self) -> np.ndarray:
         return np.empty(self.dag.output.shape, dtype=np.float32)
@@ -189,35 +191,16 @@ class BoundKernel:
     def __init__(self, kernel: Kernel, names: list[str], constants: dict[str, np.ndarray]):
         self.kernel = kernel
         self._free = [n for n in names if n not in constants]
-        self._names = names
-        dag = kernel.dag
-        packed = {}
-        for op in dag.inputs:
-            if op.name in constants:
-                arr = np.ascontiguousarray(constants[op.name], dtype=np.float32)
-                if arr.shape != op.shape:
-                    raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
-                if op.name in kernel._packers:
-                    dst = np.empty(kernel.packed_shape(op.name), dtype=np.float32)
-                    kernel._packers[op.name](dst.ctypes.data, arr.ctypes.data)
-                    arr = dst
-                packed[op.name] = arr
-        self._packed = packed
+        self._packed = {name: kernel.prepare(name, arr) for name, arr in constants.items()}
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
         if len(inputs) != len(self._free):
             raise TunerError(f"this kernel takes {len(self._free)} arrays "
                              f"({', '.join(self._free)}), got {len(inputs)}")
         given = dict(zip(self._free, inputs))
-        args = []
-        for op in self.kernel.dag.inputs:
-            if op.name in self._packed:
-                args.append(self._packed[op.name])
-                continue
-            arr = np.ascontiguousarray(given[op.name], dtype=np.float32)
-            if arr.shape != op.shape:
-                raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
-            args.append(arr)
+        args = [self._packed[op.name] if op.name in self._packed
+                else self.kernel.prepare(op.name, given[op.name])
+                for op in self.kernel.dag.inputs]
         out = self.kernel.new_output()
         self.kernel.run(out, *args)
         return out
