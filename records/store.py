@@ -87,10 +87,6 @@ class RecordStore:
             self._engine.dispose()
             raise
 
-    # `tuner/cli.py` reads this name; it can go once the CLI uses display_url.
-    @property
-    def _safe_url(self) -> str:
-        return self.display_url
 
     def close(self) -> None:
         self._engine.dispose()
@@ -226,7 +222,7 @@ class RecordStore:
         returning, or (on any error, Ctrl-C included) none.
 
         `flops` defaults to the task template's count and `tuner_version` to the running
-        tuner's; `tuner/tune.py` relies on both defaults."""
+        tuner's."""
         if flops is None:  # the only use of the templates in records/: avoid it, pass flops
             flops = task.dag().flops
         if tuner_version is None:

@@ -201,7 +201,7 @@ def _cmd_tune(args) -> int:
         "failed": result.errors, "best_gflops": round(result.best_gflops, 2),
         "default_gflops": None if result.default_gflops is None
         else round(result.default_gflops, 2),
-        "tuning_s": round(result.elapsed_s, 1), "db": store._safe_url,
+        "tuning_s": round(result.elapsed_s, 1), "db": store.display_url,
         "schedule": json.loads(result.best_schedule_json),
     }
     if args.json:
@@ -215,7 +215,7 @@ def _cmd_tune(args) -> int:
         line += (f"  (default schedule {result.default_gflops:.1f} GFLOPS, "
                  f"x{result.best_gflops / result.default_gflops:.2f})")
     print(line)
-    print(f"records   {store._safe_url}")
+    print(f"records   {store.display_url}")
     print("schedule:")
     for text in nest.pseudo_code().splitlines():
         print("  " + text)
@@ -225,7 +225,7 @@ def _cmd_tune(args) -> int:
 def _cmd_show(args) -> int:
     with _open_store(args.db) as store:
         rows = store.summary()
-        print(f"{store._safe_url}: {store.count()} records")
+        print(f"{store.display_url}: {store.count()} records")
     for task, target, n, failed, best in rows:
         gflops = f"{best.gflops:8.1f} GFLOPS" if best else "   no valid record"
         print(f"{task.key:70s} {target.cpu:>12s} x{target.threads}  {n:5d} records "
@@ -325,7 +325,7 @@ def _cmd_plot(args) -> int:
             rows = [row for row in rows if row[1].threads == args.threads]
         pairs = {(t.key, g.key): (t, g) for t, g, *_ in rows}
         if not pairs:
-            raise UsageError(f"no records of {args.task or 'any task'} in {store._safe_url}")
+            raise UsageError(f"no records of {args.task or 'any task'} in {store.display_url}")
         if len(pairs) > 1:
             listed = "; ".join(f"{t} on {g}" for t, g in sorted(pairs))
             raise UsageError(f"several tasks/targets in the database, pick one with --task "

@@ -59,7 +59,7 @@ def _records(task: Task, db: str | None) -> tuple[list, str]:
                 raise TunerError(f"no records database at {db}")
             return [], url
     with RecordStore(url) as store:
-        return store.best_by_target(task), store._safe_url
+        return store.best_by_target(task), store.display_url
 
 
 def select_schedule(task: Task, target: Target, db: str | None = None,

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from tuner import __version__
 from tuner.annotate import genome_from_steps
 from tuner.default import default_schedule
 from tuner.measure import MeasureInput, Measurer
@@ -146,7 +147,8 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
         entries = [NewRecord(c.key, r, trial + i, c.predicted,
                              "default" if c.sketch is None else strategy.name)
                    for i, (c, r) in enumerate(zip(batch, results))]
-        store.add_many(task, target, entries)  # committed before anything else happens
+        # committed before anything else happens
+        store.add_many(task, target, entries, flops=dag.flops, tuner_version=__version__)
         trial += len(batch)
         measured.update(c.key for c in batch)
         searched = [(c, r) for c, r in zip(batch, results) if c.sketch is not None]
