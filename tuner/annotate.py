@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tuner.dag import ComputeDAG
-from tuner.default import _vector_cost
+from tuner.default import vector_cost
 from tuner.schedule import (MAX_CODE_SIZE, MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate,
                             CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split, Step,
                             apply_steps, code_size)
@@ -57,7 +57,7 @@ def _levels(dag: ComputeDAG, axis: str) -> int:
     return (REDUCE_LEVELS if dag.axis(axis).reduce else SPATIAL_LEVELS) - 1
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
@@ -69,7 +69,7 @@ def _random_factors(rng: np.random.Generator, extent: int, count: int) -> list[i
         return [int(rng.choice(choices)) for _ in range(count)]
     left, out = extent, []
     for _ in range(count):
-        d = int(rng.choice(_divisors(left)))
+        d = int(rng.choice(divisors(left)))
         out.append(d)
         left //= d
     rng.shuffle(out)
@@ -101,7 +101,7 @@ def _pick_vector_axis(rng, dag: ComputeDAG) -> str | None:
     candidates = [a.name for a in dag.spatial_axes if a.extent > 1]
     if not candidates or rng.random() < 0.03:
         return None
-    candidates.sort(key=lambda a: _vector_cost(dag, a))
+    candidates.sort(key=lambda a: vector_cost(dag, a))
     if rng.random() < 0.7 or len(candidates) == 1:
         return candidates[0]
     return str(rng.choice(candidates[1:]))
@@ -119,7 +119,7 @@ def _outer_axes(dag: ComputeDAG, outer_axis: str | None = None) -> list:
     return axes
 
 
-def _outer_loops(dag: ComputeDAG, outer_axis: str | None = None) -> list[str]:
+def outer_loops(dag: ComputeDAG, outer_axis: str | None = None) -> list[str]:
     """The S0 group: level 0 of split spatial axes, and unsplit (extent-1) spatial axes."""
     return [a.name if a.extent == 1 else f"{a.name}.0" for a in _outer_axes(dag, outer_axis)]
 
@@ -169,7 +169,7 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
     steps: list[Step] = [Split(a, ann.tile(a)) for a in split_axes(dag)]
     spatial = [a.name for a in dag.spatial_axes if a.extent > 1]
     reduce = [a.name for a in dag.reduce_axes if a.extent > 1]
-    s0 = _outer_loops(dag, ann.outer_axis)
+    s0 = outer_loops(dag, ann.outer_axis)
     s1 = [f"{a}.1" for a in spatial]
     r0 = [f"{a}.0" for a in reduce] + [a.name for a in dag.reduce_axes if a.extent == 1]
     s2 = [f"{a}.2" for a in spatial]

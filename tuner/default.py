@@ -25,7 +25,7 @@ ACCUMULATOR_REGISTERS = 24
 REDUCE_UNROLL = 4
 
 
-def _vector_cost(dag: ComputeDAG, axis: str) -> float:
+def vector_cost(dag: ComputeDAG, axis: str) -> float:
     cost = 0.0
     for op in (dag.lhs, dag.rhs):
         if not op.depends_on(axis):
@@ -62,7 +62,7 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     spatial = [a for a in dag.spatial_axes if a.extent > 1]
     if not spatial:
         return None
-    vec = min(spatial, key=lambda a: (_vector_cost(dag, a.name), -a.extent))
+    vec = min(spatial, key=lambda a: (vector_cost(dag, a.name), -a.extent))
     if vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or vec.extent >= 4 * lanes:
         width = 2 * lanes
     elif vec.extent >= lanes:

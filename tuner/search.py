@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from tuner.annotate import (UNROLL_CHOICES, Annotation, _divisors, _outer_loops, crossover,
+from tuner.annotate import (UNROLL_CHOICES, Annotation, divisors, outer_loops, crossover,
                             expert_annotation, fits, mutate, sample, split_axes, to_steps)
 from tuner.dag import ComputeDAG
 from tuner.result import MeasureResult
@@ -244,7 +244,7 @@ class OptunaSearch:
             if len(prefix) == levels:
                 results.append(prefix)
                 return
-            for d in _divisors(left):
+            for d in divisors(left):
                 go(left // d, prefix + (d,))
 
         go(extent, ())
@@ -261,7 +261,7 @@ class OptunaSearch:
                 f"tile_{a}", self.choices[a]).split(","))) for a in split_axes(self.dag))
             vector_axis = trial.suggest_categorical("vector_axis", self.vector_axes)
             unroll = trial.suggest_categorical("unroll_max", list(UNROLL_CHOICES))
-            depth = trial.suggest_int("parallel_depth", 0, len(_outer_loops(self.dag)))
+            depth = trial.suggest_int("parallel_depth", 0, len(outer_loops(self.dag)))
             outer_axis = trial.suggest_categorical("outer_axis", self.vector_axes)
             ann = Annotation(tiles, vector_axis, unroll, depth, outer_axis)
             if not fits(self.dag, sketch, ann):
