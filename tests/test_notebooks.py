@@ -1,6 +1,5 @@
 """Both notebooks run top to bottom, headless, on a small budget; `tune plot` writes a PNG."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -130,6 +130,3 @@ def task_from_spec(spec: str) -> Task:
     except ValueError:
         raise TunerError(f"--task expects OP:SHAPE[:k=v,...] with integers, got {spec!r}") \
             from None
-
-
-

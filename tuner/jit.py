@@ -13,7 +13,6 @@ import ctypes.util
 import glob
 import os
 import time
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np

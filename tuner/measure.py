@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from tuner.errors import ScheduleError
-from tuner.measure_worker import worker_main
 from tuner.result import ErrorKind, MeasureResult
 from tuner.schedule import Step, apply_steps, schedule_to_json
 from tuner.target import Target

@@ -183,7 +183,7 @@ class EvolutionarySearch(RandomSearch):
         return make_candidate(self.dag, self.target, a.sketch, ann)
 
     def propose(self, n: int, measured: set[str]) -> list[Candidate]:
-        cfg, rng = self.config, self.rng
+        cfg = self.config
         population = self._initial_population()
         if self.model.fitted:
             for _ in range(cfg.generations):
