@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("op", nargs="?", choices=OPS, help="the operator (or use --task / --all)")
     p.add_argument("--shape", help="the shape of OP")
     for flag in ("--stride", "--dilation", "--groups"):
-        p.add_argument(flag, type=_positive_int, default=None)
-    p.add_argument("--pad", type=_nonnegative_int, default=None)
+        p.add_argument(flag, type=_positive_int, default=1)
+    p.add_argument("--pad", type=_nonnegative_int, default=0)
     p.add_argument("--bias", action="store_true")
     p.add_argument("--relu", action="store_true")
     p.add_argument("--task", action="append", default=[],
@@ -148,6 +148,16 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
     return dims
 
 
+def _task_from_args(op: str, args):
+    from tuner.task import Task
+
+    attrs = {"bias": args.bias, "relu": args.relu}
+    if op == "conv2d":
+        attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
+                     groups=args.groups)
+    return Task.create(op, parse_shape(op, args.shape), **attrs)
+
+
 def _open_store(db: str | None):
     from records import RecordStore, resolve_db_url
 
@@ -160,14 +170,9 @@ def _cmd_tune(args) -> int:
     from tuner.measure import Measurer
     from tuner.schedule import apply_steps, schedule_from_json
     from tuner.target import host_target
-    from tuner.task import Task
     from tuner.tune import TuneConfig, tune
 
-    attrs = {"bias": args.bias, "relu": args.relu}
-    if args.command == "conv2d":
-        attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
-                     groups=args.groups)
-    task = Task.create(args.command, parse_shape(args.command, args.shape), **attrs)
+    task = _task_from_args(args.command, args)
     target = host_target(args.threads)
     config = TuneConfig(trials=args.trials, batch_size=args.batch_size,
                         strategy=args.strategy, seed=args.seed)
@@ -273,18 +278,12 @@ def _cmd_build(args) -> int:
     from tuner.aot import build_library, task_from_spec
     from tuner.replay import NoRecordWarning, select_schedule
     from tuner.target import host_target
-    from tuner.task import Task
 
     tasks = [task_from_spec(spec) for spec in args.task]
     if args.op:
         if not args.shape:
             raise UsageError(f"build {args.op} needs --shape")
-        attrs = {"bias": args.bias, "relu": args.relu}
-        if args.op == "conv2d":
-            attrs.update({k: v for k, v in (("stride", args.stride), ("pad", args.pad),
-                                            ("dilation", args.dilation),
-                                            ("groups", args.groups)) if v is not None})
-        tasks.append(Task.create(args.op, parse_shape(args.op, args.shape), **attrs))
+        tasks.append(_task_from_args(args.op, args))
     target = host_target(args.threads)
     if args.all:
         if args.db and args.db.endswith(".json"):

@@ -124,6 +124,13 @@ class ComputeDAG:
                 return op
         raise KeyError(name)
 
+    def tolerance(self) -> tuple[float, float]:
+        """(rtol, atol) against the float64 reference: rtol 1e-4 on float32, with an absolute
+        floor that grows with the reduction length, since outputs that cancel to ~0 carry the
+        rounding of every term summed into them."""
+        reduction = int(np.prod([a.extent for a in self.reduce_axes]))
+        return 1e-4, 4e-6 * max(1.0, reduction) ** 0.5
+
     def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         return tuple(rng.uniform(-1.0, 1.0, size=op.shape).astype(np.float32)
                      for op in self.inputs)

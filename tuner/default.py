@@ -112,18 +112,16 @@ def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple
             continue
         outer.append(f"{a.name}.0" if a is unrolled else a.name)
 
-    reduce_loops = []
-    reduce_axes = list(dag.reduce_axes)
-    for r in reduce_axes[:-1]:
-        reduce_loops.append(r.name)
+    # every reduction loop in order, the last one split by the tile's reduction unroll
+    reduce_loops = [r.name for r in dag.reduce_axes if r.name != tile.reduce_axis]
     unroll_reduce = None
-    if reduce_axes:
-        last = reduce_axes[-1]
-        if last.extent <= 2 * REDUCE_UNROLL:
+    if tile.reduce_axis is not None:
+        last = dag.axis(tile.reduce_axis)
+        if tile.reduce_unroll >= last.extent:
             reduce_loops.append(last.name)
             unroll_reduce = last.name if last.extent > 1 else None
         else:
-            steps.append(Split(last.name, (REDUCE_UNROLL,)))
+            steps.append(Split(last.name, (tile.reduce_unroll,)))
             reduce_loops += [f"{last.name}.0", f"{last.name}.1"]
             unroll_reduce = f"{last.name}.1"
     steps.append(Reorder(tuple(outer + reduce_loops + inner)))

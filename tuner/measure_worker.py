@@ -77,10 +77,9 @@ def run(request: dict) -> dict:
         if request["check"]:
             out.fill(np.nan)  # an output element the kernel never writes cannot pass
             kernel.run(out, *args)
-            reduction = int(np.prod([a.extent for a in dag.reduce_axes]))
-            atol = 4e-6 * max(1.0, reduction) ** 0.5
-            if not np.allclose(out, expected, rtol=1e-4, atol=atol):
-                bad = np.argwhere(~np.isclose(out, expected, rtol=1e-4, atol=atol))
+            rtol, atol = dag.tolerance()
+            if not np.allclose(out, expected, rtol=rtol, atol=atol):
+                bad = np.argwhere(~np.isclose(out, expected, rtol=rtol, atol=atol))
                 where = tuple(int(x) for x in bad[0])
                 return _error(ErrorKind.WRONG_RESULT,
                               f"{len(bad)} of {out.size} outputs differ from the reference; "

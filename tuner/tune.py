@@ -153,14 +153,13 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
         measured.update(c.key for c in batch)
         searched = [(c, r) for c, r in zip(batch, results) if c.sketch is not None]
         strategy.observe([c for c, _ in searched], [r for _, r in searched])
-        for c, r in zip(batch, results):
+        for i, (c, r) in enumerate(zip(batch, results)):
             done += 1
             errors += not r.ok
             best = max(best, r.gflops(dag.flops))
             if c.key == default_key:
                 default_gflops = r.gflops(dag.flops)
-            curve.append((trial - len(batch) + batch.index(c), time.perf_counter() - start,
-                          best))
+            curve.append((trial - len(batch) + i, time.perf_counter() - start, best))
         if on_progress:
             on_progress(Progress(done, config.trials, best, errors,
                                  time.perf_counter() - start))
