@@ -9,7 +9,10 @@ One fixed-length float vector per program, made of
 
 Every program has the same statements (one multiply-accumulate, one output pass), so a vector
 per program needs no per-statement sum as Ansor's model does. All sizes enter as log2(1 + x):
-trees split on ratios. `FEATURE_NAMES` documents every entry; bump `FEATURE_VERSION` whenever
+trees split on ratios. Hardware enters through the machine model (tuner/machine.py): vector
+chunks in the target's lanes, register pressure against its register file, footprints against
+its cache sizes, and the analytic estimate (costmodel/estimate.py), so that what the model
+learns on one task and CPU carries over to the next. `FEATURE_NAMES` documents every entry; bump `FEATURE_VERSION` whenever
 the meaning of any entry changes, since saved models are only valid for their version.
 """
 
@@ -19,15 +22,14 @@ import math
 
 import numpy as np
 
-from tuner.codegen import packed_parts, padding
-from tuner.schedule import Loop, LoopNest
+from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
+from tuner.layout import padding
+from tuner.schedule import LoopNest
+from tuner.target import Target
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 LEVELS = 10
-LINE_FLOATS = 16  # a 64-byte cache line holds 16 float32
 KINDS = ("serial", "parallel", "unroll", "vectorize")
-BUFFERS = ("lhs", "rhs", "acc")
-
 GLOBAL_FEATURES = (
     ("flops", "log2 floating-point operations of the whole program"),
     ("loops", "number of loops in the compute nest"),
@@ -35,7 +37,13 @@ GLOBAL_FEATURES = (
     ("vector_chunks", "native vectors per vectorized iteration (lanes / machine lanes)"),
     ("unrolled_bodies", "log2 product of the extents of unrolled loops"),
     ("register_tile", "log2 floats of the accumulator tile when it is fully unrolled (registers)"),
-    ("register_vectors", "accumulator vectors of the register tile, if any (32 zmm exist)"),
+    ("register_vectors", "accumulator vectors of the register tile, if any"),
+    ("register_pressure", "(accumulator + operand vectors) / the machine's vector registers"),
+    ("latency_cover", "accumulator vectors / (FMA issue rate x latency): < 1 is latency-bound"),
+    ("estimate", "log2 GFLOPS of the analytic estimate (costmodel/estimate.py)"),
+    ("machine_lanes", "float32 lanes of the machine's vectors"),
+    ("machine_registers", "vector registers of the machine"),
+    ("machine_flops_per_cycle", "FP32 flops per cycle per core of the machine"),
     ("local_tile", "log2 floats of the local accumulator (cache_write), 0 without one"),
     ("local_in_registers", "1 if every loop of the local tile is unrolled or vectorized"),
     ("reduction_inside_tile", "log2 reduction iterations per local tile (0 without one)"),
@@ -66,6 +74,8 @@ LEVEL_FEATURES = (
         (f"{b}_lines", f"log2 cache lines of {b} touched inside this loop"),
         (f"{b}_reuse", f"log2 accesses per touched element of {b} inside this loop"))),
     ("intensity", "log2 flops per byte touched inside this loop"),
+    *((f"vs_{c}", f"log2 bytes touched inside this loop / the machine's {c} size")
+      for c in ("l1", "l2", "l3")),
 )
 FEATURE_NAMES = tuple(n for n, _ in GLOBAL_FEATURES) + tuple(
     f"L{level}.{n}" for level in range(LEVELS) for n, _ in LEVEL_FEATURES)
@@ -76,52 +86,11 @@ def _lg(x: float) -> float:
     return math.log2(1.0 + max(0.0, x))
 
 
-class _Buffer:
-    """Footprint of one buffer as a function of which loops are inside."""
-
-    def __init__(self, nest: LoopNest, role: str):
-        dag = nest.dag
-        self.kind = "affine"
-        if role == "acc" and nest.cache_write_at is not None:
-            self.kind = "tile"
-            self.keys = {(p.axis, p.level) for loop in nest.tile_loops if not loop.reduce
-                         for p in loop.parts}
-            self.dims, self.sizes = None, None
-            return
-        op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
-        if op.name in nest.layout_rewrite:
-            self.kind = "packed"
-            self.keys = {(p.axis, p.level) for p in packed_parts(nest, op)}
-            return
-        pads = padding(op, dag.extents) if op.padded else [(0, 0)] * len(op.shape)
-        self.dims = [(dict(e.terms), size + lo + hi) for e, size, (lo, hi)
-                     in zip(op.index, op.shape, pads)]
-        self.strides = op.strides()
-        self.flat = op.flat()
-
-    def footprint(self, ranges: dict[str, int], parts_inside: list) -> tuple[float, float]:
-        """(elements, cache lines) touched; `ranges`: index span of each axis inside."""
-        if self.kind in ("tile", "packed"):
-            elements = math.prod(p.extent for p in parts_inside
-                                 if (p.axis, p.level) in self.keys)
-            return elements, elements / LINE_FLOATS
-        elements, innermost = 1, 1
-        for coefs, size in self.dims:
-            span = min(size, sum(abs(c) * ranges.get(a, 0) for a, c in coefs.items()) + 1)
-            elements *= span
-            innermost = span
-        return elements, elements / min(LINE_FLOATS, innermost)
-
-    def stride(self, loop: Loop) -> int:
-        if self.kind != "affine":
-            return 1
-        part = loop.parts[-1]
-        return self.flat.coef(part.axis) * part.step
-
-
-def extract_features(nest: LoopNest, threads: int, lanes: int = 16) -> np.ndarray:
+def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
     dag, loops = nest.dag, nest.loops
-    buffers = {role: _Buffer(nest, role) for role in BUFFERS}
+    machine = target.machine
+    threads, lanes = target.threads, machine.lanes
+    buffers = {role: Buffer(nest, role, machine.cache_line_bytes // 4) for role in BUFFERS}
     total_flops = dag.flops
     out: list[float] = []
 
@@ -157,12 +126,20 @@ def extract_features(nest: LoopNest, threads: int, lanes: int = 16) -> np.ndarra
     out_flat = dag.output.flat()
     out_scatter = float(vec is not None
                         and out_flat.coef(vec.parts[0].axis) * vec.parts[0].step != 1)
+    chunks = math.ceil(vec.extent / lanes) if vec else 1
+    register_vectors = math.ceil(register_tile / (vec.extent if vec else 1)) * chunks \
+        if register_tile else 0
+    operand_vectors = chunks + 2 if register_tile else 0
     epilogue = 0 if nest.cache_write_at is not None else \
         (dag.bias is not None) + dag.relu + 1
     out += [
         _lg(total_flops), len(loops), vec.extent if vec else 0,
         math.ceil(vec.extent / lanes) if vec else 0, _lg(unrolled), _lg(register_tile),
-        math.ceil(register_tile / lanes) if register_tile else 0, _lg(tile),
+        register_vectors,
+        (register_vectors + operand_vectors) / machine.vector_registers,
+        register_vectors / machine.min_accumulators,
+        _lg(estimate_gflops(nest, target)), lanes, machine.vector_registers,
+        machine.flops_per_cycle, _lg(tile),
         float(in_registers), _lg(tile_reduction), _lg(par_extent if parallel else 0),
         _lg(total_flops / (threads if parallel else 1)),
         per_thread * threads / par_extent if parallel else 1.0, threads,
@@ -194,5 +171,7 @@ def extract_features(nest: LoopNest, threads: int, lanes: int = 16) -> np.ndarra
             touched += 4 * elements
             row += [_lg(4 * elements), _lg(lines), _lg(accesses / max(1.0, elements))]
         row.append(_lg(accesses * flops_per_access / max(1.0, touched)))
+        row += [math.log2(max(1.0, touched) / size) for size in
+                (machine.l1d_bytes, machine.l2_bytes, machine.l3_bytes)]
         out += row
     return np.asarray(out, dtype=np.float32)

@@ -1,7 +1,9 @@
 """The XGBoost cost model: predicts how fast a schedule runs, to rank candidates unmeasured.
 
 A two-method contract as in TVM's auto_scheduler: `fit(features, gflops, groups)` on the
-measurements so far and `predict(features) -> scores` (higher is faster). Labels are throughput
+measurements so far and `predict(features) -> scores` (higher is faster). Before the first
+fit, `predict` returns the prior: the analytic estimate from the machine model, which is one
+of the features (costmodel/estimate.py). Labels are throughput
 normalised by the best of the same task (a task's best scores 1, a failed candidate 0), so one
 model learns across tasks; with `objective="rank"` XGBoost's pairwise ranking is used instead,
 each task a query group. Which of the two ranks better is measured, not assumed
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.features import FEATURE_VERSION, N_FEATURES
+from costmodel.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
+
+ESTIMATE = FEATURE_NAMES.index("estimate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ class XGBModel:
 
         features = np.asarray(features, dtype=np.float32)
         if self._booster is None:
-            raise RuntimeError("predict before fit")
+            return features[:, ESTIMATE].astype(np.float64)
         return self._booster.predict(xgb.DMatrix(features))
 
     def feature_importance(self) -> dict[str, float]:

@@ -11,6 +11,8 @@ from tuner.codegen import emit_llvm
 from tuner.default import default_schedule
 from tuner.errors import ScheduleError, ShapeError
 from tuner.jit import Kernel
+from tuner.layout import MAX_CODE_SIZE, check_code_size
+from tuner.pseudo import pseudo_code
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             apply_steps, schedule_from_json, schedule_to_json)
 from tuner.task import Task
@@ -51,10 +53,11 @@ def test_invalid_steps_raise_clear_errors(steps, message):
 
 def test_limits_on_code_size_and_tile_size():
     big = Task.create("matmul", (512, 512, 64)).dag()
-    with pytest.raises(ScheduleError, match="vector statements; at most 4096"):
-        apply_steps(big, (Split("i", (64,)), Split("j", (64,)),
-                          Reorder(("i.0", "j.0", "k", "i.1", "j.1")),
-                          Annotate("i.1", "unroll"), Annotate("j.1", "unroll")))
+    unrolled = apply_steps(big, (Split("i", (64,)), Split("j", (64,)),
+                                 Reorder(("i.0", "j.0", "k", "i.1", "j.1")),
+                                 Annotate("i.1", "unroll"), Annotate("j.1", "unroll")))
+    with pytest.raises(ScheduleError, match=f"IR instructions; at most {MAX_CODE_SIZE}"):
+        check_code_size(unrolled, 16)
     with pytest.raises(ScheduleError, match="tile has 131072 floats"):
         apply_steps(big, (Split("i", (256,)), CacheWrite("i.0")))
     with pytest.raises(ScheduleError, match="has 512 lanes; at most 64"):
@@ -131,10 +134,10 @@ def test_default_schedule_on_awkward_shapes(task, target2):
 def test_ir_and_pseudo_code_can_be_printed(target2):
     dag = CONV.dag()
     nest = apply_steps(dag, default_schedule(dag, target2))
-    text = str(emit_llvm(nest, threads=2))
+    text = str(emit_llvm(nest, target2))
     assert "define void @\"kernel\"" in text and "GOMP_parallel" in text
     assert "llvm.fma.v" in text and "pack_weight" in text
-    code = nest.pseudo_code()
+    code = pseudo_code(nest)
     assert "vectorize" in code and "weight_packed" in code and "data_padded" in code
 
 

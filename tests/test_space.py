@@ -40,7 +40,7 @@ def test_thousands_of_samples_are_valid(target1, target2):
         for sketch in generate_sketches(dag):
             a = sample(rng, dag, sketch, target)
             b = mutate(rng, dag, sketch, a, target)
-            c = crossover(rng, dag, sketch, a, b)
+            c = crossover(rng, dag, sketch, a, b, target.machine)
             for ann in (a, b, c):
                 apply_steps(dag, to_steps(dag, sketch, ann, target))  # raises if invalid
                 count += 1

@@ -6,10 +6,18 @@ makes the schedule (a tuple of steps) from (dag, sketch, annotation, target); ev
 makes is valid by construction (tests check thousands of samples), and `sample`, `mutate` and
 `crossover` only ever return annotations that stay valid.
 
-Defaults follow Ansor (DESIGN.md §7): tile sizes from random factorizations of each extent (a
-few with tails, which the code generator handles without per-element guards), the innermost
-vector tile a multiple of the target's lanes, auto-unroll in {0, 16, 64, 512}, outer loops
-fused until there are 16 iterations per thread.
+Defaults follow Ansor (TVM auto_scheduler): tile sizes from random factorizations of each
+extent (a few with tails, which the code generator handles without per-element guards), the
+innermost vector tile a multiple of the target's lanes, auto-unroll in {0, 16, 64, 512}, outer
+loops fused until there are 16 iterations per thread.
+
+Unlike Ansor, the machine model (tuner/machine.py) shapes the space: the innermost tile (S3)
+must keep its accumulators in the vector register file beside the operands of one reduction
+step (`fits`), and most samples (`REGISTER_TILE_PROBABILITY`) are register tiles built the way
+an expert builds them: a vector of 1-4 native vectors times rows of another spatial axis up to
+what the registers hold, unrolled, accumulated locally across the whole reduction. That is
+the structure that reaches peak (a tile sized for 32 zmm registers spills on 16 ymm ones), so
+the search finds it on any CPU without a hand-written seed.
 """
 
 from __future__ import annotations
@@ -20,16 +28,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tuner.dag import ComputeDAG
-from tuner.default import vector_cost
-from tuner.schedule import (MAX_CODE_SIZE, MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate,
-                            CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split, Step,
-                            apply_steps, code_size)
+from tuner.default import SPARE_REGISTERS, tile_rows
+from tuner.layout import MAX_CODE_SIZE, code_size, vector_cost
+from tuner.machine import Machine
+from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
+                            LayoutRewrite, Pad, Reorder, Split, Step, apply_steps)
 from tuner.sketch import REDUCE_LEVELS, SPATIAL_LEVELS, Sketch
 from tuner.target import Target
 
 UNROLL_CHOICES = (0, 16, 64, 512)
 TAIL_PROBABILITY = 0.1
 ITERATIONS_PER_THREAD = 16
+REGISTER_TILE_PROBABILITY = 0.7
+MAX_VECTOR_CHUNKS = 4   # native vectors per vectorized iteration
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,23 +87,28 @@ def _random_factors(rng: np.random.Generator, extent: int, count: int) -> list[i
     return out
 
 
-def _vector_tile(rng: np.random.Generator, extent: int, lanes: int) -> int:
+def max_vector_lanes(machine: Machine) -> int:
+    return min(MAX_VECTOR_LANES, MAX_VECTOR_CHUNKS * machine.lanes)
+
+
+def _vector_tile(rng: np.random.Generator, extent: int, machine: Machine) -> int:
+    lanes, widest = machine.lanes, max_vector_lanes(machine)
     options = [w for w in (lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes)
-               if 1 < w <= min(extent, MAX_VECTOR_LANES)]
+               if 1 < w <= min(extent, widest)]
     if not options:
-        return extent if extent <= MAX_VECTOR_LANES else lanes
+        return extent if extent <= widest else lanes
     exact = [w for w in options if extent % w == 0]
     pool = exact if exact and rng.random() > TAIL_PROBABILITY else options
     return int(rng.choice(pool))
 
 
 def _sample_tiles(rng, dag: ComputeDAG, axis: str, vector_axis: str | None,
-                  lanes: int) -> tuple[int, ...]:
+                  machine: Machine) -> tuple[int, ...]:
     extent = dag.axis(axis).extent
     count = _levels(dag, axis)
     if axis != vector_axis:
         return tuple(_random_factors(rng, extent, count))
-    inner = _vector_tile(rng, extent, lanes)
+    inner = _vector_tile(rng, extent, machine)
     rest = _random_factors(rng, max(1, extent // inner), count - 1)
     return tuple(rest) + (inner,)
 
@@ -137,23 +153,83 @@ def _default_parallel_depth(dag: ComputeDAG, ann: Annotation, target: Target) ->
     return depth
 
 
+def _register_tiles(rng, dag: ComputeDAG, sketch: Sketch, vector_axis: str,
+                    machine: Machine) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Tiles whose innermost level is a register tile: `width` lanes of the vector axis times
+    `rows` of one other spatial axis (as many as the registers hold, or a divisor of its
+    extent near that), every other spatial axis 1 there. Below the cache_write level nothing
+    else is tiled, so the whole local accumulator is the register tile."""
+    width = _vector_tile(rng, dag.axis(vector_axis).extent, machine)
+    others = [a for a in split_axes(dag) if a != vector_axis and not dag.axis(a).reduce]
+    row_axis = str(rng.choice(others)) if others else None
+    rows = 1
+    if row_axis is not None:
+        budget = min(tile_rows(machine, width), dag.axis(row_axis).extent)
+        exact = [d for d in divisors(dag.axis(row_axis).extent) if d <= budget]
+        near = [r for r in range(max(1, budget // 2), budget + 1)]
+        rows = int(rng.choice(exact if exact[-1] >= budget // 2 and rng.random() < 0.7
+                              else near))
+    free_levels = 2 if sketch.cache_write == "S1" else 1  # spatial levels above the tile
+    tiles = []
+    for a in split_axes(dag):
+        axis = dag.axis(a)
+        inner = width if a == vector_axis else rows if a == row_axis else 1
+        if axis.reduce:
+            tiles.append((a, tuple(_random_factors(rng, axis.extent, _levels(dag, a)))))
+            continue
+        outer = _random_factors(rng, max(1, axis.extent // inner), free_levels - 1) \
+            if free_levels > 1 else []
+        fixed = [1] * (_levels(dag, a) - 1 - len(outer))
+        tiles.append((a, tuple(outer + fixed + [inner])))
+    return tuple(tiles)
+
+
+def _unroll_covering(rng, tiles, vector_axis: str, machine: Machine) -> int:
+    """An auto-unroll limit that unrolls at least the whole register tile."""
+    body = math.prod(f[-1] for a, f in tiles if a != vector_axis)
+    body *= -(-dict(tiles)[vector_axis][-1] // machine.lanes)
+    options = [u for u in UNROLL_CHOICES if u >= body] or [UNROLL_CHOICES[-1]]
+    return int(rng.choice(options))
+
+
 def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
            target: Target) -> Annotation:
+    machine = target.machine
     for _ in range(100):
         vector_axis = _pick_vector_axis(rng, dag)
-        tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes))
-                      for a in split_axes(dag))
-        ann = Annotation(tiles, vector_axis, int(rng.choice(UNROLL_CHOICES)), 0,
-                         _pick_outer_axis(rng, dag))
+        if (vector_axis is not None and sketch.cache_write is not None
+                and rng.random() < REGISTER_TILE_PROBABILITY):
+            tiles = _register_tiles(rng, dag, sketch, vector_axis, machine)
+            unroll = _unroll_covering(rng, tiles, vector_axis, machine)
+        else:
+            tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, machine))
+                          for a in split_axes(dag))
+            unroll = int(rng.choice(UNROLL_CHOICES))
+        ann = Annotation(tiles, vector_axis, unroll, 0, _pick_outer_axis(rng, dag))
         ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
-        if fits(dag, sketch, ann):
+        if fits(dag, sketch, ann, machine):
             return ann
     raise RuntimeError(f"no annotation of {sketch.name} fits its limits after 100 samples")
 
 
-def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation) -> bool:
-    """The limits no step checks on its own: the local tile and the vector width."""
-    if ann.vector_axis is not None and ann.tile(ann.vector_axis)[-1] > MAX_VECTOR_LANES:
+def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tuple[int, int]:
+    """(accumulator vectors, operand vectors) of the innermost tile level: what one
+    reduction step keeps live in vector registers."""
+    inner = {a: f[-1] for a, f in ann.tiles}
+    chunks = -(-inner[ann.vector_axis] // machine.lanes) if ann.vector_axis else 1
+    rows = math.prod(inner.get(a.name, 1) for a in dag.spatial_axes
+                     if a.name != ann.vector_axis)
+    return rows * chunks, chunks + SPARE_REGISTERS
+
+
+def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation, machine: Machine) -> bool:
+    """The limits no step checks on its own: the vector width, the register file (the
+    innermost tile's accumulators beside one step's operands) and the local tile."""
+    if ann.vector_axis is not None and \
+            ann.tile(ann.vector_axis)[-1] > max_vector_lanes(machine):
+        return False
+    accumulators, operands = register_vectors(dag, ann, machine)
+    if accumulators + operands > machine.vector_registers:
         return False
     if sketch.cache_write is None:
         return True
@@ -195,7 +271,8 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
         steps.append(Annotate(vectorized, "vectorize"))
     extents = _loop_extents(dag, ann)
     unrolled: list[str] = []
-    product = -(-extents[vectorized] // 16) if vectorized else 1  # vector statements count
+    lanes = target.machine.lanes
+    product = -(-extents[vectorized] // lanes) if vectorized else 1  # native vectors count
     for name in reversed(s2 + r1 + s3):  # auto-unroll: innermost loops first, up to the limit
         if name == vectorized:
             continue
@@ -214,7 +291,7 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
             steps.append(Pad(op.name, sketch.pad))
     steps += [LayoutRewrite(name) for name in sketch.layout_rewrite]
     # gathers make a body many statements long: unroll less until the code is small enough
-    while unrolled and code_size(apply_steps(dag, steps, check=False)) > MAX_CODE_SIZE:
+    while unrolled and code_size(apply_steps(dag, steps, check=False), lanes) > MAX_CODE_SIZE:
         steps.remove(Annotate(unrolled.pop(), "unroll"))
     return tuple(steps)
 
@@ -246,13 +323,13 @@ def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annot
             new = replace(ann, outer_axis=_pick_outer_axis(rng, dag))
         elif r < 0.99:
             vector_axis = _pick_vector_axis(rng, dag)
-            tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.vector_lanes)
+            tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.machine)
                            if a in (vector_axis, ann.vector_axis) else f) for a, f in ann.tiles)
             new = replace(ann, vector_axis=vector_axis, tiles=tiles)
         else:
             limit = len(dag.spatial_axes) if target.threads > 1 else 0
             new = replace(ann, parallel_depth=int(rng.integers(0, limit + 1)))
-        if new != ann and fits(dag, sketch, new):
+        if new != ann and fits(dag, sketch, new, target.machine):
             return new
     return ann
 
@@ -265,7 +342,7 @@ def _mutate_tile(rng, dag: ComputeDAG, ann: Annotation, target: Target) -> Annot
     axis, factors = ann.tiles[int(rng.integers(len(ann.tiles)))]
     extent = dag.axis(axis).extent
     if extent % math.prod(factors):
-        new = _sample_tiles(rng, dag, axis, ann.vector_axis, target.vector_lanes)
+        new = _sample_tiles(rng, dag, axis, ann.vector_axis, target.machine)
     else:
         levels = [extent // math.prod(factors)] + list(factors)  # level 0 is implicit
         src = int(rng.choice([i for i, f in enumerate(levels) if f > 1] or [0]))
@@ -282,7 +359,7 @@ def _mutate_tile(rng, dag: ComputeDAG, ann: Annotation, target: Target) -> Annot
 
 
 def crossover(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, a: Annotation,
-              b: Annotation) -> Annotation:
+              b: Annotation, machine: Machine) -> Annotation:
     """Tile sizes axis by axis from either parent; the rest from one of them."""
     if a.vector_axis != b.vector_axis:
         return a
@@ -290,7 +367,7 @@ def crossover(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, a: Anno
                   for (axis, fa), (_, fb) in zip(a.tiles, b.tiles))
     base = a if rng.random() < 0.5 else b
     child = replace(base, tiles=tiles)
-    return child if fits(dag, sketch, child) else a
+    return child if fits(dag, sketch, child, machine) else a
 
 
 def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
@@ -319,7 +396,8 @@ def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
             for unroll in UNROLL_CHOICES:
                 ann = Annotation(tiles, vector_axis, unroll, depth, outer_axis)
                 for sketch in sketches:
-                    if fits(dag, sketch, ann) and to_steps(dag, sketch, ann, target) == steps:
+                    if fits(dag, sketch, ann, target.machine) and \
+                            to_steps(dag, sketch, ann, target) == steps:
                         return sketch, ann
     return None
 
@@ -338,9 +416,9 @@ def expert_annotation(dag: ComputeDAG, sketch: Sketch, target: Target) -> Annota
     for a in split_axes(dag):
         levels = _levels(dag, a)
         tiles.append((a, (1,) * (levels - 1) + (inner.get(a, 1),)))
-    chunks = -(-tile.width // 16)
+    chunks = -(-tile.width // target.machine.lanes)
     body = tile.count * tile.reduce_unroll * chunks
     unroll = next((u for u in UNROLL_CHOICES if u >= body), UNROLL_CHOICES[-1])
     ann = Annotation(tuple(tiles), tile.vector_axis, unroll, 0, tile.vector_axis)
     ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
-    return ann if fits(dag, sketch, ann) else None
+    return ann if fits(dag, sketch, ann, target.machine) else None

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tuner import __version__
 from tuner.replay import Choice
-from tuner.codegen import pack_function_name, packed_parts
+from tuner.codegen import pack_function_name
+from tuner.layout import packed_parts
 from tuner.errors import TunerError
 from tuner.jit import compile_object
 from tuner.schedule import apply_steps, schedule_to_json

@@ -4,6 +4,7 @@
     tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
         [--bias] [--relu] [--trials N] [--db URL] [--threads T] [--seed S]
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
+        [--cpu NAME] [--no-seed]
     tune show     what the database holds: tasks, targets, records, best GFLOPS
     tune best     the best schedule of every task, as readable pseudo-code (or --json)
     tune export   the best schedule per (task, target) to a JSON file
@@ -54,6 +55,12 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
+def _add_cpu(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu", default=None, help="LLVM CPU name to generate code for "
+                   "(znver3, znver4, skylake-avx512, x86-64-v3, x86-64-v4, ...; default: this "
+                   "host); measured here, so this host must support its ISA")
+
+
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="SQLAlchemy URL or SQLite file of the records (default: "
                    "$TUNER_DB, else ~/.local/share/tuner/records.db)")
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=_positive_int, default=None,
                        help="threads the kernel runs on (default: all usable cores)")
         p.add_argument("--seed", type=_nonnegative_int, default=0)
+        p.add_argument("--no-seed", action="store_true",
+                       help="do not measure the expert register tile first: search alone")
+        _add_cpu(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         _add_db(p)
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every task with a record for this target in --db")
     p.add_argument("--db", help="a database (as for tuning) or a JSON file from `tune export`")
     p.add_argument("--threads", type=_positive_int, default=None)
+    _add_cpu(p)
     p.add_argument("--allow-foreign-target", action="store_true",
                    help="use a schedule tuned on another CPU when this one has none")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -168,14 +179,17 @@ def _cmd_tune(args) -> int:
     from costmodel.features import extract_features
     from costmodel.model import XGBModel
     from tuner.measure import Measurer
+    from tuner.pseudo import pseudo_code
     from tuner.schedule import apply_steps, schedule_from_json
-    from tuner.target import host_target
+    from tuner.search import SearchConfig
+    from tuner.target import named_target
     from tuner.tune import TuneConfig, tune
 
     task = _task_from_args(args.command, args)
-    target = host_target(args.threads)
+    target = named_target(args.cpu, args.threads)
     config = TuneConfig(trials=args.trials, batch_size=args.batch_size,
-                        strategy=args.strategy, seed=args.seed)
+                        strategy=args.strategy, seed=args.seed,
+                        search=SearchConfig(use_seed=not args.no_seed))
     store = _open_store(args.db)
     bar = None
     if not args.quiet:
@@ -221,7 +235,7 @@ def _cmd_tune(args) -> int:
     print(line)
     print(f"records   {store.display_url}")
     print("schedule:")
-    for text in nest.pseudo_code().splitlines():
+    for text in pseudo_code(nest).splitlines():
         print("  " + text)
     return EXIT_OK
 
@@ -238,6 +252,7 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_best(args) -> int:
+    from tuner.pseudo import pseudo_code
     from tuner.schedule import apply_steps, schedule_from_json
 
     with _open_store(args.db) as store:
@@ -249,7 +264,7 @@ def _cmd_best(args) -> int:
         return EXIT_OK if best else EXIT_NOTHING
     for r in best:
         print(f"# {r.task.key} on {r.target.cpu} x{r.target.threads}: {r.gflops:.1f} GFLOPS")
-        print(apply_steps(r.task.dag(), schedule_from_json(r.schedule_json)).pseudo_code())
+        print(pseudo_code(apply_steps(r.task.dag(), schedule_from_json(r.schedule_json))))
         print()
     return EXIT_OK if best else EXIT_NOTHING
 
@@ -277,14 +292,14 @@ def _cmd_build(args) -> int:
 
     from tuner.aot import build_library, task_from_spec
     from tuner.replay import NoRecordWarning, select_schedule
-    from tuner.target import host_target
+    from tuner.target import named_target
 
     tasks = [task_from_spec(spec) for spec in args.task]
     if args.op:
         if not args.shape:
             raise UsageError(f"build {args.op} needs --shape")
         tasks.append(_task_from_args(args.op, args))
-    target = host_target(args.threads)
+    target = named_target(args.cpu, args.threads)
     if args.all:
         if args.db and args.db.endswith(".json"):
             from records import read_best

@@ -1,6 +1,6 @@
 """Code generation: a LoopNest becomes an LLVM module, with nothing left for LLVM to guess.
 
-`emit_llvm(nest, threads)` writes one kernel function `void <name>(out, in0, in1[, bias])` (all
+`emit_llvm(nest, target)` writes one kernel function `void <name>(out, in0, in1[, bias])` (all
 pointers `noalias`) and one `<name>_pack_<operand>(dst, src)` per layout-rewritten operand.
 
 What the generator decides itself, because DESIGN.md §3 measured that LLVM's auto-vectorizer
@@ -31,10 +31,9 @@ from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, ele
                           intrinsic,
                           lane_offsets, masked_load, masked_store, materialize, relu, runtime_loop, smin,
                           splat, var, vec_type)
+from tuner.layout import PartKey, packed_parts, padding, row_major
 from tuner.schedule import Loop, LoopNest, LoopPart
-
-PartKey = tuple[str, int]  # (axis, level)
-
+from tuner.target import Target
 
 @dataclass(frozen=True)
 class Access:
@@ -91,36 +90,13 @@ class Fn:
         return slot
 
 
-def emit_llvm(nest: LoopNest, threads: int, name: str = "kernel",
-              lanes: int = 16) -> ir.Module:
-    """`lanes`: float32 lanes of the target's vector registers (16 with AVX-512)."""
-    return _Emitter(nest, threads, name, lanes).module
+def emit_llvm(nest: LoopNest, target: Target, name: str = "kernel") -> ir.Module:
+    """The module for `target`: its threads, and vectors of its machine's width."""
+    return _Emitter(nest, target.threads, name, target.machine.lanes).module
 
 
 def pack_function_name(kernel: str, operand: str) -> str:
     return f"{kernel}_pack_{operand}"
-
-
-def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
-    """A rewritten operand's layout: its loop levels in loop order (Ansor's layout rewrite)."""
-    return [p for loop in nest.loops for p in loop.parts if operand.depends_on(p.axis)]
-
-
-def row_major(parts: list[LoopPart]) -> dict[PartKey, int]:
-    strides, acc = {}, 1
-    for p in reversed(parts):
-        strides[(p.axis, p.level)] = acc
-        acc *= p.extent
-    return strides
-
-
-def padding(operand: Operand, extents: dict[str, int]) -> list[tuple[int, int]]:
-    """(before, after) zeros per dimension that the index expressions can reach."""
-    out = []
-    for expr, size in zip(operand.index, operand.shape):
-        lo, hi = expr.bounds(extents)
-        out.append((max(0, -lo), max(0, hi - (size - 1))))
-    return out
 
 
 def region_start(loops) -> int | None:
@@ -383,7 +359,8 @@ class _Emitter:
             runtime_loop(fn.b, 0, ceil_div(fn.b, rem, step), body, loop.name)
 
     def emit_vector(self, fn: Fn, part: LoopPart, ctx: Ctx, inner) -> None:
-        """Vectors of the machine's width: a 48-lane loop is three <16 x float> chunks, since
+        """Vectors of the machine's width: on AVX-512 a 48-lane loop is three <16 x float>
+        chunks (six <8 x float> on AVX2), since
         LLVM widens odd vector types and then keeps them out of registers. A partial tile
         (dynamic `rem`) uses full-width chunks with the inactive lanes masked off."""
         rem = ctx.rem[part.axis]

@@ -4,9 +4,10 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
 - vectorize the spatial axis along which every input is either invariant (broadcast) or
   contiguous, preferring one along which the constant operand can be packed (conv2d: output
   channels with the weight packed, input pixels broadcast; matmul: columns of B);
-- 1-2 native vectors wide, unroll a second spatial axis so that about 24 vector accumulators
-  live in registers (32 zmm registers minus operands), accumulate them locally (cache_write)
-  across the whole reduction, apply the epilogue on write-back;
+- 1-2 native vectors wide, unroll a second spatial axis so that the accumulators fill the
+  machine's vector registers less the operands of one reduction step (machine.py: 32 zmm on
+  AVX-512 give 14 rows of 2 vectors, 16 ymm on AVX2 give 6 rows of 2), accumulate them
+  locally (cache_write) across the whole reduction, apply the epilogue on write-back;
 - unroll the innermost reduction a little, keep the vector axis's outer tiles outermost (a packed
   weight panel stays in L2 while the other loops sweep), pad at the root, and run the fused outer
   loops in parallel when there is more than one thread.
@@ -17,32 +18,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.dag import ComputeDAG
+from tuner.layout import vector_cost
+from tuner.machine import Machine
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             Step, apply_steps)
 from tuner.target import Target
 
-ACCUMULATOR_REGISTERS = 24
 REDUCE_UNROLL = 4
+# Registers a register tile leaves free besides its accumulators: the loaded vectors of one
+# reduction step, one broadcast, and one spare so the allocator never has to spill.
+SPARE_REGISTERS = 2
 
 
-def vector_cost(dag: ComputeDAG, axis: str) -> float:
-    cost = 0.0
-    for op in (dag.lhs, dag.rhs):
-        if not op.depends_on(axis):
-            continue
-        if op.constant:
-            cost += 0.5               # packed so that this axis is contiguous
-        elif op.flat().coef(axis) == 1:
-            cost += 1.0               # a contiguous load
-        else:
-            cost += 10.0              # a gather
-    if dag.output.flat().coef(axis) != 1:
-        cost += 0.25                  # scattered write-back, once per tile
-    return cost
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+def rows_for(extent: int, budget: int) -> int:
+    """Rows of a register tile over an axis of `extent`: within 3/4 of `budget` and all of
+    it, the count that wastes least on the last partial tile (the larger within 1%), so a
+    register file is not left a third empty for want of a divisor."""
+    if extent <= budget:
+        return extent
+    low = max(1, -(-3 * budget // 4))
+    return min(range(low, budget + 1),
+               key=lambda c: (round(-(-extent // c) * c / extent, 2), -c))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +53,14 @@ class RegisterTile:
     reduce_unroll: int
 
 
+def tile_rows(machine: Machine, width: int) -> int:
+    """Rows of `width` floats whose accumulators fit the register file beside the operands."""
+    chunks = -(-width // machine.lanes)
+    return max(1, machine.accumulator_budget(chunks + SPARE_REGISTERS) // chunks)
+
+
 def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
-    lanes = target.vector_lanes
+    lanes = target.machine.lanes
     spatial = [a for a in dag.spatial_axes if a.extent > 1]
     if not spatial:
         return None
@@ -76,10 +78,7 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     if others:
         lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
         unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
-        budget = max(1, ACCUMULATOR_REGISTERS // max(1, -(-width // lanes)))
-        count = _largest_divisor_at_most(unrolled.extent, budget)
-        if count < budget // 2 and unrolled.extent > budget:
-            count = budget
+        count = rows_for(unrolled.extent, tile_rows(target.machine, width))
     reduce_axes = dag.reduce_axes
     last = reduce_axes[-1] if reduce_axes else None
     reduce_unroll = 1

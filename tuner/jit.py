@@ -17,7 +17,9 @@ from functools import cache
 
 import numpy as np
 
-from tuner.codegen import emit_llvm, pack_function_name, packed_parts
+from tuner.codegen import emit_llvm, pack_function_name
+from tuner.errors import ScheduleError
+from tuner.layout import ir_instructions, packed_parts
 from tuner.errors import CodegenError, TunerError
 from tuner.llvm_init import llvm
 from tuner.schedule import LoopNest
@@ -81,10 +83,18 @@ def optimize(ir_text: str, target: Target, tm=None):
     return mod
 
 
-def compile_object(nest: LoopNest, target: Target, name: str = "kernel") -> bytes:
+def compile_object(nest: LoopNest, target: Target, name: str = "kernel",
+                   max_instructions: int | None = None) -> bytes:
     """Position-independent machine code for the target: loadable by MCJIT in another process
-    (the measurement runner) and linkable into a shared library (AOT export)."""
-    ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
+    (the measurement runner) and linkable into a shared library (AOT export). With
+    `max_instructions`, IR longer than that is refused (ScheduleError) before LLVM sees it:
+    compile time grows with it (tuner/layout.py)."""
+    ir_text = str(emit_llvm(nest, target, name))
+    if max_instructions is not None:
+        count = ir_instructions(ir_text)
+        if count > max_instructions:
+            raise ScheduleError(f"the kernel is {count} IR instructions; at most "
+                                f"{max_instructions} (unroll fewer loops, or gather less)")
     tm = target_machine(target, reloc="pic")
     return tm.emit_object(optimize(ir_text, target, tm))
 
@@ -104,7 +114,7 @@ class Kernel:
             load_libgomp()
         tm = target_machine(target)
         if obj is None:
-            self.ir_text = str(emit_llvm(nest, target.threads, name, target.vector_lanes))
+            self.ir_text = str(emit_llvm(nest, target, name))
             self._engine = llvm.create_mcjit_compiler(optimize(self.ir_text, target, tm), tm)
         else:
             self.ir_text = None

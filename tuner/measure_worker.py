@@ -29,18 +29,20 @@ def _error(kind: ErrorKind, detail: str) -> dict:
 
 def build(request: dict) -> dict:
     from tuner.jit import compile_object
+    from tuner.layout import MAX_CODE_SIZE, check_code_size
     from tuner.schedule import apply_steps, schedule_from_json
     from tuner.target import Target
     from tuner.task import Task
 
     start = time.perf_counter()
+    target = Target.from_json(request["target"])
     try:
         task = Task.from_json(request["task"])
         nest = apply_steps(task.dag(), schedule_from_json(request["schedule"]))
+        check_code_size(nest, target.machine.lanes)  # keeps every compile short
+        obj = compile_object(nest, target, max_instructions=MAX_CODE_SIZE)
     except (ScheduleError, ShapeError) as err:
         return _error(ErrorKind.INVALID_SCHEDULE, str(err))
-    try:
-        obj = compile_object(nest, Target.from_json(request["target"]))
     except (CodegenError, RuntimeError) as err:
         return _error(ErrorKind.COMPILE_ERROR, str(err))
     return {"ok": True, "object": obj, "compile_s": time.perf_counter() - start}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuner.dag import Affine
+from tuner.layout import packed_parts
 from tuner.schedule import LoopNest
 
 
@@ -16,7 +17,6 @@ def _affine_text(expr: Affine) -> str:
 def _access_text(nest: LoopNest, name: str) -> str:
     op = nest.dag.operand(name)
     if name in nest.layout_rewrite:
-        from tuner.codegen import packed_parts
         idx = ", ".join(f"{p.axis}.{p.level}" for p in packed_parts(nest, op))
         return f"{name}_packed[{idx}]"
     idx = ", ".join(_affine_text(e) for e in op.index)

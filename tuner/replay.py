@@ -26,8 +26,9 @@ from tuner import __version__
 from tuner.default import default_schedule
 from tuner.errors import TunerError
 from tuner.jit import Kernel
+from tuner.pseudo import pseudo_code
 from tuner.schedule import Step, apply_steps, schedule_from_json, schedule_to_json
-from tuner.target import Target, host_target
+from tuner.target import Target, named_target
 from tuner.task import Task
 
 
@@ -114,12 +115,13 @@ class BuiltKernel:
         return self.kernel.bind(**constants)
 
     def pseudo_code(self) -> str:
-        return self.kernel.nest.pseudo_code()
+        return pseudo_code(self.kernel.nest)
 
 
 def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
-          allow_foreign_target: bool = False, **attrs) -> BuiltKernel:
+          cpu: str | None = None, allow_foreign_target: bool = False, **attrs) -> BuiltKernel:
+    """`cpu`: an LLVM CPU name to build for (default: this host), as `tune --cpu` tuned it."""
     task = Task.create(op, shape, **attrs)
-    target = host_target(threads)
+    target = named_target(cpu, threads)
     choice = select_schedule(task, target, db, allow_foreign_target)
     return BuiltKernel(compile_cached(task, choice.steps, target), choice)

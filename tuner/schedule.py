@@ -30,9 +30,7 @@ from tuner.errors import ScheduleError
 
 ANNOTATIONS = ("parallel", "vectorize", "unroll")
 PAD_MODES = ("inline", "root")
-MAX_VECTOR_LANES = 64        # <64 x float> is four zmm registers; wider only spills
-MAX_CODE_SIZE = 4096         # estimated vector statements after unrolling (see code_size):
-                             # 8000 took 7 s to compile here, the default conv2d tile is ~350
+MAX_VECTOR_LANES = 64        # a format limit: the search asks for at most 4 native vectors
 MAX_TILE_FLOATS = 1 << 16    # a 256 KiB local accumulator still fits any thread's stack
 
 
@@ -175,10 +173,6 @@ class LoopNest:
             return ()
         return self.loops[self.cache_write_at + 1:]
 
-    def pseudo_code(self) -> str:
-        from tuner.pseudo import pseudo_code
-        return pseudo_code(self)
-
 
 def initial_nest(dag: ComputeDAG) -> LoopNest:
     loops = tuple(Loop(a.name, (LoopPart(a.name, 0, a.extent, 1),), a.reduce) for a in dag.axes)
@@ -187,7 +181,8 @@ def initial_nest(dag: ComputeDAG) -> LoopNest:
 
 def apply_steps(dag: ComputeDAG, steps, check: bool = True) -> LoopNest:
     """The loop nest `steps` make; `check=False` skips only the whole-nest limits (for the
-    annotator, which sizes a schedule by trying it)."""
+    annotator, which sizes a schedule by trying it). The code-size bound depends on the
+    target's vector width and is checked by `tuner.layout.check_code_size`."""
     nest = initial_nest(dag)
     for step in steps:
         nest = _APPLY[type(step)](nest, step)
@@ -295,31 +290,6 @@ _APPLY = {Split: _split, Reorder: _reorder, Fuse: _fuse, Annotate: _annotate,
           CacheWrite: _cache_write, Pad: _pad, LayoutRewrite: _layout_rewrite}
 
 
-def code_size(nest: LoopNest) -> int:
-    """Vector statements the generator emits once unrolled: a contiguous or broadcast access
-    costs one per 16-lane chunk, a gathered or scattered one a statement per lane. It bounds
-    compile time, which grows with it (and superlinearly in some LLVM passes)."""
-    dag, loops = nest.dag, nest.loops
-    vec = loops[-1] if loops and loops[-1].kind == "vectorize" else None
-    chunks = -(-vec.extent // 16) if vec else 1
-
-    def scattered(op) -> bool:
-        if vec is None or op.name in nest.layout_rewrite:
-            return False
-        part = vec.parts[0]
-        return op.flat().coef(part.axis) * part.step not in (0, 1)
-
-    unrolled = math.prod(l.extent for l in loops if l.kind == "unroll")
-    gathers = scattered(dag.lhs) + scattered(dag.rhs)
-    out_scatter = scattered(dag.output)
-    if nest.cache_write_at is None:
-        return unrolled * chunks * (2 + 16 * gathers + 32 * out_scatter)
-    tile_unrolled = math.prod(l.extent for l in nest.tile_loops
-                              if l.kind == "unroll" and not l.reduce)
-    return unrolled * chunks * (2 + 16 * gathers) + \
-        tile_unrolled * chunks * (16 if out_scatter else 1)
-
-
 def check_nest(nest: LoopNest) -> None:
     """Whole-nest legality: what no single step can check on its own."""
     loops = nest.loops
@@ -339,10 +309,6 @@ def check_nest(nest: LoopNest) -> None:
             if loop.extent > MAX_VECTOR_LANES:
                 raise ScheduleError(f"vectorized loop {loop.name!r} has {loop.extent} lanes; "
                                     f"at most {MAX_VECTOR_LANES}")
-    size = code_size(nest)
-    if size > MAX_CODE_SIZE:
-        raise ScheduleError(f"unrolling makes about {size} vector statements; at most "
-                            f"{MAX_CODE_SIZE} (unroll fewer loops, or gather less)")
     if nest.cache_write_at is not None:
         at = nest.cache_write_at
         outside_reduce = [l.name for l in loops[:at + 1] if l.reduce]

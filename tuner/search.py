@@ -6,12 +6,15 @@ drives them alike and benchmarks compare them on equal terms:
     propose(n, measured) -> [Candidate]   n new candidates whose schedules are not in `measured`
     observe(candidates, results)          learn from what was measured
 
-- `EvolutionarySearch`: Ansor's (DESIGN.md §7). A population of random annotations of every
-  sketch plus mutations of the best measured candidates evolves for a few generations under
-  the cost model's predictions (mutation 0.85, crossover otherwise); the best predicted are
-  measured, with an ε share of random ones. The model is refitted on every batch and scores are
-  random until enough measurements exist. Unlike Ansor, the default schedule's register tile,
-  expressed in every sketch that can hold it, seeds the population and is measured first.
+- `EvolutionarySearch`: Ansor's (TVM auto_scheduler). A population of random annotations of
+  every sketch plus mutations of the best measured candidates evolves for a few generations
+  under the cost model's predictions (mutation 0.85, crossover otherwise); the best predicted
+  are measured, with an ε share of random ones. The model is refitted on every batch. Before
+  it has measurements its predictions are the analytic estimate from the machine model (the
+  model's prior, costmodel/estimate.py), not chance, so the first batch is already a guess
+  about this CPU. Unless `SearchConfig.use_seed` is off, the default schedule's register tile,
+  expressed in every sketch that can hold it, also seeds the population and is measured
+  first; the search does not need it (`tune --no-seed`, bench/report.py --no-seed).
 - `RandomSearch`: uniform over sketches, random annotations: the baseline.
 - `OptunaSearch`: Optuna's TPE over the same parameters (sketch, tile sizes per axis and level,
   vector axis, unroll limit, parallel depth): the black-box comparator.
@@ -43,7 +46,8 @@ class SearchConfig:
     mutation_probability: float = 0.85
     measured_share: float = 0.2    # of the initial population, from the best measured
     epsilon: float = 0.05          # share of each batch picked at random
-    model_after: int = 16          # measurements before the model's scores are used
+    model_after: int = 16          # measurements before the model is fitted (its prior before)
+    use_seed: bool = True          # measure the expert register tile first
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ def make_candidate(dag: ComputeDAG, target: Target, sketch: Sketch, ann: Annotat
 
 
 class CostModel(Protocol):
+    """`predict` ranks candidates before `fit` too, from a prior (XGBModel: the analytic
+    estimate among the features); `fitted` says whether it has learnt from measurements."""
     fitted: bool
 
     def fit(self, features: np.ndarray, gflops: np.ndarray, groups: np.ndarray) -> None: ...
@@ -69,7 +75,7 @@ class CostModel(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray: ...
 
 
-Featurizer = Callable[[LoopNest, int], np.ndarray]
+Featurizer = Callable[[LoopNest, Target], np.ndarray]
 
 
 class Strategy(Protocol):
@@ -120,7 +126,7 @@ class EvolutionarySearch(RandomSearch):
         self.history = history
         self._feature_cache: dict[str, np.ndarray] = {}
         self.seeds = []  # the expert register tile in every sketch that can hold it
-        for sketch in self.sketches:
+        for sketch in self.sketches if config.use_seed else ():
             ann = expert_annotation(dag, sketch, target)
             if ann is not None:
                 self.seeds.append(make_candidate(dag, target, sketch, ann))
@@ -131,7 +137,7 @@ class EvolutionarySearch(RandomSearch):
         for c in candidates:
             row = self._feature_cache.get(c.key)
             if row is None:
-                row = self.featurize(apply_steps(self.dag, c.steps), self.target.threads)
+                row = self.featurize(apply_steps(self.dag, c.steps), self.target)
                 if len(self._feature_cache) > 50_000:  # ~40 MB: start over, keep memory flat
                     self._feature_cache.clear()
                 self._feature_cache[c.key] = row
@@ -153,8 +159,6 @@ class EvolutionarySearch(RandomSearch):
         self.model.fit(np.concatenate(feats), np.concatenate(gflops), np.concatenate(groups))
 
     def _scores(self, candidates: list[Candidate]) -> np.ndarray:
-        if not self.model.fitted:
-            return self.rng.random(len(candidates))
         return self.model.predict(self._features(candidates))
 
     def observe(self, candidates, results) -> None:
@@ -179,22 +183,22 @@ class EvolutionarySearch(RandomSearch):
         else:
             same = [p for p in parents if p.sketch == a.sketch]
             b = same[int(rng.integers(len(same)))]
-            ann = crossover(rng, self.dag, a.sketch, a.annotation, b.annotation)
+            ann = crossover(rng, self.dag, a.sketch, a.annotation, b.annotation,
+                            self.target.machine)
         return make_candidate(self.dag, self.target, a.sketch, ann)
 
     def propose(self, n: int, measured: set[str]) -> list[Candidate]:
         cfg = self.config
         population = self._initial_population()
-        if self.model.fitted:
-            for _ in range(cfg.generations):
-                scores = self._scores(population)
-                weights = np.maximum(scores - scores.min(), 1e-9)
-                weights = weights / weights.sum()
-                population = [self._offspring(population, weights)
-                              for _ in range(cfg.population)]
+        for _ in range(cfg.generations):
+            scores = self._scores(population)
+            weights = np.maximum(scores - scores.min(), 1e-9)
+            weights = weights / weights.sum()
+            population = [self._offspring(population, weights)
+                          for _ in range(cfg.population)]
         scores = self._scores(population)
         order = np.argsort(-scores, kind="stable")
-        n_random = max(0, int(round(n * cfg.epsilon))) if self.model.fitted else 0
+        n_random = max(0, int(round(n * cfg.epsilon)))
         out, seen = [], set(measured)
         # the expert tiles are measured first, whatever an untrained model says of them: they
         # anchor the search near what works and teach the model what fast looks like
@@ -264,7 +268,7 @@ class OptunaSearch:
             depth = trial.suggest_int("parallel_depth", 0, len(outer_loops(self.dag)))
             outer_axis = trial.suggest_categorical("outer_axis", self.vector_axes)
             ann = Annotation(tiles, vector_axis, unroll, depth, outer_axis)
-            if not fits(self.dag, sketch, ann):
+            if not fits(self.dag, sketch, ann, self.target.machine):
                 self.study.tell(trial, 0.0)
                 continue
             c = make_candidate(self.dag, self.target, sketch, ann)

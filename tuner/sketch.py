@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from tuner.codegen import padding
 from tuner.dag import ComputeDAG
+from tuner.layout import has_padding
 
 SPATIAL_LEVELS = 4   # S0 S1 S2 S3: parallel outer tiles, cache tiles, ..., the register tile
 REDUCE_LEVELS = 2    # R0 R1: the reduction split once, so its inner part can be unrolled
@@ -55,8 +55,7 @@ def _named(sketch: Sketch, rule: str, **changes) -> Sketch:
 
 
 def _has_padding(dag: ComputeDAG) -> bool:
-    return any(op.padded and any(lo or hi for lo, hi in padding(op, dag.extents))
-               for op in dag.inputs)
+    return any(has_padding(op, dag.extents) for op in dag.inputs)
 
 
 def _packable(dag: ComputeDAG) -> tuple[str, ...]:

@@ -75,7 +75,7 @@ def _warm_start(store, task: Task, target: Target, limit: int, featurize: Featur
             nest = apply_steps(r.task.dag(), schedule_from_json(r.schedule_json))
         except ScheduleError:
             continue  # written by another tuner version; nothing to learn from it
-        feats.append(featurize(nest, target.threads))
+        feats.append(featurize(nest, target))
         gflops.append(r.gflops)
         groups.append(r.task.key)
     if not feats:

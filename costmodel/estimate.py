@@ -1,0 +1,216 @@
+"""An analytic estimate of a schedule's speed from the machine model: the cost model's prior.
+
+Before the XGBoost model has measurements to learn from, candidates are ranked by this instead
+of by chance, and afterwards it is one of the model's features (`estimate`), so what the model
+learns on one machine starts from what the machine model says about the next. It is a
+roofline in cycles, with the effects that separate fast register-blocked kernels from slow ones:
+
+- **FMA issue.** The program issues (padded iterations / vector width x native chunks) FMA
+  instructions. Their rate is the machine's FMA issue rate, unless
+  - the accumulators of the register tile are too few to hide the FMA latency (rate <=
+    accumulators / latency), or too many for the register file (spills: rate halves);
+  - the accumulators live in memory (no local tile, or one the generator cannot keep in
+    registers): every FMA then also loads and stores its accumulator (one store per cycle),
+    consecutive updates of one accumulator wait for store-to-load forwarding, and measured
+    kernels of this kind ran 5x slower still (`MEMORY_ACCUMULATOR_FACTOR`);
+  - the operands need more loads than the load ports give (a gather is a load per lane), or
+    the bounds checks of inline padding add instructions beyond the issue width.
+- **Memory.** Bytes moved into L1 from L2, L3 and DRAM, from the footprints of the loop
+  subtrees against the cache sizes (`Buffer` also serves costmodel/features.py).
+- **Extras.** A root pad copy per call; parallel loops divide the work by the threads, with
+  the imbalance of a static split.
+
+The figure is in GFLOPS at a nominal clock: only the ranking it gives matters.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tuner.layout import (access_class, inline_guards, packed_parts, padding, vector_loop)
+from tuner.machine import Machine
+from tuner.schedule import Loop, LoopNest
+from tuner.target import Target
+
+NOMINAL_HZ = 3.0e9
+ISSUE_WIDTH = 4              # instructions per cycle a loop body sustains, roughly
+STORE_FORWARD_CYCLES = 5     # store-to-load forwarding of an accumulator kept in memory
+STORES_PER_CYCLE = 1
+GUARD_OPS = 4                # per padded dimension of a bounds-checked read: index, 2 compares, and
+# Accumulating in memory (no local tile, or one the generator leaves in a stack array) ran
+# 5-10x slower than the load/store counts alone predict (res2.3x3 on Zen 5: 2-13 GFLOPS
+# against 20-60 for register tiles of the same sample): the dependent load-FMA-store chains
+# through L1 and the output's cache misses. Measured, not derived.
+MEMORY_ACCUMULATOR_FACTOR = 0.2
+# Sustained bytes per cycle into L1 from each level, per core: typical of Zen 3-5 and
+# Intel server cores (L2 64 B/cycle, L3 ~32, DRAM ~8 at one core's share).
+BYTES_PER_CYCLE = {"l2": 64.0, "l3": 32.0, "dram": 8.0}
+PARALLEL_OVERHEAD_CYCLES = 10_000  # waking the OpenMP team, a few microseconds
+COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a root pad copy
+
+
+class Buffer:
+    """Footprint of one buffer (lhs, rhs, or the accumulation target) as loops are added
+    around the innermost one."""
+
+    def __init__(self, nest: LoopNest, role: str, line_floats: int):
+        dag = nest.dag
+        self.line_floats = line_floats
+        self.kind = "affine"
+        if role == "acc" and nest.cache_write_at is not None:
+            self.kind = "tile"
+            self.keys = {(p.axis, p.level) for loop in nest.tile_loops if not loop.reduce
+                         for p in loop.parts}
+            return
+        op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
+        if op.name in nest.layout_rewrite:
+            self.kind = "packed"
+            self.keys = {(p.axis, p.level) for p in packed_parts(nest, op)}
+            return
+        pads = padding(op, dag.extents) if op.padded else [(0, 0)] * len(op.shape)
+        self.dims = [(dict(e.terms), size + lo + hi) for e, size, (lo, hi)
+                     in zip(op.index, op.shape, pads)]
+        self.flat = op.flat()
+
+    def footprint(self, ranges: dict[str, int], parts_inside: list) -> tuple[float, float]:
+        """(elements, cache lines) touched; `ranges`: index span of each axis inside."""
+        if self.kind in ("tile", "packed"):
+            elements = math.prod(p.extent for p in parts_inside
+                                 if (p.axis, p.level) in self.keys)
+            return elements, elements / self.line_floats
+        elements, innermost = 1, 1
+        for coefs, size in self.dims:
+            span = min(size, sum(abs(c) * ranges.get(a, 0) for a, c in coefs.items()) + 1)
+            elements *= span
+            innermost = span
+        return elements, elements / min(self.line_floats, innermost)
+
+    def stride(self, loop: Loop) -> int:
+        if self.kind != "affine":
+            return 1
+        part = loop.parts[-1]
+        return self.flat.coef(part.axis) * part.step
+
+
+BUFFERS = ("lhs", "rhs", "acc")
+
+
+def footprints(nest: LoopNest, machine: Machine):
+    """For each loop depth from the innermost: (loop, bytes touched inside it per buffer)."""
+    line_floats = machine.cache_line_bytes // 4
+    buffers = {role: Buffer(nest, role, line_floats) for role in BUFFERS}
+    ranges: dict[str, int] = {}
+    parts_inside: list = []
+    for loop in reversed(nest.loops):
+        for p in loop.parts:
+            ranges[p.axis] = ranges.get(p.axis, 0) + (p.extent - 1) * p.step
+            parts_inside.append(p)
+        yield loop, {role: buffers[role].footprint(ranges, parts_inside)
+                     for role in BUFFERS}
+
+
+def _region(loops) -> int:
+    """First loop of the innermost run of unrolled / vectorized loops (len if none)."""
+    start = len(loops)
+    for i in range(len(loops) - 1, -1, -1):
+        if loops[i].kind not in ("unroll", "vectorize"):
+            break
+        start = i
+    return start
+
+
+def _fma_rate(nest: LoopNest, machine: Machine) -> float:
+    """Vector FMA instructions per cycle the innermost code sustains."""
+    dag, loops = nest.dag, nest.loops
+    vec = vector_loop(nest)
+    lanes = machine.lanes
+    width = vec.extent if vec else 1
+    chunks = -(-width // lanes) if vec else 1
+    region = [l for l in loops[_region(loops):] if l.kind == "unroll"]
+    spatial_unrolled = math.prod(l.extent for l in region if not l.reduce)
+    reduce_unrolled = math.prod(l.extent for l in region if l.reduce)
+    accumulators = spatial_unrolled * chunks
+    fmas = accumulators * reduce_unrolled  # per pass through the region
+
+    loads = guard_ops = 0.0
+    for op in (dag.lhs, dag.rhs):
+        kind = access_class(nest, op)
+        copies = math.prod(l.extent for l in region if op.depends_on(l.parts[0].axis))
+        per = {"scalar": 1, "broadcast": 1, "contiguous": chunks, "gather": width}[kind]
+        loads += copies * per * (2 if kind == "gather" else 1)  # a gather inserts too
+        guard_ops += copies * per * GUARD_OPS * inline_guards(nest, op)
+
+    tile = nest.tile_loops
+    in_registers = bool(tile) and all(l.kind in ("unroll", "vectorize")
+                                      for l in tile if not l.reduce)
+    rate = float(machine.fma_per_cycle if machine.has_fma else 1)
+    operands = chunks + 2
+    if in_registers:
+        rate = min(rate, accumulators / machine.fma_latency)
+        if accumulators + operands > machine.vector_registers:
+            rate /= 2.0
+        memory_ops = 0.0
+    else:
+        rate = min(rate, STORES_PER_CYCLE, accumulators /
+                   (machine.fma_latency + STORE_FORWARD_CYCLES)) * MEMORY_ACCUMULATOR_FACTOR
+        memory_ops = 2.0 * fmas
+    rate = min(rate, machine.loads_per_cycle * fmas / max(1.0, loads + memory_ops / 2))
+    uops = fmas + loads + memory_ops + guard_ops
+    rate = min(rate, ISSUE_WIDTH * fmas / uops)
+    return max(rate, 1e-3)
+
+
+def _memory_cycles(nest: LoopNest, machine: Machine) -> float:
+    """Cycles to bring data into L1 from the levels below, at their bandwidths."""
+    caches = (("l2", machine.l1d_bytes), ("l3", machine.l2_bytes), ("dram", machine.l3_bytes))
+    loops = nest.loops
+    trips_outside = [math.prod(l.extent for l in loops[:i]) for i in range(len(loops))]
+    levels = list(footprints(nest, machine))  # innermost first
+    cycles = 0.0
+    for source, capacity in caches:
+        # the outermost subtree whose working set fits this cache is reloaded once per
+        # iteration of the loops around it
+        moved = None
+        for depth, (loop, fp) in enumerate(levels):
+            total = sum(4 * elements for elements, _ in fp.values())
+            if total > capacity:
+                break
+            index = len(loops) - 1 - depth
+            lines = sum(n_lines for _, n_lines in fp.values())
+            moved = lines * machine.cache_line_bytes * trips_outside[index]
+        if moved is None:  # not even the innermost loop fits: stream everything
+            loop, fp = levels[0]
+            lines = sum(n_lines for _, n_lines in fp.values())
+            moved = lines * machine.cache_line_bytes * trips_outside[len(loops) - 1]
+        cycles += moved / BYTES_PER_CYCLE[source]
+    return cycles
+
+
+def estimate_gflops(nest: LoopNest, target: Target) -> float:
+    machine = target.machine
+    dag, loops = nest.dag, nest.loops
+    if not loops:
+        return 0.0
+    vec = vector_loop(nest)
+    width = vec.extent if vec else 1
+    chunks = -(-width // machine.lanes) if vec else 1
+    padded = math.prod(l.extent for l in loops)
+    fma_instructions = padded / width * chunks
+    compute = fma_instructions / _fma_rate(nest, machine)
+    cycles = max(compute, _memory_cycles(nest, machine))
+    if nest.cache_write_at is None:  # separate init (and epilogue) passes over the output
+        passes = 1 + (dag.bias is not None) + dag.relu
+        cycles += passes * 4 * dag.output.size / BYTES_PER_CYCLE["l2"]
+    threads = target.threads
+    first = loops[0]
+    if first.kind == "parallel" and threads > 1 and first.extent > 1:
+        share = -(-first.extent // threads) / first.extent
+        cycles = cycles * share + PARALLEL_OVERHEAD_CYCLES
+    for op in dag.inputs:
+        if nest.pad_mode(op.name) == "root" and op.padded and op.name not in \
+                nest.layout_rewrite:
+            pads = padding(op, dag.extents)
+            if any(lo or hi for lo, hi in pads):
+                size = 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
+                cycles += 2 * size / COPY_BYTES_PER_CYCLE
+    return dag.flops / (cycles / NOMINAL_HZ) / 1e9

@@ -1,0 +1,193 @@
+"""Layout facts of a loop nest: one definition each, for codegen, features, search and defaults.
+
+What code generation will do with each buffer follows from the schedule alone, and several
+modules need to know it before any code exists (the cost model's features, the code-size bound
+that keeps compile times predictable, the default schedule's choice of vector axis):
+
+- `padding`: the zeros an operand's index expressions can reach outside its shape;
+- `packed_parts` / `row_major`: the layout of a layout-rewritten constant operand (its loop
+  levels in loop order, Ansor's layout rewrite) and its strides;
+- `lane_stride` / `access_class`: how an operand is read along the vectorized loop: a broadcast
+  (stride 0), one contiguous vector load per chunk (stride 1, or a packed operand), or a gather
+  of one scalar load per lane;
+- `inline_guards`: the padded dimensions read with bounds checks (inline padding);
+- `vector_chunks`: native vectors per vectorized iteration, for the target's lanes;
+- `code_size`: the IR instructions the generator emits once unrolled, which bounds compile time;
+  `ir_instructions` counts them in emitted IR.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tuner.dag import ComputeDAG, Operand
+from tuner.schedule import Loop, LoopNest, LoopPart, ScheduleError
+
+PartKey = tuple[str, int]  # (axis, level)
+
+# Compile time is about linear in the IR instructions the generator emits: 0.19 ms each
+# (log-log fit, exponent 0.96, over 117 sampled schedules of the benchmark shapes on Zen 5,
+# `python bench/compile_time.py`); schedules up to 15,000 instructions compiled in at most
+# 2.2 s, larger ones took up to 59 s. The builder refuses IR above this before compiling it
+# (tuner/jit.py); the annotator keeps its estimate below it.
+MAX_CODE_SIZE = 15_000
+# A spatial axis whose tiles do not divide it makes the generator emit a general path beside
+# the full-tile one (each unrolled copy behind its own check, masked vectors): measured
+# 3.8x the IR per such axis (median over 96 sampled schedules on AVX-512 and AVX2).
+TAIL_FACTOR = 4
+# The per-access counts below give about half the IR really emitted for tile-free schedules
+# (loop control, address arithmetic, the pack and pad functions): measured median 1.7-2.3x.
+OVERHEAD_FACTOR = 2
+# IR instructions per access, as tuner/codegen.py writes them
+GUARD_COST = 5          # per padded dimension: index, two compares, and, (per lane or vector)
+SCALAR_LOAD_COST = 3    # address, load, and a select / insert
+VECTOR_LOAD_COST = 2    # address and load (masked: a call)
+ACC_UPDATE_COST = 3     # accumulator load, fma, store per chunk
+
+
+def padding(operand: Operand, extents: dict[str, int]) -> list[tuple[int, int]]:
+    """(before, after) zeros per dimension that the index expressions can reach."""
+    out = []
+    for expr, size in zip(operand.index, operand.shape):
+        lo, hi = expr.bounds(extents)
+        out.append((max(0, -lo), max(0, hi - (size - 1))))
+    return out
+
+
+def has_padding(operand: Operand, extents: dict[str, int]) -> bool:
+    return operand.padded and any(lo or hi for lo, hi in padding(operand, extents))
+
+
+def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
+    """A rewritten operand's layout: its loop levels in loop order (Ansor's layout rewrite)."""
+    return [p for loop in nest.loops for p in loop.parts if operand.depends_on(p.axis)]
+
+
+def row_major(parts: list[LoopPart]) -> dict[PartKey, int]:
+    strides, acc = {}, 1
+    for p in reversed(parts):
+        strides[(p.axis, p.level)] = acc
+        acc *= p.extent
+    return strides
+
+
+def vector_loop(nest: LoopNest) -> Loop | None:
+    loops = nest.loops
+    return loops[-1] if loops and loops[-1].kind == "vectorize" else None
+
+
+def lane_stride(nest: LoopNest, operand: Operand, loop: Loop | None = None) -> int:
+    """Elements between neighbouring iterations of `loop` (default: the innermost loop) in
+    the buffer as the kernel reads it; a packed operand is laid out in loop order."""
+    loop = loop or (nest.loops[-1] if nest.loops else None)
+    if loop is None:
+        return 0
+    part = loop.parts[-1]
+    if operand.name in nest.layout_rewrite:
+        if not operand.depends_on(part.axis):
+            return 0
+        return row_major(packed_parts(nest, operand))[(part.axis, part.level)]
+    return operand.flat().coef(part.axis) * part.step
+
+
+def access_class(nest: LoopNest, operand: Operand) -> str:
+    """'broadcast', 'contiguous' or 'gather': how the vectorized loop reads `operand`
+    ('scalar' without a vectorized loop)."""
+    vec = vector_loop(nest)
+    if vec is None:
+        return "scalar"
+    stride = lane_stride(nest, operand, vec)
+    return "broadcast" if stride == 0 else "contiguous" if stride == 1 else "gather"
+
+
+def inline_guards(nest: LoopNest, operand: Operand) -> int:
+    """Padded dimensions of `operand` that the inner loop reads with bounds checks."""
+    if not operand.padded or operand.name in nest.layout_rewrite:
+        return 0
+    if nest.pad_mode(operand.name) == "root":
+        return 0
+    return sum(1 for lo, hi in padding(operand, nest.dag.extents) if lo or hi)
+
+
+def vector_chunks(nest: LoopNest, lanes: int) -> int:
+    vec = vector_loop(nest)
+    return -(-vec.extent // lanes) if vec else 1
+
+
+def _read_cost(nest: LoopNest, operand: Operand, lanes: int) -> int:
+    vec = vector_loop(nest)
+    guards = inline_guards(nest, operand)
+    kind = access_class(nest, operand)
+    scalar = SCALAR_LOAD_COST + GUARD_COST * guards
+    if kind in ("scalar", "broadcast"):
+        return scalar
+    if kind == "contiguous":
+        return vector_chunks(nest, lanes) * (VECTOR_LOAD_COST + GUARD_COST * guards)
+    return vec.extent * (scalar + 1)  # one guarded scalar load and an insert per lane
+
+
+def spatial_tails(nest: LoopNest) -> int:
+    """Spatial axes whose outermost tile is partial (a tail the generator peels)."""
+    extents = nest.dag.extents
+    covered = {p.axis: p.step * p.extent for loop in nest.loops for p in loop.parts
+               if p.level == 1}
+    return sum(1 for axis, size in covered.items()
+               if not nest.dag.axis(axis).reduce and extents[axis] % size)
+
+
+def code_size(nest: LoopNest, lanes: int) -> int:
+    """IR instructions the generator emits once unrolled, for vectors of `lanes` floats.
+
+    Every unrolled copy of the compute body reads both operands (a gather costs a guarded
+    scalar load per lane) and updates the accumulator; the output tile is initialised and
+    written back once per unrolled tile position (a scatter costs a store per lane). Tails
+    and overhead scale it by the measured factors above."""
+    return OVERHEAD_FACTOR * TAIL_FACTOR ** spatial_tails(nest) * _body_size(nest, lanes)
+
+
+def _body_size(nest: LoopNest, lanes: int) -> int:
+    dag = nest.dag
+    chunks = vector_chunks(nest, lanes)
+    unrolled = math.prod(l.extent for l in nest.loops if l.kind == "unroll")
+    body = (_read_cost(nest, dag.lhs, lanes) + _read_cost(nest, dag.rhs, lanes)
+            + ACC_UPDATE_COST * chunks)
+    out_kind = access_class(nest, dag.output)
+    vec = vector_loop(nest)
+    write = vec.extent * 2 if out_kind == "gather" else chunks * 2
+    if nest.cache_write_at is None:
+        return unrolled * (body + write)
+    tile_unrolled = math.prod(l.extent for l in nest.tile_loops
+                              if l.kind == "unroll" and not l.reduce)
+    return unrolled * body + tile_unrolled * (write + 2 * chunks)
+
+
+def check_code_size(nest: LoopNest, lanes: int) -> None:
+    size = code_size(nest, lanes)
+    if size > MAX_CODE_SIZE:
+        raise ScheduleError(f"unrolling makes about {size} IR instructions; at most "
+                            f"{MAX_CODE_SIZE} (unroll fewer loops, or gather less)")
+
+
+def ir_instructions(ir_text: str) -> int:
+    """Instructions in an LLVM IR text: the indented, non-comment lines of its bodies."""
+    return sum(1 for line in ir_text.splitlines()
+               if line.startswith("  ") and not line.lstrip().startswith(";"))
+
+
+def vector_cost(dag: ComputeDAG, axis: str) -> float:
+    """How costly `axis` is to vectorize before any schedule exists (the default schedule
+    and the annotator's first choice): packed constants and contiguous reads are cheap,
+    gathers are not, a scattered write-back costs once per tile."""
+    cost = 0.0
+    for op in (dag.lhs, dag.rhs):
+        if not op.depends_on(axis):
+            continue
+        if op.constant:
+            cost += 0.5               # packed so that this axis is contiguous
+        elif op.flat().coef(axis) == 1:
+            cost += 1.0               # a contiguous load
+        else:
+            cost += 10.0              # a gather
+    if dag.output.flat().coef(axis) != 1:
+        cost += 0.25                  # scattered write-back, once per tile
+    return cost
