@@ -1,23 +1,47 @@
-"""Comparators measured in the same process and with the same protocol as our kernels.
+"""Comparators: numpy (OpenBLAS) and onnxruntime (MLAS), each timed in a process of its own.
 
-numpy's matmul runs on OpenBLAS; its thread count is set at run time with threadpoolctl
-(OPENBLAS_NUM_THREADS only works before numpy is imported). onnxruntime's Conv runs on MLAS
-with the weight as an initializer, so it may pre-pack it as our kernels do; onnxruntime is an
-optional dependency (`pip install -e .[bench]`).
+Why a process each: at two threads on a two-core machine, a library's thread pool that is
+still spinning after its last call (OpenBLAS, onnxruntime and libgomp all busy-wait a while
+before they sleep) steals a core from whatever runs next, so a comparator timed in the process
+that also runs our kernels, or after another library, is measured slower than it is (and so are
+our kernels after it). `measure_in_subprocess(kind, task, threads)` therefore starts
+`python -m bench.comparators '{"kind": ..., "task": ..., "threads": ...}'` for one
+(comparator, shape, thread count) (bench/child.py), with the thread counts set in its
+environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS: read when the library
+loads) and again with threadpoolctl / onnxruntime's session options, and reads one JSON line
+back. A missing
+library, a crash or a hang gives None and a note on stderr, never a number.
+
+The timing itself is the in-process functions below, which the child calls, with the one timing
+protocol (tuner/timing.py) our kernels are measured with. Constant operands are prepared once,
+before timing, as our kernels pack theirs once at build time: numpy's B is created once;
+onnxruntime's Conv weight and MatMul B are initializers, so MLAS may pre-pack them when the
+session is created. onnxruntime is an optional dependency (`pip install -e .[bench]`).
+
+    python -m bench.comparators '{"kind": "numpy", "task": {"op": "matmul",
+                                  "shape": [128, 768, 768]}, "threads": 1}'
 """
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
 
+from bench.child import TIMEOUT_S, run_child
 from tuner.errors import TunerError
+from tuner.task import Task
 from tuner.timing import TimingResult, time_callable
+
+KINDS = ("numpy", "onnxruntime")
 
 
 def _rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+# ---------------------------------------------------------------- in-process (the child's)
 def numpy_matmul(m: int, n: int, k: int, threads: int, batch: int | None = None,
                  min_sample_s: float = 0.01) -> TimingResult:
     from threadpoolctl import threadpool_limits
@@ -90,3 +114,72 @@ def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None =
     sess = _session(model, threads)
     a = _rng().uniform(-1, 1, shape_a).astype(np.float32)
     return time_callable(lambda: sess.run(None, {"a": a}), min_sample_s=min_sample_s)
+
+
+def kinds_for(task: Task) -> tuple[str, ...]:
+    """The comparators that implement `task`: numpy has no convolution, and batch matmul's
+    second operand is an activation, not a weight onnxruntime could take as an initializer."""
+    return {"conv2d": ("onnxruntime",), "matmul": ("numpy", "onnxruntime"),
+            "batch_matmul": ("numpy",)}.get(task.op, ())
+
+
+def time_comparator(kind: str, task: Task, threads: int) -> TimingResult:
+    """Times comparator `kind` on `task` in this process (the child's job)."""
+    s, attrs = task.shape, task.attr_dict
+    if kind not in kinds_for(task):
+        raise TunerError(f"no {kind} comparator for {task.op}")
+    if task.op == "conv2d":
+        return onnxruntime_conv2d(s, attrs["stride"], attrs["pad"], attrs["dilation"],
+                                  attrs["groups"], threads)
+    if task.op == "matmul":
+        return (numpy_matmul if kind == "numpy" else onnxruntime_matmul)(*s, threads)
+    b, m, n, k = s
+    return numpy_matmul(m, n, k, threads, batch=b)
+
+
+# ---------------------------------------------------------------- one process per comparator
+def measure_in_subprocess(kind: str, task: Task, threads: int,
+                          timeout_s: float = TIMEOUT_S) -> float | None:
+    """GFLOPS of comparator `kind` on `task` at `threads`, timed in a fresh process."""
+    request = json.dumps({"kind": kind, "task": task.to_json(), "threads": threads})
+    answer = run_child("bench.comparators", [request], threads, timeout_s)
+    if answer is None:
+        return None
+    if "error" in answer:
+        print(f"warning: {kind} on {task.key}: {answer['error']}", file=sys.stderr)
+        return None
+    return float(answer["gflops"])
+
+
+def measure_peers(task: Task, threads: int) -> dict[str, float]:
+    """GFLOPS of every comparator that implements `task` and ran, one process each."""
+    peers = {}
+    for kind in kinds_for(task):
+        gflops = measure_in_subprocess(kind, task, threads)
+        if gflops is not None:
+            peers[kind] = gflops
+    return peers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: one JSON request in argv, one JSON line out (`gflops` or `error`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    request = json.loads(argv[0])
+    task = Task.from_json(request["task"])
+    try:
+        timing = time_comparator(request["kind"], task, int(request["threads"]))
+    except TunerError as err:  # onnxruntime missing, no such comparator: an answer, not a crash
+        print(json.dumps({"error": str(err)}))
+        return 0
+    flops = task.dag().flops
+    print(json.dumps({"kind": request["kind"], "gflops": flops / timing.median_s / 1e9,
+                      "median_s": timing.median_s, "min_s": timing.min_s,
+                      "number": timing.number}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,10 +2,14 @@
 
 For every shape of shared/bench/shapes.json: the default schedule (tuner/default.py, the
 register-blocked recipe of DESIGN.md §3) and a small hand sweep of its register tile (vector
-width x unrolled rows, within the 32 vector registers), at one and at two threads, next to
-numpy's matmul and onnxruntime's Conv / MatMul measured here with the same timing protocol.
+width x unrolled rows), at one and at two threads, next to numpy's matmul and onnxruntime's
+Conv / MatMul with the same timing protocol, each of those in a process of its own
+(bench/comparators.py says why). The sweep is sized from the target's machine model
+(tuner/machine.py): vectors of `machine.lanes` floats, and at most as many accumulators as the
+register file holds beside the operands of one reduction step (the tile's loaded vectors and a
+broadcast), so AVX2 code (`--cpu x86-64-v3`, 16 ymm) gets smaller tiles than AVX-512 (32 zmm).
 
-    python bench/kernels.py [--threads 1 2] [--only resnet50.res2.3x3 ...]
+    python bench/kernels.py [--cpu NAME] [--threads 1 2] [--only resnet50.res2.3x3 ...]
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.comparators import numpy_matmul, onnxruntime_conv2d, onnxruntime_matmul  # noqa: E402
+from bench.comparators import measure_peers  # noqa: E402
 from tuner.default import register_tile, tiled_schedule  # noqa: E402
-from tuner.errors import ScheduleError  # noqa: E402
+from tuner.errors import ScheduleError, TunerError  # noqa: E402
 from tuner.jit import Kernel  # noqa: E402
 from tuner.schedule import apply_steps  # noqa: E402
-from tuner.target import host_target  # noqa: E402
+from tuner.target import named_target  # noqa: E402
 from tuner.task import Task  # noqa: E402
 from tuner.timing import time_callable  # noqa: E402
 
@@ -61,13 +65,16 @@ def tile_variants(task: Task, target):
     base = register_tile(dag, target)
     if base is None:
         return [()]
-    lanes = target.vector_lanes
+    machine = target.machine
+    lanes = machine.lanes
     variants = {tiled_schedule(dag, target, base)}
     extent = dag.axis(base.vector_axis).extent
     for width in (lanes, 2 * lanes, 3 * lanes, 4 * lanes):
         if width > max(extent, lanes):
             continue
-        budget = 28 // math.ceil(width / lanes)
+        vectors = math.ceil(width / lanes)
+        # rows of `vectors` accumulators each, beside `vectors` loaded operands + a broadcast
+        budget = machine.accumulator_budget(vectors + 1) // vectors
         for count in (4, 6, 7, 8, 12, 14):
             if count > budget or (base.unrolled_axis and
                                   count > dag.axis(base.unrolled_axis).extent):
@@ -80,29 +87,18 @@ def tile_variants(task: Task, target):
     return sorted(variants, key=str)
 
 
-def comparators(task: Task, threads: int) -> dict[str, float]:
-    dag, s, out = task.dag(), task.shape, {}
-    attrs = task.attr_dict
-    if task.op == "conv2d":
-        r = onnxruntime_conv2d(s, attrs["stride"], attrs["pad"], attrs["dilation"],
-                               attrs["groups"], threads)
-        out["onnxruntime"] = dag.flops / r.median_s / 1e9
-    elif task.op == "matmul":
-        out["numpy"] = dag.flops / numpy_matmul(*s, threads).median_s / 1e9
-        out["onnxruntime"] = dag.flops / onnxruntime_matmul(*s, threads).median_s / 1e9
-    else:
-        b, m, n, k = s
-        out["numpy"] = dag.flops / numpy_matmul(m, n, k, threads, batch=b).median_s / 1e9
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", help="LLVM CPU name to generate code for (default: this one)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", nargs="*", help="shape names to run")
     args = parser.parse_args(argv)
-    host = host_target()
-    print(f"# CPU {host.cpu} ({host.triple}), LLVM features hashed in target key {host.key}")
+    try:
+        host = named_target(args.cpu)
+    except TunerError as err:
+        parser.error(str(err))
+    print(f"# CPU {host.cpu} ({host.triple}), target key {host.key}")
+    print(f"# machine model {json.dumps(host.machine.to_json())}")
     print("| shape | threads | default | best hand tile | numpy | onnxruntime | "
           "best/numpy | best/ort |")
     print("|---|---|---|---|---|---|---|---|")
@@ -116,7 +112,7 @@ def main(argv=None) -> int:
                                        tiled_schedule(task.dag(), target,
                                                       register_tile(task.dag(), target)))
             best = max([default] + [measure_schedule(task, target, v) for v in variants])
-            ref = comparators(task, threads)
+            ref = measure_peers(task, threads)
             np_g, ort_g = ref.get("numpy"), ref.get("onnxruntime")
             fmt = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
             ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731

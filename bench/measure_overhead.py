@@ -5,7 +5,7 @@ the real measurer, and splits the wall time per candidate into compile time (rep
 builder), time spent running the kernel for timing, and the rest: pipes, process hops,
 loading the object, the numpy check. At one kernel thread builds overlap with timing.
 
-    python bench/measure_overhead.py [--candidates 48]
+    python bench/measure_overhead.py [--candidates 48] [--cpu NAME]
 """
 
 from __future__ import annotations
@@ -21,22 +21,28 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from tuner.errors import TunerError  # noqa: E402
 from tuner.measure import MeasureInput, MeasureOptions, Measurer  # noqa: E402
 from tuner.search import RandomSearch  # noqa: E402
-from tuner.target import host_target  # noqa: E402
+from tuner.target import named_target  # noqa: E402
 from tuner.task import Task  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=48)
+    parser.add_argument("--cpu", help="LLVM CPU name to generate code for (default: this one)")
     args = parser.parse_args(argv)
+    try:
+        base = named_target(args.cpu, 1)
+    except TunerError as err:
+        parser.error(str(err))
     task = Task.create("matmul", (64, 64, 64))
     print("| threads | candidates | wall s / candidate | compile s (median) | "
           "timing s (mean) | rest s / candidate |")
     print("|---|---|---|---|---|---|")
     for threads in (1, 2):
-        target = host_target(threads)
+        target = base.with_threads(threads)
         search = RandomSearch(task.dag(), target, np.random.default_rng(0))
         batch = [MeasureInput(task, c.steps) for c in search.propose(args.candidates, set())]
         options = MeasureOptions()

@@ -4,9 +4,10 @@ For each shape and strategy: a fresh record database, `--trials` measured candid
 thread (the default schedule is left out, so strategies are compared on their own search),
 then the tuned GFLOPS beside numpy / onnxruntime measured in the same run, the trial at which
 the strategy reached 90% of its final best, the trial at which evolutionary search reached the
-best that random search found in all its trials, and the tuning wall time.
+best that random search found in all its trials, and the tuning wall time. The comparators run
+in processes of their own (bench/comparators.py).
 
-    python bench/tune.py [--trials 200] [--strategies evolutionary random optuna]
+    python bench/tune.py [--trials 200] [--cpu NAME] [--strategies evolutionary random optuna]
                          [--only resnet50.res2.3x3 ...] [--out /tmp/bench_tune]
 """
 
@@ -19,12 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.kernels import comparators, load_tasks  # noqa: E402
+from bench.comparators import measure_peers  # noqa: E402
+from bench.kernels import load_tasks  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
 from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
+from tuner.errors import TunerError  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
-from tuner.target import host_target  # noqa: E402
+from tuner.target import named_target  # noqa: E402
 from tuner.tune import STRATEGIES, TuneConfig, tune  # noqa: E402
 
 
@@ -39,13 +42,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cpu", help="LLVM CPU name to generate code for (default: this one)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--out", default="/tmp/bench_tune", help="folder for the databases")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = host_target(args.threads)
+    try:
+        target = named_target(args.cpu, args.threads)
+    except TunerError as err:
+        parser.error(str(err))
     print(f"# {target.cpu}, {args.threads} thread(s), {args.trials} trials per strategy")
     print("| shape | strategy | tuned GFLOPS | numpy | onnxruntime | tuned/ref | "
           "trial to 90% | evo trial to random's best | tuning s |")
@@ -54,7 +61,7 @@ def main(argv=None) -> int:
     for name, task in load_tasks():
         if args.only and name not in args.only:
             continue
-        ref = comparators(task, args.threads)
+        ref = measure_peers(task, args.threads)
         reference = ref.get("onnxruntime") if task.op == "conv2d" else ref.get("numpy")
         results = {}
         for strategy in args.strategies:

@@ -1,0 +1,76 @@
+"""bench/: the peak kernel is sized from the machine model, comparators answer from a process
+of their own, and the report's summary is computed as documented. Nothing asserts on speed.
+bench/ is a package of the repository, not of the installed project: the repository root goes
+on sys.path to import it.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tuner.errors import TunerError
+from tuner.machine import describe
+from tuner.target import named_target
+from tuner.task import Task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import comparators, peak  # noqa: E402
+from bench.report import Row, summarize  # noqa: E402
+
+AVX2 = "+avx,+avx2,+fma,-avx512f"
+AVX512 = "+avx,+avx2,+avx512f,+fma"
+
+
+def test_peak_kernel_fits_the_register_file():
+    avx2 = peak.peak_shape(describe("x86-64-v3", AVX2))
+    assert avx2.lanes == 8 and avx2.fused
+    assert describe("x86-64-v3", AVX2).min_accumulators <= avx2.chains <= 16 - 2
+    avx512 = peak.peak_shape(describe("znver5", AVX512))
+    assert avx512.lanes == 16 and 8 <= avx512.chains <= 32 - 2
+
+
+def test_peak_kernel_for_a_named_cpu_computes_what_it_claims():
+    try:
+        target = named_target("x86-64-v3", 1)
+    except TunerError:
+        pytest.skip("this host cannot run AVX2 code")
+    shape = peak.peak_shape(target.machine)
+    acc = np.arange(shape.chains * shape.lanes, dtype=np.float32).reshape(-1, shape.lanes)
+    ab = np.stack([np.full(shape.lanes, 2.0), np.full(shape.lanes, 3.0)]).astype(np.float32)
+    expected = acc + 5 * 2.0 * 3.0
+    peak.fma_kernel(target)(5, acc.ctypes.data, ab.ctypes.data)
+    np.testing.assert_array_equal(acc, expected)
+    assert "ymm" in peak.kernel_assembly(target) and "zmm" not in peak.kernel_assembly(target)
+
+
+def test_comparator_answers_from_a_child_process():
+    task = Task.create("matmul", (32, 48, 16))
+    assert comparators.measure_in_subprocess("numpy", task, 1) > 0
+    # numpy has no convolution: no number, and no exception either
+    conv = Task.create("conv2d", (1, 8, 8, 8, 8, 3, 3), pad=1)
+    assert comparators.measure_in_subprocess("numpy", conv, 1) is None
+    assert comparators.kinds_for(conv) == ("onnxruntime",)
+
+
+def test_report_summary_uses_the_best_peer_and_leaves_batch_matmul_out():
+    rows = [Row("a", "conv2d", 1, 100.0, 50.0, onnxruntime=200.0, compile_s=[0.1, 0.3]),
+            Row("b", "matmul", 1, 100.0, 50.0, numpy=50.0, onnxruntime=125.0,
+                compile_s=[0.2]),
+            Row("c", "batch_matmul", 1, 100.0, None, numpy=10.0, compile_s=[5.0])]
+    assert rows[1].best_peer == 125.0 and rows[1].vs_peer == pytest.approx(0.8)
+    s = summarize(rows)
+    assert s.geomean_rows == 2
+    assert s.geomean_vs_peer == pytest.approx(math.sqrt(0.5 * 0.8))
+    assert (s.min_vs_peer, s.min_shape) == (pytest.approx(0.5), "a")
+    assert s.compile_median_s == pytest.approx(0.25) and s.compile_max_s == 5.0
+
+
+def test_report_summary_over_thread_counts_names_the_row():
+    rows = [Row("a", "matmul", 1, 100.0, None, numpy=100.0),
+            Row("a", "matmul", 2, 100.0, None, numpy=400.0)]
+    s = summarize(rows)
+    assert s.geomean_rows == 2 and s.min_shape == "a x2"
+    assert s.geomean_vs_peer == pytest.approx(0.5)
