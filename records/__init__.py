@@ -8,16 +8,17 @@
                   next_trial / best_per_task / export_best / import_json
     sqlite.py     SQLite only: refusing foreign or corrupt files untouched; WAL, busy timeout
                   and BEGIN IMMEDIATE so that several processes can write one file
-    exchange.py   the best-schedules JSON file: read_best (no database needed), write_best
+    exchange.py   the best-schedules JSON file: read_best (no database needed), write_best;
+                  best_records(task, db): a task's best records from either
 
 Imports point one way: records -> tuner (values only; never templates).
 """
 
-from records.exchange import export_best, import_best, read_best, write_best
+from records.exchange import best_records, export_best, import_best, read_best, write_best
 from records.record import NewRecord, Record, RecordsError, canonical_schedule, schedule_hash
 from records.store import RecordStore
 from records.url import default_db_path, resolve_db_url
 
-__all__ = ["NewRecord", "Record", "RecordStore", "RecordsError", "canonical_schedule",
-           "default_db_path", "export_best", "import_best", "read_best", "resolve_db_url",
+__all__ = ["NewRecord", "Record", "RecordStore", "RecordsError", "best_records",
+           "canonical_schedule", "default_db_path", "export_best", "import_best", "read_best", "resolve_db_url",
            "schedule_hash", "write_best"]

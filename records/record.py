@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 from tuner.errors import TunerError
-from tuner.result import MeasureResult
+from tuner.result import MeasureResult, NewRecord  # noqa: F401 (NewRecord: re-exported)
 from tuner.target import Target
 from tuner.task import Task
 
@@ -57,17 +57,6 @@ def make_task(op, shape, attrs, dtype) -> Task:
                                               for k, v in attrs.items()):
         raise TypeError(f"attrs must map names to integers or booleans, got {attrs!r}")
     return Task(op, tuple(shape), tuple(sorted(attrs.items())), dtype)
-
-
-@dataclass(frozen=True, slots=True)
-class NewRecord:
-    """One entry of a batch for `RecordStore.add_many`: a measured candidate of the batch's
-    task on the batch's target."""
-    schedule_json: str
-    result: MeasureResult
-    trial: int
-    predicted: float | None = None  # the cost model's score when the candidate was picked
-    strategy: str | None = None     # the search strategy that proposed it
 
 
 @dataclass(frozen=True, slots=True)

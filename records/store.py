@@ -226,7 +226,7 @@ class RecordStore:
         if flops is None:  # the only use of the templates in records/: avoid it, pass flops
             flops = task.dag().flops
         if tuner_version is None:
-            from tuner import __version__ as tuner_version
+            from tuner.version import __version__ as tuner_version
         rows = [_row(e, flops, tuner_version) for e in entries]
         if not rows:
             return []

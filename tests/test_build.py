@@ -14,7 +14,8 @@ from records import NewRecord, RecordStore, export_best
 from tuner.aot import build_library, c_name, task_from_spec
 from tuner.errors import TunerError
 from tuner.measure import MeasureOptions, Measurer
-from tuner.replay import NoRecordWarning, select_schedule
+from tuner import select_schedule
+from tuner.replay import NoRecordWarning
 from tuner.result import ErrorKind, MeasureResult
 from tuner.target import Target, host_target
 from tuner.task import Task

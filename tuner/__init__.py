@@ -22,14 +22,36 @@ Where things live (data flows top to bottom):
     tuner/target.py        Target: CPU name, features, threads, canonical key
     tuner/result.py        MeasureResult and ErrorKind
     tuner/errors.py        TunerError, ShapeError, ScheduleError, CodegenError
+    tuner/machine.py       Machine: lanes, registers, FMA rate, caches (the hardware facts)
+    tuner/cpu_probe.py     which vector ISA LLVM generates for a named CPU (--cpu)
+    tuner/layout.py        layout facts: padding, packed layouts, access classes, code size
+    tuner/version.py       __version__ (a leaf, so records/ can stamp records without cycles)
 """
 
-__version__ = "0.1.0"
+from tuner.version import __version__
+
+__all__ = ["__version__", "build", "select_schedule"]
 
 
-def build(op: str, shape, **kwargs):
-    """The best stored kernel for a task on this CPU, callable on numpy arrays
-    (see tuner/replay.py)."""
-    from tuner.replay import build as _build
+def select_schedule(task, target, db: str | None = None, allow_foreign_target: bool = False):
+    """The schedule to build for `task` on `target` from the records in `db` (a database
+    URL or file, or a best-schedules JSON file; default: the user's records database)."""
+    from records import best_records
+    from tuner.replay import select_schedule as choose
 
-    return _build(op, shape, **kwargs)
+    records, source = best_records(task, db)
+    return choose(task, target, records, source, allow_foreign_target)
+
+
+def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
+          cpu: str | None = None, allow_foreign_target: bool = False, **attrs):
+    """The best stored kernel for a task on this CPU (or the LLVM CPU `cpu`, as `tune --cpu`
+    tuned it), callable on numpy arrays (tuner/replay.py). This function and tuner/cli.py are
+    where records/ and tuner/ are wired together."""
+    from tuner.replay import build_choice
+    from tuner.target import named_target
+    from tuner.task import Task
+
+    task = Task.create(op, shape, **attrs)
+    target = named_target(cpu, threads)
+    return build_choice(select_schedule(task, target, db, allow_foreign_target))

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner import __version__
+from tuner.version import __version__
 from tuner.replay import Choice
 from tuner.codegen import pack_function_name
 from tuner.layout import packed_parts

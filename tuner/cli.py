@@ -291,7 +291,8 @@ def _cmd_build(args) -> int:
     import warnings
 
     from tuner.aot import build_library, task_from_spec
-    from tuner.replay import NoRecordWarning, select_schedule
+    from tuner import select_schedule
+    from tuner.replay import NoRecordWarning
     from tuner.target import named_target
 
     tasks = [task_from_spec(spec) for spec in args.task]

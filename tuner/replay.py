@@ -4,6 +4,10 @@
                          db="records.db")            # or a best-schedules JSON file
     out = kernel(data, weight)                        # or kernel.bind(weight=w)(data)
 
+`tuner.build` (tuner/__init__.py) wires the records in: it reads a task's best records with
+`records.best_records` and hands them to `select_schedule` here, so this module, like the
+rest of tuner/, never imports records/.
+
 `select_schedule` picks, for a task on this target: the best stored record of this target;
 else, only if the caller allows it, the best record of another target (a schedule is plain
 data and compiles anywhere, but its speed was measured elsewhere); else the default schedule,
@@ -20,15 +24,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuner import __version__
+from tuner.version import __version__
 from tuner.default import default_schedule
 from tuner.errors import TunerError
 from tuner.jit import Kernel
 from tuner.pseudo import pseudo_code
 from tuner.schedule import Step, apply_steps, schedule_from_json, schedule_to_json
-from tuner.target import Target, named_target
+from tuner.target import Target
 from tuner.task import Task
 
 
@@ -47,25 +50,10 @@ class Choice:
     record_target: Target | None
 
 
-def _records(task: Task, db: str | None) -> tuple[list, str]:
-    from records import RecordStore, read_best, resolve_db_url
-
-    if db is not None and str(db).endswith(".json"):
-        return [r for r in read_best(db) if r.task.key == task.key], str(db)
-    url = resolve_db_url(db)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if not path.exists():
-            if db is not None:
-                raise TunerError(f"no records database at {db}")
-            return [], url
-    with RecordStore(url) as store:
-        return store.best_by_target(task), store.display_url
-
-
-def select_schedule(task: Task, target: Target, db: str | None = None,
+def select_schedule(task: Task, target: Target, records: list, source: str,
                     allow_foreign_target: bool = False) -> Choice:
-    records, source = _records(task, db)
+    """The schedule to build for `task` on `target`, from the task's best `records` (per
+    target) read from `source` (records.best_records reads them from a database or file)."""
     same = [r for r in records if r.target.key == target.key and r.result.ok]
     if same:
         best = max(same, key=lambda r: r.gflops)
@@ -118,10 +106,5 @@ class BuiltKernel:
         return pseudo_code(self.kernel.nest)
 
 
-def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
-          cpu: str | None = None, allow_foreign_target: bool = False, **attrs) -> BuiltKernel:
-    """`cpu`: an LLVM CPU name to build for (default: this host), as `tune --cpu` tuned it."""
-    task = Task.create(op, shape, **attrs)
-    target = named_target(cpu, threads)
-    choice = select_schedule(task, target, db, allow_foreign_target)
-    return BuiltKernel(compile_cached(task, choice.steps, target), choice)
+def build_choice(choice: Choice) -> BuiltKernel:
+    return BuiltKernel(compile_cached(choice.task, choice.steps, choice.target), choice)

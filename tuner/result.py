@@ -3,6 +3,7 @@
 Candidate failures never propagate as exceptions: a worker turns each into a `MeasureResult`
 with an `ErrorKind` and a short detail, as TVM's auto_scheduler does, so a batch always returns
 one result per candidate. Only results with `ErrorKind.NONE` may ever become "best".
+`NewRecord` is what the tuning loop hands the record store for each measured candidate.
 """
 
 from __future__ import annotations
@@ -46,3 +47,14 @@ class MeasureResult:
 
     def gflops(self, flops: float) -> float:
         return flops / self.median_s / 1e9 if self.ok and self.costs_s else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """One entry of a batch for `RecordStore.add_many`: a measured candidate of the batch's
+    task on the batch's target."""
+    schedule_json: str
+    result: MeasureResult
+    trial: int
+    predicted: float | None = None  # the cost model's score when the candidate was picked
+    strategy: str | None = None     # the search strategy that proposed it

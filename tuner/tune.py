@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from tuner import __version__
+from tuner.version import __version__
 from tuner.annotate import genome_from_steps
 from tuner.default import default_schedule
 from tuner.measure import MeasureInput, Measurer
-from tuner.result import MeasureResult
+from tuner.result import MeasureResult, NewRecord
 from tuner.schedule import ScheduleError, apply_steps, schedule_from_json, schedule_to_json
 from tuner.search import (Candidate, CostModel, EvolutionarySearch, Featurizer, OptunaSearch,
                           RandomSearch, SearchConfig)
@@ -116,7 +116,6 @@ def _resume(strategy, task: Task, target: Target, history) -> None:
 def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConfig,
          model: CostModel | None = None, featurize: Featurizer | None = None,
          on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
-    from records import NewRecord
 
     start = time.perf_counter()
     dag = task.dag()
