@@ -1,4 +1,8 @@
-"""The search and the `tune` loop: determinism, resumption, interruption, improvement."""
+"""The search and the `tune` loop: determinism, resumption, interruption, seeding, ranking.
+
+Nothing here asserts on speed: which schedule is faster is the benchmarks' business (shared
+2-core machines whose CPU changes between sessions); these tests are about what is proposed,
+in which order, and what is stored."""
 
 import os
 import signal
@@ -10,11 +14,15 @@ import numpy as np
 import pytest
 
 from costmodel.features import extract_features
-from costmodel.model import XGBModel
+from costmodel.model import ESTIMATE, XGBModel
 from records import RecordsError, RecordStore
+from tuner.annotate import expert_annotation
 from tuner.measure import MeasureOptions, Measurer
 from tuner.result import ErrorKind, MeasureResult
-from tuner.search import EvolutionarySearch, OptunaSearch, RandomSearch
+from tuner.schedule import apply_steps
+from tuner.search import (EvolutionarySearch, OptunaSearch, RandomSearch, SearchConfig,
+                          make_candidate)
+from tuner.sketch import generate_sketches
 from tuner.target import host_target
 from tuner.task import Task
 from tuner.tune import TuneConfig, tune
@@ -123,22 +131,117 @@ def test_ctrl_c_keeps_every_finished_batch(tmp_path):
     assert len(records) >= stored and len(records) % 4 == 0  # whole batches only
 
 
-def test_a_short_tuning_run_beats_the_default_schedule(tmp_path, target1):
-    """Depthwise 3x3 with padding: the default pads a copy of the input at the root, which
-    dominates this memory-bound layer; the sketches with inline padding avoid the copy. Both
-    are measured by the same measurer in the same run, and the margin asked for is small
-    next to the gap (about 1.5x here)."""
-    from tuner.default import default_schedule
-    from tuner.measure import MeasureInput
-    from tuner.schedule import schedule_from_json
-    task = Task.create("conv2d", (1, 32, 28, 28, 32, 3, 3), pad=1, groups=32)
-    config = TuneConfig(trials=48, batch_size=16, seed=3, include_default=False)
-    with RecordStore(f"sqlite:///{tmp_path / 'beat.db'}") as store, \
-            Measurer(target1, MeasureOptions(min_sample_s=2e-3, samples=5)) as measurer:
-        result = tune(task, target1, store, measurer, config, XGBModel(), extract_features)
-        best = store.best(task, target1)
-        default, again = measurer.measure(
-            [MeasureInput(task, default_schedule(task.dag(), target1)),
-             MeasureInput(task, schedule_from_json(best.schedule_json))])
-    assert default.ok and again.ok
-    assert again.median_s < default.median_s, (result.best_gflops, default)
+def _expert_keys(dag, target, sketches):
+    """The canonical schedule of the expert register tile in every sketch that can hold it,
+    computed here independently of the search's own seeds."""
+    keys = []
+    for sketch in sketches:
+        ann = expert_annotation(dag, sketch, target)
+        if ann is not None:
+            keys.append(make_candidate(dag, target, sketch, ann).key)
+    return keys
+
+
+def _evolutionary(target, use_seed, seed=3):
+    return EvolutionarySearch(TASK.dag(), target, np.random.default_rng(seed), XGBModel(),
+                              extract_features, SearchConfig(use_seed=use_seed))
+
+
+def _split(search, proposals):
+    """(seeds, ranked, random) parts of a batch, by position: the seeds first (no prediction),
+    then the model's picks (each with its prediction), the epsilon share of random ones last."""
+    n = len(proposals)
+    n_random = round(n * search.config.epsilon)
+    seeds = next((i for i, c in enumerate(proposals) if c.predicted is not None), n - n_random)
+    return proposals[:seeds], proposals[seeds:n - n_random], proposals[n - n_random:]
+
+
+def test_without_seed_the_search_has_no_expert_candidates(target1):
+    """The search may find an expert tile on its own (then ranked by the model like any
+    other), but nothing is put ahead of the model's ranking."""
+    search = _evolutionary(target1, use_seed=False)
+    assert search.seeds == []
+    assert _expert_keys(search.dag, target1, search.sketches)  # this task has expert tiles
+    proposals = search.propose(20, set())
+    assert len(proposals) == 20 == len({c.key for c in proposals})
+    seeds, ranked, random = _split(search, proposals)
+    assert seeds == [] and len(ranked) == 19 and len(random) == 1
+    assert all(c.predicted is not None for c in ranked)
+    assert all(c.predicted is None for c in random)
+
+
+def test_with_seed_the_expert_tiles_are_proposed_first(target1):
+    search = _evolutionary(target1, use_seed=True)
+    experts = _expert_keys(search.dag, target1, search.sketches)
+    assert len(experts) >= 2 and [c.key for c in search.seeds] == experts
+    n = 2 * len(experts)  # seeds take at most half a batch: here all of them fit
+    proposals = search.propose(n, set())
+    seeds, ranked, _ = _split(search, proposals)
+    assert [c.key for c in seeds] == experts and all(c.predicted is None for c in seeds)
+    assert ranked and not set(experts) & {c.key for c in proposals[len(experts):]}
+    # a measured seed is not proposed again; the others still come first, in order
+    again = _evolutionary(target1, use_seed=True).propose(n, {experts[0]})
+    assert [c.key for c in again[:len(experts) - 1]] == experts[1:]
+    assert again[len(experts) - 1].predicted is not None
+    assert experts[0] not in {c.key for c in again}
+
+
+def test_seeds_take_at_most_half_a_batch(target1):
+    search = _evolutionary(target1, use_seed=True)
+    assert len(search.seeds) >= 2
+    proposals = search.propose(4, set())
+    assert [c.key for c in proposals[:2]] == [c.key for c in search.seeds[:2]]
+    assert [c.predicted is None for c in proposals] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("use_seed", [False, True])
+def test_before_any_measurement_proposals_are_ranked_by_the_prior(use_seed, target1):
+    """An unfitted XGBModel predicts the analytic estimate (a feature column): the searched
+    proposals carry that prediction and come best first; seeds come before them and random
+    picks (the epsilon share) after them, neither with a prediction."""
+    search = _evolutionary(target1, use_seed=use_seed)
+    assert not search.model.fitted
+    proposals = search.propose(20, set())
+    seeds, ranked, random = _split(search, proposals)
+    assert [c.key for c in seeds] == [c.key for c in search.seeds]
+    assert len(random) == 1 and random[0].predicted is None
+    assert len(ranked) == 20 - len(seeds) - 1
+    assert all(c.predicted is not None for c in ranked)
+    for c in ranked:
+        estimate = extract_features(apply_steps(search.dag, c.steps), target1)[ESTIMATE]
+        assert c.predicted == float(estimate), (c.key, c.predicted, estimate)
+    predicted = [c.predicted for c in ranked]
+    assert predicted == sorted(predicted, reverse=True)
+    assert len(set(predicted)) > 1  # the prior tells candidates apart
+
+
+def test_after_enough_measurements_the_model_is_fitted(target1):
+    search = _evolutionary(target1, use_seed=False)
+    first = search.propose(search.config.model_after, set())
+    fake = [MeasureResult(ErrorKind.NONE, "", (1e-4 * (1 + i % 5),), 1)
+            for i in range(len(first))]
+    search.observe(first, fake)
+    assert search.model.fitted
+    second = search.propose(8, {c.key for c in first})
+    assert not {c.key for c in first} & {c.key for c in second}
+
+
+@pytest.mark.parametrize("use_seed", [False, True])
+def test_tune_with_and_without_seed_stores_every_trial(use_seed, tmp_path, target1):
+    """`tune --no-seed` is `SearchConfig(use_seed=False)`: it runs and records every trial,
+    each searched one with the model's prediction; with seeds, the expert tiles are measured
+    right after the default schedule, without a prediction."""
+    url = f"sqlite:///{tmp_path / 'seed.db'}"
+    config = TuneConfig(trials=8, batch_size=8, seed=5, search=SearchConfig(use_seed=use_seed))
+    with RecordStore(url) as store, Measurer(target1, FAST) as measurer:
+        result = tune(TASK, target1, store, measurer, config, XGBModel(), extract_features)
+        history = store.history(TASK, target1)
+    assert result.trials_run == 8 and result.best_schedule_json is not None
+    assert [r.trial for r in history] == list(range(8))
+    assert len({r.schedule_json for r in history}) == 8
+    assert [r.strategy for r in history] == ["default"] + ["evolutionary"] * 7
+    assert all(r.result.ok for r in history), [r.result for r in history if not r.result.ok]
+    experts = _expert_keys(TASK.dag(), target1, generate_sketches(TASK.dag()))
+    seeded = 3 if use_seed else 0  # seeds take at most half of the 7 searched slots
+    assert [r.schedule_json for r in history[1:1 + seeded]] == experts[:seeded]
+    assert [r.predicted is None for r in history] == [True] * (1 + seeded) + [False] * (7 - seeded)
