@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 
-from tuner.layout import (access_class, inline_guards, packed_parts, padding, vector_loop)
+from tuner.layout import (access_class, inline_guards, packed_parts, padding, region_start,
+                          root_pad_bytes, vector_chunks, vector_loop)
 from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest
 from tuner.target import Target
@@ -109,24 +110,14 @@ def footprints(nest: LoopNest, machine: Machine):
                      for role in BUFFERS}
 
 
-def _region(loops) -> int:
-    """First loop of the innermost run of unrolled / vectorized loops (len if none)."""
-    start = len(loops)
-    for i in range(len(loops) - 1, -1, -1):
-        if loops[i].kind not in ("unroll", "vectorize"):
-            break
-        start = i
-    return start
-
-
 def _fma_rate(nest: LoopNest, machine: Machine) -> float:
     """Vector FMA instructions per cycle the innermost code sustains."""
     dag, loops = nest.dag, nest.loops
     vec = vector_loop(nest)
-    lanes = machine.lanes
     width = vec.extent if vec else 1
-    chunks = -(-width // lanes) if vec else 1
-    region = [l for l in loops[_region(loops):] if l.kind == "unroll"]
+    chunks = vector_chunks(nest, machine.lanes)
+    start = region_start(loops)
+    region = [l for l in loops[start:] if l.kind == "unroll"] if start is not None else []
     spatial_unrolled = math.prod(l.extent for l in region if not l.reduce)
     reduce_unrolled = math.prod(l.extent for l in region if l.reduce)
     accumulators = spatial_unrolled * chunks
@@ -193,7 +184,7 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
         return 0.0
     vec = vector_loop(nest)
     width = vec.extent if vec else 1
-    chunks = -(-width // machine.lanes) if vec else 1
+    chunks = vector_chunks(nest, machine.lanes)
     padded = math.prod(l.extent for l in loops)
     fma_instructions = padded / width * chunks
     compute = fma_instructions / _fma_rate(nest, machine)
@@ -206,11 +197,5 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
     if first.kind == "parallel" and threads > 1 and first.extent > 1:
         share = -(-first.extent // threads) / first.extent
         cycles = cycles * share + PARALLEL_OVERHEAD_CYCLES
-    for op in dag.inputs:
-        if nest.pad_mode(op.name) == "root" and op.padded and op.name not in \
-                nest.layout_rewrite:
-            pads = padding(op, dag.extents)
-            if any(lo or hi for lo, hi in pads):
-                size = 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
-                cycles += 2 * size / COPY_BYTES_PER_CYCLE
+    cycles += 2 * root_pad_bytes(nest) / COPY_BYTES_PER_CYCLE
     return dag.flops / (cycles / NOMINAL_HZ) / 1e9

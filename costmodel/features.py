@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
-from tuner.layout import padding
+from tuner.layout import inline_guards, root_pad_bytes, vector_chunks
 from tuner.schedule import LoopNest
 from tuner.target import Target
 
@@ -113,20 +113,13 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         part = vec.parts[0]
         axis_extent = dag.axis(part.axis).extent
         vec_tail = float(axis_extent % vec.extent != 0 and axis_extent > vec.extent)
-    root_pad = 0
-    inline_pad = 0.0
-    for op in dag.inputs:
-        pads = padding(op, dag.extents) if op.padded else []
-        if any(lo or hi for lo, hi in pads):
-            if nest.pad_mode(op.name) == "root":
-                root_pad += 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
-            else:
-                inline_pad = 1.0
+    root_pad = root_pad_bytes(nest)
+    inline_pad = float(any(inline_guards(nest, op) for op in dag.inputs))
     strides = {r: buffers[r].stride(inner) for r in BUFFERS}
     out_flat = dag.output.flat()
     out_scatter = float(vec is not None
                         and out_flat.coef(vec.parts[0].axis) * vec.parts[0].step != 1)
-    chunks = math.ceil(vec.extent / lanes) if vec else 1
+    chunks = vector_chunks(nest, lanes)
     register_vectors = math.ceil(register_tile / (vec.extent if vec else 1)) * chunks \
         if register_tile else 0
     operand_vectors = chunks + 2 if register_tile else 0
@@ -134,7 +127,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         (dag.bias is not None) + dag.relu + 1
     out += [
         _lg(total_flops), len(loops), vec.extent if vec else 0,
-        math.ceil(vec.extent / lanes) if vec else 0, _lg(unrolled), _lg(register_tile),
+        chunks if vec else 0, _lg(unrolled), _lg(register_tile),
         register_vectors,
         (register_vectors + operand_vectors) / machine.vector_registers,
         register_vectors / machine.min_accumulators,

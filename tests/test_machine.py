@@ -18,8 +18,8 @@ import pytest
 
 from conftest import assert_matches_reference
 from schedule_gen import random_task
-from tuner.annotate import (expert_annotation, fits, max_vector_lanes, register_vectors,
-                            sample, to_steps)
+from tuner.annotate import (expert_annotation, expert_seeds, fits, max_vector_lanes,
+                            register_vectors, sample, to_steps)
 from tuner.codegen import emit_llvm
 from tuner.default import SPARE_REGISTERS, default_schedule, register_tile
 from tuner.errors import TunerError
@@ -158,18 +158,14 @@ def test_register_tiles_fit_the_register_file(shape, cpu):
     assert accumulators >= machine.min_accumulators, tile  # enough to hide the FMA latency
     nest = apply_steps(dag, default_schedule(dag, target))
     assert _register_tile_of_nest(nest, machine.lanes) == (accumulators, chunks)
-    seeded = 0
-    for sketch in generate_sketches(dag):
-        ann = expert_annotation(dag, sketch, target)
-        if ann is None:
-            continue
-        seeded += 1
+    seeds = expert_seeds(dag, generate_sketches(dag), target)
+    for sketch, ann in seeds:
         acc, operands = register_vectors(dag, ann, machine)
         assert acc + operands <= machine.vector_registers, (sketch.name, ann)
         assert fits(dag, sketch, ann, machine)
         seed_nest = apply_steps(dag, to_steps(dag, sketch, ann, target))
         assert _register_tile_of_nest(seed_nest, machine.lanes)[0] == acc, (sketch.name, ann)
-    assert seeded > 0
+    assert seeds
 
 
 # --- the same, read off the machine code

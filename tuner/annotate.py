@@ -402,6 +402,13 @@ def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
     return None
 
 
+def expert_seeds(dag: ComputeDAG, sketches: list[Sketch],
+                 target: Target) -> list[tuple[Sketch, Annotation]]:
+    """The expert register tile in every sketch that can hold it."""
+    seeds = [(sketch, expert_annotation(dag, sketch, target)) for sketch in sketches]
+    return [(sketch, ann) for sketch, ann in seeds if ann is not None]
+
+
 def expert_annotation(dag: ComputeDAG, sketch: Sketch, target: Target) -> Annotation | None:
     """The default schedule's register tile, expressed in this sketch's terms: a seed for the
     evolutionary search, so it starts where an expert would and mutates from there."""

@@ -31,7 +31,7 @@ from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, ele
                           intrinsic,
                           lane_offsets, masked_load, masked_store, materialize, relu, runtime_loop, smin,
                           splat, var, vec_type)
-from tuner.layout import PartKey, packed_parts, padding, row_major
+from tuner.layout import PartKey, packed_parts, padding, region_start, row_major
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
 
@@ -97,17 +97,6 @@ def emit_llvm(nest: LoopNest, target: Target, name: str = "kernel") -> ir.Module
 
 def pack_function_name(kernel: str, operand: str) -> str:
     return f"{kernel}_pack_{operand}"
-
-
-def region_start(loops) -> int | None:
-    """First loop of the innermost run of unrolled / vectorized loops."""
-    start = None
-    for i in range(len(loops) - 1, -1, -1):
-        if loops[i].kind in ("unroll", "vectorize"):
-            start = i
-        else:
-            break
-    return start
 
 
 class _Emitter:

@@ -11,6 +11,8 @@ that keeps compile times predictable, the default schedule's choice of vector ax
   (stride 0), one contiguous vector load per chunk (stride 1, or a packed operand), or a gather
   of one scalar load per lane;
 - `inline_guards`: the padded dimensions read with bounds checks (inline padding);
+- `region_start`: where the innermost run of unrolled / vectorized loops begins;
+- `root_pad_bytes`: the padded copies made per call (root padding);
 - `vector_chunks`: native vectors per vectorized iteration, for the target's lanes;
 - `code_size`: the IR instructions the generator emits once unrolled, which bounds compile time;
   `ir_instructions` counts them in emitted IR.
@@ -107,6 +109,29 @@ def inline_guards(nest: LoopNest, operand: Operand) -> int:
     if nest.pad_mode(operand.name) == "root":
         return 0
     return sum(1 for lo, hi in padding(operand, nest.dag.extents) if lo or hi)
+
+
+def region_start(loops) -> int | None:
+    """First loop of the innermost run of unrolled / vectorized loops."""
+    start = None
+    for i in range(len(loops) - 1, -1, -1):
+        if loops[i].kind in ("unroll", "vectorize"):
+            start = i
+        else:
+            break
+    return start
+
+
+def root_pad_bytes(nest: LoopNest) -> int:
+    """Bytes of the zero-padded copies the kernel makes of its root-padded inputs per call."""
+    total = 0
+    for op in nest.dag.inputs:
+        if nest.pad_mode(op.name) != "root" or op.name in nest.layout_rewrite or not op.padded:
+            continue
+        pads = padding(op, nest.dag.extents)
+        if any(lo or hi for lo, hi in pads):
+            total += 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
+    return total
 
 
 def vector_chunks(nest: LoopNest, lanes: int) -> int:

@@ -31,7 +31,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from tuner.annotate import (UNROLL_CHOICES, Annotation, divisors, outer_loops, crossover,
-                            expert_annotation, fits, mutate, sample, split_axes, to_steps)
+                            expert_seeds, fits, mutate, sample, split_axes, to_steps)
 from tuner.dag import ComputeDAG
 from tuner.result import MeasureResult
 from tuner.schedule import LoopNest, Step, apply_steps, schedule_to_json
@@ -125,11 +125,8 @@ class EvolutionarySearch(RandomSearch):
         # measurements of other tasks on this target: the model starts from them
         self.history = history
         self._feature_cache: dict[str, np.ndarray] = {}
-        self.seeds = []  # the expert register tile in every sketch that can hold it
-        for sketch in self.sketches if config.use_seed else ():
-            ann = expert_annotation(dag, sketch, target)
-            if ann is not None:
-                self.seeds.append(make_candidate(dag, target, sketch, ann))
+        seeds = expert_seeds(dag, self.sketches, target) if config.use_seed else []
+        self.seeds = [make_candidate(dag, target, sketch, ann) for sketch, ann in seeds]
         self._fit()
 
     def _features(self, candidates: list[Candidate]) -> np.ndarray:
