@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 from tuner.layout import (access_class, inline_guards, packed_parts, padding, region_start,
-                          root_pad_bytes, vector_chunks, vector_loop)
+                          root_pad_bytes, tile_operand_registers, vector_chunks, vector_loop)
 from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest
 from tuner.target import Target
@@ -135,7 +135,7 @@ def _fma_rate(nest: LoopNest, machine: Machine) -> float:
     in_registers = bool(tile) and all(l.kind in ("unroll", "vectorize")
                                       for l in tile if not l.reduce)
     rate = float(machine.fma_per_cycle if machine.has_fma else 1)
-    operands = chunks + 2
+    operands = tile_operand_registers(nest, machine.lanes)
     if in_registers:
         rate = min(rate, accumulators / machine.fma_latency)
         if accumulators + operands > machine.vector_registers:

@@ -23,11 +23,11 @@ import math
 import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
-from tuner.layout import inline_guards, root_pad_bytes, vector_chunks
+from tuner.layout import inline_guards, root_pad_bytes, tile_operand_registers, vector_chunks
 from tuner.schedule import LoopNest
 from tuner.target import Target
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 LEVELS = 10
 KINDS = ("serial", "parallel", "unroll", "vectorize")
 GLOBAL_FEATURES = (
@@ -122,7 +122,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
     chunks = vector_chunks(nest, lanes)
     register_vectors = math.ceil(register_tile / (vec.extent if vec else 1)) * chunks \
         if register_tile else 0
-    operand_vectors = chunks + 2 if register_tile else 0
+    operand_vectors = tile_operand_registers(nest, lanes) if register_tile else 0
     epilogue = 0 if nest.cache_write_at is not None else \
         (dag.bias is not None) + dag.relu + 1
     out += [

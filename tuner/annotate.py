@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tuner.dag import ComputeDAG
-from tuner.default import SPARE_REGISTERS, tile_rows
-from tuner.layout import MAX_CODE_SIZE, code_size, vector_cost
+from tuner.default import tile_rows
+from tuner.layout import MAX_CODE_SIZE, code_size, operand_registers, vector_cost
 from tuner.machine import Machine
 from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
                             LayoutRewrite, Pad, Reorder, Split, Step, apply_steps)
@@ -214,12 +214,13 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
 
 def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tuple[int, int]:
     """(accumulator vectors, operand vectors) of the innermost tile level: what one
-    reduction step keeps live in vector registers."""
+    reduction step keeps live in vector registers. The innermost reduction tiles count as
+    unrolled (the register-tile samples unroll them)."""
     inner = {a: f[-1] for a, f in ann.tiles}
     chunks = -(-inner[ann.vector_axis] // machine.lanes) if ann.vector_axis else 1
     rows = math.prod(inner.get(a.name, 1) for a in dag.spatial_axes
                      if a.name != ann.vector_axis)
-    return rows * chunks, chunks + SPARE_REGISTERS
+    return rows * chunks, operand_registers(dag, inner, ann.vector_axis, chunks)
 
 
 def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation, machine: Machine) -> bool:

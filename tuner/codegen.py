@@ -332,7 +332,10 @@ class _Emitter:
                 with b.if_then(b.icmp_signed(">", left, ir.Constant(I64, 0))):
                     inner(fn, ctx.enter(part, Lin((), t), smin(b, step, left)))
             return
-        if isinstance(rem, int) and rem % step == 0:
+        if ctx.bound.get(part.axis, rem if isinstance(rem, int) else step + 1) <= step:
+            # one trip: a constant index, so a local tile indexed by it stays in registers
+            inner(fn, ctx.enter(part, Lin((), 0), rem))
+        elif isinstance(rem, int) and rem % step == 0:
             runtime_loop(fn.b, 0, rem // step,
                          lambda v: inner(fn, ctx.enter(part, var(v), step)), loop.name)
         elif isinstance(rem, int) and ctx.partition:

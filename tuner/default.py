@@ -8,7 +8,9 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
   machine's vector registers less the operands of one reduction step (machine.py: 32 zmm on
   AVX-512 give 14 rows of 2 vectors, 16 ymm on AVX2 give 6 rows of 2), accumulate them
   locally (cache_write) across the whole reduction, apply the epilogue on write-back;
-- unroll the innermost reduction a little, keep the vector axis's outer tiles outermost (a packed
+- unroll the innermost reduction a little (a reduction axis that does not index the same input
+  dimension as the unrolled rows: unrolling a 3x3 convolution's `kw` beside rows of `ow` keeps
+  a sliding window of broadcasts live, see `tuner.layout.window_broadcasts`), keep the vector axis's outer tiles outermost (a packed
   weight panel stays in L2 while the other loops sweep), pad at the root, and run the fused outer
   loops in parallel when there is more than one thread.
 """
@@ -18,16 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.dag import ComputeDAG
-from tuner.layout import vector_cost
+from tuner.layout import SPARE_REGISTERS, shares_input_dimension, vector_cost
 from tuner.machine import Machine
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             Step, apply_steps)
 from tuner.target import Target
 
 REDUCE_UNROLL = 4
-# Registers a register tile leaves free besides its accumulators: the loaded vectors of one
-# reduction step, one broadcast, and one spare so the allocator never has to spill.
-SPARE_REGISTERS = 2
 
 
 def rows_for(extent: int, budget: int) -> int:
@@ -79,7 +78,10 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
         lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
         unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
         count = rows_for(unrolled.extent, tile_rows(target.machine, width))
-    reduce_axes = dag.reduce_axes
+    reduce_axes = list(dag.reduce_axes)
+    if unrolled is not None:  # no sliding window of broadcasts (tuner.layout.window_broadcasts)
+        reduce_axes = [r for r in reduce_axes
+                       if not shares_input_dimension(dag, unrolled.name, r.name)] or reduce_axes
     last = reduce_axes[-1] if reduce_axes else None
     reduce_unroll = 1
     if last is not None:
