@@ -402,31 +402,37 @@ class _Emitter:
 
     def emit_parallel(self, fn: Fn, loop: Loop, ctx: Ctx, inner) -> None:
         assert all(isinstance(r, int) for r in ctx.rem.values()) and not ctx.vars
+        self.parallel_for(fn, loop.extent, loop.name,
+                          lambda sub, v: self.enter_parts(sub, loop.parts, ctx, v, inner))
+
+    def parallel_for(self, fn: Fn, trips: int, name: str, body) -> None:
+        """for v in 0..trips: body(sub, v), run by `self.threads` threads (GOMP_parallel),
+        each taking one static block of iterations; `sub` is the outlined function, which
+        sees every buffer pointer of `fn`."""
         self.n_parallel += 1
-        body = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
-                           name=f"{self.name}.par{self.n_parallel}")
-        body.linkage = "internal"
-        body.type = PTR  # passed as a plain `ptr`; llvmlite would print a typed function pointer
+        outlined = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
+                               name=f"{self.name}.par{self.n_parallel}")
+        outlined.linkage = "internal"
+        outlined.type = PTR  # passed as a plain `ptr`; llvmlite would print a typed function pointer
         keys = list(fn.ptrs)
         b = fn.b
         data = fn.alloca(ir.ArrayType(PTR, len(keys)))
         for i, key in enumerate(keys):
             b.store(fn.ptrs[key], b.gep(data, [ir.Constant(I64, i)], source_etype=PTR))
         gomp = self._extern("GOMP_parallel", VOID, [PTR, PTR, I32, I32])
-        b.call(gomp, [body, data, ir.Constant(I32, self.threads), ir.Constant(I32, 0)])
+        b.call(gomp, [outlined, data, ir.Constant(I32, self.threads), ir.Constant(I32, 0)])
 
-        sub = Fn(body)
+        sub = Fn(outlined)
         sb = sub.b
         for i, key in enumerate(keys):
-            slot = sb.gep(body.args[0], [ir.Constant(I64, i)], source_etype=PTR)
+            slot = sb.gep(outlined.args[0], [ir.Constant(I64, i)], source_etype=PTR)
             sub.ptrs[key] = sb.load(slot, typ=PTR)
         tid = sb.sext(sb.call(self._extern("omp_get_thread_num", I32, []), []), I64)
         nthr = sb.sext(sb.call(self._extern("omp_get_num_threads", I32, []), []), I64)
-        trips = ir.Constant(I64, loop.extent)
-        lo = sb.sdiv(sb.mul(tid, trips), nthr)
-        hi = sb.sdiv(sb.mul(sb.add(tid, ir.Constant(I64, 1)), trips), nthr)
-        runtime_loop(sb, lo, hi, lambda v: self.enter_parts(sub, loop.parts, ctx, v, inner),
-                     loop.name)
+        count = ir.Constant(I64, trips)
+        lo = sb.sdiv(sb.mul(tid, count), nthr)
+        hi = sb.sdiv(sb.mul(sb.add(tid, ir.Constant(I64, 1)), count), nthr)
+        runtime_loop(sb, lo, hi, lambda v: body(sub, v), name)
         sb.ret_void()
 
     def _extern(self, name: str, ret, args) -> ir.Function:
@@ -487,36 +493,61 @@ class _Emitter:
         self.specialize(fn, tile, ctx, body)
 
     def _emit_root_pad(self, fn: Fn, op: Operand):
-        """A zeroed padded copy of `op`, filled row by row with memcpy (a select per element
-        would keep LLVM from vectorizing the copy, and depthwise layers are copy-bound)."""
+        """A padded copy of `op`, written once per call, row by row: a row of zeros where the
+        row lies in the padding, else zeros, a memcpy of the source row, zeros (a select per
+        element would keep LLVM from vectorizing the copy, and depthwise layers are
+        copy-bound). The rows are shared among the threads when there are several: a serial
+        copy took more time than the whole depthwise convolution at two threads."""
         pads = padding(op, self.extents)
         if not any(lo or hi for lo, hi in pads):
             return None
         shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
+        rows = math.prod(shape[:-1])
+        row_bytes = 4 * shape[-1]
+        (left, right), width = pads[-1], op.shape[-1]
         b = fn.b
+        dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, rows * row_bytes)])
+        fn.ptrs = {**fn.ptrs, f"pad.{op.name}": dst}
+        src_name = op.name
         i8 = ir.IntType(8)
-        dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, 4 * math.prod(shape))])
         memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
-        b.call(memset, [dst, ir.Constant(i8, 0), ir.Constant(I64, 4 * math.prod(shape)),
-                        ir.Constant(ir.IntType(1), 0)])
         memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
                            [PTR, PTR, I64, ir.IntType(1)])
-        src = fn.ptrs[op.name]
-        dst_strides = Operand(op.name, tuple(shape), ()).strides()
+        no = ir.Constant(ir.IntType(1), 0)
 
-        def rows(dim: int, src_off: Lin, dst_off: Lin) -> None:
-            if dim == len(shape) - 1:
-                to = elem_ptr(b, dst, materialize(b, dst_off + pads[dim][0]))
-                frm = elem_ptr(b, src, materialize(b, src_off))
-                b.call(memcpy, [to, frm, ir.Constant(I64, 4 * op.shape[dim]),
-                                ir.Constant(ir.IntType(1), 0)])
-                return
-            runtime_loop(b, 0, op.shape[dim], lambda v: rows(
-                dim + 1, src_off + var(v).scale(op.strides()[dim]),
-                dst_off + (var(v) + pads[dim][0]).scale(dst_strides[dim])), f"pad{dim}")
+        def zero(b, at, floats: int) -> None:
+            if floats:
+                b.call(memset, [at, ir.Constant(i8, 0), ir.Constant(I64, 4 * floats), no])
 
-        rows(0, Lin(), Lin())
-        fn.ptrs = {**fn.ptrs, op.name: dst}
+        def row(sub: Fn, r: ir.Value) -> None:
+            sb = sub.b
+            out_row = elem_ptr(sb, sub.ptrs[f"pad.{op.name}"], sb.mul(r, ir.Constant(I64, shape[-1])))
+            inside, src_off, v = None, ir.Constant(I64, 0), r
+            for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
+                idx = sb.urem(v, ir.Constant(I64, shape[dim])) if dim else v
+                v = sb.udiv(v, ir.Constant(I64, shape[dim])) if dim else v
+                lo, _ = pads[dim]
+                s_idx = sb.sub(idx, ir.Constant(I64, lo))
+                ok = sb.icmp_unsigned("<", s_idx, ir.Constant(I64, op.shape[dim]))
+                inside = ok if inside is None else sb.and_(inside, ok)
+                src_off = sb.add(src_off, sb.mul(s_idx, ir.Constant(I64, op.strides()[dim])))
+            if inside is None:
+                inside = ir.Constant(ir.IntType(1), 1)
+            with sb.if_else(inside) as (copy, blank):
+                with copy:
+                    zero(sb, out_row, left)
+                    sb.call(memcpy, [elem_ptr(sb, out_row, ir.Constant(I64, left)),
+                                     elem_ptr(sb, sub.ptrs[src_name], src_off),
+                                     ir.Constant(I64, 4 * width), no])
+                    zero(sb, elem_ptr(sb, out_row, ir.Constant(I64, left + width)), right)
+                with blank:
+                    zero(sb, out_row, shape[-1])
+
+        if self.threads > 1 and rows > 1:
+            self.parallel_for(fn, rows, f"pad.{op.name}", row)
+        else:
+            runtime_loop(b, 0, rows, lambda r: row(fn, r), f"pad.{op.name}")
+        fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"pad.{op.name}"}, op.name: dst}
         return dst
 
     def _emit_pack(self, op: Operand) -> None:
