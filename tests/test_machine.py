@@ -449,10 +449,6 @@ def test_code_size_does_not_underestimate_schedules_with_several_tails():
     assert not bad, bad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known: code_size multiplies by TAIL_FACTOR (4) per spatial axis with a tail, but a "
-    "second or third tail adds far less IR (measured: emitted / estimate median 0.4 with two "
-    "tails, 0.11-0.19 with three), so such schedules are refused well below the real limit"))
 def test_code_size_does_not_overestimate_schedules_with_several_tails():
     rows = _code_size_rows("x86-64-v3", 41, True, 12)
     bad = [r for r in rows if r[0] < 0.2]

@@ -36,9 +36,11 @@ PartKey = tuple[str, int]  # (axis, level)
 # (tuner/jit.py); the annotator keeps its estimate below it.
 MAX_CODE_SIZE = 15_000
 # A spatial axis whose tiles do not divide it makes the generator emit a general path beside
-# the full-tile one (each unrolled copy behind its own check, masked vectors): measured
-# 3.8x the IR per such axis (median over 96 sampled schedules on AVX-512 and AVX2).
-TAIL_FACTOR = 4
+# the full-tile one (each unrolled copy behind its own check, masked vectors). The general
+# path is shared by every axis with a tail, so the IR grows by less with each further one:
+# emitted IR over the tail-free estimate, medians over 300 sampled schedules (AVX-512 and
+# AVX2, Zen 5): 0.7 with no tail, 3.0 with one, 4.8 with two (one sample with three: 23).
+TAIL_FACTORS = (1, 4, 7)    # by the number of spatial axes with a tail; x2 for each beyond
 # The per-access counts below give about half the IR really emitted for tile-free schedules
 # (loop control, address arithmetic, the pack and pad functions): measured median 1.7-2.3x.
 OVERHEAD_FACTOR = 2
@@ -172,7 +174,12 @@ def code_size(nest: LoopNest, lanes: int) -> int:
     scalar load per lane) and updates the accumulator; the output tile is initialised and
     written back once per unrolled tile position (a scatter costs a store per lane). Tails
     and overhead scale it by the measured factors above."""
-    return OVERHEAD_FACTOR * TAIL_FACTOR ** spatial_tails(nest) * _body_size(nest, lanes)
+    return OVERHEAD_FACTOR * tail_factor(spatial_tails(nest)) * _body_size(nest, lanes)
+
+
+def tail_factor(tails: int) -> int:
+    last = len(TAIL_FACTORS) - 1
+    return TAIL_FACTORS[min(tails, last)] * 2 ** max(0, tails - last)
 
 
 def _body_size(nest: LoopNest, lanes: int) -> int:
