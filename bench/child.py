@@ -20,24 +20,26 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 TIMEOUT_S = 600.0
 
 
-def child_env(threads: int) -> dict[str, str]:
+def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment with every thread-count variable of the libraries set to `threads`
-    (read when a library loads, before threadpoolctl or a session could change it)."""
+    (read when a library loads, before threadpoolctl or a session could change it), and
+    `extra` on top."""
     env = dict(os.environ)
     env.update({name: str(threads) for name in THREAD_ENV})
+    env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
-def run_child(module: str, argv: list[str], threads: int,
-              timeout_s: float = TIMEOUT_S) -> dict | None:
+def run_child(module: str, argv: list[str], threads: int, timeout_s: float = TIMEOUT_S,
+              env: dict[str, str] | None = None) -> dict | None:
     """Runs `python -m module *argv` with `threads` in its environment and returns the JSON
     object of its last output line; None, and a note on stderr, if it fails, hangs past
     `timeout_s` or prints no JSON."""
     what = f"python -m {module} {' '.join(argv)}"
     try:
         done = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT,
-                              env=child_env(threads), capture_output=True, text=True,
+                              env=child_env(threads, env), capture_output=True, text=True,
                               timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         print(f"warning: {what}: no answer in {timeout_s:.0f} s", file=sys.stderr)

@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.child import TIMEOUT_S, run_child
 from tuner.errors import TunerError
+from tuner.target import Target
 from tuner.task import Task
 from tuner.timing import TimingResult, time_callable
 
@@ -138,11 +139,12 @@ def time_comparator(kind: str, task: Task, threads: int) -> TimingResult:
 
 
 # ---------------------------------------------------------------- one process per comparator
-def measure_in_subprocess(kind: str, task: Task, threads: int,
-                          timeout_s: float = TIMEOUT_S) -> float | None:
-    """GFLOPS of comparator `kind` on `task` at `threads`, timed in a fresh process."""
+def measure_in_subprocess(kind: str, task: Task, threads: int, timeout_s: float = TIMEOUT_S,
+                          env: dict[str, str] | None = None) -> float | None:
+    """GFLOPS of comparator `kind` on `task` at `threads`, timed in a fresh process (with
+    `env` added to its environment)."""
     request = json.dumps({"kind": kind, "task": task.to_json(), "threads": threads})
-    answer = run_child("bench.comparators", [request], threads, timeout_s)
+    answer = run_child("bench.comparators", [request], threads, timeout_s, env)
     if answer is None:
         return None
     if "error" in answer:
@@ -151,11 +153,36 @@ def measure_in_subprocess(kind: str, task: Task, threads: int,
     return float(answer["gflops"])
 
 
-def measure_peers(task: Task, threads: int) -> dict[str, float]:
-    """GFLOPS of every comparator that implements `task` and ran, one process each."""
+# OpenBLAS picks its kernels by CPUID at load time unless OPENBLAS_CORETYPE names a core, and
+# its detection lags new CPUs: numpy's OpenBLAS 0.3.31 runs its Haswell (AVX2) kernels on
+# Zen 5 (square.1024 at one thread: 118 GFLOPS; with OPENBLAS_CORETYPE=SkylakeX, its AVX-512
+# kernels: 217-222). So numpy is always given the core type of the target's vector ISA: the
+# best OpenBLAS has for it, and no wider than the code it is compared with (`--cpu x86-64-v3`
+# on an AVX-512 machine). onnxruntime's MLAS has no such switch (it dispatches on CPUID
+# alone), so for a target narrower than the host its figures come from a wider ISA.
+OPENBLAS_CORE = {(512, True): "SkylakeX", (256, True): "Haswell", (256, False): "Sandybridge",
+                 (128, False): "Nehalem"}
+
+
+def isa_limits(target: Target, host: Target) -> dict[str, dict[str, str] | None]:
+    """Per comparator, the environment that runs it with `target`'s vector ISA; None for a
+    comparator that cannot be restricted to a target narrower than the host (it is then
+    timed but not compared against)."""
+    t, h = target.machine, host.machine
+    narrower = t.vector_bits < h.vector_bits or (h.has_fma and not t.has_fma)
+    core = OPENBLAS_CORE.get((t.vector_bits, t.has_fma))
+    return {"numpy": {"OPENBLAS_CORETYPE": core} if core else (None if narrower else {}),
+            "onnxruntime": None if narrower else {}}
+
+
+def measure_peers(task: Task, threads: int,
+                  limits: dict[str, dict[str, str] | None] | None = None) -> dict[str, float]:
+    """GFLOPS of every comparator that implements `task` and ran, one process each, each
+    with its environment from `limits` (`isa_limits`) if given."""
     peers = {}
     for kind in kinds_for(task):
-        gflops = measure_in_subprocess(kind, task, threads)
+        env = (limits or {}).get(kind) or {}
+        gflops = measure_in_subprocess(kind, task, threads, env=env)
         if gflops is not None:
             peers[kind] = gflops
     return peers

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.comparators import measure_peers  # noqa: E402
+from bench.comparators import isa_limits, measure_peers  # noqa: E402
 from tuner.default import register_tile, tiled_schedule  # noqa: E402
 from tuner.errors import ScheduleError, TunerError  # noqa: E402
 from tuner.jit import Kernel  # noqa: E402
 from tuner.schedule import apply_steps  # noqa: E402
-from tuner.target import named_target  # noqa: E402
+from tuner.target import host_target, named_target  # noqa: E402
 from tuner.task import Task  # noqa: E402
 from tuner.timing import time_callable  # noqa: E402
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                                        tiled_schedule(task.dag(), target,
                                                       register_tile(task.dag(), target)))
             best = max([default] + [measure_schedule(task, target, v) for v in variants])
-            ref = measure_peers(task, threads)
+            ref = measure_peers(task, threads, isa_limits(target, host_target(1)))
             np_g, ort_g = ref.get("numpy"), ref.get("onnxruntime")
             fmt = lambda x: f"{x:.1f}" if x else "-"  # noqa: E731
             ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731

@@ -13,6 +13,10 @@ What makes the figures honest:
   onnxruntime that implement it), and the summary reports the geomean over the conv2d and
   matmul shapes together with the worst shape, not only the best. batch_matmul keeps its row
   but stays out of the geomean: its only peer is numpy looping over BLAS calls;
+- numpy runs OpenBLAS's kernels for the target's vector ISA (OPENBLAS_CORETYPE: its
+  CPUID detection lags new CPUs); code generated for a narrower ISA than the host's (`--cpu
+  x86-64-v3` on an AVX-512 host) is compared only with peers restricted to that ISA, and a
+  peer that cannot be (onnxruntime) is timed and shown, marked, but not compared against;
 - the header says what the machine is (the machine model the kernels were sized for, its
   measured peak) and how busy it was (load average): a shared two-core machine is;
 - what a trial costs is reported too: the tuning wall time, and the compile time per
@@ -40,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.comparators import measure_peers  # noqa: E402
+from bench.comparators import isa_limits, measure_peers  # noqa: E402
 from bench.kernels import load_tasks  # noqa: E402
 from bench.peak import measure_peak_in_subprocess  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
@@ -72,10 +76,14 @@ class Row:
     trials: int = 0               # measured in this run
     records: int = 0              # in the database, earlier runs included
     compile_s: list[float] = field(default_factory=list)  # this run's, per candidate
+    # comparators that used a wider vector ISA than the target's (comparators.isa_limits):
+    # timed and shown, not compared against
+    wider_isa: list[str] = field(default_factory=list)
 
     @property
     def best_peer(self) -> float | None:
-        peers = [g for g in (self.numpy, self.onnxruntime) if g]
+        peers = [g for kind, g in (("numpy", self.numpy), ("onnxruntime", self.onnxruntime))
+                 if g and kind not in self.wider_isa]
         return max(peers) if peers else None
 
     @property
@@ -161,9 +169,11 @@ def run_section(tasks, target: Target, threads: int, peak: float | None, out: Pa
             section.rows.append(row)
             print(f"  {name} x{threads}: tuned {row.tuned:.1f} GFLOPS in "
                   f"{row.tuning_s:.0f} s", flush=True)
+    limits = isa_limits(target, host_target(1))
     for (name, task), row in zip(tasks, section.rows):
-        peers = measure_peers(task, threads)
+        peers = measure_peers(task, threads, limits)
         row.numpy, row.onnxruntime = peers.get("numpy"), peers.get("onnxruntime")
+        row.wider_isa = [kind for kind in peers if limits.get(kind) is None]
         print(f"  {name} x{threads}: numpy {fmt(row.numpy)}, onnxruntime "
               f"{fmt(row.onnxruntime)} GFLOPS", flush=True)
     return section
@@ -179,9 +189,17 @@ def header_lines(target: Target, peaks: dict[int, float | None],
     host = host_target(1)
     peak_text = ", ".join(f"{n} thread(s) {fmt(g)} GFLOPS" for n, g in peaks.items())
     notes = []
+    limits = isa_limits(target, host)
     if target.cpu != host.cpu:
-        notes.append(f"- numpy and onnxruntime pick their code for this host ({host.cpu}) at "
-                     f"run time; the tuned kernels use only {target.cpu}'s ISA")
+        wider = [kind for kind, env in limits.items() if env is None]
+        notes.append(f"- the tuned kernels use only {target.cpu}'s ISA"
+                     + (f"; {' and '.join(wider)} cannot be restricted to it and use(s) this "
+                        f"host's wider vectors: marked *, shown but not compared against"
+                        if wider else ""))
+    matched = [f"{kind} with {', '.join(f'{k}={v}' for k, v in env.items())}"
+               for kind, env in limits.items() if env]
+    if matched:
+        notes.append(f"- comparators run with {target.cpu}'s vector ISA: {'; '.join(matched)}")
     if load[0] > BUSY_LOAD:
         notes.append(f"- **warning**: load average {load[0]:.2f} before this run started: "
                      f"other processes shared the cores, every figure is low and noisy")
@@ -203,8 +221,10 @@ def table_lines(section: Section) -> list[str]:
     for r in section.rows:
         earlier = r.records - r.trials
         trials = f"{r.trials} (+{earlier} earlier)" if earlier else str(r.trials)
-        lines.append(f"| {r.shape} | {r.tuned:.1f} | {fmt(r.default)} | {fmt(r.numpy)} | "
-                     f"{fmt(r.onnxruntime)} | {fmt(r.vs_peer, 2)} | "
+        mark = {kind: "*" if kind in r.wider_isa else "" for kind in ("numpy", "onnxruntime")}
+        lines.append(f"| {r.shape} | {r.tuned:.1f} | {fmt(r.default)} | "
+                     f"{fmt(r.numpy)}{mark['numpy']} | "
+                     f"{fmt(r.onnxruntime)}{mark['onnxruntime']} | {fmt(r.vs_peer, 2)} | "
                      f"{fmt(ratio(r.tuned, section.peak), 2)} | {r.tuning_s:.0f} | {trials} | "
                      f"{fmt(r.compile_median_s, 3)} | {fmt(r.compile_max_s, 3)} |")
     return lines + [""] + summary_lines(summarize(section.rows), f"{section.threads} thread(s)")

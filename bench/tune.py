@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.comparators import measure_peers  # noqa: E402
+from bench.comparators import isa_limits, measure_peers  # noqa: E402
 from bench.kernels import load_tasks  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
 from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
-from tuner.target import named_target  # noqa: E402
+from tuner.target import host_target, named_target  # noqa: E402
 from tuner.tune import STRATEGIES, TuneConfig, tune  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     for name, task in load_tasks():
         if args.only and name not in args.only:
             continue
-        ref = measure_peers(task, args.threads)
+        ref = measure_peers(task, args.threads, isa_limits(target, host_target(1)))
         reference = ref.get("onnxruntime") if task.op == "conv2d" else ref.get("numpy")
         results = {}
         for strategy in args.strategies:

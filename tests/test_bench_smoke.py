@@ -74,3 +74,32 @@ def test_report_summary_over_thread_counts_names_the_row():
     s = summarize(rows)
     assert s.geomean_rows == 2 and s.min_shape == "a x2"
     assert s.geomean_vs_peer == pytest.approx(0.5)
+
+
+def _target(cpu: str, features: str):
+    from tuner.target import Target
+    return Target(cpu=cpu, features=features, triple="x86_64-unknown-linux-gnu", threads=1)
+
+
+def test_comparators_run_with_the_targets_vector_isa():
+    """numpy gets OpenBLAS's kernels for the target's ISA; for a target narrower than the
+    host, onnxruntime (which cannot be restricted) is marked, and the best peer leaves it out."""
+    host = _target("znver5", AVX512)
+    assert comparators.isa_limits(host, host) == {
+        "numpy": {"OPENBLAS_CORETYPE": "SkylakeX"}, "onnxruntime": {}}
+    v3 = _target("x86-64-v3", AVX2)
+    assert comparators.isa_limits(v3, host) == {
+        "numpy": {"OPENBLAS_CORETYPE": "Haswell"}, "onnxruntime": None}
+    assert comparators.isa_limits(v3, v3)["onnxruntime"] == {}
+    row = Row("square", "matmul", 1, tuned=120.0, default=None, numpy=100.0,
+              onnxruntime=240.0, wider_isa=["onnxruntime"])
+    assert row.best_peer == 100.0 and row.vs_peer == pytest.approx(1.2)
+
+
+def test_a_comparator_child_gets_the_environment_it_is_given():
+    from bench import child
+    env = child.child_env(2, {"OPENBLAS_CORETYPE": "Haswell"})
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_NUM_THREADS"] == "2"
+    task = Task.create("matmul", (32, 48, 16))
+    assert comparators.measure_in_subprocess(
+        "numpy", task, 1, env={"OPENBLAS_CORETYPE": "Haswell"}) > 0
