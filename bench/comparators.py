@@ -20,6 +20,10 @@ session is created. onnxruntime is an optional dependency (`pip install -e .[ben
 
     python -m bench.comparators '{"kind": "numpy", "task": {"op": "matmul",
                                   "shape": [128, 768, 768]}, "threads": 1}'
+
+The same child times our own kernel as a user gets it (kind "tuned": `tuner.build` from a
+records database, weights bound once), so that the ratios in a report compare one protocol
+with itself, each side in a fresh process, at the same moment of a noisy machine.
 """
 
 from __future__ import annotations
@@ -117,6 +121,28 @@ def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None =
     return time_callable(lambda: sess.run(None, {"a": a}), min_sample_s=min_sample_s)
 
 
+def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
+                 min_sample_s: float = 0.01) -> TimingResult:
+    """Our kernel as a user gets it: `tuner.build` from the records in `db`, constant
+    operands bound (packed) once, then timed per call like the peers (output allocated and
+    inputs checked on every call, as onnxruntime's `run` does)."""
+    import warnings
+
+    import tuner
+    from tuner.replay import NoRecordWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoRecordWarning)  # no record: nothing tuned to time
+        built = tuner.build(task.op, task.shape, db=db, threads=threads, cpu=cpu,
+                            **task.attr_dict)
+    dag = task.dag()
+    inputs = dag.random_inputs(_rng())
+    constants = {op.name: arr for op, arr in zip(dag.inputs, inputs) if op.constant}
+    free = [arr for op, arr in zip(dag.inputs, inputs) if not op.constant]
+    bound = built.bind(**constants)
+    return time_callable(lambda: bound(*free), min_sample_s=min_sample_s)
+
+
 def kinds_for(task: Task) -> tuple[str, ...]:
     """The comparators that implement `task`: numpy has no convolution, and batch matmul's
     second operand is an activation, not a weight onnxruntime could take as an initializer."""
@@ -140,10 +166,11 @@ def time_comparator(kind: str, task: Task, threads: int) -> TimingResult:
 
 # ---------------------------------------------------------------- one process per comparator
 def measure_in_subprocess(kind: str, task: Task, threads: int, timeout_s: float = TIMEOUT_S,
-                          env: dict[str, str] | None = None) -> float | None:
+                          env: dict[str, str] | None = None, **extra) -> float | None:
     """GFLOPS of comparator `kind` on `task` at `threads`, timed in a fresh process (with
-    `env` added to its environment)."""
-    request = json.dumps({"kind": kind, "task": task.to_json(), "threads": threads})
+    `env` added to its environment). Kind "tuned" is our kernel replayed from the records
+    (`extra`: db, cpu; see `tuned_kernel`)."""
+    request = json.dumps({"kind": kind, "task": task.to_json(), "threads": threads, **extra})
     answer = run_child("bench.comparators", [request], threads, timeout_s, env)
     if answer is None:
         return None
@@ -197,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     request = json.loads(argv[0])
     task = Task.from_json(request["task"])
     try:
-        timing = time_comparator(request["kind"], task, int(request["threads"]))
-    except TunerError as err:  # onnxruntime missing, no such comparator: an answer, not a crash
+        if request["kind"] == "tuned":
+            timing = tuned_kernel(task, int(request["threads"]), request["db"],
+                                  request.get("cpu"))
+        else:
+            timing = time_comparator(request["kind"], task, int(request["threads"]))
+    except (TunerError, Warning) as err:  # onnxruntime missing, no record: an answer
         print(json.dumps({"error": str(err)}))
         return 0
     flops = task.dag().flops

@@ -38,13 +38,13 @@ SHAPES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "shapes.json
 def load_tasks(path: Path = SHAPES) -> list[tuple[str, Task]]:
     data = json.loads(path.read_text())
     tasks = []
-    for e in data["conv2d"]:
+    for e in data.get("conv2d", []):
         tasks.append((e["name"], Task.create("conv2d", e["shape"], stride=e["stride"],
                                              pad=e["pad"], dilation=e["dilation"],
                                              groups=e["groups"])))
-    for e in data["matmul"]:
+    for e in data.get("matmul", []):
         tasks.append((e["name"], Task.create("matmul", e["shape"])))
-    for e in data["batch_matmul"]:
+    for e in data.get("batch_matmul", []):
         tasks.append((e["name"], Task.create("batch_matmul", e["shape"])))
     return tasks
 

@@ -103,3 +103,27 @@ def test_a_comparator_child_gets_the_environment_it_is_given():
     task = Task.create("matmul", (32, 48, 16))
     assert comparators.measure_in_subprocess(
         "numpy", task, 1, env={"OPENBLAS_CORETYPE": "Haswell"}) > 0
+
+
+def test_the_report_times_our_kernel_replayed_from_the_records(tmp_path):
+    """Kind "tuned" rebuilds the best record with tuner.build in a child process and times
+    it like a peer; with no record for the task there is nothing to time (None, not the
+    default schedule passed off as tuned). The report's ratios use the replayed figure."""
+    from records import RecordStore
+    from tuner import __version__
+    from tuner.default import default_schedule
+    from tuner.result import ErrorKind, MeasureResult
+    from tuner.schedule import schedule_to_json
+    from tuner.target import host_target
+    task = Task.create("matmul", (32, 48, 16))
+    target = host_target(1)
+    db = str(tmp_path / "r.db")
+    with RecordStore(f"sqlite:///{db}") as store:
+        store.add(task, target, schedule_to_json(default_schedule(task.dag(), target)),
+                  MeasureResult(ErrorKind.NONE, costs_s=(1e-5,), number=1),
+                  flops=task.dag().flops, trial=0, tuner_version=__version__)
+    assert comparators.measure_in_subprocess("tuned", task, 1, db=db) > 0
+    other = Task.create("matmul", (32, 48, 32))
+    assert comparators.measure_in_subprocess("tuned", other, 1, db=db) is None
+    row = Row("m", "matmul", 1, tuned=100.0, default=None, replayed=80.0, numpy=100.0)
+    assert row.ours == 80.0 and row.vs_peer == pytest.approx(0.8)

@@ -32,7 +32,7 @@ from tuner.default import tile_rows
 from tuner.layout import MAX_CODE_SIZE, code_size, operand_registers, vector_cost
 from tuner.machine import Machine
 from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
-                            LayoutRewrite, Pad, Reorder, Split, Step, apply_steps)
+                            LayoutRewrite, LoopNest, Pad, Reorder, Split, Step, apply_steps)
 from tuner.sketch import REDUCE_LEVELS, SPATIAL_LEVELS, Sketch
 from tuner.target import Target
 
@@ -243,6 +243,14 @@ def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation, machine: Machine) -> 
 
 
 def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -> tuple[Step, ...]:
+    return lower(dag, sketch, ann, target)[0]
+
+
+def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
+          target: Target) -> tuple[tuple[Step, ...], LoopNest]:
+    """The schedule of an annotation and the loop nest it makes, computed together (the
+    search lowers each candidate once and hands the nest on). The nest is not checked
+    against the whole-nest limits: `tuner.schedule.check_nest` does that."""
     steps: list[Step] = [Split(a, ann.tile(a)) for a in split_axes(dag)]
     spatial = [a.name for a in dag.spatial_axes if a.extent > 1]
     reduce = [a.name for a in dag.reduce_axes if a.extent > 1]
@@ -292,9 +300,11 @@ def to_steps(dag: ComputeDAG, sketch: Sketch, ann: Annotation, target: Target) -
             steps.append(Pad(op.name, sketch.pad))
     steps += [LayoutRewrite(name) for name in sketch.layout_rewrite]
     # gathers make a body many statements long: unroll less until the code is small enough
-    while unrolled and code_size(apply_steps(dag, steps, check=False), lanes) > MAX_CODE_SIZE:
+    nest = apply_steps(dag, steps, check=False)
+    while unrolled and code_size(nest, lanes) > MAX_CODE_SIZE:
         steps.remove(Annotate(unrolled.pop(), "unroll"))
-    return tuple(steps)
+        nest = apply_steps(dag, steps, check=False)
+    return tuple(steps), nest
 
 
 def _loop_extents(dag: ComputeDAG, ann: Annotation) -> dict[str, int]:

@@ -27,12 +27,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from tuner.errors import ScheduleError
 from tuner.result import ErrorKind, MeasureResult
-from tuner.schedule import Step, apply_steps, schedule_to_json
+from tuner.schedule import LoopNest, Step, apply_steps, schedule_to_json
 from tuner.target import Target
 from tuner.task import Task
 
@@ -41,6 +41,8 @@ from tuner.task import Task
 class MeasureInput:
     task: Task
     steps: tuple[Step, ...]
+    # the checked loop nest of `steps`, if the caller has it (the search does): not lowered again
+    nest: LoopNest | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,8 @@ class Measurer:
         to_build: deque[int] = deque()
         for i, item in enumerate(inputs):
             try:
-                apply_steps(item.task.dag(), item.steps)
+                if item.nest is None:
+                    apply_steps(item.task.dag(), item.steps)
             except ScheduleError as err:
                 results[i] = MeasureResult(ErrorKind.INVALID_SCHEDULE, str(err),
                                            timestamp=time.time())

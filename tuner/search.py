@@ -25,16 +25,17 @@ seeded from it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import numpy as np
 
 from tuner.annotate import (UNROLL_CHOICES, Annotation, divisors, outer_loops, crossover,
-                            expert_seeds, fits, mutate, sample, split_axes, to_steps)
+                            expert_seeds, fits, lower, mutate, sample, split_axes)
 from tuner.dag import ComputeDAG
 from tuner.result import MeasureResult
-from tuner.schedule import LoopNest, Step, apply_steps, schedule_to_json
+from tuner.errors import ScheduleError
+from tuner.schedule import LoopNest, Step, apply_steps, check_nest, schedule_to_json
 from tuner.sketch import Sketch, generate_sketches
 from tuner.target import Target
 
@@ -57,12 +58,19 @@ class Candidate:
     steps: tuple[Step, ...]
     key: str                       # the canonical schedule JSON: identity in the records
     predicted: float | None = None
+    # the loop nest of `steps`, lowered once here for the features and the measurer; None if
+    # it breaks a whole-nest limit (the measurer then records why)
+    nest: LoopNest | None = field(default=None, compare=False, repr=False)
 
 
 def make_candidate(dag: ComputeDAG, target: Target, sketch: Sketch, ann: Annotation,
                    predicted: float | None = None) -> Candidate:
-    steps = to_steps(dag, sketch, ann, target)
-    return Candidate(sketch, ann, steps, schedule_to_json(steps), predicted)
+    steps, nest = lower(dag, sketch, ann, target)
+    try:
+        check_nest(nest)
+    except ScheduleError:
+        nest = None
+    return Candidate(sketch, ann, steps, schedule_to_json(steps), predicted, nest)
 
 
 class CostModel(Protocol):
@@ -134,7 +142,8 @@ class EvolutionarySearch(RandomSearch):
         for c in candidates:
             row = self._feature_cache.get(c.key)
             if row is None:
-                row = self.featurize(apply_steps(self.dag, c.steps), self.target)
+                nest = c.nest if c.nest is not None else apply_steps(self.dag, c.steps)
+                row = self.featurize(nest, self.target)
                 if len(self._feature_cache) > 50_000:  # ~40 MB: start over, keep memory flat
                     self._feature_cache.clear()
                 self._feature_cache[c.key] = row
@@ -209,7 +218,7 @@ class EvolutionarySearch(RandomSearch):
                 break
             if c.key not in seen:
                 seen.add(c.key)
-                out.append(Candidate(c.sketch, c.annotation, c.steps, c.key, float(scores[i])))
+                out.append(replace(c, predicted=float(scores[i])))
         out += RandomSearch.propose(self, n - len(out), seen)
         return out
 

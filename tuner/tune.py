@@ -142,7 +142,7 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
         if not batch:
             break  # the space is exhausted: everything it can make is measured
         results: list[MeasureResult] = measurer.measure(
-            [MeasureInput(task, c.steps) for c in batch])
+            [MeasureInput(task, c.steps, c.nest) for c in batch])
         entries = [NewRecord(c.key, r, trial + i, c.predicted,
                              "default" if c.sketch is None else strategy.name)
                    for i, (c, r) in enumerate(zip(batch, results))]
