@@ -97,9 +97,22 @@ def test_tune_command_end_to_end(tmp_path):
     (["matmul", "--shape", "4,4,4", "--strategy", "annealing"], "invalid choice: 'annealing'"),
     (["softmax", "--shape", "4"], "invalid choice: 'softmax'"),
     (["show", "--db", "/etc/hostname"], "is not a SQLite database"),
+    (["show", "--db", "/tmp"], "Is a directory: '/tmp'"),
+    (["matmul", "--shape", "-4,4,4"], "--shape expects M,N,K (3 positive integers), "
+                                      "got '-4,4,4'"),
+    (["matmul", "--shape", "8,8,8", "--threads", "999"],
+     "--threads: expects at most"),
+    (["matmul", "--shape", "100000,100000,100000", "--threads", "1"],
+     "its operands and output take 111.8 GiB"),
+    (["matmul", "--shape", "1,1,10000000000", "--threads", "1"],  # no linear divisor search
+     "its operands and output take 74.5 GiB"),
+    (["export", "-o", "/etc/hostname/best.json"], "cannot write /etc/hostname/best.json: Not a directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     from tuner.cli import main
+    if "--db" not in argv:  # never the user's database: an empty one
+        RecordStore(f"sqlite:///{tmp_path / 'r.db'}").close()
+        argv = argv + ["--db", str(tmp_path / "r.db")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("tune: error: ") and message in err and err.count("\n") == 1

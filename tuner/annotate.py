@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tuner.dag import ComputeDAG
+from tuner.errors import ScheduleError
 from tuner.default import tile_rows
 from tuner.layout import MAX_CODE_SIZE, code_size, operand_registers, vector_cost
 from tuner.machine import Machine
@@ -69,7 +70,9 @@ def _levels(dag: ComputeDAG, axis: str) -> int:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of `n`, ascending, in O(sqrt n): extents can be in the billions."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def _random_factors(rng: np.random.Generator, extent: int, count: int) -> list[int]:
@@ -209,7 +212,9 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
         ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
         if fits(dag, sketch, ann, machine):
             return ann
-    raise RuntimeError(f"no annotation of {sketch.name} fits its limits after 100 samples")
+    raise ScheduleError(f"no schedule of {dag.op} with extents "
+                        f"{','.join(str(a.extent) for a in dag.axes)} fits the limits of this "
+                        f"tuner (local tile, vector width, registers) in sketch {sketch.name}")
 
 
 def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tuple[int, int]:

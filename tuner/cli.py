@@ -55,6 +55,36 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
+def usable_cores() -> int:
+    import os
+    return len(os.sched_getaffinity(0))
+
+
+def _threads(text: str) -> int:
+    """A thread count this process can run: more threads than its cores would be timed
+    sharing cores, and stored under a target no kernel here can be measured for."""
+    value = _positive_int(text)
+    if value > usable_cores():
+        raise argparse.ArgumentTypeError(
+            f"expects at most {usable_cores()} (the cores this process may use), got {value}")
+    return value
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--shape -4,4,4` as `--shape=-4,4,4`: argparse takes a value that starts with '-'
+    for an option, and would say "expected one argument" instead of what a shape must be."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--shape" and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"--shape={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def _add_cpu(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", default=None, help="LLVM CPU name to generate code for "
                    "(znver3, znver4, skylake-avx512, x86-64-v3, x86-64-v4, ...; default: this "
@@ -92,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=_positive_int, default=16,
                        help="candidates measured and committed per round (default 16)")
         p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
-        p.add_argument("--threads", type=_positive_int, default=None,
+        p.add_argument("--threads", type=_threads, default=None,
                        help="threads the kernel runs on (default: all usable cores)")
         p.add_argument("--seed", type=_nonnegative_int, default=0)
         p.add_argument("--no-seed", action="store_true",
@@ -124,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true",
                    help="every task with a record for this target in --db")
     p.add_argument("--db", help="a database (as for tuning) or a JSON file from `tune export`")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=_threads, default=None)
     _add_cpu(p)
     p.add_argument("--allow-foreign-target", action="store_true",
                    help="use a schedule tuned on another CPU when this one has none")
@@ -178,7 +208,7 @@ def _open_store(db: str | None):
 def _cmd_tune(args) -> int:
     from costmodel.features import extract_features
     from costmodel.model import XGBModel
-    from tuner.measure import Measurer
+    from tuner.measure import Measurer, check_task_fits_memory
     from tuner.pseudo import pseudo_code
     from tuner.schedule import apply_steps, schedule_from_json
     from tuner.search import SearchConfig
@@ -186,6 +216,7 @@ def _cmd_tune(args) -> int:
     from tuner.tune import TuneConfig, tune
 
     task = _task_from_args(args.command, args)
+    check_task_fits_memory(task)
     target = named_target(args.cpu, args.threads)
     config = TuneConfig(trials=args.trials, batch_size=args.batch_size,
                         strategy=args.strategy, seed=args.seed,
@@ -360,12 +391,12 @@ COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS.get(args.command, _cmd_tune)(args)
-    except TunerError as err:
+    except (TunerError, OSError) as err:  # OSError: a path the user gave (-o, --db, HOME)
         if debug:
             raise
         print(f"tune: error: {err}", file=sys.stderr)

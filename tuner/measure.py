@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from tuner.errors import ScheduleError
+from tuner.errors import ScheduleError, ShapeError
 from tuner.result import ErrorKind, MeasureResult
 from tuner.schedule import LoopNest, Step, apply_steps, schedule_to_json
 from tuner.target import Target
@@ -62,6 +62,23 @@ class MeasureOptions:
 
 def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# What measuring a task holds at once, in multiples of its float32 operands and output: the
+# user's arrays, the packed / padded copies, the kernel's output and numpy's float64 reference.
+MEASURE_MEMORY_FACTOR = 4
+
+
+def check_task_fits_memory(task: Task, options: MeasureOptions = MeasureOptions()) -> None:
+    """Refuses at once a task whose arrays cannot be allocated on this machine, naming the
+    size, instead of failing every candidate after minutes."""
+    dag = task.dag()
+    data = 4 * sum(op.size for op in dag.inputs + (dag.output,))
+    limit = _physical_memory() * options.memory_fraction
+    if data * MEASURE_MEMORY_FACTOR > limit:
+        raise ShapeError(f"{task.key}: its operands and output take {data / 2**30:.1f} GiB; "
+                         f"measuring needs about {MEASURE_MEMORY_FACTOR}x that, and workers "
+                         f"here may use {limit / 2**30:.1f} GiB")
 
 
 def _death(exitcode: int | None) -> tuple[ErrorKind, str]:

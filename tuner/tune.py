@@ -23,7 +23,7 @@ import numpy as np
 from tuner.version import __version__
 from tuner.annotate import genome_from_steps
 from tuner.default import default_schedule
-from tuner.measure import MeasureInput, Measurer
+from tuner.measure import MeasureInput, Measurer, check_task_fits_memory
 from tuner.result import MeasureResult, NewRecord
 from tuner.schedule import ScheduleError, apply_steps, schedule_from_json, schedule_to_json
 from tuner.search import (Candidate, CostModel, EvolutionarySearch, Featurizer, OptunaSearch,
@@ -118,6 +118,7 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
          on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
 
     start = time.perf_counter()
+    check_task_fits_memory(task, measurer.options)
     dag = task.dag()
     rng = np.random.default_rng(config.seed)
     strategy = make_strategy(config.strategy, task, target, rng, store, config, model, featurize)
