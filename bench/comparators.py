@@ -16,7 +16,10 @@ The timing itself is the in-process functions below, which the child calls, with
 protocol (tuner/timing.py) our kernels are measured with. Constant operands are prepared once,
 before timing, as our kernels pack theirs once at build time: numpy's B is created once;
 onnxruntime's Conv weight and MatMul B are initializers, so MLAS may pre-pack them when the
-session is created. onnxruntime is an optional dependency (`pip install -e .[bench]`).
+session is created. Outputs are preallocated for everyone (numpy `out=`, onnxruntime I/O
+binding, our bound kernel's `out=`): a fresh multi-megabyte output per call costs page faults
+that say nothing about the kernel. onnxruntime is an optional dependency
+(`pip install -e .[bench]`).
 
     python -m bench.comparators '{"kind": "numpy", "task": {"op": "matmul",
                                   "shape": [128, 768, 768]}, "threads": 1}'
@@ -98,7 +101,24 @@ def onnxruntime_conv2d(shape, stride: int, pad: int, dilation: int, groups: int,
     model.ir_version = 8
     sess = _session(model, threads)
     x = _rng().uniform(-1, 1, (n, c, h, w)).astype(np.float32)
-    return time_callable(lambda: sess.run(None, {"x": x}), min_sample_s=min_sample_s)
+    out_shape = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
+                            groups=groups).dag().output.shape
+    return time_callable(_bound_run(sess, {"x": x}, out_shape), min_sample_s=min_sample_s)
+
+
+def _bound_run(sess, feeds: dict[str, np.ndarray], out_shape):
+    """One call of `sess` on `feeds` into a preallocated output (I/O binding), as our kernels
+    and numpy are timed: no allocation of the output in the timed call."""
+    binding = sess.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, array)
+    y = np.empty(out_shape, dtype=np.float32)
+    binding.bind_output("y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+
+    def run():  # keeps `y` alive for as long as the binding writes into it
+        sess.run_with_iobinding(binding)
+        return y
+    return run
 
 
 def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None = None,
@@ -118,14 +138,16 @@ def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None =
     model.ir_version = 8
     sess = _session(model, threads)
     a = _rng().uniform(-1, 1, shape_a).astype(np.float32)
-    return time_callable(lambda: sess.run(None, {"a": a}), min_sample_s=min_sample_s)
+    return time_callable(_bound_run(sess, {"a": a}, tuple(shape_a[:-1]) + (n,)),
+                         min_sample_s=min_sample_s)
 
 
 def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
                  min_sample_s: float = 0.01) -> TimingResult:
     """Our kernel as a user gets it: `tuner.build` from the records in `db`, constant
-    operands bound (packed) once, then timed per call like the peers (output allocated and
-    inputs checked on every call, as onnxruntime's `run` does)."""
+    operands bound (packed) once, then timed per call like the peers: the inputs checked on
+    every call, the output written into one preallocated array (numpy's `out=`,
+    onnxruntime's I/O binding)."""
     import warnings
 
     import tuner
@@ -140,7 +162,8 @@ def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
     constants = {op.name: arr for op, arr in zip(dag.inputs, inputs) if op.constant}
     free = [arr for op, arr in zip(dag.inputs, inputs) if not op.constant]
     bound = built.bind(**constants)
-    return time_callable(lambda: bound(*free), min_sample_s=min_sample_s)
+    out = np.empty(dag.output.shape, dtype=np.float32)
+    return time_callable(lambda: bound(*free, out=out), min_sample_s=min_sample_s)
 
 
 def kinds_for(task: Task) -> tuple[str, ...]:

@@ -53,6 +53,12 @@ def test_build_from_the_database_and_from_exported_json(tuned_db, tmp_path):
     assert_matches_reference(CONV.dag(), kernel(*inputs), inputs)
     bound = kernel.bind(weight=inputs[1], bias=inputs[2])
     np.testing.assert_array_equal(bound(inputs[0]), kernel(*inputs))
+    out = np.full(CONV.dag().output.shape, np.nan, dtype=np.float32)
+    assert bound(inputs[0], out=out) is out
+    np.testing.assert_array_equal(out, kernel(*inputs))
+    for bad in (np.empty(3, np.float32), out.astype(np.float64), out.T):
+        with pytest.raises(TunerError, match="out must be a writeable C-contiguous float32"):
+            bound(inputs[0], out=bad)
 
     exported = tmp_path / "best.json"
     with RecordStore(f"sqlite:///{tuned_db}") as store:

@@ -202,7 +202,10 @@ class BoundKernel:
         self._free = [n for n in names if n not in constants]
         self._packed = {name: kernel.prepare(name, arr) for name, arr in constants.items()}
 
-    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, *inputs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The output, written into `out` if given (float32, C-contiguous, the output's
+        shape): a caller that reuses one buffer saves the allocation and the page faults of a
+        fresh output on every call."""
         if len(inputs) != len(self._free):
             raise TunerError(f"this kernel takes {len(self._free)} arrays "
                              f"({', '.join(self._free)}), got {len(inputs)}")
@@ -210,6 +213,14 @@ class BoundKernel:
         args = [self._packed[op.name] if op.name in self._packed
                 else self.kernel.prepare(op.name, given[op.name])
                 for op in self.kernel.dag.inputs]
-        out = self.kernel.new_output()
+        if out is None:
+            out = self.kernel.new_output()
+        elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
+              or out.shape != self.kernel.dag.output.shape or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise TunerError(f"out must be a writeable C-contiguous float32 array of shape "
+                             f"{self.kernel.dag.output.shape}, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} "
+                             f"{getattr(out, 'shape', '')}")
         self.kernel.run(out, *args)
         return out
