@@ -72,6 +72,12 @@ def _read(uri: str, path: Path) -> str | None:
                           ).fetchone()
         if row is None:
             raise RecordsError(f"{path} has a {META_TABLE} table without a schema version")
+        # a damaged page that a query happens not to touch would be rewritten around by our
+        # writes (and the damage spread): check the whole file before anything is written
+        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise RecordsError(f"{path} is a damaged SQLite database (quick_check: "
+                               f"{'; '.join(problems)}); it was left untouched")
         return str(row[0])
     finally:
         con.close()

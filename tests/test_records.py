@@ -452,3 +452,29 @@ def test_an_interrupted_writer_leaves_every_finished_batch(tmp_path, sig):
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "leaf_page"])
+def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path, damage):
+    """A records file that fails PRAGMA quick_check (cut short, or a records page
+    overwritten) is refused by the store and by `tune`, its bytes unchanged."""
+    import hashlib
+    from tuner.cli import main
+    db = tmp_path / "r.db"
+    assert main(["matmul", "--shape", "16,16,16", "--trials", "24", "--batch-size", "8",
+                 "--threads", "1", "--strategy", "random", "--db", str(db), "--quiet"]) == 0
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) >= 4 * page
+    if damage == "truncated":
+        data = data[:-1000]
+    else:  # the last page (records): its cell pointers and content made garbage
+        data[-page + 8:-page + 200] = bytes(range(192))
+    db.write_bytes(bytes(data))
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(RecordsError, match="damaged SQLite database|cannot be read"):
+        RecordStore(f"sqlite:///{db}")
+    assert main(["matmul", "--shape", "16,16,16", "--trials", "2", "--batch-size", "2",
+                 "--threads", "1", "--strategy", "random", "--db", str(db), "--quiet"]) == 2
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0

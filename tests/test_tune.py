@@ -258,3 +258,34 @@ def test_tune_with_and_without_seed_stores_every_trial(use_seed, tmp_path, targe
     seeded = 3 if use_seed else 0  # seeds take at most half of the 7 searched slots
     assert [r.schedule_json for r in history[1:1 + seeded]] == experts[:seeded]
     assert [r.predicted is None for r in history] == [True] * (1 + seeded) + [False] * (7 - seeded)
+
+
+@pytest.mark.parametrize("poison, message", [
+    ({"schedule": [{"kind": "split", "axis": "zz", "factors": [4]}]}, "zz"),
+    ({"schedule": [{"kind": "teleport", "loop": "i"}]}, "teleport"),
+    ({"task": {"op": "matmul", "shape": [-32, 0, 16], "attrs": {"bias": False, "relu": False},
+               "dtype": "float32"}}, "-32"),
+])
+def test_import_of_a_poisoned_file_stores_nothing(tmp_path, capsys, poison, message):
+    """One record that this tuner could not apply rejects the whole file, naming it; the
+    good records of that file are not stored either."""
+    import json
+    from tuner.cli import main
+    db = str(tmp_path / "src.db")
+    assert main(["matmul", "--shape", "16,16,16", "--trials", "2", "--batch-size", "2",
+                 "--db", db, "--threads", "1", "--quiet", "--strategy", "random"]) == 0
+    exported = tmp_path / "best.json"
+    assert main(["export", "--db", db, "-o", str(exported)]) == 0
+    data = json.loads(exported.read_text())
+    bad = {**data["records"][0], **poison}
+    data["records"].append(bad)
+    exported.write_text(json.dumps(data))
+    target_db = tmp_path / "dst.db"
+    capsys.readouterr()
+    assert main(["import", "--db", str(target_db), str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "record 1" in err and message in err, err
+    assert "nothing of this file was imported" in err
+    if target_db.exists():
+        with RecordStore(f"sqlite:///{target_db}") as store:
+            assert store.count() == 0

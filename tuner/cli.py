@@ -14,7 +14,7 @@
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
-(everything measured before the interruption is stored).
+(Ctrl-C) and 143 terminated (SIGTERM): everything measured before is stored.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ import sys
 from tuner.errors import TunerError
 
 OPS = ("conv2d", "matmul", "batch_matmul")
-EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the batch in flight is dropped, the rest is stored."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 class UsageError(TunerError):
@@ -309,11 +317,33 @@ def _cmd_export(args) -> int:
     return EXIT_OK if count else EXIT_NOTHING
 
 
-def _cmd_import(args) -> int:
-    from records import import_best
+def check_imported(records, path) -> None:
+    """Every record of an imported file must be one this tuner can use: its task valid for
+    its operator (as `Task.create` checks shapes and attributes) and its schedule applicable
+    to that task. The first that is not rejects the whole file, naming it: a stored record
+    that cannot be applied would break `tune best`, `tune build` and tuning that task."""
+    from tuner.schedule import apply_steps, schedule_from_json
+    from tuner.task import Task
 
+    for r in records:
+        where = f"{path}: record {r.id} ({r.task.key})"
+        try:
+            task = Task.create(r.task.op, r.task.shape, dtype=r.task.dtype,
+                               **dict(r.task.attrs))
+            if task.key != r.task.key:
+                raise TunerError(f"task key {r.task.key} is not canonical (expected {task.key})")
+            apply_steps(task.dag(), schedule_from_json(r.schedule_json))
+        except (TunerError, KeyError, TypeError, ValueError) as err:
+            raise UsageError(f"{where}: {err}; nothing of this file was imported") from None
+
+
+def _cmd_import(args) -> int:
+    from records import read_best
+
+    records = read_best(args.file)
+    check_imported(records, args.file)
     with _open_store(args.db) as store:
-        added, present = import_best(store, args.file)
+        added, present = store.import_records(records)
     print(f"imported {added} records from {args.file} ({present} already present)")
     return EXIT_OK
 
@@ -391,8 +421,14 @@ COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM stays with whoever handles it
+        previous = None
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS.get(args.command, _cmd_tune)(args)
@@ -401,9 +437,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tune: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("tune: interrupted; every finished batch is stored", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"tune: {'terminated' if terminated else 'interrupted'}; every finished batch "
+              f"is stored", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

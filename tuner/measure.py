@@ -97,22 +97,33 @@ class _Worker:
         self.role = role
         ours, theirs = socket.socketpair()
         config = {"role": role, "cpus": cpus, "builder": options.builder,
-                  "memory_bytes": int(_physical_memory() * options.memory_fraction)}
+                  "memory_bytes": int(_physical_memory() * options.memory_fraction),
+                  "parent": os.getpid()}
         # the worker imports what this process can import (a builder may live anywhere)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # a session of its own: the terminal's Ctrl-C reaches the tuner alone, which stops
+        # its workers itself (and they die with it: measure_worker.die_with_parent)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuner.measure_worker", str(theirs.fileno()),
              json.dumps(config)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-            env=env)
+            env=env, start_new_session=True)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.job: int | None = None
         self.deadline = 0.0
         self.served = 0
 
-    def submit(self, job: int, request: dict, timeout_s: float) -> None:
+    def submit(self, job: int, request: dict, timeout_s: float) -> bool:
+        """Sends a job; False if the worker is gone (killed while idle: the caller replaces
+        it and submits again)."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            self.conn.send(request)
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            return False
         self.job, self.deadline = job, time.monotonic() + timeout_s
-        self.conn.send(request)
+        return True
 
     def exitcode(self, wait_s: float) -> int | None:
         try:
@@ -169,6 +180,16 @@ class Measurer:
             self._builders[self._builders.index(worker)] = new
         return new
 
+    def _submit(self, worker: _Worker, job: int, request: dict, timeout_s: float) -> None:
+        """Submits a job, replacing a worker that died while idle (the out-of-memory killer
+        may take any process): twice, then the job fails like a crash would."""
+        for _ in range(2):
+            if worker.submit(job, request, timeout_s):
+                return
+            worker = self._replace(worker, kill=True)
+        if not worker.submit(job, request, timeout_s):
+            raise OSError(f"cannot start a {worker.role} worker")
+
     def close(self) -> None:
         for worker in self._builders + [self._runner]:
             worker.stop()
@@ -208,7 +229,7 @@ class Measurer:
                     if worker.served >= opts.recycle_after:
                         worker = self._replace(worker, kill=False)
                     i = to_build.popleft()
-                    worker.submit(i, requests[i], opts.build_timeout_s)
+                    self._submit(worker, i, requests[i], opts.build_timeout_s)
             building = bool(to_build) or any(w.job is not None for w in self._builders)
             if self._runner.job is None and to_run and (self.overlap or not building):
                 i = to_run.popleft()
@@ -216,7 +237,7 @@ class Measurer:
                            "seed": opts.seed, "min_sample_s": opts.min_sample_s,
                            "samples": opts.samples, "warmup": opts.warmup,
                            "max_total_s": opts.max_total_s}
-                self._runner.submit(i, request, opts.run_timeout_s)
+                self._submit(self._runner, i, request, opts.run_timeout_s)
             busy = [w for w in self._builders + [self._runner] if w.job is not None]
             if not busy:
                 continue

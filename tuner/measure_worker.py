@@ -102,9 +102,27 @@ def resolve(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (PR_SET_PDEATHSIG), however
+    it dies: a worker stuck in a hanging candidate would otherwise spin a core for ever. The
+    parent may already be gone by the time this runs: then exit now."""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: the parent check on every wait remains
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | None,
-                builder: str) -> None:
-    """Serve requests until the parent sends None or goes away."""
+                builder: str, parent: int | None = None) -> None:
+    """Serve requests until the parent sends None or goes away (then exit quietly: nobody
+    is left to read an answer or a traceback)."""
+    if parent is not None:
+        die_with_parent(parent)
     if cpus:
         os.sched_setaffinity(0, cpus)
     if memory_bytes:
@@ -123,7 +141,10 @@ def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | Non
             answer = _error(ErrorKind.OUT_OF_MEMORY, "out of memory")
         except Exception:  # a bug of ours: report it with the candidate, keep serving
             answer = _error(ErrorKind.RUNTIME_ERROR, traceback.format_exc(limit=3))
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except OSError:  # the parent is gone (BrokenPipeError, ConnectionResetError)
+            return
 
 
 if __name__ == "__main__":
@@ -137,4 +158,4 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     config = json.loads(sys.argv[2])
     worker_main(Connection(int(sys.argv[1])), config["role"], config["cpus"],
-                config["memory_bytes"], config["builder"])
+                config["memory_bytes"], config["builder"], config.get("parent"))
