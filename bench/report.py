@@ -1,8 +1,8 @@
 """The benchmark report: tuned kernels against numpy, onnxruntime and the machine's peak.
 
 For every shape of shared/bench/shapes.json (or `--shapes`: bench/odd_shapes.json has one
-shape per kind of layer the libraries serve worst) and every thread count: tune with the evolutionary
-search (`--trials` new trials per shape, the default schedule included, as a user's run would),
+shape per kind of layer the libraries serve worst) and every thread count: tune with the
+evolutionary search (`--trials` new trials per shape, the default schedule included, as a user's run would),
 then time numpy / onnxruntime on the same shape, and put both next to the FP32 FMA peak of the
 same target at the same threads (bench/peak.py), all measured in this run on this machine.
 

@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, assert_sampled_schedule_matches_reference
 from schedule_gen import random_task
 from tuner.annotate import (expert_annotation, expert_seeds, fits, max_vector_lanes,
                             register_vectors, sample, to_steps)
@@ -368,14 +368,7 @@ def test_a_sliding_window_tile_is_budgeted(cpu):
 @pytest.mark.parametrize("seed", range(16))
 def test_sampled_avx2_schedules_compute_the_right_thing(seed):
     rng = np.random.default_rng(900 + seed)
-    target = named_target("x86-64-v3", 1 + seed % 2)
-    dag = random_task(rng).dag()
-    sketches = generate_sketches(dag)
-    sketch = sketches[int(rng.integers(len(sketches)))]
-    ann = sample(rng, dag, sketch, target)
-    kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
-    inputs = dag.random_inputs(rng)
-    assert_matches_reference(dag, kernel(*inputs), inputs)
+    assert_sampled_schedule_matches_reference(rng, named_target("x86-64-v3", 1 + seed % 2))
 
 
 SMALL_SHAPES = {  # the four shapes above, small, with the same kinds of tails

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, assert_sampled_schedule_matches_reference
 from schedule_gen import random_task
 from tuner.annotate import crossover, mutate, sample, to_steps
 from tuner.jit import Kernel
@@ -49,15 +49,7 @@ def test_thousands_of_samples_are_valid(target1, target2):
 @pytest.mark.parametrize("seed", range(30))
 def test_sampled_schedules_compute_the_right_thing(seed, target1, target2):
     rng = np.random.default_rng(500 + seed)
-    task = random_task(rng)
-    dag = task.dag()
-    target = target2 if seed % 3 == 0 else target1
-    sketches = generate_sketches(dag)
-    sketch = sketches[int(rng.integers(len(sketches)))]
-    ann = sample(rng, dag, sketch, target)
-    kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
-    inputs = dag.random_inputs(rng)
-    assert_matches_reference(dag, kernel(*inputs), inputs)
+    assert_sampled_schedule_matches_reference(rng, target2 if seed % 3 == 0 else target1)
 
 
 def test_benchmark_shapes_sample_validly(target2):

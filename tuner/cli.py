@@ -63,18 +63,15 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
-def usable_cores() -> int:
-    import os
-    return len(os.sched_getaffinity(0))
-
-
 def _threads(text: str) -> int:
     """A thread count this process can run: more threads than its cores would be timed
     sharing cores, and stored under a target no kernel here can be measured for."""
-    value = _positive_int(text)
-    if value > usable_cores():
+    from tuner.machine import usable_cores
+
+    value, cores = _positive_int(text), usable_cores()
+    if value > cores:
         raise argparse.ArgumentTypeError(
-            f"expects at most {usable_cores()} (the cores this process may use), got {value}")
+            f"expects at most {cores} (the cores this process may use), got {value}")
     return value
 
 

@@ -413,7 +413,8 @@ class _Emitter:
         outlined = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
                                name=f"{self.name}.par{self.n_parallel}")
         outlined.linkage = "internal"
-        outlined.type = PTR  # passed as a plain `ptr`; llvmlite would print a typed function pointer
+        # passed as a plain `ptr`; llvmlite would print a typed function pointer
+        outlined.type = PTR
         keys = list(fn.ptrs)
         b = fn.b
         data = fn.alloca(ir.ArrayType(PTR, len(keys)))
@@ -508,7 +509,6 @@ class _Emitter:
         b = fn.b
         dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, rows * row_bytes)])
         fn.ptrs = {**fn.ptrs, f"pad.{op.name}": dst}
-        src_name = op.name
         i8 = ir.IntType(8)
         memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
         memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
@@ -521,7 +521,8 @@ class _Emitter:
 
         def row(sub: Fn, r: ir.Value) -> None:
             sb = sub.b
-            out_row = elem_ptr(sb, sub.ptrs[f"pad.{op.name}"], sb.mul(r, ir.Constant(I64, shape[-1])))
+            out_row = elem_ptr(sb, sub.ptrs[f"pad.{op.name}"],
+                               sb.mul(r, ir.Constant(I64, shape[-1])))
             inside, src_off, v = None, ir.Constant(I64, 0), r
             for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
                 idx = sb.urem(v, ir.Constant(I64, shape[dim])) if dim else v
@@ -537,7 +538,7 @@ class _Emitter:
                 with copy:
                     zero(sb, out_row, left)
                     sb.call(memcpy, [elem_ptr(sb, out_row, ir.Constant(I64, left)),
-                                     elem_ptr(sb, sub.ptrs[src_name], src_off),
+                                     elem_ptr(sb, sub.ptrs[op.name], src_off),
                                      ir.Constant(I64, 4 * width), no])
                     zero(sb, elem_ptr(sb, out_row, ir.Constant(I64, left + width)), right)
                 with blank:

@@ -122,6 +122,11 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 @cache
 def describe(cpu: str, features: str) -> Machine:
     """The machine model of code generated for `cpu` with `features`, measured on this host."""
@@ -131,5 +136,5 @@ def describe(cpu: str, features: str) -> Machine:
                    fma_per_cycle=FMA_PER_CYCLE.get(cpu, DEFAULT_FMA_PER_CYCLE),
                    fma_latency=FMA_LATENCY_CYCLES, loads_per_cycle=LOADS_PER_CYCLE,
                    l1d_bytes=l1, l2_bytes=l2, l3_bytes=l3,
-                   cores=len(os.sched_getaffinity(0)))
+                   cores=usable_cores())
 

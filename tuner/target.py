@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
 
 from tuner.errors import TunerError
-from tuner.machine import Machine, describe
+from tuner.machine import Machine, describe, usable_cores
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,7 @@ class Target:
 
 def _check_threads(threads: int | None) -> int:
     if threads is None:
-        return len(os.sched_getaffinity(0))
+        return usable_cores()
     if threads < 1:
         raise TunerError(f"threads must be a positive integer, got {threads}")
     return threads
