@@ -102,7 +102,7 @@ def onnxruntime_conv2d(shape, stride: int, pad: int, dilation: int, groups: int,
     sess = _session(model, threads)
     x = _rng().uniform(-1, 1, (n, c, h, w)).astype(np.float32)
     out_shape = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
-                            groups=groups).dag().output.shape
+                            groups=groups).dag().output.array_shape
     return time_callable(_bound_run(sess, {"x": x}, out_shape), min_sample_s=min_sample_s)
 
 
@@ -162,7 +162,7 @@ def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
     constants = {op.name: arr for op, arr in zip(dag.inputs, inputs) if op.constant}
     free = [arr for op, arr in zip(dag.inputs, inputs) if not op.constant]
     bound = built.bind(**constants)
-    out = np.empty(dag.output.shape, dtype=np.float32)
+    out = np.empty(dag.output.array_shape, dtype=np.float32)
     return time_callable(lambda: bound(*free, out=out), min_sample_s=min_sample_s)
 
 

@@ -24,6 +24,7 @@ from costmodel.features import extract_features  # noqa: E402
 from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
+from tuner.replay import schedule_applies  # noqa: E402
 from tuner.target import host_target  # noqa: E402
 from tuner.task import Task  # noqa: E402
 from tuner.timing import time_callable  # noqa: E402
@@ -40,11 +41,11 @@ def main(argv=None) -> int:
     target = host_target(args.threads)
     db = args.db or str(Path(tempfile.mkdtemp()) / "replay.db")
     with RecordStore(f"sqlite:///{db}") as store:
-        if store.best(task, target) is None:
+        if store.best(task, target, schedule_applies) is None:
             with Measurer(target) as measurer:
                 tune(task, target, store, measurer, TuneConfig(trials=args.trials),
                      XGBModel(), extract_features)
-        record = store.best(task, target)
+        record = store.best(task, target, schedule_applies)
     start = time.perf_counter()
     kernel = tuner.build("conv2d", task.shape, pad=1, db=db, threads=args.threads)
     cold = time.perf_counter() - start

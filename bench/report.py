@@ -58,6 +58,7 @@ from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
+from tuner.replay import schedule_applies  # noqa: E402
 from tuner.plot import Figure, to_png  # noqa: E402
 from tuner.search import SearchConfig  # noqa: E402
 from tuner.target import Target, host_target, named_target  # noqa: E402
@@ -158,7 +159,7 @@ def stored_shape(name: str, task: Task, target: Target, store) -> Row:
     """A shape as the store holds it, without tuning (`--retime`): the best record, the
     default schedule's, and the compile times of every record."""
     history = store.history(task, target)
-    ok = [r for r in history if r.result.ok]
+    ok = [r for r in history if r.result.ok and schedule_applies(r)]
     if not ok:
         raise TunerError(f"{name}: no measured record of {task.key} on {target.key} to retime")
     default = [r.gflops for r in ok if r.strategy == "default"]

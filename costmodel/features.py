@@ -27,7 +27,7 @@ from tuner.layout import inline_guards, root_pad_bytes, tile_operand_registers, 
 from tuner.schedule import LoopNest
 from tuner.target import Target
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 LEVELS = 10
 KINDS = ("serial", "parallel", "unroll", "vectorize")
 GLOBAL_FEATURES = (

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from records.record import Record, RecordsError, canonical_schedule, make_task
@@ -29,9 +29,10 @@ FORMAT = "tuner-best-schedules"
 VERSION = 1
 
 
-def export_best(store, path: str | Path, target: Target | None = None) -> int:
-    """`store.export_best(path, target)`, as `tuner/cli.py` spells it."""
-    return store.export_best(path, target)
+def export_best(store, path: str | Path, target: Target | None = None,
+                usable: Callable[[Record], bool] | None = None) -> int:
+    """`store.export_best(path, target, usable)`, as `tuner/cli.py` spells it."""
+    return store.export_best(path, target, usable)
 
 
 def import_best(store, path: str | Path) -> tuple[int, int]:
@@ -132,8 +133,10 @@ def _number(x) -> float:
     return float(x)
 
 
-def best_records(task, db: str | None) -> tuple[list[Record], str]:
-    """The best record of `task` per target in `db`, and a name of where they came from.
+def best_records(task, db: str | None, usable: Callable[[Record], bool] | None = None
+                 ) -> tuple[list[Record], str]:
+    """The best record of `task` per target in `db` (of those `usable` accepts, see
+    `RecordStore.best`), and a name of where they came from.
 
     `db` is a best-schedules JSON file (`tune export`), a database URL or file, or None for
     the user's default database (where no file yet means no records; a named file that does
@@ -142,7 +145,8 @@ def best_records(task, db: str | None) -> tuple[list[Record], str]:
     from records.url import resolve_db_url
 
     if db is not None and str(db).endswith(".json"):
-        return [r for r in read_best(db) if r.task.key == task.key], str(db)
+        return [r for r in read_best(db) if r.task.key == task.key
+                and (usable is None or usable(r))], str(db)
     url = resolve_db_url(db)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
@@ -151,4 +155,4 @@ def best_records(task, db: str | None) -> tuple[list[Record], str]:
                 raise RecordsError(f"no records database at {db}")
             return [], url
     with RecordStore(url) as store:
-        return store.best_by_target(task), store.display_url
+        return store.best_by_target(task, usable), store.display_url

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import case, create_engine, event, func, inspect, select
@@ -273,13 +273,31 @@ class RecordStore:
                              .order_by(RecordRow.median_s, RecordRow.id).limit(max(k, 0)),
                              task, target)
 
-    def best(self, task: Task, target: Target) -> Record | None:
-        """The fastest record whose result is correct; never a failed or wrong one."""
-        top = self.top_k(task, target, 1)
-        return top[0] if top else None
+    def best(self, task: Task, target: Target,
+             usable: Callable[[Record], bool] | None = None) -> Record | None:
+        """The fastest record whose result is correct; never a failed or wrong one. With
+        `usable`, the fastest that `usable` accepts (the tuner passes "its schedule still
+        applies to the task": a record written for an older compute definition stays in the
+        log, and the next best is used)."""
+        k = 1
+        while True:
+            top = self.top_k(task, target, k)
+            found = next((r for r in top if usable is None or usable(r)), None)
+            if found is not None or len(top) < k:
+                return found
+            k *= 16
 
-    def best_per_task(self, target: Target | None = None) -> list[Record]:
-        """The best record of every (task, target) pair, optionally on one target only."""
+    def best_per_task(self, target: Target | None = None,
+                      usable: Callable[[Record], bool] | None = None) -> list[Record]:
+        """The best record of every (task, target) pair, optionally on one target only;
+        with `usable`, the best it accepts (see `best`), and no pair with none."""
+        best = self._first_per_pair(target)
+        if usable is None:
+            return best
+        found = (r if usable(r) else self.best(r.task, r.target, usable) for r in best)
+        return [r for r in found if r is not None]
+
+    def _first_per_pair(self, target: Target | None) -> list[Record]:
         def query(where):
             rank = func.row_number().over(partition_by=(RecordRow.task_id, RecordRow.target_id),
                                           order_by=(RecordRow.median_s, RecordRow.id))
@@ -289,9 +307,10 @@ class RecordStore:
                 .where(ranked.c.rank == 1).order_by(RecordRow.task_id, RecordRow.target_id)
         return self._records(query, target=target)
 
-    def best_by_target(self, task: Task) -> list[Record]:
+    def best_by_target(self, task: Task,
+                       usable: Callable[[Record], bool] | None = None) -> list[Record]:
         """The best record of `task` on every target that measured it (for replay)."""
-        return [r for r in self.best_per_task() if r.task.key == task.key]
+        return [r for r in self.best_per_task(usable=usable) if r.task.key == task.key]
 
     def records_on_target(self, target: Target, exclude: Task | None = None,
                           limit: int = 5000) -> list[Record]:
@@ -354,10 +373,11 @@ class RecordStore:
                 for tk, tg, n, bad in rows]
 
     # ------------------------------------------------------------------ the JSON file
-    def export_best(self, path: str | Path, target: Target | None = None) -> int:
-        """Writes the best record of each (task, target) pair to a best-schedules JSON file
-        (see `records.exchange`); returns how many."""
-        records = self.best_per_task(target)
+    def export_best(self, path: str | Path, target: Target | None = None,
+                    usable: Callable[[Record], bool] | None = None) -> int:
+        """Writes the best record of each (task, target) pair (that `usable` accepts) to a
+        best-schedules JSON file (see `records.exchange`); returns how many."""
+        records = self.best_per_task(target, usable)
         write_best(records, path)
         return len(records)
 

@@ -2,7 +2,11 @@
 
 Shape N,C,H,W,K,R,S. Groups get an axis of their own (`g`, present when groups > 1), so every
 index stays affine: output channel `g*K/groups + k`, input channel `g*C/groups + c`. Depthwise
-convolution is groups = C. The weight is constant (packed once at build time when a schedule
+convolution is groups = C. A pointwise convolution (1x1, stride 1, no padding) is a matrix
+product over the pixels: its output rows and columns fuse into one pixel axis `p` of extent
+OH*OW, read and written contiguously (the arrays keep their NCHW shape, the kernel indexes them
+as N,C,H*W), so the vector axis can take full vectors where OW alone leaves a tail (56 = 3*16 +
+8) and a register tile can span rows. The weight is constant (packed once at build time when a schedule
 rewrites its layout); reads of the input outside its bounds are the zero padding.
 """
 
@@ -43,23 +47,33 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
         raise ShapeError(f"conv2d with H,W={h},{w}, R,S={r},{s}, stride={stride}, pad={pad}, "
                          f"dilation={dilation} has an empty output ({oh}x{ow})")
     cg, kg = c // groups, k // groups
+    pointwise = r == s == stride == 1 and pad == 0
     axes = [Axis("n", n)]
     if groups > 1:
         axes.append(Axis("g", groups))
-    axes += [Axis("k", kg), Axis("oh", oh), Axis("ow", ow),
-             Axis("c", cg, True), Axis("kh", r, True), Axis("kw", s, True)]
     out_channel = aff(("g", kg), ("k", 1)) if groups > 1 else aff(("k", 1))
     in_channel = aff(("g", cg), ("c", 1)) if groups > 1 else aff(("c", 1))
-    data = Operand("data", (n, c, h, w),
-                   (aff(("n", 1)), in_channel,
-                    aff(("oh", stride), ("kh", dilation), const=-pad),
-                    aff(("ow", stride), ("kw", dilation), const=-pad)),
-                   padded=True)
-    weight = Operand("weight", (k, cg, r, s),
-                     (out_channel, aff(("c", 1)), aff(("kh", 1)), aff(("kw", 1))),
-                     constant=True)
-    out = Operand("out", (n, k, oh, ow), (aff(("n", 1)), out_channel, aff(("oh", 1)),
-                                          aff(("ow", 1))))
+    if pointwise:
+        axes += [Axis("k", kg), Axis("p", oh * ow), Axis("c", cg, True)]
+        data = Operand("data", (n, c, h * w), (aff(("n", 1)), in_channel, aff(("p", 1))),
+                       reshaped_from=(n, c, h, w))
+        weight = Operand("weight", (k, cg, 1, 1), (out_channel, aff(("c", 1)), aff(), aff()),
+                         constant=True)
+        out = Operand("out", (n, k, oh * ow), (aff(("n", 1)), out_channel, aff(("p", 1))),
+                      reshaped_from=(n, k, oh, ow))
+    else:
+        axes += [Axis("k", kg), Axis("oh", oh), Axis("ow", ow),
+                 Axis("c", cg, True), Axis("kh", r, True), Axis("kw", s, True)]
+        data = Operand("data", (n, c, h, w),
+                       (aff(("n", 1)), in_channel,
+                        aff(("oh", stride), ("kh", dilation), const=-pad),
+                        aff(("ow", stride), ("kw", dilation), const=-pad)),
+                       padded=True)
+        weight = Operand("weight", (k, cg, r, s),
+                         (out_channel, aff(("c", 1)), aff(("kh", 1)), aff(("kw", 1))),
+                         constant=True)
+        out = Operand("out", (n, k, oh, ow), (aff(("n", 1)), out_channel, aff(("oh", 1)),
+                                              aff(("ow", 1))))
     bias_op = Operand("bias", (k,), (out_channel,), constant=True) if bias else None
 
     def reference(data_val, weight_val, bias_val=None):

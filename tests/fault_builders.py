@@ -34,7 +34,7 @@ def hang(request: dict) -> dict:
 
 def wrong(request: dict) -> dict:
     size = 1
-    for d in Task.from_json(request["task"]).dag().output.shape:
+    for d in Task.from_json(request["task"]).dag().output.array_shape:
         size *= d
     return _object(request, f"""entry:
   br label %loop

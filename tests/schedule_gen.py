@@ -29,6 +29,9 @@ def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     k = groups * int(rng.integers(1, 6))
     r, s = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     stride, dilation, pad = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+    if rng.random() < 0.2:  # pointwise: the template's other definition (a pixel axis)
+        r = s = stride = 1
+        pad = 0
     h = int(rng.integers(dilation * (r - 1) + 1, 14))
     w = int(rng.integers(dilation * (s - 1) + 1, 14))
     return Task.create(op, (int(rng.integers(1, 3)), c, h, w, k, r, s), stride=stride, pad=pad,

@@ -53,7 +53,7 @@ def test_build_from_the_database_and_from_exported_json(tuned_db, tmp_path):
     assert_matches_reference(CONV.dag(), kernel(*inputs), inputs)
     bound = kernel.bind(weight=inputs[1], bias=inputs[2])
     np.testing.assert_array_equal(bound(inputs[0]), kernel(*inputs))
-    out = np.full(CONV.dag().output.shape, np.nan, dtype=np.float32)
+    out = np.full(CONV.dag().output.array_shape, np.nan, dtype=np.float32)
     assert bound(inputs[0], out=out) is out
     np.testing.assert_array_equal(out, kernel(*inputs))
     for bad in (np.empty(3, np.float32), out.astype(np.float64), out.T):
@@ -168,8 +168,8 @@ def test_a_c_program_links_the_exported_library(tuned_db, tmp_path):
     subprocess.run(["./main"], cwd=tmp_path / "out", check=True)
     result = np.fromfile(tmp_path / "out" / "out.bin", dtype=np.float32)
     n = CONV.dag().output.size
-    conv_out = result[:n].reshape(CONV.dag().output.shape)
-    mm_out = result[n:].reshape(MATMUL.dag().output.shape)
+    conv_out = result[:n].reshape(CONV.dag().output.array_shape)
+    mm_out = result[n:].reshape(MATMUL.dag().output.array_shape)
     assert_matches_reference(CONV.dag(), conv_out, (data, weight, bias))
     assert_matches_reference(MATMUL.dag(), mm_out, (a, b))
 
@@ -182,3 +182,52 @@ def test_task_specs_and_c_names():
         task_from_spec("conv2d")
     with pytest.raises(TunerError, match="with integers"):
         task_from_spec("matmul:4,4,x")
+
+
+POINTWISE = Task.create("conv2d", (1, 8, 6, 6, 16, 1, 1))
+# what a tuner whose 1x1 convolution had output rows and columns (no pixel axis) stored
+OLDER_DEFINITION = '[{"axis":"ow","factors":[2],"kind":"split"}]'
+
+
+def test_a_record_of_an_older_compute_definition_is_skipped_and_kept(tmp_path, capsys):
+    """A log written before the pointwise convolution got its pixel axis: its fastest record
+    no longer applies. Builds, `tune best`, `tune export`, `tune build --all` and a resumed
+    `tune` use the fastest record that does apply; the old one stays in the log."""
+    from tuner import cli
+    from tuner.default import default_schedule
+    from tuner.schedule import schedule_to_json
+
+    db = tmp_path / "older.db"
+    target = host_target(1)
+    applies = schedule_to_json(default_schedule(POINTWISE.dag(), target))
+    flops = POINTWISE.dag().flops
+
+    def result(seconds):
+        return MeasureResult(ErrorKind.NONE, "", (seconds,) * 3, 10, 0.1, 1.7e9)
+    with RecordStore(f"sqlite:///{db}") as store:
+        store.add_many(POINTWISE, target, [NewRecord(OLDER_DEFINITION, result(1e-7), 0),
+                                           NewRecord(applies, result(1e-5), 1)],
+                       flops=flops, tuner_version="0.1.0")
+
+    kernel = tuner.build("conv2d", POINTWISE.shape, db=str(db), threads=1)
+    assert kernel.tuned and schedule_to_json(kernel.choice.steps) == applies
+    inputs = _inputs(POINTWISE)
+    assert_matches_reference(POINTWISE.dag(), kernel(*inputs), inputs)
+
+    assert cli.main(["best", "--db", str(db), "--json"]) == 0
+    import json
+    shown = json.loads(capsys.readouterr().out)
+    assert [json.dumps(r["schedule"], sort_keys=True, separators=(",", ":")) for r in shown] \
+        == [applies]
+    exported = tmp_path / "best.json"
+    assert cli.main(["export", "--db", str(db), "-o", str(exported)]) == 0
+    from records import read_best
+    assert [r.schedule_json for r in read_best(exported)] == [applies]
+    assert cli.main(["build", "--all", "--db", str(db), "--threads", "1",
+                     "-o", str(tmp_path / "lib")]) == 0
+    assert cli.main(["conv2d", "--shape", "1,8,6,6,16,1,1", "--trials", "2", "--threads", "1",
+                     "--strategy", "random", "--db", str(db)]) == 0
+    with RecordStore(f"sqlite:///{db}") as store:
+        kept = {r.schedule_json for r in store.history(POINTWISE, target)}
+        assert OLDER_DEFINITION in kept and applies in kept and len(kept) == 4
+        assert store.best(POINTWISE, target).schedule_json == OLDER_DEFINITION

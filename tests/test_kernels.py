@@ -5,6 +5,7 @@ import pytest
 
 from conftest import assert_matches_reference
 from schedule_gen import random_schedule, random_task
+from tuner.errors import TunerError
 from tuner.jit import Kernel
 from tuner.schedule import apply_steps, schedule_from_json, schedule_to_json
 
@@ -53,3 +54,34 @@ def test_root_padded_copies_match_reference(shape, stride, pad, dilation, groups
     for seed in range(2):  # a second call reuses the heap the first one freed
         inputs = dag.random_inputs(np.random.default_rng(seed))
         assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, groups, bias, relu", [
+    ((1, 64, 56, 56, 256, 1, 1), 1, False, False),  # ResNet's expanding 1x1
+    ((2, 12, 7, 9, 20, 1, 1), 4, True, True),       # batch 2, groups, odd pixels, epilogue
+    ((1, 17, 1, 1, 5, 1, 1), 1, True, False),       # one pixel
+])
+def test_pointwise_convolution_is_a_product_over_pixels(shape, groups, bias, relu, threads):
+    """A 1x1 stride-1 unpadded convolution indexes its image as N,C,H*W (one pixel axis the
+    schedule can split into full vectors) while users pass and get NCHW arrays: the default
+    schedule, and a kernel bound to its weight writing into `out=`, match the reference."""
+    from tuner.default import default_schedule
+    from tuner.target import host_target
+    from tuner.task import Task
+    n, c, h, w, k, _, _ = shape
+    dag = Task.create("conv2d", shape, groups=groups, bias=bias, relu=relu).dag()
+    assert [a.name for a in dag.spatial_axes][-2:] == ["k", "p"]
+    assert dag.axis("p").extent == h * w
+    assert dag.lhs.array_shape == (n, c, h, w) and dag.output.array_shape == (n, k, h, w)
+    kernel = Kernel(apply_steps(dag, default_schedule(dag, host_target(threads))),
+                    host_target(threads))
+    inputs = dag.random_inputs(np.random.default_rng(5))
+    assert inputs[0].shape == (n, c, h, w)
+    assert_matches_reference(dag, kernel(*inputs), inputs)
+    bound = kernel.bind(**{op.name: arr for op, arr in zip(dag.inputs, inputs) if op.constant})
+    out = np.full((n, k, h, w), np.nan, dtype=np.float32)
+    assert bound(inputs[0], out=out) is out
+    assert_matches_reference(dag, out, inputs)
+    with pytest.raises(TunerError, match=r"data has shape \(1, 2, 3\)"):
+        bound(np.zeros((1, 2, 3), np.float32))

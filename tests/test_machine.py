@@ -126,6 +126,7 @@ SHAPES = {
     "matmul_1024": Task.create("matmul", (1024, 1024, 1024)),
     "conv3x3_resnet": Task.create("conv2d", (1, 64, 56, 56, 64, 3, 3), pad=1),
     "conv1x1": Task.create("conv2d", (1, 64, 56, 56, 256, 1, 1)),
+    "conv1x1_channels": Task.create("conv2d", (1, 256, 28, 28, 128, 1, 1)),  # vectors along k
     "matmul_m197": Task.create("matmul", (197, 768, 768)),
 }
 TARGETS = ("x86-64-v3", "x86-64-v4")
@@ -238,6 +239,7 @@ def _fmas(body: list[str]) -> int:
     "matmul_1024",
     "conv3x3_resnet",
     "conv1x1",
+    "conv1x1_channels",
     "matmul_m197",
 ])
 def test_default_tiles_keep_their_accumulators_in_registers(shape, cpu):
@@ -320,7 +322,10 @@ def test_thousands_of_avx2_samples_fit_the_registers(v3):
             vec = nest.loops[-1] if nest.loops[-1].kind == "vectorize" else None
             chunks = -(-vec.extent // machine.lanes) if vec else 1
             rows = math.prod(loop.extent for loop in s3 if loop is not vec)
-            assert (rows * chunks, chunks + max(SPARE_REGISTERS, _window(dag, ann))) == \
+            # the next reduction step's loads are live too when the reduction is unrolled
+            loaded = chunks * (2 if any(f[-1] > 1 for a, f in ann.tiles
+                                        if dag.axis(a).reduce) else 1)
+            assert (rows * chunks, loaded + max(SPARE_REGISTERS, _window(dag, ann))) == \
                 (acc, operands), (dag.op, sketch.name, ann)
 
 

@@ -120,6 +120,25 @@ def test_best_is_the_fastest_correct_record(store):
         (h.MATMUL, h.OTHER_TARGET, 1, 0, h.schedule(6)), (h.CONV, h.TARGET, 1, 0, h.schedule(7))]
 
 
+def test_best_skips_what_the_caller_cannot_use(store):
+    """`usable` (the tuner's "the schedule still applies") passes over records, however many
+    are faster: the best is the fastest it accepts, per pair too, and a pair with none has
+    no best."""
+    store.add_many(h.MATMUL, h.TARGET, [NewRecord(h.schedule(n), h.ok(1e-3 * (n + 1)), n)
+                                        for n in range(40)],
+                   flops=h.flops(h.MATMUL), tuner_version=h.VERSION)
+    add(store, h.CONV, 50, h.ok(1e-4), 0)
+    usable = {h.schedule(n) for n in (37, 39)}.__contains__
+
+    def accepts(record):
+        return usable(record.schedule_json)
+    assert store.best(h.MATMUL, h.TARGET, accepts).schedule_json == h.schedule(37)
+    assert store.best(h.MATMUL, h.TARGET).schedule_json == h.schedule(0)
+    assert [r.schedule_json for r in store.best_per_task(usable=accepts)] == [h.schedule(37)]
+    assert [r.schedule_json for r in store.best_by_target(h.CONV, accepts)] == []
+    assert store.best(h.CONV, h.TARGET, accepts) is None
+
+
 def test_a_task_whose_records_all_failed_has_no_best(store):
     add(store, h.MATMUL, 1, h.failed(ErrorKind.TIMEOUT), 0)
     assert store.best(h.MATMUL, h.TARGET) is None and store.best_per_task() == []

@@ -116,11 +116,11 @@ def _sample_tiles(rng, dag: ComputeDAG, axis: str, vector_axis: str | None,
     return tuple(rest) + (inner,)
 
 
-def _pick_vector_axis(rng, dag: ComputeDAG) -> str | None:
+def _pick_vector_axis(rng, dag: ComputeDAG, machine: Machine) -> str | None:
     candidates = [a.name for a in dag.spatial_axes if a.extent > 1]
     if not candidates or rng.random() < 0.03:
         return None
-    candidates.sort(key=lambda a: vector_cost(dag, a))
+    candidates.sort(key=lambda a: vector_cost(dag, a, machine.lanes))
     if rng.random() < 0.7 or len(candidates) == 1:
         return candidates[0]
     return str(rng.choice(candidates[1:]))
@@ -199,7 +199,7 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
            target: Target) -> Annotation:
     machine = target.machine
     for _ in range(100):
-        vector_axis = _pick_vector_axis(rng, dag)
+        vector_axis = _pick_vector_axis(rng, dag, machine)
         if (vector_axis is not None and sketch.cache_write is not None
                 and rng.random() < REGISTER_TILE_PROBABILITY):
             tiles = _register_tiles(rng, dag, sketch, vector_axis, machine)
@@ -338,7 +338,7 @@ def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annot
         elif r < 0.965:
             new = replace(ann, outer_axis=_pick_outer_axis(rng, dag))
         elif r < 0.99:
-            vector_axis = _pick_vector_axis(rng, dag)
+            vector_axis = _pick_vector_axis(rng, dag, target.machine)
             tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, target.machine)
                            if a in (vector_axis, ann.vector_axis) else f) for a, f in ann.tiles)
             new = replace(ann, vector_axis=vector_axis, tiles=tiles)

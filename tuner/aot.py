@@ -60,14 +60,14 @@ def _declarations(choice: Choice, symbol: str) -> str:
              f"{choice.target.threads} threads)",
              f" * schedule: {origin}",
              f" * steps:    {schedule_to_json(choice.steps)}", " */"]
-    out_shape = "x".join(map(str, dag.output.shape))
+    out_shape = "x".join(map(str, dag.output.array_shape))
     lines.append(f"#define {upper}_OUT_FLOATS {dag.output.size}  /* out[{out_shape}] */")
     params = ["float *restrict out"]
     for op in dag.inputs:
         packed = op.name in nest.layout_rewrite
         if packed:
             size = math.prod(p.extent for p in packed_parts(nest, op))
-            shape = "x".join(map(str, op.shape))
+            shape = "x".join(map(str, op.array_shape))
             lines.append(f"#define {upper}_{op.name.upper()}_PACKED_FLOATS {size}")
             lines.append(f"/* {op.name}[{shape}] -> its packed layout, once per weight */")
             lines.append(f"void {pack_function_name(symbol, op.name)}(float *restrict dst, "

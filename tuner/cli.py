@@ -289,10 +289,11 @@ def _cmd_show(args) -> int:
 
 def _cmd_best(args) -> int:
     from tuner.pseudo import pseudo_code
+    from tuner.replay import schedule_applies
     from tuner.schedule import apply_steps, schedule_from_json
 
     with _open_store(args.db) as store:
-        best = store.best_per_task()
+        best = store.best_per_task(usable=schedule_applies)
     if args.json:
         print(json.dumps([{"task": r.task.key, "target": r.target.key,
                            "gflops": round(r.gflops, 2),
@@ -307,9 +308,10 @@ def _cmd_best(args) -> int:
 
 def _cmd_export(args) -> int:
     from records import export_best
+    from tuner.replay import schedule_applies
 
     with _open_store(args.db) as store:
-        count = export_best(store, args.output)
+        count = export_best(store, args.output, usable=schedule_applies)
     print(f"wrote the best schedule of {count} (task, target) pairs to {args.output}")
     return EXIT_OK if count else EXIT_NOTHING
 
@@ -350,7 +352,7 @@ def _cmd_build(args) -> int:
 
     from tuner.aot import build_library, task_from_spec
     from tuner import select_schedule
-    from tuner.replay import NoRecordWarning
+    from tuner.replay import NoRecordWarning, schedule_applies
     from tuner.target import named_target
 
     tasks = [task_from_spec(spec) for spec in args.task]
@@ -365,7 +367,7 @@ def _cmd_build(args) -> int:
             found = [r.task for r in read_best(args.db)]
         else:
             with _open_store(args.db) as store:
-                found = [r.task for r in store.best_per_task(target)]
+                found = [r.task for r in store.best_per_task(target, schedule_applies)]
         tasks += [t for t in dict.fromkeys(found) if t not in tasks]
     if not tasks:
         raise UsageError("build needs OP --shape ..., --task OP:SHAPE[:k=v,...] or --all")

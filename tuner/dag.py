@@ -56,6 +56,15 @@ class Operand:
     index: tuple[Affine, ...]  # one affine expression per dimension, row-major layout
     constant: bool = False     # a weight: its layout may be rewritten once at build time
     padded: bool = False       # reads outside the shape are zero (convolution padding)
+    # The shape of the array users pass or get, when the kernel indexes it reshaped (the same
+    # bytes in C order): a 1x1 convolution reads N,C,H,W as N,C,H*W, so that one pixel axis
+    # can be split into full vectors where W alone cannot (56 = 3*16 + 8).
+    reshaped_from: tuple[int, ...] | None = None
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """The shape of the user's array (`shape` is how the kernel indexes it)."""
+        return self.reshaped_from if self.reshaped_from is not None else self.shape
 
     def strides(self) -> tuple[int, ...]:
         out, acc = [], 1
@@ -132,5 +141,5 @@ class ComputeDAG:
         return 1e-4, 4e-6 * max(1.0, reduction) ** 0.5
 
     def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return tuple(rng.uniform(-1.0, 1.0, size=op.shape).astype(np.float32)
+        return tuple(rng.uniform(-1.0, 1.0, size=op.array_shape).astype(np.float32)
                      for op in self.inputs)

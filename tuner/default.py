@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.dag import ComputeDAG
-from tuner.layout import SPARE_REGISTERS, shares_input_dimension, vector_cost
+from tuner.layout import SPARE_REGISTERS, operand_registers, shares_input_dimension, vector_cost
 from tuner.machine import Machine
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             Step, apply_steps)
@@ -64,7 +64,7 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     spatial = [a for a in dag.spatial_axes if a.extent > 1]
     if not spatial:
         return None
-    vec = min(spatial, key=lambda a: (vector_cost(dag, a.name), -a.extent))
+    vec = min(spatial, key=lambda a: (vector_cost(dag, a.name, lanes), -a.extent))
     if vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or vec.extent >= 4 * lanes:
         width = 2 * lanes
     elif vec.extent >= lanes:
@@ -87,6 +87,13 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     reduce_unroll = 1
     if last is not None:
         reduce_unroll = last.extent if last.extent <= 2 * REDUCE_UNROLL else REDUCE_UNROLL
+        chunks = -(-width // target.machine.lanes)
+        unrolled_tile = {vec.name: width, last.name: reduce_unroll}
+        if unrolled is not None:
+            unrolled_tile[unrolled.name] = count
+        if count * chunks + operand_registers(dag, unrolled_tile, vec.name, chunks) > \
+                target.machine.vector_registers:
+            reduce_unroll = 1  # a full register file leaves no room for the next step's loads
     return RegisterTile(vec.name, width, unrolled.name if unrolled else None, count,
                         last.name if last else None, reduce_unroll)
 

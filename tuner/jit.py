@@ -151,8 +151,9 @@ class Kernel:
         """One user input as the kernel takes it: float32, C-contiguous, packed if rewritten."""
         op = self.dag.operand(operand)
         arr = np.ascontiguousarray(array, dtype=np.float32)
-        if arr.shape != op.shape:
-            raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.shape}")
+        if arr.shape != op.array_shape:
+            raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
+        arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes
         if op.name in self._packers:
             packed = np.empty(self.packed_shape(op.name), dtype=np.float32)
             self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
@@ -160,7 +161,7 @@ class Kernel:
         return arr
 
     def new_output(self) -> np.ndarray:
-        return np.empty(self.dag.output.shape, dtype=np.float32)
+        return np.empty(self.dag.output.array_shape, dtype=np.float32)
 
     def run(self, out: np.ndarray, *args: np.ndarray) -> None:
         """The timed call: no conversion, no packing, no allocation."""
@@ -216,10 +217,10 @@ class BoundKernel:
         if out is None:
             out = self.kernel.new_output()
         elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
-              or out.shape != self.kernel.dag.output.shape or not out.flags.c_contiguous
+              or out.shape != self.kernel.dag.output.array_shape or not out.flags.c_contiguous
               or not out.flags.writeable):
             raise TunerError(f"out must be a writeable C-contiguous float32 array of shape "
-                             f"{self.kernel.dag.output.shape}, got "
+                             f"{self.kernel.dag.output.array_shape}, got "
                              f"{getattr(out, 'dtype', type(out).__name__)} "
                              f"{getattr(out, 'shape', '')}")
         self.kernel.run(out, *args)

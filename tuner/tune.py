@@ -24,6 +24,7 @@ from tuner.version import __version__
 from tuner.annotate import genome_from_steps
 from tuner.default import default_schedule
 from tuner.measure import MeasureInput, Measurer, check_task_fits_memory
+from tuner.replay import schedule_applies
 from tuner.result import MeasureResult, NewRecord
 from tuner.schedule import ScheduleError, apply_steps, schedule_from_json, schedule_to_json
 from tuner.search import (Candidate, CostModel, EvolutionarySearch, Featurizer, OptunaSearch,
@@ -125,7 +126,7 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
     history = store.history(task, target)
     measured = {r.schedule_json for r in history}
     _resume(strategy, task, target, history)
-    best = max((r.gflops for r in history), default=0.0)
+    best = max((r.gflops for r in history if schedule_applies(r)), default=0.0)
     trial = store.next_trial(task, target)
 
     default_key = schedule_to_json(default_schedule(dag, target))
@@ -163,7 +164,7 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
         if on_progress:
             on_progress(Progress(done, config.trials, best, errors,
                                  time.perf_counter() - start))
-    best_record = store.best(task, target)
+    best_record = store.best(task, target, schedule_applies)
     return TuneResult(task, target, done, errors, best_record.gflops if best_record else 0.0,
                       best_record.schedule_json if best_record else None, default_gflops,
                       time.perf_counter() - start, tuple(curve))
