@@ -31,12 +31,14 @@ REDUCE_UNROLL = 4
 
 
 def rows_for(extent: int, budget: int) -> int:
-    """Rows of a register tile over an axis of `extent`: within 3/4 of `budget` and all of
-    it, the count that wastes least on the last partial tile (the larger within 1%), so a
-    register file is not left a third empty for want of a divisor."""
+    """Rows of a register tile over an axis of `extent`: within half of `budget` and all of
+    it, the count that wastes least on the last partial tile (the larger within 1%). A tail
+    tile costs more than its share of rows (it runs a second, guarded copy of the loop):
+    measured on Zen 5, the 7x7-pixel 1x1 convolution of ResNet's last stage (49 pixels, 2 zmm
+    of channels) ran at 222 GFLOPS with 7 rows and 175 with 13 (3 tiles and a tail of 10)."""
     if extent <= budget:
         return extent
-    low = max(1, -(-3 * budget // 4))
+    low = max(1, -(-budget // 2))
     return min(range(low, budget + 1),
                key=lambda c: (round(-(-extent // c) * c / extent, 2), -c))
 
