@@ -8,12 +8,16 @@ database made by another version is refused with a message, never half-used.
 
 from __future__ import annotations
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (CheckConstraint, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tuner.result import ErrorKind
 
-SCHEMA_VERSION = 1  # stored in tuner_meta under "schema_version"
+SCHEMA_VERSION = 2  # stored in tuner_meta under "schema_version"
+# what opening a log of an older version adds to it (tables only: nothing existing changes)
+UPGRADES = {1: "tuner_claims: schedules being measured, so that processes sharing the log "
+               "measure disjoint schedules"}
 ERROR_KINDS = tuple(k.value for k in ErrorKind)
 
 
@@ -79,4 +83,20 @@ class RecordRow(Base):
                         name="ck_tuner_records_timed_iff_ok"),
         Index("ix_tuner_records_task_target", "task_id", "target_id", "trial"),
         Index("ix_tuner_records_schedule", "task_id", "target_id", "schedule_hash"),
+    )
+
+
+class ClaimRow(Base):
+    """A schedule some process is measuring now (records/claims.py): at most one claim per
+    schedule of a (task, target) pair; it lapses at `expires` or when its owner is gone."""
+    __tablename__ = "tuner_claims"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tuner_tasks.id"), nullable=False)
+    target_id: Mapped[int] = mapped_column(ForeignKey("tuner_targets.id"), nullable=False)
+    schedule_hash: Mapped[str] = mapped_column(String(40), nullable=False)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires: Mapped[float] = mapped_column(Float, nullable=False)  # seconds since the epoch
+
+    __table_args__ = (
+        UniqueConstraint("task_id", "target_id", "schedule_hash", name="uq_tuner_claims"),
     )

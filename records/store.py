@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import case, create_engine, event, func, inspect, select
+from sqlalchemy import case, create_engine, delete, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +25,9 @@ from sqlalchemy.pool import StaticPool
 
 from records import sqlite
 from records.exchange import read_best, write_best
-from records.models import SCHEMA_VERSION, Base, MetaRow, RecordRow, TargetRow, TaskRow
+from records.claims import owner_is_gone, owner_key
+from records.models import (SCHEMA_VERSION, UPGRADES, Base, ClaimRow, MetaRow, RecordRow,
+                            TargetRow, TaskRow)
 from records.record import (NewRecord, Record, RecordsError, canonical_schedule, make_task,
                             schedule_hash)
 from tuner.result import ErrorKind, MeasureResult
@@ -43,9 +46,9 @@ def _check_version(where: str, found: str | None) -> None:
         raise RecordsError(f"{where} has records schema version {found}, newer than version "
                            f"{SCHEMA_VERSION} that this tuner supports; upgrade it with "
                            f"`pip install --upgrade tuner`")
-    if int(found) < SCHEMA_VERSION:
+    if int(found) < min(UPGRADES, default=SCHEMA_VERSION):
         raise RecordsError(f"{where} has records schema version {found}; this tuner supports "
-                           f"version {SCHEMA_VERSION} and cannot upgrade it yet")
+                           f"version {SCHEMA_VERSION} and cannot upgrade it")
 
 
 class RecordStore:
@@ -127,7 +130,11 @@ class RecordStore:
                 if sqlite.META_TABLE in tables:
                     row = s.get(MetaRow, "schema_version")
                     _check_version(self.display_url, row.value if row else None)
-                    return
+                    if int(row.value) == SCHEMA_VERSION:
+                        return
+            if sqlite.META_TABLE in tables:
+                self._upgrade()
+                return
             if self._is_sqlite and tables:  # another program made tables since the file check
                 raise RecordsError(f"{self.display_url} is a SQLite database of another "
                                    f"application; pass another --db or set TUNER_DB")
@@ -141,6 +148,14 @@ class RecordStore:
                 # (SQLite's BEGIN IMMEDIATE queues them): the loser finds them made.
                 if attempt == 2:
                     raise
+
+    def _upgrade(self) -> None:
+        """Brings an older log to this schema version: UPGRADES only add tables."""
+        with self._session(write=True) as s:
+            row = s.get(MetaRow, "schema_version", with_for_update=True)
+            if int(row.value) < SCHEMA_VERSION:  # not done by another process meanwhile
+                Base.metadata.create_all(s.connection(), checkfirst=True)
+                row.value = str(SCHEMA_VERSION)
 
     def _get_or_create(self, s: Session, model, key: str, make) -> int:
         found = s.scalar(select(model.id).where(model.key == key))
@@ -169,6 +184,14 @@ class RecordStore:
         return self._get_or_create(s, TargetRow, target.key, lambda: TargetRow(
             key=target.key, triple=target.triple, cpu=target.cpu, features=target.features,
             threads=target.threads))
+
+    def _claims_filter(self, s: Session, task: Task, target: Target):
+        """WHERE clauses selecting a pair's claims; None when the pair is unknown."""
+        task_id = s.scalar(select(TaskRow.id).where(TaskRow.key == task.key))
+        target_id = s.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
+        if task_id is None or target_id is None:
+            return None
+        return ClaimRow.task_id == task_id, ClaimRow.target_id == target_id
 
     def _pair_filter(self, s: Session, task: Task | None, target: Target | None):
         """WHERE clauses selecting a task and/or target; None when one of them is unknown."""
@@ -217,12 +240,16 @@ class RecordStore:
                              flops=flops, tuner_version=tuner_version)[0]
 
     def add_many(self, task: Task, target: Target, entries: Sequence[NewRecord], *,
-                 flops: float | None = None, tuner_version: str | None = None) -> list[Record]:
+                 flops: float | None = None, tuner_version: str | None = None,
+                 number_trials: bool = False) -> list[Record]:
         """Appends a batch of one task on one target in one transaction: all committed before
-        returning, or (on any error, Ctrl-C included) none.
+        returning, or (on any error, Ctrl-C included) none. This process's claims on the
+        batch's schedules (`claim`) go in the same transaction.
 
-        `flops` defaults to the task template's count and `tuner_version` to the running
-        tuner's."""
+        With `number_trials`, the entries' trials are replaced by the next free numbers of
+        the pair, taken inside the transaction, so processes sharing the log never number two
+        records alike. `flops` defaults to the task template's count and `tuner_version` to
+        the running tuner's."""
         if flops is None:  # the only use of the templates in records/: avoid it, pass flops
             flops = task.dag().flops
         if tuner_version is None:
@@ -231,12 +258,82 @@ class RecordStore:
         if not rows:
             return []
         with self._session(write=True) as s:
-            task_id, target_id = self._task_id(s, task), self._target_id(s, target)
+            task_id, target_id = self._lock_pair(s, task, target)
+            if number_trials:
+                first = s.scalar(select(func.coalesce(func.max(RecordRow.trial) + 1, 0)).where(
+                    RecordRow.task_id == task_id, RecordRow.target_id == target_id))
+                for i, row in enumerate(rows):
+                    row.trial = first + i
             for row in rows:
                 row.task_id, row.target_id = task_id, target_id
             s.add_all(rows)
+            s.execute(delete(ClaimRow).where(
+                ClaimRow.task_id == task_id, ClaimRow.target_id == target_id,
+                ClaimRow.owner == owner_key(),
+                ClaimRow.schedule_hash.in_([row.schedule_hash for row in rows])))
             s.flush()
             return [_record_of(row, task, target) for row in rows]
+
+    def _lock_pair(self, s: Session, task: Task, target: Target) -> tuple[int, int]:
+        """The pair's ids, with the task's row locked to the end of the transaction on a
+        server (SQLite's BEGIN IMMEDIATE already serializes writers): numbering trials and
+        claiming schedules read, then write, what another process may be writing."""
+        task_id, target_id = self._task_id(s, task), self._target_id(s, target)
+        s.execute(select(TaskRow.id).where(TaskRow.id == task_id).with_for_update())
+        return task_id, target_id
+
+    def claim(self, task: Task, target: Target, schedule_jsons: Sequence[str], *,
+              lease_s: float, owner: str | None = None, now: float | None = None) -> list[bool]:
+        """Claims schedules for measuring (records/claims.py), for `lease_s` seconds; returns
+        which are this process's to measure: not those already measured, claimed by another
+        owner who is alive and within the lease, or listed twice."""
+        owner = owner or owner_key()
+        now = time.time() if now is None else now
+        hashes = [schedule_hash(canonical_schedule(j)) for j in schedule_jsons]
+        if not hashes:
+            return []
+        with self._session(write=True) as s:
+            task_id, target_id = self._lock_pair(s, task, target)
+            pair = (ClaimRow.task_id == task_id, ClaimRow.target_id == target_id)
+            measured = set(s.scalars(select(RecordRow.schedule_hash).where(
+                RecordRow.task_id == task_id, RecordRow.target_id == target_id,
+                RecordRow.schedule_hash.in_(hashes))))
+            claims = {c.schedule_hash: c for c in s.scalars(select(ClaimRow).where(
+                *pair, ClaimRow.schedule_hash.in_(hashes)))}
+            out, seen = [], set()
+            for h in hashes:
+                c = claims.get(h)
+                taken = c is not None and c.owner != owner and c.expires > now \
+                    and not owner_is_gone(c.owner)
+                if h in measured or h in seen or taken:
+                    out.append(False)
+                    continue
+                seen.add(h)
+                if c is None:
+                    s.add(ClaimRow(task_id=task_id, target_id=target_id, schedule_hash=h,
+                                   owner=owner, expires=now + lease_s))
+                else:
+                    c.owner, c.expires = owner, now + lease_s
+                out.append(True)
+        return out
+
+    def release_claims(self, task: Task, target: Target, owner: str | None = None) -> int:
+        """Drops the owner's (this process's) claims on a pair; returns how many."""
+        with self._session(write=True) as s:
+            pair = self._claims_filter(s, task, target)
+            if pair is None:
+                return 0
+            return s.execute(delete(ClaimRow).where(
+                *pair, ClaimRow.owner == (owner or owner_key()))).rowcount
+
+    def claims(self, task: Task, target: Target) -> list[tuple[str, str, float]]:
+        """(schedule hash, owner, expires) of every claim on a pair."""
+        with self._session() as s:
+            pair = self._claims_filter(s, task, target)
+            if pair is None:
+                return []
+            return [(c.schedule_hash, c.owner, c.expires)
+                    for c in s.scalars(select(ClaimRow).where(*pair).order_by(ClaimRow.id))]
 
     def import_records(self, records: Iterable[Record]) -> tuple[int, int]:
         """Merges records from elsewhere in one transaction, skipping any whose (task, target,

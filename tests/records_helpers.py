@@ -4,8 +4,14 @@ sys.path, which pytest gave this folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import uuid
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from records import NewRecord, RecordStore
 from tuner.result import ErrorKind, MeasureResult
@@ -21,6 +27,24 @@ TARGET = Target("x86_64-unknown-linux-gnu", "znver4", "+avx,+avx512f,+fma", 2)
 OTHER_TARGET = Target("x86_64-unknown-linux-gnu", "znver4", "+avx,+avx512f,+fma", 1)
 VERSION = "0.1.0-test"
 BATCH = 4
+
+# The contract suite also runs against a PostgreSQL server when given one, e.g.
+# postgresql+psycopg://postgres@127.0.0.1:5432/postgres (each test gets a scratch database).
+POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES_URL")
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str):
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as con:
+        con.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as con:
+            con.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def flops(task: Task) -> float:

@@ -3,6 +3,7 @@ the tuner killed while a candidate hangs, Ctrl-C while the workers start, SIGTER
 stored is lost, no worker outlives the tuner, and nothing prints a traceback.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import records_helpers as h
 
-from records import RecordStore, RecordsError
+from records import RecordStore, RecordsError, schedule_hash
 from tuner.target import host_target
 from tuner.task import Task
 
@@ -22,7 +24,7 @@ TESTS = Path(__file__).resolve().parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
-def _tune(db: Path, trials: int, shape: str = "40,40,40") -> subprocess.Popen:
+def _tune(db: Path | str, trials: int, shape: str = "40,40,40") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tuner.cli", "matmul", "--shape", shape,
                              "--trials", str(trials), "--batch-size", "4", "--threads", "1",
                              "--db", str(db), "--quiet", "--strategy", "random"],
@@ -179,3 +181,72 @@ def test_sigterm_keeps_every_finished_batch(tmp_path):
     with RecordStore(f"sqlite:///{db}") as store:
         records = store.history(Task.create("matmul", (64, 64, 64)), host_target(1))
     assert len(records) >= stored and len(records) % 4 == 0  # whole batches only
+
+
+@pytest.mark.parametrize("backend", ["file"] + (["postgresql"] if h.POSTGRES_URL else []))
+def test_three_tuners_on_one_task_measure_disjoint_schedules(tmp_path, backend):
+    """Three `tune` processes with the same seed (so the same proposals, the worst case) on
+    one task and one log: every schedule is measured once, trials are numbered without a
+    gap or a collision, and each process still measures its whole budget."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'shared.db'}" if backend == "file" else \
+            stack.enter_context(h.scratch_database(h.POSTGRES_URL))
+        _tune_three_at_once(url)
+
+
+def _tune_three_at_once(url: str) -> None:
+    procs = [_tune(url, 12, "24,24,24") for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    with RecordStore(url) as store:
+        task, target = Task.create("matmul", (24, 24, 24)), host_target(1)
+        records = store.history(task, target)
+        assert store.claims(task, target) == []  # measured or released: none left
+    assert len(records) == 36
+    assert len({r.schedule_json for r in records}) == 36
+    assert sorted(r.trial for r in records) == list(range(36))
+
+
+HANGING_TUNER = textwrap.dedent("""
+    import sys
+    from records import RecordStore
+    from tuner.measure import MeasureOptions, Measurer
+    from tuner.target import host_target
+    from tuner.task import Task
+    from tuner.tune import TuneConfig, tune
+    target = host_target(1)
+    with RecordStore(sys.argv[1]) as store, Measurer(target, MeasureOptions(
+            builder=sys.argv[2], run_timeout_s=600)) as m:
+        tune(Task.create("matmul", (24, 24, 24)), target, store, m,
+             TuneConfig(trials=4, batch_size=4, strategy="random"))
+""")
+
+
+def test_the_claims_of_a_killed_tuner_lapse(tmp_path):
+    """kill -9 while the batch in flight hangs: its claims stay in the log, and the next
+    tuner (same seed: it proposes that batch again) measures those schedules, their owner
+    being gone, instead of skipping them for the claims' lease."""
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    task, target = Task.create("matmul", (24, 24, 24)), host_target(1)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(TESTS), ENV["PYTHONPATH"]])}
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_TUNER, url, "fault_builders:hang"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    claimed: list = []
+    while time.time() < deadline and len(claimed) < 4:
+        time.sleep(0.2)
+        with contextlib.suppress(RecordsError):  # the log may not be made yet
+            with RecordStore(url) as store:
+                claimed = store.claims(task, target)
+    assert len(claimed) == 4 and all(c[1].split("/")[1] == str(proc.pid) for c in claimed)
+    proc.kill()
+    proc.wait()
+    again = subprocess.run([sys.executable, "-c", HANGING_TUNER, url,
+                            "tuner.measure_worker:build"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    with RecordStore(url) as store:
+        assert store.claims(task, target) == []
+        measured = {schedule_hash(r.schedule_json) for r in store.history(task, target)}
+    assert measured == {c[0] for c in claimed}

@@ -10,39 +10,24 @@ import multiprocessing
 import os
 import signal
 import sqlite3
-import uuid
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import records_helpers as h
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 from records import (NewRecord, Record, RecordsError, RecordStore, read_best, resolve_db_url,
                      schedule_hash)
+from records.claims import owner_is_gone, owner_key
 from records.models import SCHEMA_VERSION
 from tuner.result import ErrorKind
 from tuner.target import Target
 from tuner.task import Task
 
 SPAWN = multiprocessing.get_context("spawn")
-# The contract suite also runs against a PostgreSQL server when given one, e.g.
-# postgresql+psycopg://postgres@127.0.0.1:5432/postgres (each test gets a scratch database).
-POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES_URL")
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str):
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"tuner_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as con:
-        con.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as con:
-            con.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
+POSTGRES_URL, scratch_database = h.POSTGRES_URL, h.scratch_database
 
 
 @pytest.fixture(params=["memory", "file"] + (["postgresql"] if POSTGRES_URL else []))
@@ -137,6 +122,56 @@ def test_best_skips_what_the_caller_cannot_use(store):
     assert [r.schedule_json for r in store.best_per_task(usable=accepts)] == [h.schedule(37)]
     assert [r.schedule_json for r in store.best_by_target(h.CONV, accepts)] == []
     assert store.best(h.CONV, h.TARGET, accepts) is None
+
+
+def test_claims_keep_processes_off_each_others_schedules(store):
+    """A schedule is this process's to measure unless it is measured, listed twice, or
+    claimed by another owner who is alive and within the lease; committing the measured
+    records drops their claims; releasing drops the rest."""
+    other = owner_key(os.getppid())  # a live process that is not this one
+    j = [h.schedule(n) for n in range(6)]
+    add(store, h.MATMUL, 0, h.ok(1e-3), 0)
+    assert store.claim(h.MATMUL, h.TARGET, [j[1]], lease_s=60, owner=other) == [True]
+    assert store.claim(h.MATMUL, h.TARGET, [j[2]], lease_s=60, owner=other,
+                       now=time.time() - 120) == [True]  # its lease has run out
+    assert store.claim(h.MATMUL, h.TARGET, [j[0], j[1], j[2], j[3], j[3], j[4]],
+                       lease_s=60) == [False, False, True, True, False, True]
+    assert store.claim(h.MATMUL, h.TARGET, [j[3]], lease_s=60) == [True]  # ours already
+    mine = {c[0] for c in store.claims(h.MATMUL, h.TARGET) if c[1] == owner_key()}
+    assert mine == {schedule_hash(j[n]) for n in (2, 3, 4)}
+    store.add_many(h.MATMUL, h.TARGET, [NewRecord(j[2], h.ok(1e-3), 7)],
+                   flops=h.flops(h.MATMUL), tuner_version=h.VERSION)
+    assert {c[0] for c in store.claims(h.MATMUL, h.TARGET)} == \
+        {schedule_hash(j[n]) for n in (1, 3, 4)}
+    assert store.release_claims(h.MATMUL, h.TARGET) == 2
+    assert [c[1] for c in store.claims(h.MATMUL, h.TARGET)] == [other]
+    assert store.claim(h.MATMUL, h.TARGET, [j[1], j[5]], lease_s=60, owner=other) == \
+        [True, True]
+
+
+def test_the_claim_of_a_process_that_is_gone_lapses_at_once(store):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = owner_key(sleeper.pid)
+    assert not owner_is_gone(gone)
+    assert store.claim(h.MATMUL, h.TARGET, [h.schedule(1)], lease_s=3600, owner=gone) == [True]
+    assert store.claim(h.MATMUL, h.TARGET, [h.schedule(1)], lease_s=60) == [False]
+    sleeper.kill()
+    sleeper.wait()
+    assert owner_is_gone(gone)
+    assert store.claim(h.MATMUL, h.TARGET, [h.schedule(1)], lease_s=60) == [True]
+    assert not owner_is_gone("another-machine/1/1")  # cannot be known here: its lease ends it
+
+
+def test_the_store_numbers_trials_after_the_last(store):
+    add(store, h.MATMUL, 0, h.ok(1e-3), 5)
+    batch = [NewRecord(h.schedule(n), h.ok(1e-3), 0) for n in (1, 2, 3)]
+    added = store.add_many(h.MATMUL, h.TARGET, batch, flops=h.flops(h.MATMUL),
+                           tuner_version=h.VERSION, number_trials=True)
+    assert [r.trial for r in added] == [6, 7, 8]
+    assert [r.trial for r in store.history(h.MATMUL, h.TARGET)] == [5, 6, 7, 8]
+    first = store.add_many(h.CONV, h.TARGET, batch[:1], flops=h.flops(h.CONV),
+                           tuner_version=h.VERSION, number_trials=True)
+    assert first[0].trial == 0
 
 
 def test_a_task_whose_records_all_failed_has_no_best(store):
@@ -355,9 +390,10 @@ def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, make, message):
 
 
 @pytest.mark.parametrize("version, message", [
-    (SCHEMA_VERSION + 98, f"schema version 99, newer than version {SCHEMA_VERSION} that this "
-                          f"tuner supports; upgrade it with `pip install --upgrade tuner`"),
-    (0, f"schema version 0; this tuner supports version {SCHEMA_VERSION}"),
+    (99, f"schema version 99, newer than version {SCHEMA_VERSION} that this "
+         f"tuner supports; upgrade it with `pip install --upgrade tuner`"),
+    (0, f"schema version 0; this tuner supports version {SCHEMA_VERSION} and cannot "
+        f"upgrade it"),
 ])
 def test_another_schema_version_is_refused(tmp_path, version, message):
     path = tmp_path / "r.db"
@@ -371,6 +407,24 @@ def test_another_schema_version_is_refused(tmp_path, version, message):
     with pytest.raises(RecordsError, match=f"^{path} has records {message}"):
         RecordStore(resolve_db_url(str(path)))
     assert _snapshot(tmp_path) == before
+
+
+def test_a_log_of_schema_version_1_is_upgraded_in_place(tmp_path):
+    """Version 1 had no claims table: opening such a log adds it and keeps every record."""
+    path = tmp_path / "v1.db"
+    with RecordStore(resolve_db_url(str(path))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE tuner_claims")
+    con.execute("UPDATE tuner_meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with RecordStore(resolve_db_url(str(path))) as s:
+        assert s.count() == 1
+        assert s.claim(h.MATMUL, h.TARGET, [h.schedule(2)], lease_s=60) == [True]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM tuner_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    con.close()
 
 
 def test_a_new_file_gets_our_schema_in_wal_mode(tmp_path):

@@ -121,6 +121,11 @@ class RandomSearch:
         pass
 
 
+# feature rows of proposed candidates kept for the next rounds (~1 kB each); measured
+# candidates keep theirs apart
+FEATURE_CACHE_SIZE = 8192
+
+
 class EvolutionarySearch(RandomSearch):
     name = "evolutionary"
 
@@ -129,7 +134,9 @@ class EvolutionarySearch(RandomSearch):
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         super().__init__(dag, target, rng)
         self.model, self.featurize, self.config = model, featurize, config
-        self.measured: list[tuple[Candidate, float]] = []  # (candidate, gflops) of this task
+        # (candidate, gflops) of this task, without their loop nests, and their features
+        self.measured: list[tuple[Candidate, float]] = []
+        self._measured_features: list[np.ndarray] = []
         # measurements of other tasks on this target: the model starts from them
         self.history = history
         self._feature_cache: dict[str, np.ndarray] = {}
@@ -140,13 +147,13 @@ class EvolutionarySearch(RandomSearch):
     def _features(self, candidates: list[Candidate]) -> np.ndarray:
         rows = []
         for c in candidates:
-            row = self._feature_cache.get(c.key)
+            row = self._feature_cache.pop(c.key, None)
             if row is None:
                 nest = c.nest if c.nest is not None else apply_steps(self.dag, c.steps)
                 row = self.featurize(nest, self.target)
-                if len(self._feature_cache) > 50_000:  # ~40 MB: start over, keep memory flat
-                    self._feature_cache.clear()
-                self._feature_cache[c.key] = row
+                if len(self._feature_cache) >= FEATURE_CACHE_SIZE:
+                    del self._feature_cache[next(iter(self._feature_cache))]  # the oldest
+            self._feature_cache[c.key] = row  # (re)inserted last: least recently used first
             rows.append(row)
         return np.stack(rows)
 
@@ -157,7 +164,7 @@ class EvolutionarySearch(RandomSearch):
             gflops.append(self.history[1])
             groups.append(self.history[2])
         if self.measured:
-            feats.append(self._features([c for c, _ in self.measured]))
+            feats.append(np.stack(self._measured_features))
             gflops.append(np.array([g for _, g in self.measured]))
             groups.append(np.array(["this task"] * len(self.measured)))
         if not feats or sum(len(f) for f in feats) < self.config.model_after:
@@ -169,7 +176,10 @@ class EvolutionarySearch(RandomSearch):
 
     def observe(self, candidates, results) -> None:
         flops = self.dag.flops
-        self.measured += [(c, r.gflops(flops)) for c, r in zip(candidates, results)]
+        # a nest is tens of kB: kept for every trial, it made a long run grow without end
+        self._measured_features += list(self._features(candidates)) if candidates else []
+        self.measured += [(replace(c, nest=None), r.gflops(flops))
+                          for c, r in zip(candidates, results)]
         self._fit()
 
     def _initial_population(self) -> list[Candidate]:

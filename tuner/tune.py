@@ -5,6 +5,8 @@
 Every batch is committed to the record store before the next is proposed, so Ctrl-C or a kill
 loses at most the batch in flight; a new run of the same task reads what is stored, never
 measures a stored schedule again, and (evolutionary search) starts from the stored genomes.
+Processes tuning the same task in one log (a shared server, or two terminals) claim each batch
+in the store before measuring it and measure disjoint schedules; the store numbers trials.
 The cost model starts from the records of other tasks on the same target. The first batch
 also measures the default schedule, so tuning never ends worse than not tuning.
 
@@ -14,6 +16,7 @@ module imports neither SQLAlchemy nor XGBoost.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,6 +48,13 @@ class TuneConfig:
     include_default: bool = True     # measure the default schedule in the first batch
     warm_start_records: int = 4000   # other tasks' records the model starts from
     search: SearchConfig = field(default_factory=SearchConfig)
+    # how long a claim on a batch being measured holds if this process dies where others
+    # cannot see it (another machine on a shared server; records/claims.py)
+    claim_lease_s: float = 3600.0
+
+
+# rounds in a row whose every proposal another process had measured or claimed
+MAX_REFUSED_BATCHES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,43 +137,55 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
     measured = {r.schedule_json for r in history}
     _resume(strategy, task, target, history)
     best = max((r.gflops for r in history if schedule_applies(r)), default=0.0)
-    trial = store.next_trial(task, target)
 
     default_key = schedule_to_json(default_schedule(dag, target))
     default_gflops = next((r.gflops for r in history if r.schedule_json == default_key), None)
-    done = errors = 0
+    done = errors = refused = 0
     curve: list[tuple[int, float, float]] = []
-    while done < config.trials:
-        n = min(config.batch_size, config.trials - done)
-        batch: list[Candidate] = []
-        if config.include_default and default_key not in measured:
-            steps = schedule_from_json(default_key)
-            batch.append(Candidate(None, None, steps, default_key))
-            measured.add(default_key)
-        batch += strategy.propose(n - len(batch), measured)
-        if not batch:
-            break  # the space is exhausted: everything it can make is measured
-        results: list[MeasureResult] = measurer.measure(
-            [MeasureInput(task, c.steps, c.nest) for c in batch])
-        entries = [NewRecord(c.key, r, trial + i, c.predicted,
-                             "default" if c.sketch is None else strategy.name)
-                   for i, (c, r) in enumerate(zip(batch, results))]
-        # committed before anything else happens
-        store.add_many(task, target, entries, flops=dag.flops, tuner_version=__version__)
-        trial += len(batch)
-        measured.update(c.key for c in batch)
-        searched = [(c, r) for c, r in zip(batch, results) if c.sketch is not None]
-        strategy.observe([c for c, _ in searched], [r for _, r in searched])
-        for i, (c, r) in enumerate(zip(batch, results)):
-            done += 1
-            errors += not r.ok
-            best = max(best, r.gflops(dag.flops))
-            if c.key == default_key:
-                default_gflops = r.gflops(dag.flops)
-            curve.append((trial - len(batch) + i, time.perf_counter() - start, best))
-        if on_progress:
-            on_progress(Progress(done, config.trials, best, errors,
-                                 time.perf_counter() - start))
+    try:
+        while done < config.trials:
+            n = min(config.batch_size, config.trials - done)
+            batch: list[Candidate] = []
+            if config.include_default and default_key not in measured:
+                steps = schedule_from_json(default_key)
+                batch.append(Candidate(None, None, steps, default_key))
+            batch += strategy.propose(n - len(batch), measured)
+            if not batch:
+                break  # the space is exhausted: everything it can make is measured
+            # another process tuning the same pair in this log measures what it claimed
+            ours = store.claim(task, target, [c.key for c in batch],
+                               lease_s=config.claim_lease_s)
+            measured.update(c.key for c in batch)
+            batch = [c for c, mine in zip(batch, ours) if mine]
+            if not batch:
+                refused += 1
+                if refused > MAX_REFUSED_BATCHES:
+                    break  # others measure whatever this search proposes
+                continue
+            results: list[MeasureResult] = measurer.measure(
+                [MeasureInput(task, c.steps, c.nest) for c in batch])
+            entries = [NewRecord(c.key, r, 0, c.predicted,
+                                 "default" if c.sketch is None else strategy.name)
+                       for c, r in zip(batch, results)]
+            # committed before anything else happens, numbered by the store
+            records = store.add_many(task, target, entries, flops=dag.flops,
+                                     tuner_version=__version__, number_trials=True)
+            searched = [(c, r) for c, r in zip(batch, results) if c.sketch is not None]
+            strategy.observe([c for c, _ in searched], [r for _, r in searched])
+            for c, r, record in zip(batch, results, records):
+                done += 1
+                errors += not r.ok
+                best = max(best, r.gflops(dag.flops))
+                if c.key == default_key:
+                    default_gflops = r.gflops(dag.flops)
+                curve.append((record.trial, time.perf_counter() - start, best))
+            if on_progress:
+                on_progress(Progress(done, config.trials, best, errors,
+                                     time.perf_counter() - start))
+    except BaseException:
+        with contextlib.suppress(Exception):  # else they lapse when this process is gone
+            store.release_claims(task, target)
+        raise
     best_record = store.best(task, target, schedule_applies)
     return TuneResult(task, target, done, errors, best_record.gflops if best_record else 0.0,
                       best_record.schedule_json if best_record else None, default_gflops,
