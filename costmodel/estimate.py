@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 
-from tuner.layout import (access_class, inline_guards, packed_parts, padding, region_start,
-                          root_pad_bytes, tile_operand_registers, vector_chunks, vector_loop)
+from tuner.layout import (access_class, inline_guards, lane_stride, packed_parts, padding,
+                          region_start, root_pad_bytes, tile_operand_registers, vector_chunks,
+                          vector_loop)
 from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest
 from tuner.target import Target
@@ -127,7 +128,9 @@ def _fma_rate(nest: LoopNest, machine: Machine) -> float:
     for op in (dag.lhs, dag.rhs):
         kind = access_class(nest, op)
         copies = math.prod(l.extent for l in region if op.depends_on(l.parts[0].axis))
-        per = {"scalar": 1, "broadcast": 1, "contiguous": chunks, "gather": width}[kind]
+        stride = lane_stride(nest, op, vec) if kind == "strided" else 1
+        per = {"scalar": 1, "broadcast": 1, "contiguous": chunks, "strided": chunks * stride,
+               "gather": width}[kind]
         loads += copies * per * (2 if kind == "gather" else 1)  # a gather inserts too
         guard_ops += copies * per * GUARD_OPS * inline_guards(nest, op)
 
@@ -135,7 +138,7 @@ def _fma_rate(nest: LoopNest, machine: Machine) -> float:
     in_registers = bool(tile) and all(l.kind in ("unroll", "vectorize")
                                       for l in tile if not l.reduce)
     rate = float(machine.fma_per_cycle if machine.has_fma else 1)
-    operands = tile_operand_registers(nest, machine.lanes)
+    operands = tile_operand_registers(nest, machine)
     if in_registers:
         rate = min(rate, accumulators / machine.fma_latency)
         if accumulators + operands > machine.vector_registers:

@@ -23,11 +23,12 @@ import math
 import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
-from tuner.layout import inline_guards, root_pad_bytes, tile_operand_registers, vector_chunks
+from tuner.layout import (access_class, inline_guards, root_pad_bytes, tile_operand_registers,
+                          vector_chunks)
 from tuner.schedule import LoopNest
 from tuner.target import Target
 
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 LEVELS = 10
 KINDS = ("serial", "parallel", "unroll", "vectorize")
 GLOBAL_FEATURES = (
@@ -59,8 +60,9 @@ GLOBAL_FEATURES = (
     ("lhs_stride", "log2(1+|stride|) of lhs along the innermost loop (0: broadcast)"),
     ("rhs_stride", "log2(1+|stride|) of rhs along the innermost loop (0: broadcast)"),
     ("acc_stride", "log2(1+|stride|) of the accumulation target along the innermost loop"),
-    ("lhs_gather", "1 if lhs is read with a stride other than 0 or 1 in the vector loop"),
-    ("rhs_gather", "1 if rhs is read with a stride other than 0 or 1 in the vector loop"),
+    ("lhs_gather", "1 if lhs is read lane by lane in the vector loop (a stride that is not "
+                   "0, 1 or loaded whole: tuner.layout.access_class)"),
+    ("rhs_gather", "1 if rhs is read lane by lane in the vector loop"),
     ("out_scatter", "1 if the output is written with a stride other than 1 in the vector loop"),
     ("output_bytes", "log2 bytes of the output"),
     ("epilogue_passes", "extra passes over the output (bias and ReLU without cache_write)"),
@@ -122,7 +124,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
     chunks = vector_chunks(nest, lanes)
     register_vectors = math.ceil(register_tile / (vec.extent if vec else 1)) * chunks \
         if register_tile else 0
-    operand_vectors = tile_operand_registers(nest, lanes) if register_tile else 0
+    operand_vectors = tile_operand_registers(nest, machine) if register_tile else 0
     epilogue = 0 if nest.cache_write_at is not None else \
         (dag.bias is not None) + dag.relu + 1
     out += [
@@ -139,8 +141,8 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         math.log2(padded_space / real_space), vec_tail, inline_pad, _lg(root_pad),
         len(nest.layout_rewrite), _lg(abs(strides["lhs"])), _lg(abs(strides["rhs"])),
         _lg(abs(strides["acc"])),
-        float(vec is not None and abs(strides["lhs"]) > 1),
-        float(vec is not None and abs(strides["rhs"]) > 1), out_scatter,
+        float(access_class(nest, dag.lhs) == "gather"),
+        float(access_class(nest, dag.rhs) == "gather"), out_scatter,
         _lg(4 * dag.output.size), epilogue,
     ]
 

@@ -85,3 +85,56 @@ def test_pointwise_convolution_is_a_product_over_pixels(shape, groups, bias, rel
     assert_matches_reference(dag, out, inputs)
     with pytest.raises(TunerError, match=r"data has shape \(1, 2, 3\)"):
         bound(np.zeros((1, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+@pytest.mark.parametrize("stride, width, groups", [
+    (2, 8, 1), (2, 16, 1), (2, 32, 1), (3, 16, 1), (4, 8, 1), (2, 16, 6), (4, 16, 6),
+])
+def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
+    """Vectors along the output columns of a strided convolution read the input `stride`
+    elements apart: with root padding (no bounds checks) the lanes come from contiguous
+    loads and a shuffle, not one scalar load per lane; full vectors and the tail (21 output
+    columns) both match the reference, and nothing past the padded input is read."""
+    from dataclasses import replace as change
+    from tuner.default import register_tile, tiled_schedule
+    from tuner.layout import access_class
+    from tuner.target import named_target
+    from tuner.task import Task
+    target = named_target(cpu, 1)
+    pad = 1
+    w = (21 - 1) * stride + 3 - 2 * pad  # 21 output columns: full vectors and a tail
+    dag = Task.create("conv2d", (1, 6, 7, w, 6, 3, 3), stride=stride, pad=pad,
+                      groups=groups).dag()
+    assert dag.axis("ow").extent == 21
+    tile = change(register_tile(dag, target), vector_axis="ow", width=width,
+                  unrolled_axis="k", count=dag.axis("k").extent, reduce_axis="kw",
+                  reduce_unroll=3)
+    nest = apply_steps(dag, tiled_schedule(dag, target, tile))
+    assert access_class(nest, dag.lhs) == "strided"
+    kernel = Kernel(nest, target)
+    for seed in range(2):
+        inputs = dag.random_inputs(np.random.default_rng(seed))
+        assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+@pytest.mark.parametrize("shape, stride, pad, groups", [
+    ((1, 144, 57, 57, 144, 3, 3), 2, 1, 144),   # MobileNet's stride-2 depthwise
+    ((1, 24, 45, 45, 40, 5, 5), 2, 2, 1),
+    ((1, 32, 40, 40, 32, 3, 3), 5, 1, 32),      # a stride read lane by lane (gathers)
+    ((1, 3, 224, 224, 64, 7, 7), 2, 3, 1),
+])
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu):
+    """However long its gathers make the body, the default schedule stays within the code
+    size a build accepts (it unrolls less), so tuning can always start from it."""
+    from tuner.default import default_schedule
+    from tuner.layout import MAX_CODE_SIZE, code_size
+    from tuner.schedule import check_nest
+    from tuner.target import named_target
+    from tuner.task import Task
+    target = named_target(cpu, 1)
+    dag = Task.create("conv2d", shape, stride=stride, pad=pad, groups=groups).dag()
+    nest = apply_steps(dag, default_schedule(dag, target))
+    check_nest(nest)
+    assert code_size(nest, target.machine.lanes) <= MAX_CODE_SIZE

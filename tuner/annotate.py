@@ -225,7 +225,7 @@ def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tupl
     chunks = -(-inner[ann.vector_axis] // machine.lanes) if ann.vector_axis else 1
     rows = math.prod(inner.get(a.name, 1) for a in dag.spatial_axes
                      if a.name != ann.vector_axis)
-    return rows * chunks, operand_registers(dag, inner, ann.vector_axis, chunks)
+    return rows * chunks, operand_registers(dag, inner, ann.vector_axis, chunks, machine)
 
 
 def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation, machine: Machine) -> bool:

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from llvmlite import ir
 
 from tuner.dag import Affine, Operand
-from tuner.irutil import (F32, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
-                          intrinsic,
-                          lane_offsets, masked_load, masked_store, materialize, relu, runtime_loop, smin,
-                          splat, var, vec_type)
-from tuner.layout import PartKey, packed_parts, padding, region_start, row_major
+from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
+                          intrinsic, lane_offsets, masked_load, masked_store, materialize, relu,
+                          runtime_loop, smin, splat, var, vec_type)
+from tuner.layout import (PartKey, packed_parts, padding, region_start, row_major,
+                          strided_load)
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
 
@@ -43,6 +43,9 @@ class Access:
     guards: tuple[tuple[Affine, int], ...] = ()      # ... with dims that may leave [0, size)
     strides: dict[PartKey, int] | None = None        # or: offset = sum(loop var * stride)
     local: bool = False  # the accumulator tile: sized for full tiles, so never masked
+    # a packed operand: also sized for full tiles, zero where a tile overhangs, so read whole
+    # in a partial vector (only the output's lanes are masked)
+    packed: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class _Emitter:
     # ------------------------------------------------------------------ accesses
     def _access(self, op: Operand) -> Access:
         if op.name in self.nest.layout_rewrite:
-            return Access(op.name, strides=row_major(packed_parts(self.nest, op)))
+            return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True)
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
         if self.nest.pad_mode(op.name) == "root" and any(lo or hi for lo, hi in pads):
             shifted = Operand(op.name, tuple(s + lo + hi for s, (lo, hi) in zip(op.shape, pads)),
@@ -200,19 +203,57 @@ class _Emitter:
         if stride == 1:
             ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
             mask = self._guard(fn, ctx, acc, width) if acc.guards else None
-            active = None if acc.local else self._active(fn, ctx)
+            active = None if acc.local or acc.packed else self._active(fn, ctx)
             if active is not None:
                 mask = active if mask is None else b.and_(mask, active)
             if mask is None:
                 return b.load(ptr, typ=vec_type(width), align=4)
             return masked_load(b, ptr, mask, width)
+        if strided_load(stride, len(acc.guards)):
+            rem = None if acc.packed else ctx.vec_rem
+            return self._load_strided(fn, acc, materialize(b, offset), width, stride, rem)
         lanes = ir.Constant(vec_type(width), ir.Undefined)
         for lane in range(width):
             lane_ctx = self._lane_ctx(ctx, lane)
-            extra = None if acc.local else self._active(fn, ctx, lane)
+            extra = None if acc.local or acc.packed else self._active(fn, ctx, lane)
             value = self._load_scalar(fn, lane_ctx, acc, self._offset(lane_ctx, acc), extra)
             lanes = b.insert_element(lanes, value, ir.Constant(I32, lane))
         return lanes
+
+    @staticmethod
+    def _load_strided(fn: Fn, acc: Access, first: ir.Value, width: int, stride: int,
+                      rem: ir.Value | None) -> ir.Value:
+        """Lanes `stride` elements apart from element `first`: the span they cover read as
+        contiguous vectors (the last one masked to the span, so nothing past the last lane
+        is read), joined, and every stride-th element picked by one shuffle. In a partial
+        vector of `rem` lanes every load is masked to the span of those lanes."""
+        b = fn.b
+        span = (width - 1) * stride + 1
+        reach = None  # elements the active lanes cover: (rem - 1) * stride + 1
+        if rem is not None:
+            reach = splat(b, b.add(b.mul(rem, ir.Constant(I64, stride)),
+                                   ir.Constant(I64, 1 - stride)), width)
+        parts = []
+        for start in range(0, span, width):
+            ptr = elem_ptr(b, fn.ptrs[acc.ptr], b.add(first, ir.Constant(I64, start)))
+            count = min(width, span - start)
+            mask = None if count == width else \
+                ir.Constant(ir.VectorType(I1, width), [i < count for i in range(width)])
+            if reach is not None:
+                offsets = ir.Constant(ir.VectorType(I64, width),
+                                      [start + i for i in range(width)])
+                active = b.icmp_signed("<", offsets, reach)
+                mask = active if mask is None else b.and_(mask, active)
+            parts.append(b.load(ptr, typ=vec_type(width), align=4) if mask is None
+                         else masked_load(b, ptr, mask, width))
+        while len(parts) > 1:  # pairwise concatenation: shuffles take two equal vectors
+            if len(parts) % 2:
+                parts.append(ir.Constant(parts[0].type, None))
+            size = 2 * parts[0].type.count
+            joined = ir.Constant(ir.VectorType(I32, size), list(range(size)))
+            parts = [b.shuffle_vector(x, y, joined) for x, y in zip(parts[::2], parts[1::2])]
+        pick = ir.Constant(ir.VectorType(I32, width), [i * stride for i in range(width)])
+        return b.shuffle_vector(parts[0], ir.Constant(parts[0].type, ir.Undefined), pick)
 
     def store(self, fn: Fn, ctx: Ctx, acc: Access, value: ir.Value) -> None:
         b = fn.b

@@ -18,10 +18,11 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuner.dag import ComputeDAG
-from tuner.layout import SPARE_REGISTERS, operand_registers, shares_input_dimension, vector_cost
+from tuner.layout import (MAX_CODE_SIZE, SPARE_REGISTERS, code_size, operand_registers,
+                          shares_input_dimension, vector_cost)
 from tuner.machine import Machine
 from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             Step, apply_steps)
@@ -89,20 +90,31 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     reduce_unroll = 1
     if last is not None:
         reduce_unroll = last.extent if last.extent <= 2 * REDUCE_UNROLL else REDUCE_UNROLL
-        chunks = -(-width // target.machine.lanes)
+        machine = target.machine
+        chunks = -(-width // machine.lanes)
         unrolled_tile = {vec.name: width, last.name: reduce_unroll}
         if unrolled is not None:
             unrolled_tile[unrolled.name] = count
-        if count * chunks + operand_registers(dag, unrolled_tile, vec.name, chunks) > \
-                target.machine.vector_registers:
+        needed = count * chunks + operand_registers(dag, unrolled_tile, vec.name, chunks, machine)
+        if needed > machine.vector_registers:
             reduce_unroll = 1  # a full register file leaves no room for the next step's loads
     return RegisterTile(vec.name, width, unrolled.name if unrolled else None, count,
                         last.name if last else None, reduce_unroll)
 
 
 def default_schedule(dag: ComputeDAG, target: Target) -> tuple[Step, ...]:
+    """The expert schedule; where its register tile would unroll more code than a build may
+    compile (gathers make a body long), the tile unrolls less: the default always builds."""
     tile = register_tile(dag, target)
-    return () if tile is None else tiled_schedule(dag, target, tile)
+    if tile is None:
+        return ()
+    while True:
+        steps = tiled_schedule(dag, target, tile)
+        if code_size(apply_steps(dag, steps), target.machine.lanes) <= MAX_CODE_SIZE or \
+                (tile.count == 1 and tile.reduce_unroll == 1):
+            return steps
+        tile = replace(tile, reduce_unroll=1) if tile.reduce_unroll > 1 else \
+            replace(tile, count=max(1, tile.count // 2))
 
 
 def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple[Step, ...]:

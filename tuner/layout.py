@@ -8,8 +8,9 @@ that keeps compile times predictable, the default schedule's choice of vector ax
 - `packed_parts` / `row_major`: the layout of a layout-rewritten constant operand (its loop
   levels in loop order, Ansor's layout rewrite) and its strides;
 - `lane_stride` / `access_class`: how an operand is read along the vectorized loop: a broadcast
-  (stride 0), one contiguous vector load per chunk (stride 1, or a packed operand), or a gather
-  of one scalar load per lane;
+  (stride 0), one contiguous vector load per chunk (stride 1, or a packed operand), `stride`
+  contiguous loads and a shuffle (a small stride, up to `MAX_STRIDED_LOAD`, without bounds
+  checks: stride-2 convolutions), or a gather of one scalar load per lane;
 - `inline_guards`: the padded dimensions read with bounds checks (inline padding);
 - `region_start`: where the innermost run of unrolled / vectorized loops begins;
 - `root_pad_bytes`: the padded copies made per call (root padding);
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 
 from tuner.dag import ComputeDAG, Operand
+from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest, LoopPart, ScheduleError
 
 PartKey = tuple[str, int]  # (axis, level)
@@ -49,6 +51,9 @@ GUARD_COST = 5          # per padded dimension: index, two compares, and, (per l
 SCALAR_LOAD_COST = 3    # address, load, and a select / insert
 VECTOR_LOAD_COST = 2    # address and load (masked: a call)
 ACC_UPDATE_COST = 3     # accumulator load, fma, store per chunk
+# Lanes up to this many elements apart are read as that many contiguous vector loads and one
+# shuffle (vpermt2ps on AVX-512) instead of a scalar load and an insert per lane.
+MAX_STRIDED_LOAD = 4
 # Registers a register tile needs besides its accumulators and loaded vectors: one broadcast
 # and one spare, so the allocator never has to spill.
 SPARE_REGISTERS = 2
@@ -100,13 +105,24 @@ def lane_stride(nest: LoopNest, operand: Operand, loop: Loop | None = None) -> i
 
 
 def access_class(nest: LoopNest, operand: Operand) -> str:
-    """'broadcast', 'contiguous' or 'gather': how the vectorized loop reads `operand`
-    ('scalar' without a vectorized loop)."""
+    """'broadcast', 'contiguous', 'strided' or 'gather': how the vectorized loop reads
+    `operand` ('scalar' without a vectorized loop). The output is never 'strided' (a
+    scattered write-back stores lane by lane)."""
     vec = vector_loop(nest)
     if vec is None:
         return "scalar"
     stride = lane_stride(nest, operand, vec)
-    return "broadcast" if stride == 0 else "contiguous" if stride == 1 else "gather"
+    if stride in (0, 1):
+        return "broadcast" if stride == 0 else "contiguous"
+    if strided_load(stride, inline_guards(nest, operand)) and operand is not nest.dag.output:
+        return "strided"
+    return "gather"
+
+
+def strided_load(stride: int, guards: int) -> bool:
+    """Whether lanes `stride` apart are loaded whole (see MAX_STRIDED_LOAD): not with bounds
+    checks, which are per lane."""
+    return 2 <= stride <= MAX_STRIDED_LOAD and guards == 0
 
 
 def inline_guards(nest: LoopNest, operand: Operand) -> int:
@@ -155,6 +171,9 @@ def _read_cost(nest: LoopNest, operand: Operand, lanes: int) -> int:
         return scalar
     if kind == "contiguous":
         return vector_chunks(nest, lanes) * (VECTOR_LOAD_COST + GUARD_COST * guards)
+    if kind == "strided":  # a load per stride and chunk, then the shuffles that merge them
+        return vector_chunks(nest, lanes) * lane_stride(nest, operand, vec) * \
+            (VECTOR_LOAD_COST + 1)
     return vec.extent * (scalar + 1)  # one guarded scalar load and an insert per lane
 
 
@@ -235,25 +254,30 @@ def window_broadcasts(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: st
 
 
 def operand_registers(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: str | None,
-                      chunks: int) -> int:
+                      chunks: int, machine: Machine) -> int:
     """Vector registers one reduction step of a register tile needs besides its
     accumulators: the loaded vectors, and the broadcasts (`window_broadcasts`) or one
     broadcast and a spare.
 
-    With a reduction axis unrolled, LLVM's scheduler loads the next step's vectors before
-    this step's FMAs are issued, so the loaded vectors count twice. Measured from the
-    assembly (matmul 1024 and a 1x1 conv over 256 channels, reduction unrolled 2-4): with
-    2 zmm per row on AVX-512 (znver4, znver5, skylake-avx512, x86-64-v4) 13 rows keep their
-    26 accumulators in registers and 14 rows spill, while 14 rows do not spill without the
-    unroll; 3 zmm: 8 rows, not 9. (On AVX2, 6 rows of 2 ymm happen not to spill even
-    unrolled: the count is conservative there, and the default schedule leaves its reduction
-    rolled, measured at the same speed: 111-118 GFLOPS on matmul 1024 either way on Zen 5.)"""
+    With a reduction axis unrolled on a 32-register file, LLVM's scheduler loads the next
+    step's vectors before this step's FMAs issue, so the loaded vectors count twice. Measured
+    from the assembly (matmul 1024 and a 1x1 conv over 256 channels, reduction unrolled 2-4,
+    most accumulator rows without a stack access):
+
+        registers  vectors/row  rolled  unrolled
+        32 zmm     2            14      13        (znver4, znver5, skylake-avx512, x86-64-v4)
+        32 zmm     3             9       8
+        16 ymm     2             6       6        (x86-64-v3, znver3)
+        16 ymm     3             4       4
+
+    On 16 registers the scheduler keeps the next loads back, and the count stays once."""
     reduction_unrolled = any(unrolled.get(a.name, 1) > 1 for a in dag.reduce_axes)
-    loaded = 2 * chunks if reduction_unrolled else chunks
+    lookahead = reduction_unrolled and machine.vector_registers >= 32
+    loaded = 2 * chunks if lookahead else chunks
     return loaded + max(SPARE_REGISTERS, window_broadcasts(dag, unrolled, vector_axis))
 
 
-def tile_operand_registers(nest: LoopNest, lanes: int) -> int:
+def tile_operand_registers(nest: LoopNest, machine: Machine) -> int:
     """`operand_registers` of the innermost unrolled / vectorized region of a loop nest."""
     start = region_start(nest.loops)
     unrolled: dict[str, int] = {}
@@ -263,7 +287,7 @@ def tile_operand_registers(nest: LoopNest, lanes: int) -> int:
                 unrolled[p.axis] = unrolled.get(p.axis, 1) * p.extent
     vec = vector_loop(nest)
     return operand_registers(nest.dag, unrolled, vec.parts[0].axis if vec else None,
-                             vector_chunks(nest, lanes))
+                             vector_chunks(nest, machine.lanes), machine)
 
 
 def vector_cost(dag: ComputeDAG, axis: str, lanes: int) -> float:
@@ -282,6 +306,8 @@ def vector_cost(dag: ComputeDAG, axis: str, lanes: int) -> float:
             cost += 0.5               # packed so that this axis is contiguous
         elif op.flat().coef(axis) == 1:
             cost += 1.0               # a contiguous load
+        elif strided_load(op.flat().coef(axis), 0):
+            cost += op.flat().coef(axis)  # that many loads and a shuffle
         else:
             cost += 10.0              # a gather
     if dag.output.flat().coef(axis) != 1:
