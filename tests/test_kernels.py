@@ -124,17 +124,20 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
     ((1, 32, 40, 40, 32, 3, 3), 5, 1, 32),      # a stride read lane by lane (gathers)
     ((1, 3, 224, 224, 64, 7, 7), 2, 3, 1),
 ])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
-def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu):
+def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu, threads):
     """However long its gathers make the body, the default schedule stays within the code
     size a build accepts (it unrolls less), so tuning can always start from it."""
+    from tuner.codegen import emit_llvm
     from tuner.default import default_schedule
-    from tuner.layout import MAX_CODE_SIZE, code_size
+    from tuner.layout import MAX_CODE_SIZE, code_size, ir_instructions
     from tuner.schedule import check_nest
     from tuner.target import named_target
     from tuner.task import Task
-    target = named_target(cpu, 1)
+    target = named_target(cpu, threads)
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, groups=groups).dag()
     nest = apply_steps(dag, default_schedule(dag, target))
     check_nest(nest)
     assert code_size(nest, target.machine.lanes) <= MAX_CODE_SIZE
+    assert ir_instructions(str(emit_llvm(nest, target))) <= MAX_CODE_SIZE
