@@ -17,11 +17,11 @@
 Imports point one way: records -> tuner (values only; never templates).
 """
 
-from records.exchange import best_records, export_best, import_best, read_best, write_best
+from records.exchange import best_records, export_best, read_best, write_best
 from records.record import NewRecord, Record, RecordsError, canonical_schedule, schedule_hash
 from records.store import RecordStore
 from records.url import default_db_path, resolve_db_url
 
 __all__ = ["NewRecord", "Record", "RecordStore", "RecordsError", "best_records",
-           "canonical_schedule", "default_db_path", "export_best", "import_best", "read_best", "resolve_db_url",
+           "canonical_schedule", "default_db_path", "export_best", "read_best", "resolve_db_url",
            "schedule_hash", "write_best"]

@@ -35,11 +35,6 @@ def export_best(store, path: str | Path, target: Target | None = None,
     return store.export_best(path, target, usable)
 
 
-def import_best(store, path: str | Path) -> tuple[int, int]:
-    """`store.import_json(path)`, as `tuner/cli.py` spells it."""
-    return store.import_json(path)
-
-
 def record_to_json(r: Record) -> dict:
     res = r.result
     return {"task": r.task.to_json(), "target": r.target.to_json(),

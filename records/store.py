@@ -157,8 +157,12 @@ class RecordStore:
                 Base.metadata.create_all(s.connection(), checkfirst=True)
                 row.value = str(SCHEMA_VERSION)
 
+    @staticmethod
+    def _find_id(s: Session, model, key: str) -> int | None:
+        return s.scalar(select(model.id).where(model.key == key))
+
     def _get_or_create(self, s: Session, model, key: str, make) -> int:
-        found = s.scalar(select(model.id).where(model.key == key))
+        found = self._find_id(s, model, key)
         if found is not None:
             return found
         try:
@@ -167,7 +171,7 @@ class RecordStore:
                 s.add(row)
             return row.id
         except IntegrityError:
-            found = s.scalar(select(model.id).where(model.key == key))
+            found = self._find_id(s, model, key)
             if found is None:  # not a concurrent insert of the same key: a real violation
                 raise
             return found  # another process inserted the same key since the select
@@ -187,8 +191,8 @@ class RecordStore:
 
     def _claims_filter(self, s: Session, task: Task, target: Target):
         """WHERE clauses selecting a pair's claims; None when the pair is unknown."""
-        task_id = s.scalar(select(TaskRow.id).where(TaskRow.key == task.key))
-        target_id = s.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
+        task_id = self._find_id(s, TaskRow, task.key)
+        target_id = self._find_id(s, TargetRow, target.key)
         if task_id is None or target_id is None:
             return None
         return ClaimRow.task_id == task_id, ClaimRow.target_id == target_id
@@ -197,12 +201,12 @@ class RecordStore:
         """WHERE clauses selecting a task and/or target; None when one of them is unknown."""
         clauses = []
         if task is not None:
-            task_id = s.scalar(select(TaskRow.id).where(TaskRow.key == task.key))
+            task_id = self._find_id(s, TaskRow, task.key)
             if task_id is None:
                 return None
             clauses.append(RecordRow.task_id == task_id)
         if target is not None:
-            target_id = s.scalar(select(TargetRow.id).where(TargetRow.key == target.key))
+            target_id = self._find_id(s, TargetRow, target.key)
             if target_id is None:
                 return None
             clauses.append(RecordRow.target_id == target_id)

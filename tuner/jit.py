@@ -165,7 +165,11 @@ class Kernel:
 
     def run(self, out: np.ndarray, *args: np.ndarray) -> None:
         """The timed call: no conversion, no packing, no allocation."""
-        self._fn(out.ctypes.data, *(a.ctypes.data for a in args))
+        self.run_at(out.ctypes.data, *(a.ctypes.data for a in args))
+
+    def run_at(self, out: int, *args: int) -> None:
+        """`run` on addresses: the caller keeps the arrays alive for the call."""
+        self._fn(out, *args)
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
         """Converts and packs the inputs on every call; see `bind` for constant weights."""
@@ -231,5 +235,5 @@ class BoundKernel:
                              f"{self.kernel.dag.output.array_shape}, got "
                              f"{getattr(out, 'dtype', type(out).__name__)} "
                              f"{getattr(out, 'shape', '')}")
-        self.kernel._fn(out.ctypes.data, *addresses)
+        self.kernel.run_at(out.ctypes.data, *addresses)
         return out
