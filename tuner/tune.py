@@ -162,6 +162,7 @@ def tune(task: Task, target: Target, store, measurer: Measurer, config: TuneConf
                 if refused > MAX_REFUSED_BATCHES:
                     break  # others measure whatever this search proposes
                 continue
+            refused = 0
             results: list[MeasureResult] = measurer.measure(
                 [MeasureInput(task, c.steps, c.nest) for c in batch])
             entries = [NewRecord(c.key, r, 0, c.predicted,
