@@ -17,7 +17,8 @@ roofline in cycles, with the effects that separate fast register-blocked kernels
     the bounds checks of inline padding add instructions beyond the issue width.
 - **Memory.** Bytes moved into L1 from L2, L3 and DRAM, from the footprints of the loop
   subtrees against the cache sizes (`Buffer` also serves costmodel/features.py).
-- **Extras.** A root pad copy per call; parallel loops divide the work by the threads, with
+- **Extras.** A root pad copy per call (written out and read back); the copies of local
+  padding (read once into a buffer that stays in cache, shared among the threads); parallel loops divide the work by the threads, with
   the imbalance of a static split.
 
 The figure is in GFLOPS at a nominal clock: only the ranking it gives matters.
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import math
 
-from tuner.layout import (access_class, inline_guards, lane_stride, packed_parts, padding,
-                          region_start, root_pad_bytes, tile_operand_registers, vector_chunks,
-                          vector_loop)
+from tuner.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
+                          packed_parts, padding, region_start, root_pad_bytes,
+                          tile_operand_registers, vector_chunks, vector_loop)
 from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest
 from tuner.target import Target
@@ -48,7 +49,7 @@ MEMORY_ACCUMULATOR_FACTOR = 0.2
 # Intel server cores (L2 64 B/cycle, L3 ~32, DRAM ~8 at one core's share).
 BYTES_PER_CYCLE = {"l2": 64.0, "l3": 32.0, "dram": 8.0}
 PARALLEL_OVERHEAD_CYCLES = 10_000  # waking the OpenMP team, a few microseconds
-COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a root pad copy
+COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a pad copy
 
 
 class Buffer:
@@ -195,6 +196,7 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
     if nest.cache_write_at is None:  # separate init (and epilogue) passes over the output
         passes = 1 + (dag.bias is not None) + dag.relu
         cycles += passes * 4 * dag.output.size / BYTES_PER_CYCLE["l2"]
+    cycles += local_pad_bytes(nest) / COPY_BYTES_PER_CYCLE
     threads = target.threads
     first = loops[0]
     if first.kind == "parallel" and threads > 1 and first.extent > 1:

@@ -23,12 +23,12 @@ import math
 import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
-from tuner.layout import (access_class, inline_guards, root_pad_bytes, tile_operand_registers,
-                          vector_chunks)
+from tuner.layout import (access_class, inline_guards, local_pad_bytes, root_pad_bytes,
+                          tile_operand_registers, vector_chunks)
 from tuner.schedule import LoopNest
 from tuner.target import Target
 
-FEATURE_VERSION = 5
+FEATURE_VERSION = 6
 LEVELS = 10
 KINDS = ("serial", "parallel", "unroll", "vectorize")
 GLOBAL_FEATURES = (
@@ -56,6 +56,7 @@ GLOBAL_FEATURES = (
     ("vector_tail", "1 if the vectorized loop's extent does not divide its axis' tile"),
     ("pad_inline", "1 if padded reads are bounds-checked in the inner loop"),
     ("pad_root", "log2 bytes of the padded copy made per call"),
+    ("pad_local", "log2 bytes copied per call into the buffers of local padding"),
     ("packed_operands", "number of constant operands packed at build time"),
     ("lhs_stride", "log2(1+|stride|) of lhs along the innermost loop (0: broadcast)"),
     ("rhs_stride", "log2(1+|stride|) of rhs along the innermost loop (0: broadcast)"),
@@ -139,7 +140,8 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         _lg(total_flops / (threads if parallel else 1)),
         per_thread * threads / par_extent if parallel else 1.0, threads,
         math.log2(padded_space / real_space), vec_tail, inline_pad, _lg(root_pad),
-        len(nest.layout_rewrite), _lg(abs(strides["lhs"])), _lg(abs(strides["rhs"])),
+        _lg(local_pad_bytes(nest)), len(nest.layout_rewrite), _lg(abs(strides["lhs"])),
+        _lg(abs(strides["rhs"])),
         _lg(abs(strides["acc"])),
         float(access_class(nest, dag.lhs) == "gather"),
         float(access_class(nest, dag.rhs) == "gather"), out_scatter,

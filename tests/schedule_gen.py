@@ -2,7 +2,7 @@
 
 Deliberately wilder than the search's sampler: any split (tails included), any order that keeps
 each axis's tiles nested, fused parallel prefixes, cache_write anywhere legal, unrolling of any
-small loop, both padding modes and layout rewrite, so code generation meets every combination.
+small loop, every padding mode and layout rewrite, so code generation meets every combination.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from tuner.errors import ScheduleError
+from tuner.layout import local_pad_plan
 from tuner.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, LayoutRewrite, Pad,
                             Reorder, Split, apply_steps)
 from tuner.task import Task
@@ -106,9 +108,15 @@ def random_schedule(rng: np.random.Generator, task: Task):
     if legal and rng.random() < 0.7:
         steps.append(CacheWrite(str(rng.choice(legal))))
     for op in dag.inputs:
-        if op.padded and rng.random() < 0.5:
-            steps.append(Pad(op.name, str(rng.choice(["inline", "root"]))))
+        if op.padded and rng.random() < 0.6:
+            steps.append(Pad(op.name, str(rng.choice(["inline", "root", "local"]))))
         if op.constant and op.name != "bias" and rng.random() < 0.5:
             steps.append(LayoutRewrite(op.name))
-    apply_steps(dag, steps)  # valid by construction; fail loudly here if not
+    nest = apply_steps(dag, steps)  # valid by construction; fail loudly here if not
+    for op in dag.inputs:
+        if Pad(op.name, "local") in steps:
+            try:
+                local_pad_plan(nest, op)
+            except ScheduleError:  # no outer tile small enough to copy: pad at the root
+                steps[steps.index(Pad(op.name, "local"))] = Pad(op.name, "root")
     return tuple(steps)

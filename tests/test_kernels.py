@@ -48,12 +48,71 @@ def test_root_padded_copies_match_reference(shape, stride, pad, dilation, groups
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
                       groups=groups).dag()
     target = host_target(threads)
-    steps = default_schedule(dag, target)
+    steps = tuple(Pad(s.operand, "root") if isinstance(s, Pad) else s
+                  for s in default_schedule(dag, target))
     assert Pad(dag.lhs.name, "root") in steps
     kernel = Kernel(apply_steps(dag, steps), target)
     for seed in range(2):  # a second call reuses the heap the first one freed
         inputs = dag.random_inputs(np.random.default_rng(seed))
         assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, stride, pad, dilation, groups, g_tile", [
+    ((1, 32, 17, 23, 32, 3, 3), 1, 1, 1, 32, 4),   # depthwise, 4 channels per tile
+    ((1, 30, 19, 21, 30, 3, 3), 2, 1, 1, 30, 7),   # stride 2, a tail tile of 2 channels
+    ((1, 12, 9, 11, 24, 3, 3), 1, 2, 2, 6, 1),     # dilated, grouped, 2 output channels each
+    ((3, 8, 7, 5, 8, 5, 5), 1, 2, 1, 8, 3),        # batch 3: tiles across images
+])
+def test_local_padded_copies_match_reference(shape, stride, pad, dilation, groups, g_tile,
+                                             threads):
+    """Local padding copies, per outer tile, the padded rows the tile reads into a buffer of
+    the thread and reads them through a moved base pointer: every tile (a tail tile, tiles
+    of several images, every thread's) reads its own input and zeros where it is padded.
+    The copy sits where the plan says, in the pseudo-code too."""
+    from tuner.layout import local_pad_plan
+    from tuner.pseudo import pseudo_code
+    from tuner.schedule import Annotate, CacheWrite, Fuse, Pad, Reorder, Split
+    from tuner.target import host_target
+    from tuner.task import Task
+    dag = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
+                      groups=groups).dag()
+    target = host_target(threads)
+    steps = [Split("g", (g_tile,)), Split("ow", (8,)),
+             Reorder(("n", "g.0", "k", "oh", "ow.0", "c", "kh", "kw", "g.1", "ow.1")),
+             Fuse(("n", "g.0")), Annotate("n+g.0", "parallel"), Annotate("ow.1", "vectorize"),
+             Annotate("g.1", "unroll"), CacheWrite("ow.0"), Pad("data", "local")]
+    nest = apply_steps(dag, steps)
+    plan = local_pad_plan(nest, dag.lhs)
+    assert plan.depth == 1 and plan.copies == shape[0] * -(-groups // g_tile)
+    assert f"data_padded = pad(data)  # the {plan.rows} rows" in pseudo_code(nest)
+    kernel = Kernel(nest, target)
+    for seed in range(2):
+        inputs = dag.random_inputs(np.random.default_rng(seed))
+        assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+def test_local_padding_needs_a_small_enough_tile():
+    """A dense convolution's outer tiles all read every input channel: no tile is small
+    enough to copy, a clear ScheduleError names the operand; the sampler and the default
+    fall back to the root copy there and use the local one for depthwise layers."""
+    from tuner.default import default_schedule
+    from tuner.errors import ScheduleError
+    from tuner.layout import local_pad_plan, local_padding_pays
+    from tuner.schedule import Pad
+    from tuner.target import host_target
+    from tuner.task import Task
+    dense = Task.create("conv2d", (1, 128, 56, 56, 64, 3, 3), pad=1).dag()
+    assert not local_padding_pays(dense)
+    steps = tuple(Pad(s.operand, "local") if isinstance(s, Pad) else s
+                  for s in default_schedule(dense, host_target(1)))
+    with pytest.raises(ScheduleError, match="pad 'data' local: no outer loop reads at most"):
+        local_pad_plan(apply_steps(dense, steps), dense.lhs)
+    assert Pad("data", "root") in default_schedule(dense, host_target(1))
+    depthwise = Task.create("conv2d", (1, 144, 57, 57, 144, 3, 3), stride=2, pad=1,
+                            groups=144).dag()
+    assert local_padding_pays(depthwise)
+    assert Pad("data", "local") in default_schedule(depthwise, host_target(1))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -141,3 +200,4 @@ def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu, thr
     check_nest(nest)
     assert code_size(nest, target.machine.lanes) <= MAX_CODE_SIZE
     assert ir_instructions(str(emit_llvm(nest, target))) <= MAX_CODE_SIZE
+

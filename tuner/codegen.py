@@ -30,8 +30,8 @@ from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
                           intrinsic, lane_offsets, masked_load, masked_store, materialize, relu,
                           runtime_loop, smin, splat, var, vec_type)
-from tuner.layout import (PartKey, packed_parts, padding, region_start, row_major,
-                          strided_load)
+from tuner.layout import (LocalPad, PartKey, local_pad_plan, packed_parts, padding,
+                          region_start, row_major, strided_load)
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
 
@@ -85,6 +85,7 @@ class Fn:
         self._allocas.position_before(self._allocas.branch(start))
         self.b = ir.IRBuilder(start)
         self.ptrs = dict(ptrs or {})
+        self.local_pad_buffers: dict[str, ir.Value] = {}
 
     def alloca(self, typ: ir.Type) -> ir.Value:
         slot = self._allocas.alloca(typ)
@@ -121,7 +122,7 @@ class _Emitter:
         if op.name in self.nest.layout_rewrite:
             return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True)
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
-        if self.nest.pad_mode(op.name) == "root" and any(lo or hi for lo, hi in pads):
+        if self.nest.pad_mode(op.name) in ("root", "local") and any(lo or hi for lo, hi in pads):
             shifted = Operand(op.name, tuple(s + lo + hi for s, (lo, hi) in zip(op.shape, pads)),
                               tuple(Affine(e.terms, e.const + lo)
                                     for e, (lo, _) in zip(op.index, pads)))
@@ -316,14 +317,22 @@ class _Emitter:
         self.store(fn, ctx, out, relu(fn.b, self.load(fn, ctx, out)))
 
     # ------------------------------------------------------------------ loops
-    def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf) -> None:
+    def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf,
+                   local_pads: tuple[LocalPad, ...] = ()) -> None:
+        """`loops` around `leaf`, with the copies of `local_pads` made where they belong."""
         spec = region_start(loops)
+        at_depth = {plan.depth: [p for p in local_pads if p.depth == plan.depth]
+                    for plan in local_pads}
 
-        def go(fn: Fn, pos: int, ctx: Ctx, specialized: bool = False) -> None:
-            if pos == len(loops):
+        def go(fn: Fn, pos: int, ctx: Ctx, specialized: bool = False,
+               copied: bool = False) -> None:
+            if pos in at_depth and not copied:
+                self._emit_local_pads(fn, ctx, at_depth[pos],
+                                      lambda f, c: go(f, pos, c, specialized, True))
+            elif pos == len(loops):
                 leaf(fn, ctx)
             elif pos == spec and not specialized:
-                self.specialize(fn, loops[pos:], ctx, lambda f, c: go(f, pos, c, True))
+                self.specialize(fn, loops[pos:], ctx, lambda f, c: go(f, pos, c, True, True))
             else:
                 self.emit_loop(fn, loops[pos], ctx, lambda f, c: go(f, pos + 1, c))
 
@@ -504,14 +513,17 @@ class _Emitter:
         spatial = self._plain_loops(LoopPart(a.name, 0, a.extent, 1)
                                     for a in self.dag.spatial_axes)
         nest = self.nest
+        local = tuple(local_pad_plan(nest, op) for op in self.dag.inputs
+                      if op.padded and nest.pad_mode(op.name) == "local"
+                      and op.name not in nest.layout_rewrite)
         if nest.cache_write_at is None:
             self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_init_out)
-            self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute)
+            self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute, local)
             if self.dag.relu:
                 self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_relu_out)
         else:
             at = nest.cache_write_at
-            self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile)
+            self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile, local)
         for ptr in frees:
             if ptr is not None:
                 fn.b.call(self._extern("free", VOID, [PTR]), [ptr])
@@ -535,55 +547,23 @@ class _Emitter:
         self.specialize(fn, tile, ctx, body)
 
     def _emit_root_pad(self, fn: Fn, op: Operand):
-        """A padded copy of `op`, written once per call, row by row: a row of zeros where the
-        row lies in the padding, else zeros, a memcpy of the source row, zeros (a select per
-        element would keep LLVM from vectorizing the copy, and depthwise layers are
-        copy-bound). The rows are shared among the threads when there are several: a serial
-        copy took more time than the whole depthwise convolution at two threads."""
+        """A padded copy of `op`, written once per call, row by row (`_pad_row`). The rows
+        are shared among the threads when there are several: a serial copy took more time
+        than the whole depthwise convolution at two threads."""
         pads = padding(op, self.extents)
         if not any(lo or hi for lo, hi in pads):
             return None
         shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
         rows = math.prod(shape[:-1])
-        row_bytes = 4 * shape[-1]
-        (left, right), width = pads[-1], op.shape[-1]
         b = fn.b
-        dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, rows * row_bytes)])
+        dst = b.call(self._extern("malloc", PTR, [I64]),
+                     [ir.Constant(I64, 4 * rows * shape[-1])])
         fn.ptrs = {**fn.ptrs, f"pad.{op.name}": dst}
-        i8 = ir.IntType(8)
-        memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
-        memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
-                           [PTR, PTR, I64, ir.IntType(1)])
-        no = ir.Constant(ir.IntType(1), 0)
-
-        def zero(b, at, floats: int) -> None:
-            if floats:
-                b.call(memset, [at, ir.Constant(i8, 0), ir.Constant(I64, 4 * floats), no])
 
         def row(sub: Fn, r: ir.Value) -> None:
-            sb = sub.b
-            out_row = elem_ptr(sb, sub.ptrs[f"pad.{op.name}"],
-                               sb.mul(r, ir.Constant(I64, shape[-1])))
-            inside, src_off, v = None, ir.Constant(I64, 0), r
-            for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
-                idx = sb.urem(v, ir.Constant(I64, shape[dim])) if dim else v
-                v = sb.udiv(v, ir.Constant(I64, shape[dim])) if dim else v
-                lo, _ = pads[dim]
-                s_idx = sb.sub(idx, ir.Constant(I64, lo))
-                ok = sb.icmp_unsigned("<", s_idx, ir.Constant(I64, op.shape[dim]))
-                inside = ok if inside is None else sb.and_(inside, ok)
-                src_off = sb.add(src_off, sb.mul(s_idx, ir.Constant(I64, op.strides()[dim])))
-            if inside is None:
-                inside = ir.Constant(ir.IntType(1), 1)
-            with sb.if_else(inside) as (copy, blank):
-                with copy:
-                    zero(sb, out_row, left)
-                    sb.call(memcpy, [elem_ptr(sb, out_row, ir.Constant(I64, left)),
-                                     elem_ptr(sb, sub.ptrs[op.name], src_off),
-                                     ir.Constant(I64, 4 * width), no])
-                    zero(sb, elem_ptr(sb, out_row, ir.Constant(I64, left + width)), right)
-                with blank:
-                    zero(sb, out_row, shape[-1])
+            out_row = elem_ptr(sub.b, sub.ptrs[f"pad.{op.name}"],
+                               sub.b.mul(r, ir.Constant(I64, shape[-1])))
+            self._pad_row(sub.b, op, sub.ptrs[op.name], out_row, r)
 
         if self.threads > 1 and rows > 1:
             self.parallel_for(fn, rows, f"pad.{op.name}", row)
@@ -591,6 +571,83 @@ class _Emitter:
             runtime_loop(b, 0, rows, lambda r: row(fn, r), f"pad.{op.name}")
         fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"pad.{op.name}"}, op.name: dst}
         return dst
+
+    def _emit_local_pads(self, fn: Fn, ctx: Ctx, plans: list[LocalPad], then) -> None:
+        """The copies of `plans` for the iteration `ctx` stands in (tuner.layout.LocalPad),
+        then `then(fn, ctx)` reading each operand from its buffer, through a base pointer
+        moved back to the copied run's first row so that the padded operand's indices apply
+        unchanged."""
+        b = fn.b
+        saved = fn.ptrs
+        moved = {}
+        for plan in plans:
+            op = self.dag.operand(plan.operand)
+            pads = padding(op, self.extents)
+            shape = plan.padded_shape
+            buffer = fn.local_pad_buffers.get(op.name)
+            if buffer is None:
+                buffer = fn.alloca(ir.ArrayType(F32, plan.rows * shape[-1]))
+                fn.local_pad_buffers[op.name] = buffer
+            first = Lin()  # the run's first padded row: the box's lowest corner
+            stride = 1
+            for dim in reversed(range(len(shape) - 1)):
+                expr = op.index[dim]
+                first = first + self._affine(ctx, Affine(expr.terms, expr.const
+                                                         + pads[dim][0])).scale(stride)
+                stride *= shape[dim]
+            first = materialize(b, first)
+            total = ir.Constant(I64, math.prod(shape[:-1]))
+            count = smin(b, plan.rows, b.sub(total, first))
+            src = saved[op.name]
+
+            def row(i: ir.Value, buffer=buffer, first=first, src=src, op=op) -> None:
+                out_row = elem_ptr(b, buffer, b.mul(i, ir.Constant(I64, shape[-1])))
+                self._pad_row(b, op, src, out_row, b.add(first, i))
+
+            runtime_loop(b, 0, count, row, f"pad.{op.name}")
+            moved[op.name] = elem_ptr(b, buffer, b.mul(first, ir.Constant(I64, -shape[-1])))
+        fn.ptrs = {**saved, **moved}
+        then(fn, ctx)
+        fn.ptrs = saved
+
+    def _pad_row(self, b: ir.IRBuilder, op: Operand, src: ir.Value, out_row: ir.Value,
+                 r: ir.Value) -> None:
+        """Row `r` of the zero-padded form of `op` (every dimension but the last, row-major)
+        into `out_row`: a row of zeros where the row lies in the padding, else zeros, a
+        memcpy of the source row, zeros (a select per element would keep LLVM from
+        vectorizing the copy, and depthwise layers are copy-bound)."""
+        pads = padding(op, self.extents)
+        shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
+        (left, right), width = pads[-1], op.shape[-1]
+        i8 = ir.IntType(8)
+        memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
+        memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
+                           [PTR, PTR, I64, ir.IntType(1)])
+        no = ir.Constant(ir.IntType(1), 0)
+
+        def zero(at, floats: int) -> None:
+            if floats:
+                b.call(memset, [at, ir.Constant(i8, 0), ir.Constant(I64, 4 * floats), no])
+
+        inside, src_off, v = None, ir.Constant(I64, 0), r
+        for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
+            idx = b.urem(v, ir.Constant(I64, shape[dim])) if dim else v
+            v = b.udiv(v, ir.Constant(I64, shape[dim])) if dim else v
+            lo, _ = pads[dim]
+            s_idx = b.sub(idx, ir.Constant(I64, lo))
+            ok = b.icmp_unsigned("<", s_idx, ir.Constant(I64, op.shape[dim]))
+            inside = ok if inside is None else b.and_(inside, ok)
+            src_off = b.add(src_off, b.mul(s_idx, ir.Constant(I64, op.strides()[dim])))
+        if inside is None:
+            inside = ir.Constant(ir.IntType(1), 1)
+        with b.if_else(inside) as (copy, blank):
+            with copy:
+                zero(out_row, left)
+                b.call(memcpy, [elem_ptr(b, out_row, ir.Constant(I64, left)),
+                                elem_ptr(b, src, src_off), ir.Constant(I64, 4 * width), no])
+                zero(elem_ptr(b, out_row, ir.Constant(I64, left + width)), right)
+            with blank:
+                zero(out_row, shape[-1])
 
     def _emit_pack(self, op: Operand) -> None:
         """<name>_pack_<op>(dst, src): the packed layout, zero where a tile overhangs the

@@ -14,6 +14,7 @@ that keeps compile times predictable, the default schedule's choice of vector ax
 - `inline_guards`: the padded dimensions read with bounds checks (inline padding);
 - `region_start`: where the innermost run of unrolled / vectorized loops begins;
 - `root_pad_bytes`: the padded copies made per call (root padding);
+- `local_pad_plan`: where a locally padded operand is copied, and how much (local padding);
 - `vector_chunks`: native vectors per vectorized iteration, for the target's lanes;
 - `operand_registers`: the vector registers one reduction step of a register tile needs
   besides its accumulators (with the sliding-window broadcasts of unrolled convolutions);
@@ -24,6 +25,8 @@ that keeps compile times predictable, the default schedule's choice of vector ax
 from __future__ import annotations
 
 import math
+
+from dataclasses import dataclass
 
 from tuner.dag import ComputeDAG, Operand
 from tuner.machine import Machine
@@ -54,6 +57,11 @@ ACC_UPDATE_COST = 3     # accumulator load, fma, store per chunk
 # Lanes up to this many elements apart are read as that many contiguous vector loads and one
 # shuffle (vpermt2ps on AVX-512) instead of a scalar load and an insert per lane.
 MAX_STRIDED_LOAD = 4
+# Local padding copies the rows one iteration of the outer loops reads into a buffer on the
+# stack of the thread that runs it: it has to fit a thread's stack beside the accumulator tile
+# (schedule.MAX_TILE_FLOATS), and it only pays while it stays in cache for its iteration (every
+# x86-64 core of the kind targeted has an L2 of 512 KiB or more).
+MAX_LOCAL_PAD_BYTES = 256 * 1024
 # Registers a register tile needs besides its accumulators and loaded vectors: one broadcast
 # and one spare, so the allocator never has to spill.
 SPARE_REGISTERS = 2
@@ -129,7 +137,7 @@ def inline_guards(nest: LoopNest, operand: Operand) -> int:
     """Padded dimensions of `operand` that the inner loop reads with bounds checks."""
     if not operand.padded or operand.name in nest.layout_rewrite:
         return 0
-    if nest.pad_mode(operand.name) == "root":
+    if nest.pad_mode(operand.name) in ("root", "local"):
         return 0
     return sum(1 for lo, hi in padding(operand, nest.dag.extents) if lo or hi)
 
@@ -155,6 +163,100 @@ def root_pad_bytes(nest: LoopNest) -> int:
         if any(lo or hi for lo, hi in pads):
             total += 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPad:
+    """Local padding of one operand: at the start of every iteration of `nest.loops[:depth]`,
+    the rows of its zero-padded form (every dimension but the last, padded) that the
+    iteration can read, `rows` at most, are copied into a buffer of the running thread, which
+    the kernel then reads without bounds checks. Depthwise and grouped convolutions, whose
+    channels are not shared between outer tiles, so read each input row once, from cache,
+    where a copy at the root writes the whole padded input out to memory and reads it back."""
+    operand: str
+    depth: int
+    padded_shape: tuple[int, ...]
+    rows: int     # the buffer: rows of padded_shape[-1] floats
+    copies: int   # iterations of the outer loops: copies made per call
+
+    @property
+    def buffer_bytes(self) -> int:
+        return 4 * self.rows * self.padded_shape[-1]
+
+    @property
+    def bytes_per_call(self) -> int:
+        """Bytes copied per call, at most (tail iterations copy fewer rows)."""
+        return self.buffer_bytes * self.copies
+
+
+def local_pad_plan(nest: LoopNest, operand: Operand) -> LocalPad:
+    """Where the copy of a locally padded `operand` is made: in the outermost loop (above
+    the accumulator tile) one iteration of which reads at most MAX_LOCAL_PAD_BYTES of it.
+
+    An iteration of the outer loops fixes the outer parts of their axes; the rest of each
+    axis spans the step of its innermost entered part. The rows read form a box in every
+    dimension but the last; the copy takes the run of padded rows from the box's first row to
+    its last, so the buffer has the padded operand's row strides and the kernel indexes it
+    as the whole padded operand, from a base pointer moved back to the run's first row.
+    Derived from the schedule alone, so a record replays the same on every machine."""
+    dag = nest.dag
+    pads = padding(operand, dag.extents)
+    if not operand.padded or not any(lo or hi for lo, hi in pads):
+        raise ScheduleError(f"pad {operand.name!r} local: the operand has no padding")
+    if any(c < 0 for expr in operand.index for _, c in expr.terms):
+        raise ScheduleError(f"pad {operand.name!r} local: an index decreases along an axis")
+    shape = tuple(s + lo + hi for s, (lo, hi) in zip(operand.shape, pads))
+    limit = len(nest.loops) if nest.cache_write_at is None else nest.cache_write_at + 1
+    span = dict(dag.extents)
+    copies = 1
+    smallest = None
+    for depth, loop in enumerate(nest.loops[:limit], start=1):
+        for part in loop.parts:
+            span[part.axis] = min(span[part.axis], part.step)
+        copies *= loop.extent
+        rows = _box_rows(operand, shape, span)
+        if 4 * rows * shape[-1] <= MAX_LOCAL_PAD_BYTES:
+            return LocalPad(operand.name, depth, shape, rows, copies)
+        smallest = 4 * rows * shape[-1]
+    detail = f" (the smallest copy is {smallest // 1024} KiB)" if smallest else ""
+    raise ScheduleError(f"pad {operand.name!r} local: no outer loop reads at most "
+                        f"{MAX_LOCAL_PAD_BYTES // 1024} KiB of it per iteration{detail}; "
+                        f"pad it at the root")
+
+
+def _box_rows(operand: Operand, shape: tuple[int, ...], span: dict[str, int]) -> int:
+    """Padded rows from the first to the last row of the box that the index expressions
+    reach when each axis ranges over `span[axis]` values."""
+    rows, stride = 1, 1
+    for dim in reversed(range(len(shape) - 1)):
+        expr = operand.index[dim]
+        extent = min(shape[dim], 1 + sum(c * (span[a] - 1) for a, c in expr.terms))
+        rows += (extent - 1) * stride
+        stride *= shape[dim]
+    return rows
+
+
+def local_padding_pays(dag: ComputeDAG) -> bool:
+    """Whether some padded input has a dimension without padding that a spatial axis indexes
+    (the channels of a depthwise or grouped convolution, the images of a batch): outer tiles
+    along that axis read disjoint parts of it, so a copy per tile reads each row once. Where
+    no such axis exists (a dense convolution's channels are a reduction), every outer tile
+    reads the whole input and a copy per tile only repeats the root copy."""
+    for op in dag.inputs:
+        if not has_padding(op, dag.extents):
+            continue
+        for expr, (lo, hi) in zip(op.index, padding(op, dag.extents)):
+            if not (lo or hi) and any(not dag.axis(a).reduce and dag.extents[a] > 1
+                                      for a, _ in expr.terms):
+                return True
+    return False
+
+
+def local_pad_bytes(nest: LoopNest) -> int:
+    """Bytes the kernel copies per call into the buffers of its locally padded inputs."""
+    return sum(local_pad_plan(nest, op).bytes_per_call for op in nest.dag.inputs
+               if op.padded and nest.pad_mode(op.name) == "local"
+               and op.name not in nest.layout_rewrite)
 
 
 def vector_chunks(nest: LoopNest, lanes: int) -> int:

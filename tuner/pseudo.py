@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tuner.dag import Affine
-from tuner.layout import packed_parts
+from tuner.errors import ScheduleError
+from tuner.layout import local_pad_plan, packed_parts
 from tuner.schedule import LoopNest
 
 
@@ -20,8 +21,25 @@ def _access_text(nest: LoopNest, name: str) -> str:
         idx = ", ".join(f"{p.axis}.{p.level}" for p in packed_parts(nest, op))
         return f"{name}_packed[{idx}]"
     idx = ", ".join(_affine_text(e) for e in op.index)
-    suffix = "_padded" if op.padded and nest.pad_mode(name) == "root" else ""
+    suffix = "_padded" if op.padded and nest.pad_mode(name) in ("root", "local") else ""
     return f"{name}{suffix}[{idx}]"
+
+
+def _local_pad_lines(nest: LoopNest, depth: int) -> list[str]:
+    lines = []
+    for op in nest.dag.inputs:
+        if op.padded and nest.pad_mode(op.name) == "local" and op.name not in nest.layout_rewrite:
+            try:
+                plan = local_pad_plan(nest, op)
+            except ScheduleError as err:
+                if depth == 1:
+                    lines.append(f"# {err}")
+                continue
+            if plan.depth == depth:
+                lines.append(f"{op.name}_padded = pad({op.name})  # the {plan.rows} rows this "
+                             f"iteration reads ({plan.buffer_bytes // 1024} KiB, a buffer of "
+                             f"the thread)")
+    return lines
 
 
 def pseudo_code(nest: LoopNest) -> str:
@@ -50,6 +68,7 @@ def pseudo_code(nest: LoopNest) -> str:
                    "vectorize": "vectorize"}[loop.kind]
         lines.append("  " * depth + f"{keyword} {loop.name} in 0..{detail}:")
         depth += 1
+        lines += ["  " * depth + text for text in _local_pad_lines(nest, i + 1)]
         if nest.cache_write_at == i:
             tile = [l.name for l in nest.tile_loops if not l.reduce]
             lines.append("  " * depth + f"acc[{', '.join(tile)}] = 0  # local tile")

@@ -15,7 +15,9 @@ Steps (loops are named `axis` before a split, `axis.0 .. axis.m` after it, `a+b`
     CacheWrite(at)            accumulate the output tile below loop `at` in a local buffer
                               (registers when the tile is unrolled); all reduction loops must be
                               inside; bias and ReLU are applied on write-back (epilogue fusion)
-    Pad(operand, mode)        'inline' (bounds-checked reads) or 'root' (a padded copy first)
+    Pad(operand, mode)        'inline' (bounds-checked reads), 'root' (a padded copy first) or
+                              'local' (a padded copy of what each outer tile reads, made in
+                              the tile: tuner.layout.local_pad_plan)
     LayoutRewrite(operand)    pack a constant operand in loop order, once, at build time
 """
 
@@ -29,7 +31,7 @@ from tuner.dag import ComputeDAG
 from tuner.errors import ScheduleError
 
 ANNOTATIONS = ("parallel", "vectorize", "unroll")
-PAD_MODES = ("inline", "root")
+PAD_MODES = ("inline", "root", "local")
 MAX_VECTOR_LANES = 64        # a format limit: the search asks for at most 4 native vectors
 MAX_TILE_FLOATS = 1 << 16    # a 256 KiB local accumulator still fits any thread's stack
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from tuner.dag import ComputeDAG
-from tuner.layout import has_padding
+from tuner.layout import has_padding, local_padding_pays
 
 SPATIAL_LEVELS = 4   # S0 S1 S2 S3: parallel outer tiles, cache tiles, ..., the register tile
 REDUCE_LEVELS = 2    # R0 R1: the reduction split once, so its inner part can be unrolled
@@ -26,7 +26,7 @@ REDUCE_LEVELS = 2    # R0 R1: the reduction split once, so its inner part can be
 class Sketch:
     rules: tuple[str, ...] = ()
     cache_write: str | None = None      # "S0" or "S1": accumulate below that tile level
-    pad: str | None = None              # "inline" or "root" for padded operands, else None
+    pad: str | None = None              # "inline", "root" or "local" for padded operands
     layout_rewrite: tuple[str, ...] = ()
 
     @property
@@ -74,7 +74,8 @@ RULES: tuple[SketchRule, ...] = (
                lambda dag, s: [_named(s, "fuse_epilogue") if s.cache_write else s]),
     SketchRule("pad", _has_padding,
                lambda dag, s: [_named(s, "inline_padding", pad="inline"),
-                               _named(s, "pad_at_root", pad="root")]),
+                               _named(s, "pad_at_root", pad="root")]
+               + ([_named(s, "pad_per_tile", pad="local")] if local_padding_pays(dag) else [])),
     SketchRule("layout_rewrite", lambda dag: bool(_packable(dag)),
                lambda dag, s: [_named(s, "layout_rewrite", layout_rewrite=_packable(dag)), s]),
 )
