@@ -201,3 +201,32 @@ def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu, thr
     assert code_size(nest, target.machine.lanes) <= MAX_CODE_SIZE
     assert ir_instructions(str(emit_llvm(nest, target))) <= MAX_CODE_SIZE
 
+
+def test_a_bound_kernel_reuses_addresses_only_of_the_same_unconverted_arrays():
+    """A bound kernel keeps the last array of each position with its address: calling it
+    again on the same array sees what the caller wrote into it since, a float64 input (a
+    converted copy) is converted anew each call, another array is read from its own memory,
+    and an `out` made read-only after it was used is refused."""
+    from tuner.default import default_schedule
+    from tuner.target import host_target
+    from tuner.task import Task
+    dag = Task.create("matmul", (5, 24, 7)).dag()
+    target = host_target(1)
+    kernel = Kernel(apply_steps(dag, default_schedule(dag, target)), target)
+    rng = np.random.default_rng(3)
+    a, b = dag.random_inputs(rng)
+    bound = kernel.bind(b=b)
+    out = kernel.new_output()
+    for _ in range(2):
+        assert bound(a, out=out) is out
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+        a[...] = rng.uniform(-1, 1, a.shape)  # written in place: the next call must see it
+    wide = a.astype(np.float64)
+    for _ in range(2):
+        np.testing.assert_allclose(bound(wide, out=out), wide @ b, rtol=1e-5, atol=1e-5)
+        wide[...] = rng.uniform(-1, 1, wide.shape)
+    other = rng.uniform(-1, 1, a.shape).astype(np.float32)
+    np.testing.assert_allclose(bound(other, out=out), other @ b, rtol=1e-5, atol=1e-5)
+    out.flags.writeable = False
+    with pytest.raises(TunerError, match="out must be a writeable"):
+        bound(a, out=out)

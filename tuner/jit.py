@@ -200,15 +200,54 @@ class Kernel:
 
 
 class BoundKernel:
-    """A kernel with its constant operands packed once: `bound(data) -> out`."""
+    """A kernel with its constant operands packed once: `bound(data) -> out`.
+
+    A bound kernel is called again and again on the same arrays (a model's activations, a
+    preallocated `out`), and in Python an array's address costs about 1.5 us
+    (`.ctypes.data`): a third of the whole call overhead, a few percent of a kernel as small
+    as a 127x257x131 matmul. So the packed constants' addresses are taken once, and the last
+    array seen in each position is kept with its address: the same object again (checked by
+    identity, and still the right dtype, shape and layout) reuses it. Holding the array keeps
+    its memory alive and in place (numpy refuses to resize an array something else
+    references), so the address stays valid; an array that had to be converted is never
+    kept, since its copy would not see the caller's later writes."""
 
     def __init__(self, kernel: Kernel, names: list[str], constants: dict[str, np.ndarray]):
         self.kernel = kernel
         self._free = [n for n in names if n not in constants]
         self._packed = {name: kernel.prepare(name, arr) for name, arr in constants.items()}
-        # addresses of the packed constants, taken once: an address costs ~1 us of Python,
-        # which is a few percent of a kernel as small as a 127x257x131 matmul
         self._addresses = {name: arr.ctypes.data for name, arr in self._packed.items()}
+        self._shapes = {op.name: op.array_shape for op in kernel.dag.inputs}
+        self._last: dict[str, tuple[np.ndarray, int]] = {}  # position -> (array, address)
+
+    def _input_address(self, name: str, array, kept: list) -> int:
+        last = self._last.get(name)
+        if last is not None and last[0] is array and array.dtype == np.float32 \
+                and array.shape == self._shapes[name] and array.flags.c_contiguous:
+            return last[1]
+        prepared = self.kernel.prepare(name, array)
+        kept.append(prepared)  # alive until the call returns
+        address = prepared.ctypes.data
+        if isinstance(array, np.ndarray) and prepared.base is array or prepared is array:
+            self._last[name] = (array, address)  # the caller's own memory: reusable
+        return address
+
+    def _output_address(self, out) -> int:
+        last = self._last.get("out")
+        if last is not None and last[0] is out and out.dtype == np.float32 \
+                and out.shape == self.kernel.dag.output.array_shape \
+                and out.flags.c_contiguous and out.flags.writeable:
+            return last[1]
+        if (not isinstance(out, np.ndarray) or out.dtype != np.float32
+                or out.shape != self.kernel.dag.output.array_shape
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise TunerError(f"out must be a writeable C-contiguous float32 array of shape "
+                             f"{self.kernel.dag.output.array_shape}, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} "
+                             f"{getattr(out, 'shape', '')}")
+        address = out.ctypes.data
+        self._last["out"] = (out, address)
+        return address
 
     def __call__(self, *inputs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The output, written into `out` if given (float32, C-contiguous, the output's
@@ -218,22 +257,17 @@ class BoundKernel:
             raise TunerError(f"this kernel takes {len(self._free)} arrays "
                              f"({', '.join(self._free)}), got {len(inputs)}")
         given = dict(zip(self._free, inputs))
-        kept = []  # the prepared inputs stay alive until the call returns
+        kept: list[np.ndarray] = []
         addresses = []
         for op in self.kernel.dag.inputs:
             address = self._addresses.get(op.name)
             if address is None:
-                kept.append(self.kernel.prepare(op.name, given[op.name]))
-                address = kept[-1].ctypes.data
+                address = self._input_address(op.name, given[op.name], kept)
             addresses.append(address)
         if out is None:
             out = self.kernel.new_output()
-        elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
-              or out.shape != self.kernel.dag.output.array_shape or not out.flags.c_contiguous
-              or not out.flags.writeable):
-            raise TunerError(f"out must be a writeable C-contiguous float32 array of shape "
-                             f"{self.kernel.dag.output.array_shape}, got "
-                             f"{getattr(out, 'dtype', type(out).__name__)} "
-                             f"{getattr(out, 'shape', '')}")
-        self.kernel.run_at(out.ctypes.data, *addresses)
+            out_address = out.ctypes.data
+        else:
+            out_address = self._output_address(out)
+        self.kernel.run_at(out_address, *addresses)
         return out
