@@ -96,12 +96,19 @@ def max_vector_lanes(machine: Machine) -> int:
 
 
 def _vector_tile(rng: np.random.Generator, extent: int, machine: Machine) -> int:
+    """Lanes of the vector tile. Besides half, one to four native vectors: the whole axis in
+    whole vectors where it fits (29 -> 32): its one tile has a constant extent, so its last
+    vector is masked by a constant and no tile takes the general path of a dynamic tail
+    (the stride-2 depthwise layer's 29 output columns: 25 -> 33 GFLOPS on Zen 5)."""
     lanes, widest = machine.lanes, max_vector_lanes(machine)
     options = [w for w in (lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes)
                if 1 < w <= min(extent, widest)]
+    covering = -(-extent // lanes) * lanes
+    if extent > lanes // 2 and extent % lanes and covering <= widest:
+        options.append(covering)
     if not options:
         return extent if extent <= widest else lanes
-    exact = [w for w in options if extent % w == 0]
+    exact = [w for w in options if extent % w == 0 or w >= extent]
     pool = exact if exact and rng.random() > TAIL_PROBABILITY else options
     return int(rng.choice(pool))
 
