@@ -25,6 +25,7 @@ Where things live (data flows top to bottom):
     tuner/machine.py       Machine: lanes, registers, FMA rate, caches (the hardware facts)
     tuner/cpu_probe.py     which vector ISA LLVM generates for a named CPU (--cpu)
     tuner/layout.py        layout facts: padding, packed layouts, access classes, code size
+    tuner/model/           ONNX models: load + fold (graph), numpy runtime, task extraction
     tuner/version.py       __version__ (a leaf, so records/ can stamp records without cycles)
 """
 

@@ -1,0 +1,179 @@
+"""Task extraction: which tasks a graph yields, how often, what is fused and folded, and the
+one-line errors for models that cannot be run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import helper  # noqa: E402
+
+from model_builders import bn_weights, make_model, randn  # noqa: E402
+from test_model_onnxruntime import (asymmetric_conv, conv_bn_relu, gemm_trans_b,  # noqa: E402
+                                    matmul_add_relu, symbolic_batch)
+from tuner.errors import TunerError  # noqa: E402
+from tuner.model.fused import FUSED_OPS  # noqa: E402
+from tuner.model.graph import load_model  # noqa: E402
+from tuner.model.ops import erf  # noqa: E402
+from tuner.model.runtime import check_supported, run_graph, unsupported_ops  # noqa: E402
+from tuner.model.tasks import extract_tasks  # noqa: E402
+from tuner.task import Task  # noqa: E402
+
+
+def _rng():
+    return np.random.default_rng(3)
+
+
+def _only_task(model, shapes=None):
+    extraction = extract_tasks(load_model(model, shapes))
+    assert len(extraction.tasks) == 1
+    return extraction, extraction.tasks[0]
+
+
+def test_conv_bn_relu_is_one_task_with_the_batchnorm_folded():
+    rng = _rng()
+    model, _ = conv_bn_relu(rng)
+    extraction, row = _only_task(model)
+    assert row.task == Task.create("conv2d", (2, 3, 9, 7, 8, 3, 3), pad=1, bias=True, relu=True)
+    assert row.occurrences == 1 and row.share == 1.0
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv"]
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    factor = init["bn_scale"] / np.sqrt(init["bn_var"].astype(np.float64) + 1e-3)
+    node = extraction.graph.nodes[0]
+    weight, bias = (extraction.graph.initializers[name] for name in node.inputs[1:])
+    np.testing.assert_allclose(weight, init["w"] * factor[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(bias, init["bn_bias"] - init["bn_mean"] * factor, rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_identical_layers_are_one_task_counted_with_their_flops_share():
+    rng = _rng()
+    weights = {"w1": randn(rng, 4, 4, 3, 3), "w2": randn(rng, 4, 4, 3, 3),
+               "w3": randn(rng, 8, 4, 1, 1), **bn_weights(rng, "bn", 4)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"]),
+             helper.make_node("Conv", ["br", "w3"], ["y"])]
+    extraction = extract_tasks(load_model(make_model(nodes, {"x": (1, 4, 6, 6)}, "y", weights)))
+    rows = {r.task.shape: r for r in extraction.tasks}
+    big, small = rows[(1, 4, 6, 6, 4, 3, 3)], rows[(1, 4, 6, 6, 8, 1, 1)]
+    assert (big.occurrences, small.occurrences) == (2, 1)
+    assert big.nodes == tuple(n.name for n in extraction.graph.nodes[:2])
+    assert big.flops == 2 * 4 * 36 * 4 * 9 and small.flops == 2 * 8 * 36 * 4
+    assert math.isclose(big.share, 2 * big.flops / (2 * big.flops + small.flops))
+    assert extraction.tasks[0] is big and math.isclose(big.share + small.share, 1.0)
+
+
+def test_matmul_over_flattened_leading_dims_and_gemm_transb():
+    _, row = _only_task(matmul_add_relu(_rng())[0])
+    assert row.task == Task.create("matmul", (10, 10, 12), bias=True, relu=True)
+    _, row = _only_task(gemm_trans_b(_rng())[0])
+    assert row.task == Task.create("matmul", (3, 7, 9), bias=True, relu=False)
+
+
+def test_a_conv_the_template_cannot_express_stays_numpy_with_a_note():
+    extraction = extract_tasks(load_model(asymmetric_conv(_rng())[0]))
+    assert extraction.tasks == ()
+    assert [n.op_type for n in extraction.graph.nodes] == ["Conv"]
+    assert "symmetric pad" in extraction.notes[0]
+
+
+def test_relu6_stays_a_numpy_node_and_is_noted():
+    rng = _rng()
+    weights = {"w": randn(rng, 4, 1, 3, 3), "lo": np.float32(0), "hi": np.float32(6)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+    extraction = extract_tasks(load_model(make_model(nodes, {"x": (1, 4, 5, 5)}, "y", weights)))
+    assert extraction.tasks[0].task.attr_dict["groups"] == 4
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv", "Clip"]
+    assert any("ReLU6" in note for note in extraction.notes)
+
+
+def test_a_layer_whose_output_is_read_twice_is_not_fused():
+    rng = _rng()
+    weights = {"w": randn(rng, 4, 3, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Add", ["c", "r"], ["y"])]
+    model = make_model(nodes, {"x": (1, 3, 4, 4)}, "y", weights)
+    extraction, row = _only_task(model)
+    assert not row.task.attr_dict["relu"]
+    feeds = {"x": randn(rng, 1, 3, 4, 4)}
+    np.testing.assert_allclose(run_graph(extraction.graph, feeds, FUSED_OPS)[0],
+                               run_graph(load_model(model), feeds)[0], rtol=1e-6)
+
+
+def test_symbolic_batch_needs_its_shape_and_shape_arithmetic_is_folded():
+    model, shapes = symbolic_batch(_rng())
+    with pytest.raises(TunerError, match=r"input 'x' has a symbolic dimension 0 \('N'\)"):
+        load_model(model)
+    graph = load_model(model, shapes)
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Reshape", "MatMul"]
+    tasks = {r.task.op: r.task for r in extract_tasks(graph).tasks}
+    assert tasks["conv2d"].shape == (3, 3, 7, 7, 4, 3, 3)
+    assert tasks["matmul"].shape == (3, 6, 100)
+    with pytest.raises(TunerError, match="no input 'y'"):
+        load_model(model, {"y": (1, 3, 7, 7)})
+    with pytest.raises(TunerError, match="input 'x' expects 4 positive dimensions"):
+        load_model(model, {"x": (3, 7, 7)})
+
+
+def test_constant_of_shape_subgraphs_fold_into_initializers():
+    shape_input = np.array([4, 3, 1, 1], np.int64)
+    nodes = [helper.make_node("ConstantOfShape", ["ws"], ["w"],
+                              value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5])),
+             helper.make_node("Conv", ["x", "w"], ["y"])]
+    graph = load_model(make_model(nodes, {"x": (1, 3, 2, 2)}, "y", {"ws": shape_input}))
+    assert [n.op_type for n in graph.nodes] == ["Conv"]
+    np.testing.assert_array_equal(graph.initializers["w"], np.full((4, 3, 1, 1), 0.5, np.float32))
+    assert extract_tasks(graph).tasks[0].task.shape == (1, 3, 2, 2, 4, 1, 1)
+
+
+def test_an_unsupported_operator_is_one_line_naming_it_and_its_node():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
+             helper.make_node("Hardmax", ["r"], ["y"], name="pick")]
+    graph = load_model(make_model(nodes, {"x": (2, 3)}, "y", {}))
+    assert [n.name for n in unsupported_ops(graph)] == ["pick"]
+    for call in (lambda: check_supported(graph), lambda: run_graph(graph, np.ones((2, 3)))):
+        with pytest.raises(TunerError) as err:
+            call()
+        assert str(err.value) == "unsupported ONNX operator 'Hardmax' (node 'pick')"
+
+
+@pytest.mark.parametrize("content", [b"this is not a protobuf \xff\xfe", b""],
+                         ids=["garbage", "empty"])
+def test_a_malformed_file_is_one_line_naming_the_path(tmp_path, content):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(TunerError) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_truncated_file_is_one_line_naming_the_path(tmp_path):
+    data = conv_bn_relu(_rng())[0].SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(TunerError) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(TunerError, match="no ONNX file at"):
+        load_model(tmp_path / "missing.onnx")
+
+
+def test_feeds_are_checked_against_the_input_shapes():
+    graph = load_model(conv_bn_relu(_rng())[0])
+    with pytest.raises(TunerError, match="input 'x' expects shape 2,3,9,7, got 1,3,9,7"):
+        run_graph(graph, np.zeros((1, 3, 9, 7), np.float32))
+    with pytest.raises(TunerError, match="inputs are x; got z"):
+        run_graph(graph, {"z": np.zeros((2, 3, 9, 7), np.float32)})
+
+
+def test_erf_is_accurate_to_1e7():
+    x = np.linspace(-6, 6, 200_001)
+    exact = np.array([math.erf(v) for v in x])
+    assert np.abs(erf(x) - exact).max() < 1e-7

@@ -1,0 +1,86 @@
+"""Running a `Graph` with numpy: the nodes in order, each value freed after its last reader.
+
+This is the whole of the model runtime apart from the kernels: a tuned model is this same loop
+with `impls` mapping the fused task nodes (TunerConv, TunerMatMul) to compiled kernels. Support
+is checked for the whole graph before anything runs (`unsupported_ops`), so that `tune model`
+refuses a model it could not run before it spends an hour tuning it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from tuner.errors import TunerError
+from tuner.model.graph import Graph, Node
+from tuner.model.ops import OPS, run_node
+
+# One implementation of a node beyond OPS: (node, input arrays) -> output arrays.
+NodeImpl = Callable[[Node, list], list]
+
+
+def unsupported_ops(graph: Graph, impls: Mapping[str, NodeImpl] | None = None) -> list[Node]:
+    """The nodes of `graph` that neither OPS nor `impls` can run, in graph order."""
+    known = set(impls or {})
+    return [n for n in graph.nodes
+            if n.op_type not in known and (n.op_type not in OPS
+                                           or n.domain not in ("", "ai.onnx"))]
+
+
+def check_supported(graph: Graph, impls: Mapping[str, NodeImpl] | None = None) -> None:
+    """Raises the one-line error for the first node the runtime cannot run."""
+    missing = unsupported_ops(graph, impls)
+    if missing:
+        node = missing[0]
+        domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+        more = f" (and {len(missing) - 1} more nodes)" if len(missing) > 1 else ""
+        raise TunerError(f"unsupported ONNX operator '{node.op_type}'{domain} "
+                         f"(node '{node.name}'){more}")
+
+
+def run_graph(graph: Graph, feeds, impls: Mapping[str, NodeImpl] | None = None
+              ) -> list[np.ndarray]:
+    """The graph's outputs (in `graph.outputs` order) for `feeds`: a dict by input name, or
+    the one array of a single-input graph."""
+    check_supported(graph, impls)
+    values = dict(graph.initializers)
+    values.update(_checked_feeds(graph, feeds))
+    last_use = {}
+    for index, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last_use[name] = index
+    keep = set(graph.outputs) | set(graph.initializers)
+    for index, node in enumerate(graph.nodes):
+        args = [values[i] if i else None for i in node.inputs]
+        if impls and node.op_type in impls:
+            outputs = impls[node.op_type](node, args)
+        else:
+            outputs = run_node(node, args, graph.opset)
+        values.update((name, value) for name, value in zip(node.outputs, outputs) if name)
+        for name in node.inputs:
+            if last_use.get(name) == index and name not in keep:
+                values.pop(name, None)
+    return [values[name] for name in graph.outputs]
+
+
+def _checked_feeds(graph: Graph, feeds) -> dict[str, np.ndarray]:
+    if not isinstance(feeds, Mapping):
+        if len(graph.inputs) != 1:
+            raise TunerError(f"the model has {len(graph.inputs)} inputs "
+                             f"({', '.join(graph.inputs)}); pass a dict by name")
+        feeds = {next(iter(graph.inputs)): feeds}
+    missing = sorted(set(graph.inputs) - set(feeds))
+    extra = sorted(set(feeds) - set(graph.inputs))
+    if missing or extra:
+        raise TunerError(f"the model's inputs are {', '.join(graph.inputs)}; "
+                         f"got {', '.join(feeds) or 'none'}")
+    checked = {}
+    for name, value in feeds.items():
+        array = np.asarray(value)
+        if array.shape != graph.inputs[name]:
+            raise TunerError(f"input '{name}' expects shape "
+                             f"{','.join(map(str, graph.inputs[name]))}, got "
+                             f"{','.join(map(str, array.shape))}")
+        checked[name] = array
+    return checked

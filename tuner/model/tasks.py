@@ -1,0 +1,268 @@
+"""Task extraction: which layers of a graph are tuned, as what `Task`, with what fused.
+
+A Conv the conv2d template can express (2-D, one stride, one symmetric pad, one dilation, a
+constant weight) and a MatMul / Gemm with a constant 2-D weight become one node each of the new
+op types `TunerConv` / `TunerMatMul`, carrying the `Task` in its attributes and its constants
+(weight, bias) as initializers of the rewritten graph. What follows a layer is folded into it
+while the templates can compute it (Ansor's fused epilogues): BatchNormalization, a per-channel
+constant Mul fold into the weight and bias, a per-channel constant Add into the bias, Relu
+becomes the epilogue. Clip(0, 6) (ReLU6) stays a numpy node for now (the templates have no
+such epilogue) and is noted. A layer the templates cannot express stays a numpy node too, with a
+note: a model is never refused for it. Identical tasks are counted, since they are tuned once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from tuner.model.graph import Graph, Node
+from tuner.model.ops import legacy_broadcast
+from tuner.model.ops_nn import spatial_pads
+from tuner.task import Task
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUse:
+    """A row of the task table: a task, how many nodes run it, and its share of the FLOPs of
+    all the model's tasks (operators left to numpy are not counted)."""
+
+    task: Task
+    occurrences: int
+    flops: float  # of one occurrence
+    share: float
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Extraction:
+    """The rewritten graph (fused task nodes), its task table (largest share first), and notes
+    on what was left to numpy and why."""
+
+    graph: Graph
+    tasks: tuple[TaskUse, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Layer:
+    """A layer being fused: its weight and bias so far (float64), the nodes it replaced."""
+
+    weight: np.ndarray  # KCRS for conv, K x N for matmul; float64 once anything is folded
+    bias: np.ndarray | None
+    relu: bool
+    nodes: list[Node]
+    out_channels: int
+
+
+def extract_tasks(graph: Graph) -> Extraction:
+    """Finds the tasks of `graph` and returns it rewritten with one node per fused layer."""
+    consumers = defaultdict(list)
+    for node in graph.nodes:
+        for name in node.inputs:
+            consumers[name].append(node)
+    absorbed: set[int] = set()
+    replaced: dict[int, Node] = {}
+    initializers = dict(graph.initializers)
+    notes: list[str] = []
+    for node in graph.nodes:
+        if id(node) in absorbed:
+            continue
+        start = _start_layer(node, graph, notes)
+        if start is None:
+            continue
+        x, layer, make_task = start
+        _fuse_following(layer, graph, consumers, notes)
+        last = layer.nodes[-1]
+        task = make_task(layer)
+        op_type = "TunerConv" if task.op == "conv2d" else "TunerMatMul"
+        weight_name, bias_name = f"{node.name}::weight", f"{node.name}::bias"
+        # No copy unless folded: a transposed Gemm weight stays a view (VGG's fc6 is 400 MB).
+        initializers[weight_name] = np.asarray(layer.weight, dtype=np.float32)
+        inputs = (x, weight_name)
+        if layer.bias is not None:
+            initializers[bias_name] = layer.bias.astype(np.float32)
+            inputs += (bias_name,)
+        fused = Node(op_type, node.name, inputs, (last.outputs[0],), {"task": task})
+        replaced[id(node)] = fused
+        absorbed.update(id(n) for n in layer.nodes)
+    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes
+                  if id(n) in replaced or id(n) not in absorbed)
+    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
+    rewritten = Graph(graph.inputs, graph.outputs, nodes,
+                      {k: v for k, v in initializers.items() if k in used},
+                      graph.shapes, graph.opset, graph.name)
+    return Extraction(rewritten, _task_table(nodes), tuple(notes))
+
+
+def _task_table(nodes) -> tuple[TaskUse, ...]:
+    names = defaultdict(list)
+    for node in nodes:
+        if node.op_type in ("TunerConv", "TunerMatMul"):
+            names[node.attributes["task"]].append(node.name)
+    counts = Counter({task: len(n) for task, n in names.items()})
+    flops = {task: task.dag().flops for task in counts}
+    total = sum(flops[t] * c for t, c in counts.items()) or 1.0
+    rows = [TaskUse(t, c, flops[t], flops[t] * c / total, tuple(names[t]))
+            for t, c in counts.items()]
+    return tuple(sorted(rows, key=lambda r: (-r.share, r.task.key)))
+
+
+def _start_layer(node: Node, graph: Graph, notes: list[str]):
+    """(data input name, layer, task maker) if `node` starts a task, else None."""
+    if node.op_type == "Conv":
+        return _start_conv(node, graph, notes)
+    if node.op_type in ("MatMul", "Gemm"):
+        return _start_matmul(node, graph, notes)
+    return None
+
+
+def _start_conv(node, graph, notes):
+    consts = graph.initializers
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    shape = graph.shapes.get(x)
+    reason = None
+    if w not in consts or (b is not None and b not in consts):
+        reason = "its weight or bias is not a constant"
+    elif shape is None or len(shape) != 4:
+        reason = "it is not a 2-D convolution with a static input shape"
+    if reason is None:
+        weight = consts[w]
+        kernel = list(node.attributes.get("kernel_shape", weight.shape[2:]))
+        strides = list(node.attributes.get("strides", [1, 1]))
+        dilations = list(node.attributes.get("dilations", [1, 1]))
+        begin, end = spatial_pads(shape, kernel, strides, dilations, node.attributes)
+        pads = begin + end
+        if len(set(strides)) > 1 or len(set(dilations)) > 1 or len(set(pads)) > 1:
+            reason = (f"the conv2d template takes one stride, dilation and symmetric pad "
+                      f"(strides {strides}, dilations {dilations}, pads {pads})")
+    if reason is not None:
+        notes.append(f"Conv '{node.name}' runs in numpy: {reason}")
+        return None
+    group = int(node.attributes.get("group", 1))
+    layer = _Layer(weight, consts[b].astype(np.float64) if b else None,
+                   False, [node], weight.shape[0])
+    n, c, h, wd = shape
+    k, _, r, s = weight.shape
+
+    def make_task(done: _Layer) -> Task:
+        return Task.create("conv2d", (n, c, h, wd, k, r, s), stride=strides[0], pad=pads[0],
+                           dilation=dilations[0], groups=group, bias=done.bias is not None,
+                           relu=done.relu)
+    return x, layer, make_task
+
+
+def _start_matmul(node, graph, notes):
+    consts, a = graph.initializers, node.attributes
+    x, w = node.inputs[0], node.inputs[1]
+    shape = graph.shapes.get(x)
+    gemm = node.op_type == "Gemm"
+    c = node.inputs[2] if gemm and len(node.inputs) > 2 and node.inputs[2] else None
+    reason = None
+    if w not in consts or consts[w].ndim != 2:
+        reason = "its weight is not a constant matrix"
+    elif shape is None or len(shape) < 2 or (gemm and a.get("transA", 0)):
+        reason = "its input is not a static matrix (or Gemm transposes it)"
+    weight = bias = None
+    if reason is None:
+        weight = consts[w]
+        if gemm:
+            weight = weight.T if a.get("transB", 0) else weight
+            if a.get("alpha", 1.0) != 1.0:
+                weight = a["alpha"] * weight.astype(np.float64)
+        if c is not None and a.get("beta", 1.0) != 0:
+            bias = _row_vector(consts.get(c), weight.shape[1])
+            if bias is None:
+                reason = "its C operand is not a constant row vector"
+            else:
+                bias = a.get("beta", 1.0) * bias
+    if reason is not None:
+        notes.append(f"{node.op_type} '{node.name}' runs in numpy: {reason}")
+        return None
+    layer = _Layer(weight, bias, False, [node], weight.shape[1])
+    m, k = math.prod(shape[:-1]), shape[-1]
+
+    def make_task(done: _Layer) -> Task:
+        return Task.create("matmul", (m, done.weight.shape[1], k), bias=done.bias is not None,
+                           relu=done.relu)
+    return x, layer, make_task
+
+
+def _row_vector(value, n: int) -> np.ndarray | None:
+    """`value` as a length-n vector if it broadcasts along the last axis only, else None."""
+    if value is None or (value.ndim and math.prod(value.shape[:-1]) != 1) or \
+            value.size not in (1, n):
+        return None
+    return np.broadcast_to(value.reshape(-1).astype(np.float64), (n,)).copy()
+
+
+def _channel_vector(node: Node, current: str, graph: Graph, k: int, conv: bool):
+    """The constant operand of an elementwise `node` applied to `current`, as a per-channel
+    vector of length k, or None if it is not constant or varies along other axes."""
+    other = [i for i in node.inputs if i != current]
+    if len(node.inputs) != 2 or len(other) != 1 or other[0] not in graph.initializers:
+        return None
+    value = graph.initializers[other[0]]
+    if node.op_type == "Sub" and node.inputs[0] != current:
+        return None
+    if not conv:
+        return _row_vector(value, k)
+    rank = len(graph.shapes.get(current, (0, 0, 0, 0)))
+    _, value = legacy_broadcast(np.empty((0,) * rank), value, node.attributes, graph.opset)
+    if value.ndim > 4:
+        return None
+    full = value.reshape((1,) * (4 - value.ndim) + value.shape)
+    if full.shape[0] != 1 or full.shape[2:] != (1, 1) or full.shape[1] not in (1, k):
+        return None
+    return np.broadcast_to(full.reshape(-1).astype(np.float64), (k,)).copy()
+
+
+def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) -> None:
+    """Folds the chain after the layer into it while the next node is its output's only
+    reader and one the templates compute."""
+    conv = layer.nodes[0].op_type == "Conv"
+    consts = graph.initializers
+    while not layer.relu:
+        current = layer.nodes[-1].outputs[0]
+        readers = consumers.get(current, [])
+        if len(readers) != 1 or current in graph.outputs:
+            return
+        node = readers[0]
+        k = layer.out_channels
+        if node.op_type == "Relu":
+            layer.relu = True
+        elif node.op_type == "BatchNormalization" and conv and node.inputs[0] == current \
+                and all(i in consts for i in node.inputs[1:5]) \
+                and not any(node.outputs[1:]):
+            scale, beta, mean, var = (consts[i].astype(np.float64) for i in node.inputs[1:5])
+            factor = scale / np.sqrt(var + node.attributes.get("epsilon", 1e-5))
+            _scale(layer, factor, conv)
+            layer.bias = (_bias(layer) - mean) * factor + beta
+        elif node.op_type in ("Add", "Sub", "Mul"):
+            vector = _channel_vector(node, current, graph, k, conv)
+            if vector is None:
+                return
+            if node.op_type == "Mul":
+                _scale(layer, vector, conv)
+                layer.bias = None if layer.bias is None else layer.bias * vector
+            else:
+                layer.bias = _bias(layer) + (vector if node.op_type == "Add" else -vector)
+        else:
+            if node.op_type == "Clip":
+                notes.append(f"Clip '{node.name}' after '{layer.nodes[0].name}' runs in "
+                             f"numpy: the templates have no ReLU6 epilogue yet")
+            return
+        layer.nodes.append(node)
+
+
+def _bias(layer: _Layer) -> np.ndarray:
+    return np.zeros(layer.out_channels) if layer.bias is None else layer.bias
+
+
+def _scale(layer: _Layer, factor: np.ndarray, conv: bool) -> None:
+    """Scales each output channel of the weight (KCRS rows for conv, K x N columns)."""
+    layer.weight = layer.weight.astype(np.float64) * (factor[:, None, None, None] if conv else factor[None, :])
