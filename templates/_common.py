@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tuner.errors import ShapeError
 
 
@@ -14,6 +16,12 @@ def check_shape(shape, count: int, form: str, op: str) -> tuple[int, ...]:
     return dims
 
 
+# The epilogue after the bias: none, ReLU, or ReLU6 (ReLU clipped at 6, MobileNet's). An
+# integer rather than a flag per kind, so that the task keys of records made before ReLU6
+# existed (relu=0 / relu=1) name the same tasks.
+RELU_VALUES = {0: "none", 1: "ReLU", 6: "ReLU6"}
+
+
 def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:
     unknown = sorted(set(attrs) - set(defaults))
     if unknown:
@@ -21,7 +29,12 @@ def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:
                          f"known: {', '.join(sorted(defaults))}")
     full = dict(defaults)
     for name, value in attrs.items():
-        if isinstance(defaults[name], bool):
+        if name == "relu":
+            if isinstance(value, float) or value not in RELU_VALUES:
+                choices = ", ".join(f"{v} ({kind})" for v, kind in RELU_VALUES.items())
+                raise ShapeError(f"{op} attribute relu expects one of {choices}, got {value!r}")
+            full[name] = int(value)
+        elif isinstance(defaults[name], bool):
             if value not in (0, 1, True, False):
                 raise ShapeError(f"{op} attribute {name} expects 0 or 1, got {value!r}")
             full[name] = bool(value)
@@ -30,3 +43,10 @@ def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:
                 raise ShapeError(f"{op} attribute {name} expects an integer, got {value!r}")
             full[name] = value
     return full
+
+
+def relu_reference(values, relu: int):
+    """The epilogue `relu` (RELU_VALUES) applied to numpy values."""
+    if relu == 6:
+        return np.clip(values, 0, 6)
+    return np.maximum(values, 0) if relu else values

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import check_shape, fill_attrs
+from templates._common import check_shape, fill_attrs, relu_reference
 from tuner.dag import Axis, ComputeDAG, Operand, aff
 
 NAME = "batch_matmul"
 SHAPE_FORM = "B,M,N,K"
-DEFAULTS = {"bias": False, "relu": False}
+DEFAULTS = {"bias": False, "relu": 0}
 
 
 def normalize_attrs(shape, attrs: dict) -> dict:
     return fill_attrs(NAME, attrs, DEFAULTS)
 
 
-def definition(shape, bias: bool = False, relu: bool = False) -> ComputeDAG:
+def definition(shape, bias: bool = False, relu: int = 0) -> ComputeDAG:
     nb, m, n, k = check_shape(shape, 4, SHAPE_FORM, NAME)
     axes = (Axis("b", nb), Axis("i", m), Axis("j", n), Axis("k", k, reduce=True))
     a = Operand("a", (nb, m, k), (aff(("b", 1)), aff(("i", 1)), aff(("k", 1))))
@@ -31,6 +31,6 @@ def definition(shape, bias: bool = False, relu: bool = False) -> ComputeDAG:
         res = np.matmul(a_val.astype(np.float64), b_val.astype(np.float64))
         if bias_val is not None:
             res = res + bias_val
-        return np.maximum(res, 0) if relu else res
+        return relu_reference(res, relu)
 
     return ComputeDAG(NAME, axes, out, a, b, bias_op, relu, 2.0 * nb * m * n * k, reference)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import check_shape, fill_attrs
+from templates._common import check_shape, fill_attrs, relu_reference
 from tuner.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "conv2d"
 SHAPE_FORM = "N,C,H,W,K,R,S"
-DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": False}
+DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0}
 
 
 def normalize_attrs(shape, attrs: dict) -> dict:
@@ -34,7 +34,7 @@ def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: i
 
 
 def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
-               bias: bool = False, relu: bool = False) -> ComputeDAG:
+               bias: bool = False, relu: int = 0) -> ComputeDAG:
     n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
     for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
                              ("groups", groups, 1), ("pad", pad, 0)):
@@ -92,7 +92,7 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                                                                 wg[:, :, ri, si])
         if bias_val is not None:
             res = res + bias_val[None, :, None, None]
-        return np.maximum(res, 0) if relu else res
+        return relu_reference(res, relu)
 
     flops = 2.0 * n * k * oh * ow * cg * r * s
     return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference)

@@ -20,7 +20,7 @@ from tuner.task import Task
 
 def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     op = op or str(rng.choice(["conv2d", "matmul", "batch_matmul"]))
-    epilogue = {"bias": bool(rng.integers(2)), "relu": bool(rng.integers(2))}
+    epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.choice([0, 1, 6]))}
     if op == "matmul":
         return Task.create(op, tuple(int(x) for x in rng.integers(1, 41, size=3)), **epilogue)
     if op == "batch_matmul":

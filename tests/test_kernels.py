@@ -230,3 +230,30 @@ def test_a_bound_kernel_reuses_addresses_only_of_the_same_unconverted_arrays():
     out.flags.writeable = False
     with pytest.raises(TunerError, match="out must be a writeable"):
         bound(a, out=out)
+
+
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("conv2d", (1, 16, 9, 9, 32, 3, 3), {"pad": 1, "bias": True}),
+    ("matmul", (13, 40, 70), {}),
+    ("batch_matmul", (2, 5, 24, 30), {"bias": True}),
+])
+@pytest.mark.parametrize("cache_write", [True, False])
+def test_relu6_clips_at_zero_and_six(op, shape, attrs, cache_write):
+    """ReLU6 (relu=6) is applied on write-back of the local tile and, without one, in a pass
+    over the output; both clip at 0 and at 6, and the task key keeps relu=1 for plain ReLU."""
+    from tuner.default import default_schedule
+    from tuner.schedule import CacheWrite
+    from tuner.target import host_target
+    from tuner.task import Task
+    task = Task.create(op, shape, relu=6, **attrs)
+    assert "relu=6" in task.key and "relu=1" in Task.create(op, shape, relu=True, **attrs).key
+    dag = task.dag()
+    target = host_target(1)
+    steps = default_schedule(dag, target)
+    if not cache_write:
+        steps = tuple(s for s in steps if not isinstance(s, CacheWrite))
+    kernel = Kernel(apply_steps(dag, steps), target)
+    inputs = [x * 4 for x in dag.random_inputs(np.random.default_rng(6))]
+    out = kernel(*inputs)
+    assert (out == 6).any() and (out == 0).any() and ((out > 0) & (out < 6)).any()
+    assert_matches_reference(dag, out, inputs)

@@ -96,7 +96,7 @@ def test_json_round_trip_is_exact_and_canonical():
     ("conv2d", (1, 4, 2, 2, 4, 5, 5), {}, "empty output"),
     ("conv2d", (1, 4, 8, 8, 4, 3, 3), {"stride": 0}, "stride expects an integer >= 1"),
     ("conv2d", (1, 4, 8, 8, 4, 3, 3), {"padding": 1}, "no attribute 'padding'"),
-    ("conv2d", (1, 4, 8, 8, 4, 3, 3), {"relu": 2}, "expects 0 or 1"),
+    ("conv2d", (1, 4, 8, 8, 4, 3, 3), {"relu": 2}, r"relu expects one of 0 \(none\), 1 \(ReLU\), 6 \(ReLU6\)"),
     ("matmul", (4, 4), {}, "M,N,K"),
     ("batch_matmul", (1, 2, 3, -4), {}, "B,M,N,K"),
     ("softmax", (4,), {}, "unknown operator 'softmax'"),

@@ -301,7 +301,7 @@ class _Emitter:
     def _epilogue(self, fn: Fn, ctx: Ctx, value: ir.Value, with_bias: bool) -> ir.Value:
         if with_bias and self.dag.bias is not None:
             value = fn.b.fadd(value, self.load(fn, ctx, self.accesses["bias"]))
-        return relu(fn.b, value) if self.dag.relu else value
+        return relu(fn.b, value, self.dag.relu) if self.dag.relu else value
 
     def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:
         value = self._epilogue(fn, ctx, self.load(fn, ctx, ctx.acc), with_bias=True)
@@ -314,7 +314,7 @@ class _Emitter:
 
     def leaf_relu_out(self, fn: Fn, ctx: Ctx) -> None:
         out = self.accesses["out"]
-        self.store(fn, ctx, out, relu(fn.b, self.load(fn, ctx, out)))
+        self.store(fn, ctx, out, relu(fn.b, self.load(fn, ctx, out), self.dag.relu))
 
     # ------------------------------------------------------------------ loops
     def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf,

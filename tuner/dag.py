@@ -93,14 +93,15 @@ class Operand:
 
 @dataclass(frozen=True, slots=True)
 class ComputeDAG:
-    """out[output.index] = relu?(bias[...] + sum_reduce lhs[...] * rhs[...])."""
+    """out[output.index] = relu?(bias[...] + sum_reduce lhs[...] * rhs[...]); `relu` is 0
+    (none), 1 (ReLU) or 6 (ReLU6: clipped at 6 too)."""
     op: str
     axes: tuple[Axis, ...]
     output: Operand
     lhs: Operand
     rhs: Operand
     bias: Operand | None
-    relu: bool
+    relu: int
     flops: float
     # numpy reference on the user-facing inputs (lhs, rhs[, bias]); float64 inside for accuracy
     reference: Callable[..., np.ndarray] = field(compare=False, hash=False, repr=False)

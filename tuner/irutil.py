@@ -149,6 +149,12 @@ def masked_store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value
     b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def relu(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+def relu(b: ir.IRBuilder, x: ir.Value, kind: int = 1) -> ir.Value:
+    """max(x, 0), and for ReLU6 (`kind` 6, templates/_common.RELU_VALUES) min(that, 6)."""
     zero = ir.Constant(x.type, None)
-    return b.select(b.fcmp_ordered(">", x, zero), x, zero)
+    out = b.select(b.fcmp_ordered(">", x, zero), x, zero)
+    if kind == 6:
+        six = ir.Constant(x.type, [6.0] * x.type.count) if isinstance(x.type, ir.VectorType) \
+            else ir.Constant(x.type, 6.0)
+        out = b.select(b.fcmp_ordered("<", out, six), out, six)
+    return out

@@ -54,8 +54,9 @@ def pseudo_code(nest: LoopNest) -> str:
     epilogue = "acc"
     if dag.bias is not None:
         epilogue = f"acc + {_access_text(nest, 'bias')}"
+    relu = "relu6" if dag.relu == 6 else "relu"
     if dag.relu:
-        epilogue = f"relu({epilogue})"
+        epilogue = f"{relu}({epilogue})"
     depth = 0
     target = out
     if nest.cache_write_at is None:
@@ -79,5 +80,5 @@ def pseudo_code(nest: LoopNest) -> str:
         depth = nest.cache_write_at + 1
         lines.append("  " * depth + f"{out} = {epilogue}  # write-back over the tile")
     elif dag.relu:
-        lines.append(f"{out} = relu({out})  # for every output element")
+        lines.append(f"{out} = {relu}({out})  # for every output element")
     return "\n".join(lines)
