@@ -82,15 +82,32 @@ def test_a_conv_the_template_cannot_express_stays_numpy_with_a_note():
     assert "symmetric pad" in extraction.notes[0]
 
 
-def test_relu6_stays_a_numpy_node_and_is_noted():
+@pytest.mark.parametrize("opset", [9, 13])
+def test_clip_0_6_is_the_relu6_epilogue_and_other_clips_stay(opset):
+    """Clip(0, 6) after a layer is its ReLU6 epilogue (bounds as attributes before opset 11,
+    as constant inputs after); a Clip with other bounds stays a numpy node, noted."""
     rng = _rng()
-    weights = {"w": randn(rng, 4, 1, 3, 3), "lo": np.float32(0), "hi": np.float32(6)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]),
-             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
-    extraction = extract_tasks(load_model(make_model(nodes, {"x": (1, 4, 5, 5)}, "y", weights)))
-    assert extraction.tasks[0].task.attr_dict["groups"] == 4
-    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv", "Clip"]
-    assert any("ReLU6" in note for note in extraction.notes)
+    for (low, high), fused in (((0, 6), True), ((0, 4), False)):
+        weights = {"w": randn(rng, 4, 1, 3, 3)}
+        if opset >= 11:
+            weights.update(lo=np.float32(low), hi=np.float32(high))
+            clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
+        else:
+            clip = helper.make_node("Clip", ["c"], ["y"], min=float(low), max=float(high))
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]), clip]
+        graph = load_model(make_model(nodes, {"x": (1, 4, 5, 5)}, "y", weights, opset=opset))
+        extraction = extract_tasks(graph)
+        task = extraction.tasks[0].task
+        assert task.attr_dict["groups"] == 4
+        assert task.attr_dict["relu"] == (6 if fused else 0)
+        kinds = [n.op_type for n in extraction.graph.nodes]
+        assert kinds == (["TunerConv"] if fused else ["TunerConv", "Clip"])
+        assert fused or any("neither ReLU" in note for note in extraction.notes)
+        x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32) * 4
+        expected = run_graph(graph, x)[0]
+        assert expected.max() == high
+        np.testing.assert_allclose(run_graph(extraction.graph, x, FUSED_OPS)[0], expected,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_a_layer_whose_output_is_read_twice_is_not_fused():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from templates._common import relu_reference
 from tuner.model import ops_nn
 
 
@@ -21,7 +22,7 @@ def tuner_conv(node, args):
     attrs = {"strides": [a["stride"]] * 2, "pads": [a["pad"]] * 4,
              "dilations": [a["dilation"]] * 2, "group": a["groups"]}
     out = ops_nn.conv([x, weight, bias], attrs, 13)[0]
-    return [np.maximum(out, 0) if a["relu"] else out]
+    return [relu_reference(out, a["relu"])]
 
 
 def tuner_matmul(node, args):
@@ -29,8 +30,7 @@ def tuner_matmul(node, args):
     out = x.reshape(-1, x.shape[-1]) @ weight
     if len(args) > 2:
         out += args[2]
-    if node.attributes["task"].attr_dict["relu"]:
-        np.maximum(out, 0, out=out)
+    out = relu_reference(out, node.attributes["task"].attr_dict["relu"])
     return [out.reshape(x.shape[:-1] + (weight.shape[1],))]
 
 

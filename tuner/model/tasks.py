@@ -6,8 +6,9 @@ op types `TunerConv` / `TunerMatMul`, carrying the `Task` in its attributes and 
 (weight, bias) as initializers of the rewritten graph. What follows a layer is folded into it
 while the templates can compute it (Ansor's fused epilogues): BatchNormalization, a per-channel
 constant Mul fold into the weight and bias, a per-channel constant Add into the bias, Relu
-becomes the epilogue. Clip(0, 6) (ReLU6) stays a numpy node for now (the templates have no
-such epilogue) and is noted. A layer the templates cannot express stays a numpy node too, with a
+becomes the epilogue, and so does Clip(0, 6) (ReLU6, the templates' relu=6); a Clip with other
+bounds stays a numpy node and is noted. A layer the templates cannot express stays a numpy node
+too, with a
 note: a model is never refused for it. Identical tasks are counted, since they are tuned once.
 """
 
@@ -53,7 +54,7 @@ class _Layer:
 
     weight: np.ndarray  # KCRS for conv, K x N for matmul; float64 once anything is folded
     bias: np.ndarray | None
-    relu: bool
+    relu: int  # templates/_common.RELU_VALUES: 0 none, 1 ReLU, 6 ReLU6
     nodes: list[Node]
     out_channels: int
 
@@ -145,7 +146,7 @@ def _start_conv(node, graph, notes):
         return None
     group = int(node.attributes.get("group", 1))
     layer = _Layer(weight, consts[b].astype(np.float64) if b else None,
-                   False, [node], weight.shape[0])
+                   0, [node], weight.shape[0])
     n, c, h, wd = shape
     k, _, r, s = weight.shape
 
@@ -183,7 +184,7 @@ def _start_matmul(node, graph, notes):
     if reason is not None:
         notes.append(f"{node.op_type} '{node.name}' runs in numpy: {reason}")
         return None
-    layer = _Layer(weight, bias, False, [node], weight.shape[1])
+    layer = _Layer(weight, bias, 0, [node], weight.shape[1])
     m, k = math.prod(shape[:-1]), shape[-1]
 
     def make_task(done: _Layer) -> Task:
@@ -226,7 +227,7 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
     reader and one the templates compute."""
     conv = layer.nodes[0].op_type == "Conv"
     consts = graph.initializers
-    while not layer.relu:
+    while layer.relu == 0:
         current = layer.nodes[-1].outputs[0]
         readers = consumers.get(current, [])
         if len(readers) != 1 or current in graph.outputs:
@@ -234,7 +235,9 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
         node = readers[0]
         k = layer.out_channels
         if node.op_type == "Relu":
-            layer.relu = True
+            layer.relu = 1
+        elif node.op_type == "Clip" and _clip_bounds(node, graph) in ((0.0, 6.0), (0.0, np.inf)):
+            layer.relu = 6 if _clip_bounds(node, graph)[1] == 6 else 1
         elif node.op_type == "BatchNormalization" and conv and node.inputs[0] == current \
                 and all(i in consts for i in node.inputs[1:5]) \
                 and not any(node.outputs[1:]):
@@ -254,9 +257,28 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
         else:
             if node.op_type == "Clip":
                 notes.append(f"Clip '{node.name}' after '{layer.nodes[0].name}' runs in "
-                             f"numpy: the templates have no ReLU6 epilogue yet")
+                             f"numpy: bounds {_clip_bounds(node, graph)} are neither ReLU "
+                             f"(0, inf) nor ReLU6 (0, 6)")
             return
         layer.nodes.append(node)
+
+
+def _clip_bounds(node: Node, graph: Graph) -> tuple[float, float] | None:
+    """A Clip's (min, max): attributes before opset 11, constant inputs from then on (a
+    missing bound is unbounded); None where a bound is not a constant."""
+    if graph.opset < 11:
+        return (float(node.attributes.get("min", -np.inf)),
+                float(node.attributes.get("max", np.inf)))
+    bounds = []
+    for index, unbounded in ((1, -np.inf), (2, np.inf)):
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        if not name:
+            bounds.append(unbounded)
+        elif name in graph.initializers and graph.initializers[name].size == 1:
+            bounds.append(float(graph.initializers[name].reshape(())))
+        else:
+            return None
+    return bounds[0], bounds[1]
 
 
 def _bias(layer: _Layer) -> np.ndarray:
