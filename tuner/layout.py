@@ -259,6 +259,16 @@ def local_pad_bytes(nest: LoopNest) -> int:
                and op.name not in nest.layout_rewrite)
 
 
+def vector_lanes(nest: LoopNest) -> int:
+    """Lanes the vectorized loop really has: a tile that covers its whole axis in whole
+    vectors (29 columns in 32 lanes) has only the axis' extent (its constant tail lanes are
+    masked, never emitted)."""
+    vec = vector_loop(nest)
+    if vec is None:
+        return 1
+    return min(vec.extent, nest.dag.extents[vec.parts[0].axis])
+
+
 def vector_chunks(nest: LoopNest, lanes: int) -> int:
     vec = vector_loop(nest)
     return -(-vec.extent // lanes) if vec else 1
@@ -276,7 +286,7 @@ def _read_cost(nest: LoopNest, operand: Operand, lanes: int) -> int:
     if kind == "strided":  # a load per stride and chunk, then the shuffles that merge them
         return vector_chunks(nest, lanes) * lane_stride(nest, operand, vec) * \
             (VECTOR_LOAD_COST + 1)
-    return vec.extent * (scalar + 1)  # one guarded scalar load and an insert per lane
+    return vector_lanes(nest) * (scalar + 1)  # one guarded scalar load and an insert per lane
 
 
 def spatial_tails(nest: LoopNest) -> int:
@@ -284,8 +294,10 @@ def spatial_tails(nest: LoopNest) -> int:
     extents = nest.dag.extents
     covered = {p.axis: p.step * p.extent for loop in nest.loops for p in loop.parts
                if p.level == 1}
+    # a tile that covers its whole axis has a constant extent: no general path
     return sum(1 for axis, size in covered.items()
-               if not nest.dag.axis(axis).reduce and extents[axis] % size)
+               if not nest.dag.axis(axis).reduce and extents[axis] % size
+               and extents[axis] > size)
 
 
 def code_size(nest: LoopNest, lanes: int) -> int:
@@ -311,7 +323,7 @@ def _body_size(nest: LoopNest, lanes: int) -> int:
             + ACC_UPDATE_COST * chunks)
     out_kind = access_class(nest, dag.output)
     vec = vector_loop(nest)
-    write = vec.extent * 2 if out_kind == "gather" else chunks * 2
+    write = vector_lanes(nest) * 2 if out_kind == "gather" else chunks * 2
     if nest.cache_write_at is None:
         return unrolled * (body + write)
     tile_unrolled = math.prod(l.extent for l in nest.tile_loops
