@@ -29,7 +29,7 @@ import numpy as np
 
 from tuner.dag import ComputeDAG
 from tuner.errors import ScheduleError
-from tuner.default import tile_rows
+from tuner.default import least_rows, tile_rows
 from tuner.layout import (MAX_CODE_SIZE, code_size, local_pad_plan, operand_registers,
                           vector_cost)
 from tuner.machine import Machine
@@ -176,9 +176,10 @@ def _register_tiles(rng, dag: ComputeDAG, sketch: Sketch, vector_axis: str,
     rows = 1
     if row_axis is not None:
         budget = min(tile_rows(machine, width), dag.axis(row_axis).extent)
+        low = min(budget, max(1, budget // 2, least_rows(machine, width)))
         exact = [d for d in divisors(dag.axis(row_axis).extent) if d <= budget]
-        near = [r for r in range(max(1, budget // 2), budget + 1)]
-        rows = int(rng.choice(exact if exact[-1] >= budget // 2 and rng.random() < 0.7
+        near = [r for r in range(low, budget + 1)]
+        rows = int(rng.choice(exact if exact[-1] >= low and rng.random() < 0.7
                               else near))
     free_levels = 2 if sketch.cache_write == "S1" else 1  # spatial levels above the tile
     tiles = []

@@ -34,15 +34,16 @@ from tuner.target import Target
 REDUCE_UNROLL = 4
 
 
-def rows_for(extent: int, budget: int) -> int:
-    """Rows of a register tile over an axis of `extent`: within half of `budget` and all of
-    it, the count that wastes least on the last partial tile (the larger within 1%). A tail
-    tile costs more than its share of rows (it runs a second, guarded copy of the loop):
-    measured on Zen 5, the 7x7-pixel 1x1 convolution of ResNet's last stage (49 pixels, 2 zmm
-    of channels) ran at 222 GFLOPS with 7 rows and 175 with 13 (3 tiles and a tail of 10)."""
+def rows_for(extent: int, budget: int, least: int = 1) -> int:
+    """Rows of a register tile over an axis of `extent`: between half of `budget` (and at
+    least `least`, see `least_rows`) and all of it, the count that wastes least on the last
+    partial tile (the larger within 1%). A tail tile costs more than its share of rows (it
+    runs a second, guarded copy of the loop): measured on Zen 5, the 7x7-pixel 1x1
+    convolution of ResNet's last stage (49 pixels, 2 zmm of channels) ran at 222 GFLOPS with
+    7 rows and 175 with 13 (3 tiles and a tail of 10)."""
     if extent <= budget:
         return extent
-    low = max(1, -(-budget // 2))
+    low = max(1, -(-budget // 2), min(least, budget))
     return min(range(low, budget + 1),
                key=lambda c: (round(-(-extent // c) * c / extent, 2), -c))
 
@@ -57,6 +58,16 @@ class RegisterTile:
     count: int
     reduce_axis: str | None
     reduce_unroll: int
+
+
+def least_rows(machine: Machine, width: int) -> int:
+    """The fewest rows worth a register tile of `width` floats: accumulators 1.5x the
+    machine's FMA issue rate x latency. With just that many, loads and loop overhead show:
+    x86-64-v3 code on Zen 5 (16 ymm), a 128x768x768 product ran at 107 GFLOPS with 4 rows of
+    2 ymm (8 accumulators, a divisor of 128) and 121 with 6 rows (12, and a tail of 2);
+    1024x1024x1024: 104 and 123."""
+    chunks = -(-width // machine.lanes)
+    return -(-3 * machine.min_accumulators // (2 * chunks))
 
 
 def tile_rows(machine: Machine, width: int) -> int:
@@ -84,7 +95,8 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     if others:
         lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
         unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
-        count = rows_for(unrolled.extent, tile_rows(target.machine, width))
+        count = rows_for(unrolled.extent, tile_rows(target.machine, width),
+                         least_rows(target.machine, width))
     reduce_axes = list(dag.reduce_axes)
     if unrolled is not None:  # no sliding window of broadcasts (tuner.layout.window_broadcasts)
         reduce_axes = [r for r in reduce_axes
