@@ -25,13 +25,14 @@ Where things live (data flows top to bottom):
     tuner/machine.py       Machine: lanes, registers, FMA rate, caches (the hardware facts)
     tuner/cpu_probe.py     which vector ISA LLVM generates for a named CPU (--cpu)
     tuner/layout.py        layout facts: padding, packed layouts, access classes, code size
-    tuner/model/           ONNX models: load + fold (graph), numpy runtime, task extraction
+    tuner/model/           ONNX models: load + fold (graph), numpy runtime, task extraction,
+                           the task scheduler, compile_model (tuned kernels + numpy)
     tuner/version.py       __version__ (a leaf, so records/ can stamp records without cycles)
 """
 
 from tuner.version import __version__
 
-__all__ = ["__version__", "build", "select_schedule"]
+__all__ = ["__version__", "build", "compile_model", "load_package", "select_schedule"]
 
 
 def select_schedule(task, target, db: str | None = None, allow_foreign_target: bool = False):
@@ -56,3 +57,23 @@ def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
     task = Task.create(op, shape, **attrs)
     target = named_target(cpu, threads)
     return build_choice(select_schedule(task, target, db, allow_foreign_target))
+
+
+def compile_model(model, *, db: str | None = None, threads: int | None = None,
+                  inputs: dict | None = None, cpu: str | None = None,
+                  allow_foreign_target: bool = False):
+    """A whole ONNX model (path, ModelProto or loaded Graph) compiled for this CPU: tuned
+    kernels from `db` for its conv/matmul tasks, numpy for the rest; call it with the input
+    array or a dict by name, it returns the list of outputs (tuner/model/compiled.py)."""
+    from tuner.model.compiled import compile_model as compile_graph
+
+    return compile_graph(model, db, threads, inputs, cpu, allow_foreign_target)
+
+
+def load_package(directory):
+    """A model package written by `tune build --model` (tuner/model/package.py), run with
+    numpy and ctypes alone: callable like `compile_model`'s result (tuner/model/deploy.py).
+    Imports nothing of LLVM, XGBoost, onnx or the records database."""
+    from tuner.model.deploy import load_package as load
+
+    return load(directory)

@@ -2,7 +2,7 @@
 
     tune conv2d --shape N,C,H,W,K,R,S [--stride S] [--pad P] [--dilation D] [--groups G]
     tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
-        [--bias] [--relu] [--trials N] [--db URL] [--threads T] [--seed S]
+        [--bias] [--relu | --relu6] [--trials N] [--db URL] [--threads T] [--seed S]
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
         [--cpu NAME] [--no-seed]
     tune show     what the database holds: tasks, targets, records, best GFLOPS
@@ -10,7 +10,10 @@
     tune export   the best schedule per (task, target) to a JSON file
     tune import   merge such a file into the database
     tune build    the best schedules as an object file, a shared library and a C header
+                  (--model PATH.onnx: a whole model as a package tuner.load_package runs)
     tune plot     search curves of one task as a PNG
+    tune model PATH.onnx [--list] [--input NAME=D1,D2,...] [--trials N] ...
+                  every conv/matmul layer of a model, one budget (tuner/model/tuning.py)
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -101,9 +104,26 @@ def _add_db(p: argparse.ArgumentParser) -> None:
                    "$TUNER_DB, else ~/.local/share/tuner/records.db)")
 
 
+def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str) -> None:
+    """The options of every command that tunes (one layer, or a whole model)."""
+    from tuner.tune import STRATEGIES
+
+    p.add_argument("--trials", type=_positive_int, default=200, help=trials_help)
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="candidates measured and committed per round (default 16)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="threads the kernel runs on (default: all usable cores)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--no-seed", action="store_true",
+                   help="do not measure the expert register tile first: search alone")
+    _add_cpu(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_db(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from templates import get_template
-    from tuner.tune import STRATEGIES
 
     parser = _Parser(prog="tune", description="Find fast loop schedules for tensor operators "
                      "on this CPU, and keep every measurement.")
@@ -121,21 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--groups", type=_positive_int, default=1,
                            help="groups; C for depthwise")
         p.add_argument("--bias", action="store_true", help="add a bias per output channel")
-        p.add_argument("--relu", action="store_true", help="apply ReLU to the output")
-        p.add_argument("--trials", type=_positive_int, default=200,
-                       help="candidates to measure in this run (default 200)")
-        p.add_argument("--batch-size", type=_positive_int, default=16,
-                       help="candidates measured and committed per round (default 16)")
-        p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
-        p.add_argument("--threads", type=_threads, default=None,
-                       help="threads the kernel runs on (default: all usable cores)")
-        p.add_argument("--seed", type=_nonnegative_int, default=0)
-        p.add_argument("--no-seed", action="store_true",
-                       help="do not measure the expert register tile first: search alone")
-        _add_cpu(p)
+        p.add_argument("--relu", action="store_const", const=1, default=0,
+                       help="apply ReLU to the output")
+        p.add_argument("--relu6", dest="relu", action="store_const", const=6,
+                       help="apply ReLU6 (ReLU clipped at 6) to the output")
+        _add_tuning_options(p, "candidates to measure in this run (default 200)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        _add_db(p)
     p = sub.add_parser("show", help="list the tasks and targets in the database")
     _add_db(p)
     p = sub.add_parser("best", help="the best schedule of every task in the database")
@@ -153,11 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=_positive_int, default=1)
     p.add_argument("--pad", type=_nonnegative_int, default=0)
     p.add_argument("--bias", action="store_true")
-    p.add_argument("--relu", action="store_true")
+    p.add_argument("--relu", action="store_const", const=1, default=0)
+    p.add_argument("--relu6", dest="relu", action="store_const", const=6)
     p.add_argument("--task", action="append", default=[],
                    help="OP:SHAPE[:k=v,...], e.g. conv2d:1,64,56,56,64,3,3:pad=1; repeatable")
     p.add_argument("--all", action="store_true",
                    help="every task with a record for this target in --db")
+    p.add_argument("--model", help="an ONNX file: write a package of the whole model (its "
+                   "kernels' library and header, graph.json, weights.npz) for tuner.load_package")
+    p.add_argument("--input", action="append", default=[], type=_model_input,
+                   metavar="NAME=D1,D2,...", help="with --model: the shape of an input with "
+                   "symbolic dimensions; repeatable")
     p.add_argument("--db", help="a database (as for tuning) or a JSON file from `tune export`")
     p.add_argument("--threads", type=_threads, default=None)
     _add_cpu(p)
@@ -176,7 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
     _add_db(p)
     p.add_argument("file", help="a file written by `tune export`")
+    p = sub.add_parser("model", help="tune every layer of an ONNX model",
+                       description="Tune the conv/matmul tasks of an ONNX model with one trial "
+                       "budget, spent where it shortens the model's estimated latency most.")
+    p.add_argument("path", help="the .onnx file")
+    p.add_argument("--list", action="store_true",
+                   help="print the task table (occurrences, share of FLOPs) and stop")
+    p.add_argument("--input", action="append", default=[], type=_model_input,
+                   metavar="NAME=D1,D2,...", help="the shape of an input with symbolic "
+                   "dimensions (a batch N); repeatable")
+    _add_tuning_options(p, "candidates to measure in this run, for all tasks together "
+                        "(default 200)")
     return parser
+
+
+def _model_input(text: str) -> tuple[str, tuple[int, ...]]:
+    """--input NAME=1,3,224,224 -> ('NAME', (1, 3, 224, 224))."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expects NAME=D1,D2,... (positive integers), "
+                                         f"got '{text}'")
+    return name, shape
 
 
 def parse_shape(op: str, text: str) -> tuple[int, ...]:
@@ -210,28 +251,49 @@ def _open_store(db: str | None):
     return RecordStore(resolve_db_url(db))
 
 
-def _cmd_tune(args) -> int:
+def _tune_config(args):
+    """The tune loop's settings from the options `_add_tuning_options` adds."""
+    from tuner.search import SearchConfig
+    from tuner.tune import TuneConfig
+
+    return TuneConfig(trials=args.trials, batch_size=args.batch_size, strategy=args.strategy,
+                      seed=args.seed, search=SearchConfig(use_seed=not args.no_seed))
+
+
+def _task_tuner(target, store, measurer):
+    """`tune_task(task, config, on_progress) -> TuneResult`: the tune loop wired to the
+    store, the measurer and the XGBoost cost model (a fresh one per call: the search fits it
+    to the store's records of this target when it starts)."""
     from costmodel.features import extract_features
     from costmodel.model import XGBModel
+    from tuner.tune import tune
+
+    def tune_task(task, config, on_progress=None):
+        return tune(task, target, store, measurer, config, XGBModel(), extract_features,
+                    on_progress)
+    return tune_task
+
+
+def _progress_bar(args, total: int, desc: str):
+    """A tqdm bar on stderr counting trials, or None with --quiet."""
+    if args.quiet:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def _cmd_tune(args) -> int:
     from tuner.measure import Measurer, check_task_fits_memory
     from tuner.pseudo import pseudo_code
     from tuner.schedule import apply_steps, schedule_from_json
-    from tuner.search import SearchConfig
     from tuner.target import named_target
-    from tuner.tune import TuneConfig, tune
 
     task = _task_from_args(args.command, args)
     check_task_fits_memory(task)
     target = named_target(args.cpu, args.threads)
-    config = TuneConfig(trials=args.trials, batch_size=args.batch_size,
-                        strategy=args.strategy, seed=args.seed,
-                        search=SearchConfig(use_seed=not args.no_seed))
+    config = _tune_config(args)
     store = _open_store(args.db)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=args.trials, desc=f"tuning {task.op}", unit="trial", file=sys.stderr,
-                   dynamic_ncols=True)
+    bar = _progress_bar(args, args.trials, f"tuning {task.op}")
 
     def progress(p) -> None:
         if bar is not None:
@@ -240,8 +302,7 @@ def _cmd_tune(args) -> int:
 
     try:
         with store, Measurer(target) as measurer:
-            result = tune(task, target, store, measurer, config, XGBModel(), extract_features,
-                          progress)
+            result = _task_tuner(target, store, measurer)(task, config, progress)
     finally:
         if bar is not None:
             bar.close()
@@ -355,6 +416,8 @@ def _cmd_build(args) -> int:
     from tuner.replay import NoRecordWarning, schedule_applies
     from tuner.target import named_target
 
+    if args.model or args.input:
+        return _build_model(args)
     tasks = [task_from_spec(spec) for spec in args.task]
     if args.op:
         if not args.shape:
@@ -383,6 +446,35 @@ def _cmd_build(args) -> int:
         how = f"{choice.gflops:.1f} GFLOPS when tuned" if choice.tuned else "default schedule"
         print(f"{symbol}  ({how})")
     print(f"wrote {lib.object_file}, {lib.shared_library} and {lib.header}")
+    return EXIT_OK
+
+
+def _build_model(args) -> int:
+    """`tune build --model`: the package of a whole model (tuner/model/package.py)."""
+    from tuner.model.package import write_package
+
+    if not args.model:
+        raise UsageError("--input goes with --model PATH.onnx")
+    if args.op or args.task or args.all:
+        raise UsageError("build takes --model alone, not with OP, --task or --all")
+    inputs = dict(args.input)
+    if len(inputs) != len(args.input):
+        raise UsageError("--input names the same input twice")
+    built = write_package(args.model, args.output, args.db, args.threads, args.cpu, inputs,
+                          args.allow_foreign_target, args.name)
+    for note in built.notes:
+        print(f"tune: note: {note}", file=sys.stderr)
+    if built.defaulted:
+        print(f"tune: warning: {len(built.defaulted)} of {len(built.kernels)} tasks have no "
+              f"tuned record for this target in {built.source}: default schedules",
+              file=sys.stderr)
+    for kernel in built.kernels:
+        how = (f"{kernel.gflops:.1f} GFLOPS when tuned" if kernel.tuned
+               else "default schedule, no record")
+        print(f"{kernel.symbol}  x{kernel.occurrences}  ({how})")
+    library = f"{built.library}, {built.header}, " if built.library else ""
+    print(f"wrote {library}{built.graph_file} and {built.weights_file}; run it with "
+          f"tuner.load_package('{built.directory}')")
     return EXIT_OK
 
 
@@ -415,8 +507,74 @@ def _cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def _load_model_tasks(args):
+    """The model's task table, refusing a malformed file, a bad --input or an operator the
+    runtime cannot run (one line each) before anything is tuned."""
+    from tuner.model.graph import load_model
+    from tuner.model.runtime import check_supported
+    from tuner.model.tasks import extract_tasks
+
+    inputs = dict(args.input)
+    if len(inputs) != len(args.input):
+        raise UsageError("--input names the same input twice")
+    graph = load_model(args.path, inputs)
+    check_supported(graph)
+    return extract_tasks(graph)
+
+
+def _cmd_model(args) -> int:
+    from tuner.measure import Measurer, check_task_fits_memory
+    from tuner.model.tuning import tune_model
+    from tuner.target import named_target
+
+    extraction = _load_model_tasks(args)
+    if args.list:
+        print(f"{'occurrences':>11s} {'FLOPs':>6s}  task")
+        for use in extraction.tasks:
+            print(f"{use.occurrences:11d} {use.share:6.1%}  {use.task.key}")
+        for note in extraction.notes:
+            print(f"note: {note}")
+        return EXIT_OK
+    if not extraction.tasks:
+        print(f"tune: {args.path} has no conv/matmul layer to tune; numpy runs all of it",
+              file=sys.stderr)
+        return EXIT_NOTHING
+    for use in extraction.tasks:
+        check_task_fits_memory(use.task)
+    target = named_target(args.cpu, args.threads)
+    store = _open_store(args.db)
+    bar = _progress_bar(args, args.trials, "tuning model")
+
+    def progress(p) -> None:
+        if bar is not None:
+            bar.update(p.trials_done - bar.n)
+            latency = "-" if p.latency_s is None else f"{p.latency_s * 1e3:.3f} ms"
+            bar.set_postfix_str(f"model ~{latency}")
+
+    try:
+        with store, Measurer(target) as measurer:
+            result = tune_model(extraction.tasks, target, store, _tune_config(args),
+                                _task_tuner(target, store, measurer), progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{'occurrences':>11s} {'trials':>7s} {'GFLOPS':>8s} {'ms (all)':>9s}  task")
+    for t in result.tasks:
+        gflops = "-" if t.best_s is None else f"{t.best_gflops:8.1f}"
+        total = "-" if t.best_s is None else f"{t.best_s * t.use.occurrences * 1e3:9.3f}"
+        print(f"{t.use.occurrences:11d} {t.trials_before + t.trials_run:7d} {gflops:>8s} "
+              f"{total:>9s}  {t.use.task.key}")
+    latency = "-" if result.latency_s is None else f"{result.latency_s * 1e3:.3f} ms"
+    print(f"trials    {result.trials_run} in {result.elapsed_s:.1f} s on {target.cpu}, "
+          f"{target.threads} thread(s)")
+    print(f"latency   {latency} estimated for the tasks (occurrences x best latency; the "
+          f"layers numpy runs are not counted)")
+    print(f"records   {store.display_url}")
+    return EXIT_OK if result.latency_s is not None else EXIT_NOTHING
+
+
 COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
-            "import": _cmd_import, "build": _cmd_build}
+            "import": _cmd_import, "build": _cmd_build, "model": _cmd_model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,196 @@
+"""Packaging a model for deployment: its tuned kernels as one shared library, its graph as JSON,
+its weights as .npz, in one directory that `deploy.load_package` runs without the tuner.
+
+    libtuner_kernels.so   every task's kernel (aot.build_library: one symbol per task, as
+    tuner_kernels.h       `tune build` writes them for C builds), with its header and the
+    tuner_kernels.o       relocatable object for static linking
+    graph.json            the rewritten graph: numpy nodes with JSON-safe attributes, fused
+                          nodes naming their kernel symbol, operand order, packed layouts
+    weights.npz           every initializer and tensor-valued attribute, under keys that
+                          graph.json names (ONNX names may hold any character)
+
+A task without a tuned record for the target gets the default schedule, as `tuner.build` does;
+the result says which. Weights are stored in the model's own layout and packed at load time by
+the library's own `<symbol>_pack_<operand>` functions: building then compiles each kernel once
+(into the library) rather than once more in this process only to call its pack function, the
+.npz holds the model's weights as the ONNX file had them (folded), inspectable and comparable,
+and the packed layout cannot disagree with the code that reads it, because that code wrote it.
+The cost is one pass over the weights when the package is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tuner.errors import TunerError
+from tuner.model.deploy import FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME, WEIGHTS_FILE
+from tuner.model.fused import FUSED_OPS
+from tuner.model.graph import Graph, Node, load_model
+from tuner.model.runtime import check_supported
+from tuner.model.tasks import extract_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class PackagedKernel:
+    """One task of the package: its C symbol, how many nodes call it, where its schedule
+    came from (`tuned` False: no record for the target, the default schedule)."""
+
+    task_key: str
+    symbol: str
+    occurrences: int
+    tuned: bool
+    gflops: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PackageBuild:
+    """What `write_package` wrote, and the extraction's notes (layers left to numpy)."""
+
+    directory: Path
+    graph_file: Path
+    weights_file: Path
+    library: Path | None  # None: the model has no task, nothing to compile
+    header: Path | None
+    kernels: tuple[PackagedKernel, ...]
+    notes: tuple[str, ...]
+    source: str  # where the schedules were read from
+
+    @property
+    def defaulted(self) -> tuple[PackagedKernel, ...]:
+        return tuple(k for k in self.kernels if not k.tuned)
+
+
+def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | None = None,
+                  cpu: str | None = None, inputs: dict | None = None,
+                  allow_foreign_target: bool = False, name: str = LIBRARY_NAME
+                  ) -> PackageBuild:
+    """Builds the package of a model (an .onnx path, an `onnx.ModelProto` or a loaded
+    `Graph`) into `out_dir`, with each task's best schedule in `db` for the target; `name`
+    names the library (lib<name>.so, <name>.h)."""
+    from tuner import select_schedule
+    from tuner.aot import build_library, c_name
+    from tuner.replay import NoRecordWarning
+    from tuner.target import named_target
+
+    if isinstance(path_or_graph, Graph):
+        if inputs:
+            raise TunerError("input shapes are given when loading a model, not with a Graph")
+        graph = path_or_graph
+    else:
+        graph = load_model(path_or_graph, inputs)
+    extraction = extract_tasks(graph)
+    check_supported(extraction.graph, FUSED_OPS)  # before anything is compiled
+    target = named_target(cpu, threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoRecordWarning)  # reported as `tuned` below
+        choices = [select_schedule(use.task, target, db, allow_foreign_target)
+                   for use in extraction.tasks]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    library = build_library(choices, out, name) if choices else None
+    by_task = {c.task: c for c in choices}
+    arrays = _ArrayStore()
+    document = {
+        "format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
+        "opset": extraction.graph.opset,
+        "inputs": [{"name": n, "shape": list(s)} for n, s in extraction.graph.inputs.items()],
+        "outputs": list(extraction.graph.outputs),
+        "library": library.shared_library.name if library else None,
+        "target": {"cpu": target.cpu, "threads": target.threads, "key": target.key},
+        "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
+                         for tensor, value in extraction.graph.initializers.items()},
+        "nodes": [_node_json(node, extraction.graph, by_task, arrays)
+                  for node in extraction.graph.nodes],
+    }
+    graph_file, weights_file = out / GRAPH_FILE, out / WEIGHTS_FILE
+    graph_file.write_text(json.dumps(document, indent=1) + "\n")
+    np.savez(weights_file, **arrays.arrays)
+    kernels = tuple(PackagedKernel(use.task.key, c_name(use.task), use.occurrences,
+                                   by_task[use.task].tuned, by_task[use.task].gflops)
+                    for use in extraction.tasks)
+    return PackageBuild(out, graph_file, weights_file,
+                        library.shared_library if library else None,
+                        library.header if library else None, kernels, extraction.notes,
+                        choices[0].source if choices else str(db))
+
+
+class _ArrayStore:
+    """Arrays for the .npz under generated keys ('a0', 'a1', ...)."""
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def add(self, value, what: str) -> str:
+        array = np.asarray(value)
+        if array.dtype.hasobject:  # would need pickle to load
+            raise TunerError(f"{what} holds Python objects ({array.dtype}); a package stores "
+                             f"numeric and string tensors only")
+        key = f"a{len(self.arrays)}"
+        self.arrays[key] = array
+        return key
+
+
+def _node_json(node: Node, graph: Graph, by_task, arrays: _ArrayStore) -> dict:
+    entry = {"op_type": node.op_type, "name": node.name, "domain": node.domain,
+             "inputs": list(node.inputs), "outputs": list(node.outputs)}
+    if node.op_type in FUSED_OPS:
+        entry["attributes"] = {}
+        entry["kernel"] = _kernel_json(node, graph, by_task[node.attributes["task"]])
+    else:
+        entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
+                               for name, value in node.attributes.items()}
+    return entry
+
+
+def _kernel_json(node: Node, graph: Graph, choice) -> dict:
+    """How the fused node calls its kernel: `symbol(out, operand...)` in the template's
+    operand order, the constant operands read from the named initializers (packed first by
+    the named function into the given shape), and the node's output shape (a matmul's output
+    is M x N, the node's keeps the activation's leading dimensions)."""
+    from tuner.aot import c_name
+    from tuner.codegen import pack_function_name
+    from tuner.layout import packed_parts
+    from tuner.schedule import apply_steps
+
+    task = choice.task
+    dag = task.dag()
+    nest = apply_steps(dag, choice.steps)
+    symbol = c_name(task)
+    operands = []
+    for op, source in zip(dag.inputs, node.inputs):
+        packed = None
+        if op.name in nest.layout_rewrite:
+            packed = {"function": pack_function_name(symbol, op.name),
+                      "shape": [p.extent for p in packed_parts(nest, op)]}
+        operands.append({"name": op.name, "input": source, "shape": list(op.array_shape),
+                         "constant": op.constant, "packed": packed})
+    out_shape = dag.output.array_shape
+    result_shape = out_shape
+    if task.op == "matmul":  # extraction made a task only of a static activation shape
+        result_shape = graph.shapes[node.inputs[0]][:-1] + out_shape[-1:]
+    return {"symbol": symbol, "task": task.key, "tuned": choice.tuned,
+            "threads": choice.target.threads, "operands": operands,
+            "output_shape": list(out_shape), "result_shape": list(result_shape)}
+
+
+def _attribute_json(value, arrays: _ArrayStore, node: Node, name: str):
+    """A JSON value for an attribute: tensors go to the .npz as {"tensor": key} (a list of
+    them as {"tensors": [...]}); ONNX attributes are never dicts, so a dict is such a tag."""
+    what = f"attribute '{name}' of node '{node.name}'"
+    if isinstance(value, np.ndarray):
+        return {"tensor": arrays.add(value, what)}
+    if isinstance(value, (list, tuple)) and value and \
+            all(isinstance(v, np.ndarray) for v in value):
+        return {"tensors": [arrays.add(v, what) for v in value]}
+    if isinstance(value, (list, tuple)):
+        return [_attribute_json(v, arrays, node, name) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TunerError(f"{what} is a {type(value).__name__}, which a package cannot store")
