@@ -236,20 +236,26 @@ def _box_rows(operand: Operand, shape: tuple[int, ...], span: dict[str, int]) ->
     return rows
 
 
-def local_padding_pays(dag: ComputeDAG) -> bool:
-    """Whether some padded input has a dimension without padding that a spatial axis indexes
-    (the channels of a depthwise or grouped convolution, the images of a batch): outer tiles
-    along that axis read disjoint parts of it, so a copy per tile reads each row once. Where
-    no such axis exists (a dense convolution's channels are a reduction), every outer tile
-    reads the whole input and a copy per tile only repeats the root copy."""
+def partitioning_axes(dag: ComputeDAG) -> list[str]:
+    """Spatial axes (of extent > 1) that index a dimension without padding of some padded
+    input: the channels of a depthwise or grouped convolution, the images of a batch. Outer
+    tiles along them read disjoint parts of that input."""
+    axes = []
     for op in dag.inputs:
         if not has_padding(op, dag.extents):
             continue
         for expr, (lo, hi) in zip(op.index, padding(op, dag.extents)):
-            if not (lo or hi) and any(not dag.axis(a).reduce and dag.extents[a] > 1
-                                      for a, _ in expr.terms):
-                return True
-    return False
+            axes += [a for a, _ in expr.terms if not (lo or hi) and not dag.axis(a).reduce
+                     and dag.extents[a] > 1 and a not in axes]
+    return axes
+
+
+def local_padding_pays(dag: ComputeDAG) -> bool:
+    """Whether outer tiles can read disjoint parts of a padded input (`partitioning_axes`),
+    so that a copy per tile reads each row once. Where no such axis exists (a dense
+    convolution's channels are a reduction), every outer tile reads the whole input and a
+    copy per tile only repeats the root copy."""
+    return bool(partitioning_axes(dag))
 
 
 def local_pad_bytes(nest: LoopNest) -> int:
