@@ -246,7 +246,25 @@ DAMAGE = {
                         "no kernel library"),
     "unknown symbol": (lambda d: _rewrite_json(d, _rename_kernel),
                        "libtuner_kernels.so' has no function 'nope'"),
+    "built for a wider CPU": (
+        lambda d: _rewrite_json(d, lambda g: g["target"]["cpu_flags"].append("avx1024_fake")),
+        "needs CPU features this machine lacks: avx1024_fake"),
 }
+
+
+def test_the_package_records_the_cpu_features_its_library_needs(conv_package, tmp_path):
+    """graph.json lists the /proc/cpuinfo flags of the target's vector ISA (avx2 and fma at
+    least on any target the tuner generates for), and this machine has them all."""
+    from tuner.model.deploy import host_cpu_flags
+
+    _, _, built = conv_package
+    flags = json.loads((built.directory / "graph.json").read_text())["target"]["cpu_flags"]
+    assert {"avx2", "fma"} <= set(flags)
+    host = host_cpu_flags()
+    assert host is None or set(flags) <= host
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2\n")
+    assert host_cpu_flags(fake) == {"fpu", "sse2", "avx", "avx2"}
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=str)

@@ -12,8 +12,8 @@ shared with what the previous call returned whenever a graph output is a kernel'
 view of it (Reshape, Flatten), and np.empty costs far less than any kernel.
 
 Anything wrong with the directory (missing file, malformed or foreign-version graph.json,
-unreadable weights, a library without the named symbol) is a one-line TunerError naming the
-file, before anything runs.
+unreadable weights, a library without the named symbol, a library for CPU features this machine
+lacks) is a one-line TunerError naming the file, before anything runs.
 """
 
 from __future__ import annotations
@@ -36,6 +36,49 @@ FORMAT_VERSION = 1  # bump when graph.json's meaning changes; old packages are t
 GRAPH_FILE = "graph.json"
 WEIGHTS_FILE = "weights.npz"
 LIBRARY_NAME = "tuner_kernels"  # libtuner_kernels.so, tuner_kernels.h
+# LLVM's names of the instruction-set features a kernel library may use, and the names Linux
+# gives them in /proc/cpuinfo: a package records the ones its target has, and a machine that
+# lacks one is refused at load (the library would die of an illegal instruction instead).
+CPU_FLAGS = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "ssse3": "ssse3", "popcnt": "popcnt",
+             "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1",
+             "bmi2": "bmi2", "movbe": "movbe", "avx512f": "avx512f", "avx512dq": "avx512dq",
+             "avx512cd": "avx512cd", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
+             "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi",
+             "avx512vbmi2": "avx512_vbmi2", "avx512vnni": "avx512_vnni",
+             "avx512bf16": "avx512_bf16", "avx512bitalg": "avx512_bitalg",
+             "avx512vpopcntdq": "avx512_vpopcntdq", "avx512fp16": "avx512_fp16"}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(llvm_features: str) -> list[str]:
+    """The /proc/cpuinfo flags of the features an LLVM feature string turns on."""
+    on = {f[1:] for f in llvm_features.split(",") if f.startswith("+")}
+    return sorted(CPU_FLAGS[f] for f in on if f in CPU_FLAGS)
+
+
+def host_cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The flags of this machine's first CPU in /proc/cpuinfo; None where there is none to
+    read (not Linux), and then nothing is checked."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def check_cpu(document: dict, graph_file: Path, cpuinfo: Path = CPUINFO) -> None:
+    """Refuses a package whose library uses instructions this machine does not have."""
+    host = host_cpu_flags(cpuinfo)
+    if host is None or not document.get("library"):
+        return
+    missing = [f for f in document["target"]["cpu_flags"] if f not in host]
+    if missing:
+        raise TunerError(f"'{graph_file}' was built for {document['target']['cpu']} and needs "
+                         f"CPU features this machine lacks: {', '.join(missing)}; build the "
+                         f"package on (or with --cpu for) this machine")
 
 
 class _BoundKernel:
@@ -108,6 +151,7 @@ def load_package(directory) -> Package:
         for entry in nodes_json:
             for value in entry["attributes"].values():
                 keys.update(_tensor_keys(value))
+        check_cpu(document, graph_file)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise TunerError(f"'{graph_file}' is malformed: {_detail(err)}") from None
     arrays = _read_arrays(weights_file, keys)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from tuner.errors import TunerError
-from tuner.model.deploy import FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME, WEIGHTS_FILE
+from tuner.model.deploy import (FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME, WEIGHTS_FILE,
+                                cpu_flags)
 from tuner.model.fused import FUSED_OPS
 from tuner.model.graph import Graph, Node, load_model
 from tuner.model.runtime import check_supported
@@ -101,7 +102,8 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
         "inputs": [{"name": n, "shape": list(s)} for n, s in extraction.graph.inputs.items()],
         "outputs": list(extraction.graph.outputs),
         "library": library.shared_library.name if library else None,
-        "target": {"cpu": target.cpu, "threads": target.threads, "key": target.key},
+        "target": {"cpu": target.cpu, "threads": target.threads, "key": target.key,
+                   "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
         "nodes": [_node_json(node, extraction.graph, by_task, arrays)
