@@ -11,7 +11,8 @@
     tune import   merge such a file into the database
     tune build    the best schedules as an object file, a shared library and a C header
                   (--model PATH.onnx: a whole model as a package tuner.load_package runs)
-    tune plot     search curves of one task as a PNG
+    tune plot     search curves as a PNG: of a task, a panel per task when the database holds
+                  several, or (--model PATH.onnx) a model's estimated latency (tuner/model/plot.py)
     tune model PATH.onnx [--list] [--input NAME=D1,D2,...] [--trials N] ...
                   every conv/matmul layer of a model, one budget (tuner/model/tuning.py)
 
@@ -182,13 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a schedule tuned on another CPU when this one has none")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--name", default="tuner_kernels", help="library name (default tuner_kernels)")
-    p = sub.add_parser("plot", help="search curves of a task, as a PNG",
-                       description="Plot best GFLOPS over trials and wall time for every "
-                       "strategy that measured a task on this CPU.")
+    p = sub.add_parser("plot", help="search curves of a task, of every task or of a model, "
+                       "as a PNG", description="Plot best GFLOPS over trials and wall time for "
+                       "every strategy that measured a task (a panel per task when there are "
+                       "several), or with --model a model's estimated latency.")
     _add_db(p)
     p.add_argument("--task", help="the task key (as `tune show` prints it) or OP:SHAPE[:k=v]; "
-                   "default: the only task in the database")
-    p.add_argument("--threads", type=_positive_int, default=None)
+                   "default: every task in the database, a panel each")
+    p.add_argument("--model", help="an ONNX file: its estimated latency (occurrences x best "
+                   "latency of its tasks) against trials and wall time, and a panel per task")
+    p.add_argument("--input", action="append", default=[], type=_model_input,
+                   metavar="NAME=D1,D2,...", help="with --model: the shape of an input with "
+                   "symbolic dimensions; repeatable")
+    p.add_argument("--cpu", default=None, help="only records for this CPU (the name `tune "
+                   "show` prints)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="only records for this thread count")
     p.add_argument("-o", "--output", required=True, help="the PNG file to write")
     p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
     _add_db(p)
@@ -478,46 +488,105 @@ def _build_model(args) -> int:
     return EXIT_OK
 
 
+def _plotted_target(target, args) -> bool:
+    """Whether `tune plot` shows records of `target`: --cpu and --threads narrow it."""
+    return ((args.cpu is None or target.cpu == args.cpu)
+            and (args.threads is None or target.threads == args.threads))
+
+
 def _cmd_plot(args) -> int:
     from tuner.aot import task_from_spec
-    from tuner.plot import search_curves
+    from tuner.plot import by_strategy, search_curves, task_grid, task_label
 
+    if args.model or args.input:
+        return _plot_model(args)
     with _open_store(args.db) as store:
-        rows = store.summary()
+        rows = [row for row in store.summary() if _plotted_target(row[1], args)]
         if args.task:
             wanted = args.task if "/" in args.task else task_from_spec(args.task).key
             rows = [row for row in rows if row[0].key == wanted]
-        if args.threads:
-            rows = [row for row in rows if row[1].threads == args.threads]
         pairs = {(t.key, g.key): (t, g) for t, g, *_ in rows}
         if not pairs:
-            raise UsageError(f"no records of {args.task or 'any task'} in {store.display_url}")
-        if len(pairs) > 1:
-            listed = "; ".join(f"{t} on {g}" for t, g in sorted(pairs))
-            raise UsageError(f"several tasks/targets in the database, pick one with --task "
-                             f"(and --threads): {listed}")
-        task, target = next(iter(pairs.values()))
-        history = store.history(task, target)
-    by_strategy: dict[str, list] = {}
-    for r in history:
-        by_strategy.setdefault(r.strategy or "unknown", []).append(r)
-    fig = search_curves(by_strategy, title=f"{task.key} on {target.cpu} x{target.threads}")
+            raise UsageError(f"no records of {args.task or 'any task'} in {store.display_url}"
+                             + (" for that --cpu/--threads" if args.cpu or args.threads else ""))
+        histories = {(t, g): store.history(t, g) for t, g in pairs.values()}
+    if len(histories) == 1:
+        ((task, target), history), = histories.items()
+        fig = search_curves(by_strategy(history),
+                            title=f"{task.key} on {target.cpu} x{target.threads}")
+    else:
+        fig = task_grid({f"{task_label(t.key)} on {g.cpu} x{g.threads}": by_strategy(h)
+                         for (t, g), h in histories.items()},
+                        title=f"{len(histories)} tasks/targets in {store.display_url}")
     fig.savefig(args.output, dpi=110)
-    print(f"wrote {args.output} ({len(history)} records)")
+    count = sum(map(len, histories.values()))
+    print(f"wrote {args.output} ({count} records, {len(histories)} panel(s))")
     return EXIT_OK
+
+
+def _plot_model(args) -> int:
+    """`tune plot --model`: the model's estimated latency and its tasks' curves, from the
+    records of one target (the only one that measured its tasks, or the one --cpu and
+    --threads name)."""
+    from pathlib import Path
+
+    from tuner.model.plot import model_curves, model_latency_curve
+    from tuner.model.tasks import extract_tasks
+
+    if not args.model:
+        raise UsageError("--input goes with --model PATH.onnx")
+    if args.task:
+        raise UsageError("plot takes --model or --task, not both")
+    uses = extract_tasks(_model_graph(args.model, args.input)).tasks
+    if not uses:
+        raise UsageError(f"{args.model} has no conv/matmul layer to tune: no curve to draw")
+    keys = {u.task.key for u in uses}
+    with _open_store(args.db) as store:
+        targets = {g.key: g for t, g, *_ in store.summary()
+                   if t.key in keys and _plotted_target(g, args)}
+        if not targets:
+            raise UsageError(f"no records of the tasks of {args.model} in {store.display_url}"
+                             + (" for that --cpu/--threads" if args.cpu or args.threads else ""))
+        if len(targets) > 1:
+            listed = "; ".join(f"{g.cpu} x{g.threads}" for g in targets.values())
+            raise UsageError(f"records of {args.model} for several targets, pick one with "
+                             f"--cpu and --threads: {listed}")
+        (target,) = targets.values()
+        histories = [store.history(u.task, target) for u in uses]
+    curve = model_latency_curve(uses, histories)
+    fig = model_curves(uses, histories, f"{Path(args.model).name} on {target.cpu} "
+                       f"x{target.threads}: {len(uses)} tasks")
+    fig.savefig(args.output, dpi=110)
+    if curve.missing:
+        print(f"tune: note: {len(curve.missing)} of {len(uses)} tasks have no valid record "
+              f"on {target.cpu} x{target.threads}: the model's latency is undefined",
+              file=sys.stderr)
+        latency = "undefined"
+    else:
+        latency = f"{curve.latency_s[-1] * 1e3:.3f} ms"
+    print(f"wrote {args.output} ({len(curve.trials)} records of {len(uses)} tasks; estimated "
+          f"latency {latency})")
+    return EXIT_OK
+
+
+def _model_graph(path: str, inputs: list[tuple[str, tuple[int, ...]]]):
+    """The model at `path` with the --input shapes, one line of error for a malformed file or
+    a bad --input."""
+    from tuner.model.graph import load_model
+
+    shapes = dict(inputs)
+    if len(shapes) != len(inputs):
+        raise UsageError("--input names the same input twice")
+    return load_model(path, shapes)
 
 
 def _load_model_tasks(args):
     """The model's task table, refusing a malformed file, a bad --input or an operator the
     runtime cannot run (one line each) before anything is tuned."""
-    from tuner.model.graph import load_model
     from tuner.model.runtime import check_supported
     from tuner.model.tasks import extract_tasks
 
-    inputs = dict(args.input)
-    if len(inputs) != len(args.input):
-        raise UsageError("--input names the same input twice")
-    graph = load_model(args.path, inputs)
+    graph = _model_graph(args.path, args.input)
     check_supported(graph)
     return extract_tasks(graph)
 

@@ -11,4 +11,5 @@
     tuning.py    tune_model: the scheduler's rounds run as rounds of the per-task tune loop
     package.py   write_package: a model -> kernels' shared library + graph.json + weights.npz
     deploy.py    load_package: run such a package with numpy and ctypes alone (no LLVM, no db)
+    plot.py      model_curves: estimated model latency against trials and time, a panel per task
 """
