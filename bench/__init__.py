@@ -10,6 +10,9 @@ repository root is on sys.path.
     bench/kernels.py       hand register tiles against the comparators, 1 and 2 threads
     bench/tune.py          search strategies on every benchmark shape against the comparators
     bench/report.py        the full report: tuned vs best peer vs peak, Markdown + JSON + PNG
+    bench/models.py        ResNet-50, MobileNetV2, a BERT-base layer as ONNX, random weights
+    bench/model_timing.py  a whole model (our package, onnxruntime) and its layers, timed in a child
+    bench/model.py         the model report: tuned packages vs onnxruntime, end to end and per layer
 
 Benchmarks print numbers; nothing here asserts on time (tests/ only checks that they run).
 """

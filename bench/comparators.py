@@ -72,7 +72,9 @@ def _onnxruntime():
     return onnx, onnxruntime
 
 
-def _session(model, threads: int):
+def session(model, threads: int):
+    """An onnxruntime session of `model` (a ModelProto) at `threads`, sequential, with every
+    graph optimisation (its fusions are part of what it is compared on)."""
     _, ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -99,25 +101,27 @@ def onnxruntime_conv2d(shape, stride: int, pad: int, dilation: int, groups: int,
                               [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    sess = _session(model, threads)
+    sess = session(model, threads)
     x = _rng().uniform(-1, 1, (n, c, h, w)).astype(np.float32)
     out_shape = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
                             groups=groups).dag().output.array_shape
-    return time_callable(_bound_run(sess, {"x": x}, out_shape), min_sample_s=min_sample_s)
+    return time_callable(bound_run(sess, {"x": x}, {"y": out_shape}),
+                         min_sample_s=min_sample_s)
 
 
-def _bound_run(sess, feeds: dict[str, np.ndarray], out_shape):
-    """One call of `sess` on `feeds` into a preallocated output (I/O binding), as our kernels
-    and numpy are timed: no allocation of the output in the timed call."""
+def bound_run(sess, feeds: dict[str, np.ndarray], out_shapes: dict[str, tuple[int, ...]]):
+    """One call of `sess` on `feeds` into preallocated float32 outputs (I/O binding), as our
+    kernels and numpy are timed: no allocation of an output in the timed call."""
     binding = sess.io_binding()
     for name, array in feeds.items():
         binding.bind_cpu_input(name, array)
-    y = np.empty(out_shape, dtype=np.float32)
-    binding.bind_output("y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    outs = {name: np.empty(shape, dtype=np.float32) for name, shape in out_shapes.items()}
+    for name, y in outs.items():
+        binding.bind_output(name, "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
 
-    def run():  # keeps `y` alive for as long as the binding writes into it
+    def run():  # keeps the outputs alive for as long as the binding writes into them
         sess.run_with_iobinding(binding)
-        return y
+        return outs
     return run
 
 
@@ -136,9 +140,9 @@ def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None =
                               [numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    sess = _session(model, threads)
+    sess = session(model, threads)
     a = _rng().uniform(-1, 1, shape_a).astype(np.float32)
-    return time_callable(_bound_run(sess, {"a": a}, tuple(shape_a[:-1]) + (n,)),
+    return time_callable(bound_run(sess, {"a": a}, {"y": tuple(shape_a[:-1]) + (n,)}),
                          min_sample_s=min_sample_s)
 
 
