@@ -108,8 +108,14 @@ def max_pool(x, a, opset):
     data = x[0]
     kernel, strides, dilations, begin, end, ceil = _pool_setup(data, a)
     win, _ = _windows(data, kernel, strides, dilations, begin, end, ceil, -np.inf)
-    axes = tuple(range(-len(kernel), 0))
-    return [win.max(axis=axes)]
+    # One elementwise maximum per kernel offset over strided views: a reduction over the
+    # window axes runs numpy's inner loop 9 elements at a time (ResNet-50's 3x3 stride-2 pool
+    # on 64x112x112: 20 ms that way, well under 1 ms this way).
+    offsets = np.ndindex(*kernel)
+    out = win[(...,) + next(offsets)].copy()
+    for offset in offsets:
+        np.maximum(out, win[(...,) + offset], out=out)
+    return [out]
 
 
 def average_pool(x, a, opset):
