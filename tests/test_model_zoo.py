@@ -7,8 +7,9 @@
   Each runs as loaded and after task extraction (fused nodes in numpy).
 - `pytorch-converted/` and `pytorch-operator/`: every case whose operators the runtime
   supports runs and matches `test_data_set_*` at the loader's default rtol=1e-3, atol=1e-7,
-  as loaded and after task extraction. 1-D and 3-D convolutions and pools run too (the numpy
-  layers take any spatial rank; only task extraction is 2-D). Skipped, with the reason as the
+  as loaded, after task extraction, and through `tuner.compile_model` (generated kernels,
+  default schedules). 1-D and 3-D convolutions and pools run too (the numpy layers take any
+  spatial rank; only task extraction is 2-D). Skipped, with the reason as the
   pytest skip message: test_ConvTranspose2d, test_ConvTranspose2d_no_bias and
   test_operator_convtranspose (ConvTranspose is not in the issue's operator list; it is
   reported as an unsupported operator).
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
 
+import tuner  # noqa: E402
+from records import RecordStore  # noqa: E402
 from tuner.model.fused import FUSED_OPS  # noqa: E402
 from tuner.model.graph import load_model  # noqa: E402
 from tuner.model.runtime import run_graph, unsupported_ops  # noqa: E402
 from tuner.model.tasks import extract_tasks  # noqa: E402
+from tuner.replay import NoRecordWarning  # noqa: E402
 
 DATA = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data"
 LIGHT_RTOL = {"densenet121": 2e-3}  # onnx.backend.test.case.model: 1e-3 for the others
@@ -74,18 +79,31 @@ def test_the_required_pytorch_cases_are_supported():
     assert REQUIRED <= names, sorted(REQUIRED - names)
 
 
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("records") / "empty.db"
+    RecordStore(f"sqlite:///{path}").close()
+    return str(path)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.parent.name}/{c.name}")
-def test_pytorch_case_matches_its_test_data(case):
+def test_pytorch_case_matches_its_test_data(case, empty_db):
+    """As loaded (numpy), rewritten with its tasks (numpy), and compiled by compile_model
+    (generated kernels, default schedules: the database is empty)."""
     graph = load_model(case / "model.onnx")
     missing = unsupported_ops(graph)
     if missing:
         pytest.skip(f"unsupported operator {missing[0].op_type} (not in the issue's list)")
     rewritten = extract_tasks(graph).graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoRecordWarning)
+        compiled = tuner.compile_model(graph, db=empty_db, threads=1)
     for data_set in sorted(case.glob("test_data_set_*")):
         inputs = [_tensor(p) for p in sorted(data_set.glob("input_*.pb"))]
         expected = [_tensor(p) for p in sorted(data_set.glob("output_*.pb"))]
         feeds = dict(zip(graph.inputs, inputs))
-        for outs in (run_graph(graph, feeds), run_graph(rewritten, feeds, FUSED_OPS)):
+        for outs in (run_graph(graph, feeds), run_graph(rewritten, feeds, FUSED_OPS),
+                     compiled(feeds)):
             assert len(outs) == len(expected)
             for out, ref in zip(outs, expected):
                 assert out.shape == ref.shape and out.dtype == ref.dtype
