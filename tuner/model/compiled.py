@@ -29,7 +29,7 @@ import numpy as np
 from tuner.errors import TunerError
 from tuner.model.fused import FUSED_OPS
 from tuner.model.graph import Graph, Node, load_model
-from tuner.model.runtime import check_supported, run_graph
+from tuner.model.runtime import GraphRunner, check_supported
 from tuner.model.tasks import Extraction, extract_tasks
 from tuner.replay import BuiltKernel, NoRecordWarning, build_choice
 from tuner.target import Target
@@ -46,7 +46,7 @@ class TaskKernel:
     gflops: float | None  # as measured when tuned
 
 
-class CompiledModel:
+class CompiledModel(GraphRunner):
     """A model ready to run: `model(x)` or `model({name: x})` -> list of output arrays."""
 
     def __init__(self, extraction: Extraction, target: Target,
@@ -64,19 +64,6 @@ class CompiledModel:
                 kernel = kernels[node.attributes["task"]]
                 self._bound[node.name] = kernel.bind(**_constants(node, kernel, consts))
         self._impls = {"TunerConv": self._run_conv, "TunerMatMul": self._run_matmul}
-
-    @property
-    def inputs(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.graph.inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return self.graph.outputs
-
-    def __call__(self, feeds) -> list[np.ndarray]:
-        """The outputs for `feeds`: one array for a single-input model, else a dict by input
-        name; each input has the shape the model was compiled for."""
-        return run_graph(self.graph, feeds, self._impls)
 
     def _run_conv(self, node: Node, args: list) -> list[np.ndarray]:
         return [self._bound[node.name](args[0])]

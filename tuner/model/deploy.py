@@ -29,7 +29,7 @@ import numpy as np
 
 from tuner.errors import TunerError
 from tuner.model.graph import Graph, Node
-from tuner.model.runtime import check_supported, run_graph
+from tuner.model.runtime import GraphRunner, check_supported
 
 FORMAT = "tuner-package"
 FORMAT_VERSION = 1  # bump when graph.json's meaning changes; old packages are then refused
@@ -110,7 +110,7 @@ class _BoundKernel:
         return [out.reshape(self.result_shape)]
 
 
-class Package:
+class Package(GraphRunner):
     """A loaded package: `package(x)` or `package({name: x})` -> the list of outputs, in
     `outputs` order (float32 arrays, as the compiled model returns them)."""
 
@@ -121,19 +121,8 @@ class Package:
         self._kernels = kernels  # by the fused node's (unique) output name
         self._impls = {op: self._run_fused for op in fused_types}
 
-    @property
-    def inputs(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.graph.inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return self.graph.outputs
-
     def _run_fused(self, node: Node, args: list) -> list[np.ndarray]:
         return self._kernels[node.outputs[0]](node, args)
-
-    def __call__(self, feeds) -> list[np.ndarray]:
-        return run_graph(self.graph, feeds, self._impls)
 
 
 def load_package(directory) -> Package:

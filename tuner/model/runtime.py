@@ -84,3 +84,26 @@ def _checked_feeds(graph: Graph, feeds) -> dict[str, np.ndarray]:
                              f"{','.join(map(str, array.shape))}")
         checked[name] = array
     return checked
+
+
+class GraphRunner:
+    """A graph with implementations for its fused nodes: `runner(x)` or
+    `runner({name: x})` -> the list of outputs in `outputs` order. What a compiled model
+    (tuner/model/compiled.py) and a loaded package (tuner/model/deploy.py) have in common;
+    each sets `graph` and `_impls`."""
+
+    graph: Graph
+    _impls: dict[str, NodeImpl]
+
+    @property
+    def inputs(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.graph.inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.graph.outputs
+
+    def __call__(self, feeds) -> list[np.ndarray]:
+        """The outputs for `feeds`: one array for a single-input model, else a dict by input
+        name; each input has the shape the model was built for."""
+        return run_graph(self.graph, feeds, self._impls)
