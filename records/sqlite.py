@@ -19,6 +19,7 @@ IMMEDIATE`, reading sessions begin deferred and never wait for a writer.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from records.record import RecordsError
@@ -88,9 +89,33 @@ def on_connect(dbapi_connection, _connection_record) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    retry_while_locked(lambda: cursor.execute("PRAGMA journal_mode = WAL"))
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def is_locked(err: BaseException) -> bool:
+    """SQLite's "database is locked", raised by sqlite3 or wrapped by SQLAlchemy (`.orig`)."""
+    err = getattr(err, "orig", err)
+    return isinstance(err, sqlite3.OperationalError) and "database is locked" in str(err)
+
+
+def retry_while_locked(step, timeout_s: float = BUSY_TIMEOUT_S):
+    """`step()`, again while SQLite answers "database is locked", until `timeout_s`. The busy
+    timeout does not cover every case: a new file switching to WAL while other processes
+    create its tables, or a connection opening while the last one of another process
+    checkpoints and removes the WAL, fail at once. Seen in CI: one of four processes
+    creating one database together failed so in RecordStore's first transaction."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            return step()
+        except Exception as err:
+            if not is_locked(err) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
 
 
 def on_begin(conn) -> None:

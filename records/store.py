@@ -107,7 +107,7 @@ class RecordStore:
         (KeyboardInterrupt included). Database errors come out as RecordsError."""
         session = self._sessions()
         try:
-            session.connection(execution_options={sqlite.WRITE_OPTION: write})
+            self._begin(session, write)
             yield session
             session.commit()
         except SQLAlchemyError as err:
@@ -121,6 +121,23 @@ class RecordStore:
             raise
         finally:
             session.close()
+
+    def _begin(self, session: Session, write: bool) -> None:
+        """Opens the session's transaction; on SQLite, again while the file answers "database
+        is locked" where its busy timeout does not apply (records/sqlite.py). Nothing has been
+        read or written yet, so beginning again is safe."""
+        options = {sqlite.WRITE_OPTION: write}
+        if not self._is_sqlite:
+            session.connection(execution_options=options)
+            return
+
+        def begin() -> None:
+            try:
+                session.connection(execution_options=options)
+            except DBAPIError:
+                session.rollback()
+                raise
+        sqlite.retry_while_locked(begin)
 
     def _init_schema(self) -> None:
         """Checks the version of an existing log; creates the tables in a new one."""
