@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-from tuner.errors import ScheduleError
-from tuner.layout import local_pad_plan
+from tuner.layout import pad_at_root_where_local_fails
 from tuner.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, LayoutRewrite, Pad,
                             Reorder, Split, apply_steps)
 from tuner.task import Task
@@ -112,11 +111,7 @@ def random_schedule(rng: np.random.Generator, task: Task):
             steps.append(Pad(op.name, str(rng.choice(["inline", "root", "local"]))))
         if op.constant and op.name != "bias" and rng.random() < 0.5:
             steps.append(LayoutRewrite(op.name))
-    nest = apply_steps(dag, steps)  # valid by construction; fail loudly here if not
-    for op in dag.inputs:
-        if Pad(op.name, "local") in steps:
-            try:
-                local_pad_plan(nest, op)
-            except ScheduleError:  # no outer tile small enough to copy: pad at the root
-                steps[steps.index(Pad(op.name, "local"))] = Pad(op.name, "root")
+    # valid by construction (fail loudly here if not); no outer tile small enough to copy
+    # for local padding: pad at the root
+    steps, _ = pad_at_root_where_local_fails(tuple(steps), apply_steps(dag, steps))
     return tuple(steps)

@@ -30,8 +30,8 @@ import numpy as np
 from tuner.dag import ComputeDAG
 from tuner.errors import ScheduleError
 from tuner.default import least_rows, tile_rows
-from tuner.layout import (MAX_CODE_SIZE, code_size, local_pad_plan, operand_registers,
-                          vector_cost)
+from tuner.layout import (MAX_CODE_SIZE, code_size, operand_registers,
+                          pad_at_root_where_local_fails, vector_cost)
 from tuner.machine import Machine
 from tuner.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
                             LayoutRewrite, LoopNest, Pad, Reorder, Split, Step, apply_steps)
@@ -313,16 +313,11 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
         if op.padded and sketch.pad is not None:
             steps.append(Pad(op.name, sketch.pad))
     steps += [LayoutRewrite(name) for name in sketch.layout_rewrite]
-    if sketch.pad == "local":  # tiles too large for a copy each: pad at the root instead
-        nest = apply_steps(dag, steps, check=False)
-        for op in dag.inputs:
-            if op.padded and nest.pad_mode(op.name) == "local":
-                try:
-                    local_pad_plan(nest, op)
-                except ScheduleError:
-                    steps[steps.index(Pad(op.name, "local"))] = Pad(op.name, "root")
+    # tiles too large for a copy each: pad at the root instead
+    padded, nest = pad_at_root_where_local_fails(tuple(steps),
+                                                 apply_steps(dag, steps, check=False))
+    steps = list(padded)
     # gathers make a body many statements long: unroll less until the code is small enough
-    nest = apply_steps(dag, steps, check=False)
     while unrolled and code_size(nest, lanes) > MAX_CODE_SIZE:
         steps.remove(Annotate(unrolled.pop(), "unroll"))
         nest = apply_steps(dag, steps, check=False)

@@ -30,8 +30,8 @@ from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
                           intrinsic, lane_offsets, masked_load, masked_store, materialize, relu,
                           runtime_loop, smin, splat, var, vec_type)
-from tuner.layout import (LocalPad, PartKey, local_pad_plan, packed_parts, padding,
-                          region_start, row_major, strided_load)
+from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
+                          padding, region_start, row_major, strided_load)
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
 
@@ -123,7 +123,7 @@ class _Emitter:
             return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True)
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
         if self.nest.pad_mode(op.name) in ("root", "local") and any(lo or hi for lo, hi in pads):
-            shifted = Operand(op.name, tuple(s + lo + hi for s, (lo, hi) in zip(op.shape, pads)),
+            shifted = Operand(op.name, padded_shape(op, self.extents),
                               tuple(Affine(e.terms, e.const + lo)
                                     for e, (lo, _) in zip(op.index, pads)))
             return Access(op.name, shifted.flat())
@@ -513,9 +513,7 @@ class _Emitter:
         spatial = self._plain_loops(LoopPart(a.name, 0, a.extent, 1)
                                     for a in self.dag.spatial_axes)
         nest = self.nest
-        local = tuple(local_pad_plan(nest, op) for op in self.dag.inputs
-                      if op.padded and nest.pad_mode(op.name) == "local"
-                      and op.name not in nest.layout_rewrite)
+        local = local_pad_plans(nest)
         if nest.cache_write_at is None:
             self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_init_out)
             self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute, local)
@@ -553,7 +551,7 @@ class _Emitter:
         pads = padding(op, self.extents)
         if not any(lo or hi for lo, hi in pads):
             return None
-        shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
+        shape = padded_shape(op, self.extents)
         rows = math.prod(shape[:-1])
         b = fn.b
         dst = b.call(self._extern("malloc", PTR, [I64]),
@@ -617,7 +615,7 @@ class _Emitter:
         memcpy of the source row, zeros (a select per element would keep LLVM from
         vectorizing the copy, and depthwise layers are copy-bound)."""
         pads = padding(op, self.extents)
-        shape = [s + lo + hi for s, (lo, hi) in zip(op.shape, pads)]
+        shape = padded_shape(op, self.extents)
         (left, right), width = pads[-1], op.shape[-1]
         i8 = ir.IntType(8)
         memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuner.dag import ComputeDAG, Operand
 from tuner.machine import Machine
-from tuner.schedule import Loop, LoopNest, LoopPart, ScheduleError
+from tuner.schedule import Loop, LoopNest, LoopPart, Pad, ScheduleError, Step
 
 PartKey = tuple[str, int]  # (axis, level)
 
@@ -74,6 +74,11 @@ def padding(operand: Operand, extents: dict[str, int]) -> list[tuple[int, int]]:
         lo, hi = expr.bounds(extents)
         out.append((max(0, -lo), max(0, hi - (size - 1))))
     return out
+
+
+def padded_shape(operand: Operand, extents: dict[str, int]) -> tuple[int, ...]:
+    """The shape of `operand` with its padding (`padding`) around every dimension."""
+    return tuple(s + lo + hi for s, (lo, hi) in zip(operand.shape, padding(operand, extents)))
 
 
 def has_padding(operand: Operand, extents: dict[str, int]) -> bool:
@@ -161,7 +166,7 @@ def root_pad_bytes(nest: LoopNest) -> int:
             continue
         pads = padding(op, nest.dag.extents)
         if any(lo or hi for lo, hi in pads):
-            total += 4 * math.prod(s + lo + hi for s, (lo, hi) in zip(op.shape, pads))
+            total += 4 * math.prod(padded_shape(op, nest.dag.extents))
     return total
 
 
@@ -205,7 +210,7 @@ def local_pad_plan(nest: LoopNest, operand: Operand) -> LocalPad:
         raise ScheduleError(f"pad {operand.name!r} local: the operand has no padding")
     if any(c < 0 for expr in operand.index for _, c in expr.terms):
         raise ScheduleError(f"pad {operand.name!r} local: an index decreases along an axis")
-    shape = tuple(s + lo + hi for s, (lo, hi) in zip(operand.shape, pads))
+    shape = padded_shape(operand, dag.extents)
     limit = len(nest.loops) if nest.cache_write_at is None else nest.cache_write_at + 1
     span = dict(dag.extents)
     copies = 1
@@ -258,11 +263,38 @@ def local_padding_pays(dag: ComputeDAG) -> bool:
     return bool(partitioning_axes(dag))
 
 
+def _padded_locally(nest: LoopNest) -> list[Operand]:
+    return [op for op in nest.dag.inputs if op.padded and nest.pad_mode(op.name) == "local"
+            and op.name not in nest.layout_rewrite]
+
+
+def local_pad_plans(nest: LoopNest) -> tuple[LocalPad, ...]:
+    """The plans of the nest's locally padded inputs (ScheduleError where one has none)."""
+    return tuple(local_pad_plan(nest, op) for op in _padded_locally(nest))
+
+
+def pad_at_root_where_local_fails(steps: tuple[Step, ...], nest: LoopNest
+                                  ) -> tuple[tuple[Step, ...], LoopNest]:
+    """`steps` and their `nest` with root padding for every locally padded input that no
+    outer tile is small enough to copy (`local_pad_plan`): what a sampler does with a
+    sketch's local padding where the sampled tiles do not allow it."""
+    root = set()
+    for op in _padded_locally(nest):
+        try:
+            local_pad_plan(nest, op)
+        except ScheduleError:
+            root.add(op.name)
+    if not root:
+        return steps, nest
+    steps = tuple(Pad(s.operand, "root") if isinstance(s, Pad) and s.operand in root else s
+                  for s in steps)
+    pad = tuple((name, "root" if name in root else mode) for name, mode in nest.pad)
+    return steps, replace(nest, pad=pad)
+
+
 def local_pad_bytes(nest: LoopNest) -> int:
     """Bytes the kernel copies per call into the buffers of its locally padded inputs."""
-    return sum(local_pad_plan(nest, op).bytes_per_call for op in nest.dag.inputs
-               if op.padded and nest.pad_mode(op.name) == "local"
-               and op.name not in nest.layout_rewrite)
+    return sum(plan.bytes_per_call for plan in local_pad_plans(nest))
 
 
 def vector_lanes(nest: LoopNest) -> int:

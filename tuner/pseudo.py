@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tuner.dag import Affine
 from tuner.errors import ScheduleError
-from tuner.layout import local_pad_plan, packed_parts
+from tuner.layout import local_pad_plans, packed_parts
 from tuner.schedule import LoopNest
 
 
@@ -26,20 +26,13 @@ def _access_text(nest: LoopNest, name: str) -> str:
 
 
 def _local_pad_lines(nest: LoopNest, depth: int) -> list[str]:
-    lines = []
-    for op in nest.dag.inputs:
-        if op.padded and nest.pad_mode(op.name) == "local" and op.name not in nest.layout_rewrite:
-            try:
-                plan = local_pad_plan(nest, op)
-            except ScheduleError as err:
-                if depth == 1:
-                    lines.append(f"# {err}")
-                continue
-            if plan.depth == depth:
-                lines.append(f"{op.name}_padded = pad({op.name})  # the {plan.rows} rows this "
-                             f"iteration reads ({plan.buffer_bytes // 1024} KiB, a buffer of "
-                             f"the thread)")
-    return lines
+    try:
+        plans = local_pad_plans(nest)
+    except ScheduleError as err:
+        return [f"# {err}"] if depth == 1 else []
+    return [f"{plan.operand}_padded = pad({plan.operand})  # the {plan.rows} rows this "
+            f"iteration reads ({plan.buffer_bytes // 1024} KiB, a buffer of the thread)"
+            for plan in plans if plan.depth == depth]
 
 
 def pseudo_code(nest: LoopNest) -> str:
