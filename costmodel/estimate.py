@@ -18,8 +18,8 @@ roofline in cycles, with the effects that separate fast register-blocked kernels
 - **Memory.** Bytes moved into L1 from L2, L3 and DRAM, from the footprints of the loop
   subtrees against the cache sizes (`Buffer` also serves costmodel/features.py).
 - **Extras.** A root pad copy per call (written out and read back); the copies of local
-  padding (read once into a buffer that stays in cache, shared among the threads); parallel loops divide the work by the threads, with
-  the imbalance of a static split.
+  padding (read once into a buffer that stays in cache, shared among the threads); parallel
+  loops divide the work by the threads, with the imbalance of a static split.
 
 The figure is in GFLOPS at a nominal clock: only the ranking it gives matters.
 """

@@ -12,8 +12,8 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
   dimension as the unrolled rows: unrolling a 3x3 convolution's `kw` beside rows of `ow` keeps
   a sliding window of broadcasts live, see `tuner.layout.window_broadcasts`), keep the vector
   axis's outer tiles outermost (a packed weight panel stays in L2 while the other loops
-  sweep), pad at the root (or per outer tile, where tiles read disjoint inputs), and run the fused outer loops in parallel when there is more than
-  one thread.
+  sweep), pad at the root (or per outer tile, where tiles read disjoint inputs), and run
+  the fused outer loops in parallel when there is more than one thread.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
     tasks.py     extract_tasks: Conv / MatMul / Gemm (+ BatchNorm, bias, ReLU) -> Task, fused nodes
     fused.py     numpy implementations of the fused task nodes (the reference a kernel replaces)
     compiled.py  compile_model: tuned kernels (weights bound once) for the tasks, numpy for the rest
-    scheduler.py the task scheduler (Ansor §6): one trial budget, rounds to the largest expected gain
+    scheduler.py the task scheduler (Ansor §6): one trial budget, rounds to the largest gain
     tuning.py    tune_model: the scheduler's rounds run as rounds of the per-task tune loop
     package.py   write_package: a model -> kernels' shared library + graph.json + weights.npz
     deploy.py    load_package: run such a package with numpy and ctypes alone (no LLVM, no db)

@@ -81,10 +81,14 @@ def _read(path) -> "onnx.ModelProto":
         raise TunerError(f"no ONNX file at '{os.fspath(path)}'") from None
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise TunerError(f"'{os.fspath(path)}' is not a readable ONNX model: "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                         f"{_first_line(err)}") from None
     if not proto.graph.node and not proto.graph.output:
         raise TunerError(f"'{os.fspath(path)}' is not a readable ONNX model: it has no graph")
     return proto
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _runtime_inputs(proto, held=()):

@@ -287,4 +287,5 @@ def _bias(layer: _Layer) -> np.ndarray:
 
 def _scale(layer: _Layer, factor: np.ndarray, conv: bool) -> None:
     """Scales each output channel of the weight (KCRS rows for conv, K x N columns)."""
-    layer.weight = layer.weight.astype(np.float64) * (factor[:, None, None, None] if conv else factor[None, :])
+    per_channel = factor[:, None, None, None] if conv else factor[None, :]
+    layer.weight = layer.weight.astype(np.float64) * per_channel
