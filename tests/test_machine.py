@@ -534,3 +534,50 @@ def test_cli_tunes_for_a_named_cpu_and_build_replays_it(tmp_path, capsys):
     assert again == target and (n, failed) == (8, 0)
     searched = [r for r in history if r.strategy == "evolutionary"]
     assert len(searched) == 4 and all(r.predicted is not None for r in searched)
+
+
+DEPTHWISE = {
+    "dw3x3_112": Task.create("conv2d", (1, 32, 112, 112, 32, 3, 3), pad=1, groups=32),
+    "dw3x3_56": Task.create("conv2d", (1, 144, 56, 56, 144, 3, 3), pad=1, groups=144),
+    "dw3x3_stride2_odd": Task.create("conv2d", (1, 144, 57, 57, 144, 3, 3), pad=1,
+                                     groups=144, stride=2),
+}
+
+
+@pytest.mark.parametrize("cpu", TARGETS)
+@pytest.mark.parametrize("shape", DEPTHWISE)
+def test_depthwise_default_unrolls_the_window_in_registers(shape, cpu):
+    """Depthwise convolution loads its input as vectors along `ow`: the default unrolls `kh`
+    beside rows of `oh` (each loaded row feeds up to 3 rows), with equal tiles of 1-2 vectors
+    (56 columns: 2 tiles of 28 on AVX-512, 7 of 8 on AVX2), and the full-tile loop keeps its
+    accumulators in registers."""
+    from tuner.default import window_rows, window_width
+    target = named_target(cpu, 1)
+    machine = target.machine
+    dag = DEPTHWISE[shape].dag()
+    tile = register_tile(dag, target)
+    ow = dag.axis("ow").extent
+    assert (tile.vector_axis, tile.unrolled_axis, tile.reduce_axis, tile.reduce_unroll) == \
+        ("ow", "oh", "kh", 3)
+    assert tile.width == window_width(ow, machine.lanes)
+    tiles = -(-ow // tile.width)
+    chunks = -(-tile.width // machine.lanes)
+    assert chunks in (1, 2) and tiles * tile.width - ow < tiles  # equal tiles
+    assert tile.count <= window_rows(machine, chunks, 3)
+    accumulators = tile.count * chunks
+    hot, frame_pointer = _reduction_loops(apply_steps(dag, default_schedule(dag, target)),
+                                          target)
+    full = [body for body in hot if _fmas(body) == accumulators * 3]
+    assert full, (tile, [_fmas(body) for body in hot])
+    spills = [line for body in full for line in _stack_vector_accesses(body, frame_pointer)]
+    assert not spills, "\n".join(spills[:20])
+
+
+def test_window_width_prefers_equal_tiles_of_two_vectors():
+    from tuner.default import window_width
+    assert window_width(56, 16) == 28    # 2 x (16 + 12), not 3 x 16 and a tail of 8
+    assert window_width(28, 16) == 28
+    assert window_width(112, 16) == 16   # 7 full vectors beat 4 tiles of 28
+    assert window_width(56, 8) == 8      # 7 full ymm
+    assert window_width(29, 16) == 29
+    assert window_width(5, 16) == 5

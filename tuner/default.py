@@ -10,7 +10,10 @@ It builds the register-blocked micro-kernel that DESIGN.md §3 measured at and a
   locally (cache_write) across the whole reduction, apply the epilogue on write-back;
 - unroll the innermost reduction a little (a reduction axis that does not index the same input
   dimension as the unrolled rows: unrolling a 3x3 convolution's `kw` beside rows of `ow` keeps
-  a sliding window of broadcasts live, see `tuner.layout.window_broadcasts`), keep the vector
+  a sliding window of broadcasts live, see `tuner.layout.window_broadcasts`; where the input is
+  loaded as vectors instead, as in depthwise convolution along `ow`, the reduction that shares
+  the rows' dimension is the one unrolled, so each loaded row feeds several rows, with the
+  width and rows of `window_width` and `window_rows`), keep the vector
   axis's outer tiles outermost (a packed weight panel stays in L2 while the other loops
   sweep), pad at the root (or per outer tile, where tiles read disjoint inputs), and run
   the fused outer loops in parallel when there is more than one thread.
@@ -77,37 +80,80 @@ def tile_rows(machine: Machine, width: int) -> int:
     return max(1, machine.accumulator_budget(chunks + SPARE_REGISTERS) // chunks)
 
 
+def window_width(extent: int, lanes: int) -> int:
+    """The vector width of a windowed tile (`window_rows`) over an axis of `extent`: equal
+    tiles of one or two vectors each, whichever wastes fewer lanes (two on a tie: one weight
+    broadcast then feeds twice the FMAs). Measured on Zen 5 at 1 thread, 3x3 depthwise with
+    vectors along `ow`: 56 columns as 2 tiles of 28 (2 zmm, the second 12 lanes) 104-110
+    GFLOPS, 16-wide tiles (3 and a tail of 8) 65; 28 columns as one tile of 28: 82-154, as
+    16 and a tail: 48-60; x86-64-v3 (8 lanes), 56 columns: 7 tiles of 8 75, 4 of 14 (2 ymm)
+    42."""
+    def used(chunks: int) -> tuple[float, int]:  # lanes used, then wider
+        tiles = -(-extent // (chunks * lanes))
+        return round(extent / (tiles * chunks * lanes), 2), chunks
+    chunks = max((1, 2), key=used)
+    tiles = -(-extent // (chunks * lanes))
+    return -(-extent // tiles)
+
+
+def window_rows(machine: Machine, chunks: int, window: int) -> int:
+    """Rows of a register tile whose input is loaded as vectors (not broadcast), with the
+    reduction axis that shares the rows' input dimension (`kh` beside rows of `oh`) unrolled
+    `window` times: row i at step j reads the input row that row i+1 reads at step j-1, so
+    each loaded input vector feeds up to `window` FMAs. The register file holds the
+    accumulators, about one loaded vector per accumulator (x86 FMAs also read their vector
+    operand from memory, so LLVM reloads rather than spills) and the window's weight
+    broadcasts. Measured on Zen 5 at 1 thread (3x3 depthwise, vectors along `ow`, rows of
+    `oh`): mobilenetv2.dw3x3 with `kw` unrolled beside 28 rows (the default until then) 57-64
+    GFLOPS, `kh` unrolled beside 14 rows 85-91, 28 rows 53; 2 zmm wide: 7 rows 104-154, 6
+    rows 66-83, 12 rows 52-72."""
+    return max(1, (machine.vector_registers - window) // (2 * chunks))
+
+
 def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     lanes = target.machine.lanes
     spatial = [a for a in dag.spatial_axes if a.extent > 1]
     if not spatial:
         return None
     vec = min(spatial, key=lambda a: (vector_cost(dag, a.name, lanes), -a.extent))
-    if vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or vec.extent >= 4 * lanes:
+    others = [a for a in spatial if a is not vec]
+    machine = target.machine
+    unrolled = None
+    if others:
+        lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
+        unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
+    reduce_axes = list(dag.reduce_axes)
+    window = None
+    if unrolled is not None:
+        sharing = [r for r in reduce_axes if shares_input_dimension(dag, unrolled.name, r.name)]
+        if sharing and dag.lhs.depends_on(vec.name) and \
+                sharing[-1].extent <= 2 * REDUCE_UNROLL:
+            window = sharing[-1]
+        else:  # no sliding window of broadcasts (tuner.layout.window_broadcasts)
+            reduce_axes = [r for r in reduce_axes if r not in sharing] or reduce_axes
+    if window is not None:
+        width = window_width(vec.extent, lanes)
+    elif vec.extent >= 2 * lanes and vec.extent % (2 * lanes) in (0,) or \
+            vec.extent >= 4 * lanes:
         width = 2 * lanes
     elif vec.extent >= lanes:
         width = lanes
     else:
         width = vec.extent
-    if vec.extent % width and vec.extent % lanes == 0:
+    if window is None and vec.extent % width and vec.extent % lanes == 0:
         width = lanes
-    others = [a for a in spatial if a is not vec]
-    unrolled, count = None, 1
-    if others:
-        lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
-        unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
-        count = rows_for(unrolled.extent, tile_rows(target.machine, width),
-                         least_rows(target.machine, width))
-    reduce_axes = list(dag.reduce_axes)
-    if unrolled is not None:  # no sliding window of broadcasts (tuner.layout.window_broadcasts)
-        reduce_axes = [r for r in reduce_axes
-                       if not shares_input_dimension(dag, unrolled.name, r.name)] or reduce_axes
-    last = reduce_axes[-1] if reduce_axes else None
+    chunks = -(-width // lanes)
+    count = 1
+    if unrolled is not None:
+        budget = window_rows(machine, chunks, window.extent) if window else \
+            tile_rows(machine, width)
+        count = rows_for(unrolled.extent, budget, least_rows(machine, width))
+    last = window or (reduce_axes[-1] if reduce_axes else None)
     reduce_unroll = 1
-    if last is not None:
+    if window is not None:
+        reduce_unroll = window.extent
+    elif last is not None:
         reduce_unroll = last.extent if last.extent <= 2 * REDUCE_UNROLL else REDUCE_UNROLL
-        machine = target.machine
-        chunks = -(-width // machine.lanes)
         unrolled_tile = {vec.name: width, last.name: reduce_unroll}
         if unrolled is not None:
             unrolled_tile[unrolled.name] = count
