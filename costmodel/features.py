@@ -66,7 +66,8 @@ GLOBAL_FEATURES = (
     ("rhs_gather", "1 if rhs is read lane by lane in the vector loop"),
     ("out_scatter", "1 if the output is written with a stride other than 1 in the vector loop"),
     ("output_bytes", "log2 bytes of the output"),
-    ("epilogue_passes", "extra passes over the output (bias and ReLU without cache_write)"),
+    ("epilogue_passes", "extra passes over the output (bias, residual and ReLU without "
+                        "cache_write)"),
 )
 LEVEL_FEATURES = (
     ("extent", "log2 trips of this loop"),
@@ -127,7 +128,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         if register_tile else 0
     operand_vectors = tile_operand_registers(nest, machine) if register_tile else 0
     epilogue = 0 if nest.cache_write_at is not None else \
-        (dag.bias is not None) + bool(dag.relu) + 1
+        (dag.bias is not None) + (dag.residual is not None) + bool(dag.relu) + 1
     out += [
         _lg(total_flops), len(loops), vec.extent if vec else 0,
         chunks if vec else 0, _lg(unrolled), _lg(register_tile),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tuner.dag import Operand
 from tuner.errors import ShapeError
 
 
@@ -20,6 +21,42 @@ def check_shape(shape, count: int, form: str, op: str) -> tuple[int, ...]:
 # integer rather than a flag per kind, so that the task keys of records made before ReLU6
 # existed (relu=0 / relu=1) name the same tasks.
 RELU_VALUES = {0: "none", 1: "ReLU", 6: "ReLU6"}
+
+
+# Attributes added after task keys were first stored: a task's key names them only when set,
+# so that records made before they existed still name the same tasks.
+KEYED_WHEN_SET = {"residual": False}
+
+
+def key_attrs(full: dict) -> dict:
+    """The attributes a task key names: all of `full` but those of KEYED_WHEN_SET that are
+    at their default."""
+    return {name: value for name, value in full.items()
+            if name not in KEYED_WHEN_SET or value != KEYED_WHEN_SET[name]}
+
+
+def residual_operand(out: Operand) -> Operand:
+    """The residual input of a fused skip connection: an array of the output's shape, read
+    where the output is written."""
+    return Operand("residual", out.shape, out.index, reshaped_from=out.reshaped_from)
+
+
+def epilogue_reference(values, relu: int, bias=None, residual=None):
+    """The epilogue on numpy values of the output's shape: + bias (already broadcast to the
+    output) + residual, then `relu` (RELU_VALUES)."""
+    if bias is not None:
+        values = values + bias
+    if residual is not None:
+        values = values + np.asarray(residual, dtype=np.float64).reshape(values.shape)
+    return relu_reference(values, relu)
+
+
+def split_inputs(rest: tuple, bias: bool, residual: bool) -> tuple:
+    """(bias, residual) from the inputs after lhs and rhs, each None where absent."""
+    rest = list(rest)
+    bias_value = rest.pop(0) if bias else None
+    residual_value = rest.pop(0) if residual else None
+    return bias_value, residual_value
 
 
 def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:

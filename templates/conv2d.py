@@ -7,20 +7,24 @@ product over the pixels: its output rows and columns fuse into one pixel axis `p
 OH*OW, read and written contiguously (the arrays keep their NCHW shape, the kernel indexes them
 as N,C,H*W), so the vector axis can take full vectors where OW alone leaves a tail (56 = 3*16 +
 8) and a register tile can span rows. The weight is constant (packed once at build time when a schedule
-rewrites its layout); reads of the input outside its bounds are the zero padding.
+rewrites its layout); reads of the input outside its bounds are the zero padding. With
+`residual`, an array of the output's shape is added after the bias (a ResNet block's skip
+connection, fused with the ReLU that follows it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from templates._common import check_shape, fill_attrs, relu_reference
+from templates._common import (check_shape, epilogue_reference, fill_attrs, residual_operand,
+                              split_inputs)
 from tuner.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "conv2d"
 SHAPE_FORM = "N,C,H,W,K,R,S"
-DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0}
+DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0,
+            "residual": False}
 
 
 def normalize_attrs(shape, attrs: dict) -> dict:
@@ -34,7 +38,7 @@ def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: i
 
 
 def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
-               bias: bool = False, relu: int = 0) -> ComputeDAG:
+               bias: bool = False, relu: int = 0, residual: bool = False) -> ComputeDAG:
     n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
     for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
                              ("groups", groups, 1), ("pad", pad, 0)):
@@ -76,7 +80,8 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                                               aff(("ow", 1))))
     bias_op = Operand("bias", (k,), (out_channel,), constant=True) if bias else None
 
-    def reference(data_val, weight_val, bias_val=None):
+    def reference(data_val, weight_val, *rest):
+        bias_val, residual_val = split_inputs(rest, bias, residual)
         x = np.pad(data_val.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
         wt = weight_val.astype(np.float64)
         res = np.zeros((n, k, oh, ow))
@@ -90,9 +95,9 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                              w0:w0 + stride * (ow - 1) + 1:stride]
                     res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
                                                                 wg[:, :, ri, si])
-        if bias_val is not None:
-            res = res + bias_val[None, :, None, None]
-        return relu_reference(res, relu)
+        return epilogue_reference(res, relu, None if bias_val is None else
+                                  bias_val[None, :, None, None], residual_val)
 
     flops = 2.0 * n * k * oh * ow * cg * r * s
-    return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference)
+    return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference,
+                      residual_operand(out) if residual else None)

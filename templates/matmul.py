@@ -1,4 +1,4 @@
-"""matmul / dense: C[M,N] = A[M,K] @ B[K,N] (+ bias[N]) (ReLU).
+"""matmul / dense: C[M,N] = A[M,K] @ B[K,N] (+ bias[N]) (+ residual[M,N]) (ReLU).
 
 B is declared constant, as the weight of a dense layer is, so schedules may pack it into panels
 once at build time; for a product of two activations use batch_matmul with B=1.
@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import check_shape, fill_attrs, relu_reference
+from templates._common import (check_shape, epilogue_reference, fill_attrs, residual_operand,
+                              split_inputs)
 from tuner.dag import Axis, ComputeDAG, Operand, aff
 
 NAME = "matmul"
 SHAPE_FORM = "M,N,K"
-DEFAULTS = {"bias": False, "relu": 0}
+DEFAULTS = {"bias": False, "relu": 0, "residual": False}
 
 
 def normalize_attrs(shape, attrs: dict) -> dict:
     return fill_attrs(NAME, attrs, DEFAULTS)
 
 
-def definition(shape, bias: bool = False, relu: int = 0) -> ComputeDAG:
+def definition(shape, bias: bool = False, relu: int = 0, residual: bool = False) -> ComputeDAG:
     m, n, k = check_shape(shape, 3, SHAPE_FORM, NAME)
     axes = (Axis("i", m), Axis("j", n), Axis("k", k, reduce=True))
     a = Operand("a", (m, k), (aff(("i", 1)), aff(("k", 1))))
@@ -28,10 +29,10 @@ def definition(shape, bias: bool = False, relu: int = 0) -> ComputeDAG:
     out = Operand("out", (m, n), (aff(("i", 1)), aff(("j", 1))))
     bias_op = Operand("bias", (n,), (aff(("j", 1)),), constant=True) if bias else None
 
-    def reference(a_val, b_val, bias_val=None):
+    def reference(a_val, b_val, *rest):
+        bias_val, residual_val = split_inputs(rest, bias, residual)
         res = a_val.astype(np.float64) @ b_val.astype(np.float64)
-        if bias_val is not None:
-            res = res + bias_val
-        return relu_reference(res, relu)
+        return epilogue_reference(res, relu, bias_val, residual_val)
 
-    return ComputeDAG(NAME, axes, out, a, b, bias_op, relu, 2.0 * m * n * k, reference)
+    return ComputeDAG(NAME, axes, out, a, b, bias_op, relu, 2.0 * m * n * k, reference,
+                      residual_operand(out) if residual else None)

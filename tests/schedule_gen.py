@@ -21,7 +21,8 @@ def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     op = op or str(rng.choice(["conv2d", "matmul", "batch_matmul"]))
     epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.choice([0, 1, 6]))}
     if op == "matmul":
-        return Task.create(op, tuple(int(x) for x in rng.integers(1, 41, size=3)), **epilogue)
+        shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
+        return Task.create(op, shape, residual=bool(rng.random() < 0.3), **epilogue)
     if op == "batch_matmul":
         shape = (int(rng.integers(1, 4)),) + tuple(int(x) for x in rng.integers(1, 25, size=3))
         return Task.create(op, shape, **epilogue)
@@ -36,7 +37,8 @@ def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     h = int(rng.integers(dilation * (r - 1) + 1, 14))
     w = int(rng.integers(dilation * (s - 1) + 1, 14))
     return Task.create(op, (int(rng.integers(1, 3)), c, h, w, k, r, s), stride=stride, pad=pad,
-                       dilation=dilation, groups=groups, **epilogue)
+                       dilation=dilation, groups=groups, residual=bool(rng.random() < 0.3),
+                       **epilogue)
 
 
 def _factors(rng: np.random.Generator, extent: int) -> tuple[int, ...]:

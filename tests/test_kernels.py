@@ -233,6 +233,42 @@ def test_a_bound_kernel_reuses_addresses_only_of_the_same_unconverted_arrays():
 
 
 @pytest.mark.parametrize("op, shape, attrs", [
+    ("conv2d", (1, 16, 9, 9, 32, 3, 3), {"pad": 1, "bias": True, "relu": 1}),
+    ("conv2d", (1, 48, 7, 7, 24, 1, 1), {"relu": 6}),  # pointwise: N,K,H*W indexing
+    ("conv2d", (1, 24, 10, 10, 24, 3, 3), {"pad": 1, "groups": 24}),
+    ("matmul", (13, 40, 70), {"bias": True, "relu": 1}),
+])
+@pytest.mark.parametrize("cache_write", [True, False])
+def test_residual_is_added_before_the_relu(op, shape, attrs, cache_write):
+    """A residual (an input of the output's shape, a skip connection) is added after the bias
+    and before the ReLU, on write-back of the local tile and, without one, in the init pass;
+    the task key names it only when set, so keys made before it existed are unchanged."""
+    from tuner.default import default_schedule
+    from tuner.schedule import CacheWrite
+    from tuner.target import host_target
+    from tuner.task import Task
+    task = Task.create(op, shape, residual=True, **attrs)
+    plain = Task.create(op, shape, **attrs)
+    assert "residual=1" in task.key and "residual" not in plain.key
+    assert Task.create(op, shape, residual=False, **attrs) == plain
+    assert Task.from_key(task.key) == task
+    dag = task.dag()
+    assert dag.inputs[-1].name == "residual" and not dag.inputs[-1].constant
+    assert dag.inputs[-1].array_shape == dag.output.array_shape
+    target = host_target(1)
+    steps = default_schedule(dag, target)
+    if not cache_write:
+        steps = tuple(s for s in steps if not isinstance(s, CacheWrite))
+    kernel = Kernel(apply_steps(dag, steps), target)
+    inputs = list(dag.random_inputs(np.random.default_rng(7)))
+    inputs[-1] = inputs[-1] * 8  # the residual decides the sign of many outputs
+    out = kernel(*inputs)
+    assert_matches_reference(dag, out, inputs)
+    without = plain.dag().reference(*inputs[:-1])
+    assert not np.allclose(out, without, atol=1e-3)
+
+
+@pytest.mark.parametrize("op, shape, attrs", [
     ("conv2d", (1, 16, 9, 9, 32, 3, 3), {"pad": 1, "bias": True}),
     ("matmul", (13, 40, 70), {}),
     ("batch_matmul", (2, 5, 24, 30), {"bias": True}),

@@ -16,7 +16,7 @@ import tuner  # noqa: E402
 from model_builders import make_model, randn  # noqa: E402
 from records import RecordStore  # noqa: E402
 from test_model_onnxruntime import (MODELS, conv_bn_relu, matmul_add_relu,  # noqa: E402
-                                    symbolic_batch)
+                                    residual_blocks, symbolic_batch, transformer_residual)
 from tuner.errors import TunerError  # noqa: E402
 from tuner.model.graph import load_model  # noqa: E402
 from tuner.model.runtime import run_graph  # noqa: E402
@@ -67,7 +67,8 @@ def test_compiled_model_agrees_with_onnxruntime(build, empty_db):
     _check(build, empty_db)
 
 
-@pytest.mark.parametrize("build", [conv_bn_relu, matmul_add_relu], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("build", [conv_bn_relu, matmul_add_relu, residual_blocks,
+                                   transformer_residual], ids=lambda f: f.__name__)
 def test_compiled_model_on_two_threads(build, empty_db):
     compiled, _, _ = _check(build, empty_db, threads=2)
     assert compiled.target.threads == 2

@@ -111,8 +111,41 @@ def legacy_softmax_lrn(rng):
     return make_model(nodes, {"x": (2, 5, 3, 4)}, "y", {}, opset=9), {}
 
 
+def residual_blocks(rng):
+    """Two ResNet blocks: an identity shortcut (Add of the block input, then Relu) and a
+    projection shortcut computed after the main branch (a strided 1x1 conv + BN), whose Add
+    closes two chains; odd sizes."""
+    w = {"w1": randn(rng, 6, 6, 3, 3), **bn_weights(rng, "bn1", 6),
+         "w2": randn(rng, 10, 6, 3, 3), **bn_weights(rng, "bn2", 10),
+         "w3": randn(rng, 10, 6, 1, 1), **bn_weights(rng, "bn3", 10)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             bn_node("bn1", "c1", "b1"),
+             helper.make_node("Add", ["b1", "x"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             bn_node("bn2", "c2", "b2"),
+             helper.make_node("Conv", ["r1", "w3"], ["c3"], strides=[2, 2]),
+             bn_node("bn3", "c3", "b3"),
+             helper.make_node("Add", ["b3", "b2"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["y"])]
+    return make_model(nodes, {"x": (1, 6, 9, 11)}, "y", w), {}
+
+
+def transformer_residual(rng):
+    """A transformer layer's output projection: rank-3 MatMul, bias Add, residual Add of the
+    layer input (no ReLU), then LayerNormalization."""
+    w = {"w": randn(rng, 12, 12), "b": randn(rng, 12),
+         "g": rng.uniform(0.5, 1.5, 12).astype(np.float32), "be": randn(rng, 12)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Add", ["x", "a"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "be"], ["y"], axis=-1)]
+    return make_model(nodes, {"x": (2, 7, 12)}, "y", w), {}
+
+
 MODELS = [conv_bn_relu, odd_conv_bias_pool, depthwise_relu6, asymmetric_conv, matmul_add_relu,
-          gemm_trans_b, symbolic_batch, encoder_bits, legacy_softmax_lrn]
+          gemm_trans_b, symbolic_batch, encoder_bits, legacy_softmax_lrn, residual_blocks,
+          transformer_residual]
 
 
 @pytest.mark.parametrize("build", MODELS, ids=lambda f: f.__name__)

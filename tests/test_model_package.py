@@ -18,6 +18,7 @@ from onnx import helper
 
 import tuner
 from model_builders import bn_node, bn_weights, make_model, randn
+from test_model_onnxruntime import residual_blocks, transformer_residual
 from records import RecordStore
 from tuner.cli import main
 from tuner.errors import TunerError
@@ -81,7 +82,8 @@ def conv_package(tmp_path_factory, empty_db):
     return model, shapes, built
 
 
-@pytest.mark.parametrize("build", [conv_pool_gemm, matmul_transpose], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("build", [conv_pool_gemm, matmul_transpose, residual_blocks,
+                                   transformer_residual], ids=lambda f: f.__name__)
 def test_package_agrees_with_numpy_runtime_and_onnxruntime(build, tmp_path, empty_db):
     rng = np.random.default_rng(3)
     model, shapes = build(rng)

@@ -13,7 +13,8 @@ from onnx import helper  # noqa: E402
 
 from model_builders import bn_weights, make_model, randn  # noqa: E402
 from test_model_onnxruntime import (asymmetric_conv, conv_bn_relu, gemm_trans_b,  # noqa: E402
-                                    matmul_add_relu, symbolic_batch)
+                                    matmul_add_relu, residual_blocks, symbolic_batch,
+                                    transformer_residual)
 from tuner.errors import TunerError  # noqa: E402
 from tuner.model.fused import FUSED_OPS  # noqa: E402
 from tuner.model.graph import load_model  # noqa: E402
@@ -108,6 +109,59 @@ def test_clip_0_6_is_the_relu6_epilogue_and_other_clips_stay(opset):
         assert expected.max() == high
         np.testing.assert_allclose(run_graph(extraction.graph, x, FUSED_OPS)[0], expected,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_skip_connection_is_the_residual_of_one_layer():
+    """ResNet blocks: each Add of two activations (and the Relu after it) is fused into one
+    layer as its residual, the projection shortcut's Add into one of its two chains only, and
+    each fused node sits where all its inputs exist; the outputs do not change."""
+    rng = _rng()
+    model, _ = residual_blocks(rng)
+    graph = load_model(model)
+    extraction = extract_tasks(graph)
+    nodes = extraction.graph.nodes
+    assert [n.op_type for n in nodes] == ["TunerConv"] * 3
+    residual = [n for n in nodes if n.attributes["task"].attr_dict.get("residual")]
+    assert len(residual) == 2 and all(n.attributes["task"].attr_dict["relu"] == 1
+                                      for n in residual)
+    assert residual[0].inputs[-1] == "x"
+    produced = {"x"} | set(extraction.graph.initializers)
+    for node in nodes:
+        assert set(node.inputs) <= produced, node.name
+        produced.update(node.outputs)
+    feeds = {"x": randn(rng, 1, 6, 9, 11)}
+    np.testing.assert_allclose(run_graph(extraction.graph, feeds, FUSED_OPS)[0],
+                               run_graph(graph, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_transformer_residual_is_fused_into_the_matmul():
+    extraction, row = _only_task(transformer_residual(_rng())[0])
+    assert row.task == Task.create("matmul", (14, 12, 12), bias=True, residual=True)
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerMatMul", "LayerNormalization"]
+
+
+def test_adds_that_are_not_skip_connections_are_not_residuals():
+    """A broadcast Add of an activation of another shape stays numpy, and so does anything
+    but a ReLU after a residual (the bias was added before it: a Mul cannot fold)."""
+    rng = _rng()
+    weights = {"w": randn(rng, 4, 3, 1, 1), "s": randn(rng, 1, 4, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=1),
+             helper.make_node("Conv", ["x", "w"], ["d"]),
+             helper.make_node("Add", ["d", "m"], ["y"])]
+    extraction = extract_tasks(load_model(make_model(nodes, {"x": (1, 3, 4, 4)}, "y", weights)))
+    assert sorted(n.op_type for n in extraction.graph.nodes) == \
+        ["Add", "ReduceMean", "TunerConv", "TunerConv"]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Conv", ["x", "w"], ["d"]),
+             helper.make_node("Add", ["c", "d"], ["a"]),
+             helper.make_node("Mul", ["a", "s"], ["y"])]
+    model = make_model(nodes, {"x": (1, 3, 4, 4)}, "y", weights)
+    extraction = extract_tasks(load_model(model))
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv", "TunerConv", "Mul"]
+    feeds = {"x": randn(rng, 1, 3, 4, 4)}
+    np.testing.assert_allclose(run_graph(extraction.graph, feeds, FUSED_OPS)[0],
+                               run_graph(load_model(model), feeds)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_layer_whose_output_is_read_twice_is_not_fused():

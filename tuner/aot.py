@@ -43,6 +43,7 @@ def c_name(task: Task) -> str:
     if task.op == "conv2d":
         name += f"_s{attrs['stride']}_p{attrs['pad']}_d{attrs['dilation']}_g{attrs['groups']}"
     name += "_bias" if attrs.get("bias") else ""
+    name += "_residual" if attrs.get("residual") else ""
     name += {0: "", 6: "_relu6"}.get(int(attrs.get("relu", 0)), "_relu")
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 

@@ -2,7 +2,7 @@
 
     tune conv2d --shape N,C,H,W,K,R,S [--stride S] [--pad P] [--dilation D] [--groups G]
     tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
-        [--bias] [--relu | --relu6] [--trials N] [--db URL] [--threads T] [--seed S]
+        [--bias] [--relu | --relu6] [--residual] [--trials N] [--db URL] [--threads T] [--seed S]
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
         [--cpu NAME] [--no-seed]
     tune show     what the database holds: tasks, targets, records, best GFLOPS
@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply ReLU to the output")
         p.add_argument("--relu6", dest="relu", action="store_const", const=6,
                        help="apply ReLU6 (ReLU clipped at 6) to the output")
+        if op != "batch_matmul":
+            p.add_argument("--residual", action="store_true",
+                           help="add an input of the output's shape before the ReLU (a skip "
+                           "connection)")
         _add_tuning_options(p, "candidates to measure in this run (default 200)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("show", help="list the tasks and targets in the database")
@@ -167,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", action="store_true")
     p.add_argument("--relu", action="store_const", const=1, default=0)
     p.add_argument("--relu6", dest="relu", action="store_const", const=6)
+    p.add_argument("--residual", action="store_true")
     p.add_argument("--task", action="append", default=[],
                    help="OP:SHAPE[:k=v,...], e.g. conv2d:1,64,56,56,64,3,3:pad=1; repeatable")
     p.add_argument("--all", action="store_true",
@@ -249,6 +254,8 @@ def _task_from_args(op: str, args):
     from tuner.task import Task
 
     attrs = {"bias": args.bias, "relu": args.relu}
+    if getattr(args, "residual", False):
+        attrs["residual"] = True
     if op == "conv2d":
         attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
                      groups=args.groups)

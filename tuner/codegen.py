@@ -1,7 +1,7 @@
 """Code generation: a LoopNest becomes an LLVM module, with nothing left for LLVM to guess.
 
-`emit_llvm(nest, target)` writes one kernel function `void <name>(out, in0, in1[, bias])` (all
-pointers `noalias`) and one `<name>_pack_<operand>(dst, src)` per layout-rewritten operand.
+`emit_llvm(nest, target)` writes one kernel function `void <name>(out, in0, in1[, bias]
+[, residual])` (all pointers `noalias`) and one `<name>_pack_<operand>(dst, src)` per layout-rewritten operand.
 
 What the generator decides itself, because DESIGN.md §3 measured that LLVM's auto-vectorizer
 reaches under half of peak on its own:
@@ -298,19 +298,23 @@ class _Emitter:
     def leaf_init_acc(self, fn: Fn, ctx: Ctx) -> None:
         self.store(fn, ctx, ctx.acc, self._zero(ctx))
 
-    def _epilogue(self, fn: Fn, ctx: Ctx, value: ir.Value, with_bias: bool) -> ir.Value:
-        if with_bias and self.dag.bias is not None:
-            value = fn.b.fadd(value, self.load(fn, ctx, self.accesses["bias"]))
-        return relu(fn.b, value, self.dag.relu) if self.dag.relu else value
+    def _addends(self, fn: Fn, ctx: Ctx, value: ir.Value | None) -> ir.Value:
+        """`value` (None: nothing yet) plus the bias and the residual, where the task has
+        them."""
+        for op in (self.dag.bias, self.dag.residual):
+            if op is not None:
+                term = self.load(fn, ctx, self.accesses[op.name])
+                value = term if value is None else fn.b.fadd(value, term)
+        return self._zero(ctx) if value is None else value
 
     def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:
-        value = self._epilogue(fn, ctx, self.load(fn, ctx, ctx.acc), with_bias=True)
+        value = self._addends(fn, ctx, self.load(fn, ctx, ctx.acc))
+        if self.dag.relu:
+            value = relu(fn.b, value, self.dag.relu)
         self.store(fn, ctx, self.accesses["out"], value)
 
     def leaf_init_out(self, fn: Fn, ctx: Ctx) -> None:
-        value = (self.load(fn, ctx, self.accesses["bias"]) if self.dag.bias is not None
-                 else self._zero(ctx))
-        self.store(fn, ctx, self.accesses["out"], value)
+        self.store(fn, ctx, self.accesses["out"], self._addends(fn, ctx, None))
 
     def leaf_relu_out(self, fn: Fn, ctx: Ctx) -> None:
         out = self.accesses["out"]

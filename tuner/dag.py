@@ -2,7 +2,8 @@
 
 Every operator in scope (conv2d in all its variants, matmul/dense, batch matmul) is a
 *contraction*: an output element is the sum, over the reduction axes, of the product of two
-operands read at affine indices, optionally plus a bias and through a ReLU. Keeping the IR to
+operands read at affine indices, optionally plus a bias, plus a residual (an array of the
+output's shape: the skip connection a ResNet block adds) and through a ReLU. Keeping the IR to
 that form is what lets code generation pick broadcast / contiguous / gathered vector loads per
 operand and lets layout rewrite derive a packed layout from the loop order alone. An operator
 that is not a contraction needs a new body kind here, not a new code path elsewhere.
@@ -93,8 +94,8 @@ class Operand:
 
 @dataclass(frozen=True, slots=True)
 class ComputeDAG:
-    """out[output.index] = relu?(bias[...] + sum_reduce lhs[...] * rhs[...]); `relu` is 0
-    (none), 1 (ReLU) or 6 (ReLU6: clipped at 6 too)."""
+    """out[output.index] = relu?(bias[...] + residual[output.index] + sum_reduce lhs[...] *
+    rhs[...]); `relu` is 0 (none), 1 (ReLU) or 6 (ReLU6: clipped at 6 too)."""
     op: str
     axes: tuple[Axis, ...]
     output: Operand
@@ -103,12 +104,16 @@ class ComputeDAG:
     bias: Operand | None
     relu: int
     flops: float
-    # numpy reference on the user-facing inputs (lhs, rhs[, bias]); float64 inside for accuracy
+    # numpy reference on the user-facing inputs (`inputs`); float64 inside for accuracy
     reference: Callable[..., np.ndarray] = field(compare=False, hash=False, repr=False)
+    # read at the output's index, added after the bias and before the ReLU; not constant
+    residual: Operand | None = None
 
     @property
     def inputs(self) -> tuple[Operand, ...]:
-        return (self.lhs, self.rhs) + ((self.bias,) if self.bias is not None else ())
+        """The operands in kernel argument order: lhs, rhs[, bias][, residual]."""
+        return (self.lhs, self.rhs) + tuple(op for op in (self.bias, self.residual)
+                                             if op is not None)
 
     @property
     def extents(self) -> dict[str, int]:

@@ -44,16 +44,15 @@ def pseudo_code(nest: LoopNest) -> str:
     for name in nest.layout_rewrite:
         lines.append(f"{name}_packed = pack({name})  # once, when the kernel is built")
     out = _access_text(nest, "out")
-    epilogue = "acc"
-    if dag.bias is not None:
-        epilogue = f"acc + {_access_text(nest, 'bias')}"
+    addends = [_access_text(nest, op.name) for op in (dag.bias, dag.residual) if op is not None]
+    epilogue = " + ".join(["acc"] + addends)
     relu = "relu6" if dag.relu == 6 else "relu"
     if dag.relu:
         epilogue = f"{relu}({epilogue})"
     depth = 0
     target = out
     if nest.cache_write_at is None:
-        init = _access_text(nest, "bias") if dag.bias is not None else "0"
+        init = " + ".join(addends) or "0"
         lines.append(f"{out} = {init}  # for every output element")
     for i, loop in enumerate(nest.loops):
         detail = " * ".join(f"{p.axis}.{p.level}:{p.extent}" for p in loop.parts) \

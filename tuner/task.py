@@ -23,10 +23,11 @@ class Task:
     def create(op: str, shape, dtype: str = "float32", **attrs: AttrValue) -> "Task":
         """Builds a task with attributes in canonical (sorted) order and validates it."""
         from templates import get_template
+        from templates._common import key_attrs
 
         template = get_template(op)
         shape = tuple(int(x) for x in shape)
-        full = template.normalize_attrs(shape, attrs)
+        full = key_attrs(template.normalize_attrs(shape, attrs))
         task = Task(op, shape, tuple(sorted(full.items())), dtype)
         task.dag()  # validates shape and attributes with a clear ShapeError
         return task

@@ -66,19 +66,26 @@ class CompiledModel(GraphRunner):
         self._impls = {"TunerConv": self._run_conv, "TunerMatMul": self._run_matmul}
 
     def _run_conv(self, node: Node, args: list) -> list[np.ndarray]:
-        return [self._bound[node.name](args[0])]
+        return [self._bound[node.name](*_activations(node, args))]
 
     def _run_matmul(self, node: Node, args: list) -> list[np.ndarray]:
         x = args[0]  # rank >= 2: the leading dimensions are the matmul's rows
-        out = self._bound[node.name](x.reshape(-1, x.shape[-1]))
+        rows = [a.reshape(-1, a.shape[-1]) for a in _activations(node, args)]
+        out = self._bound[node.name](*rows)
         return [out.reshape(x.shape[:-1] + (out.shape[-1],))]
+
+
+def _activations(node: Node, args: list) -> list[np.ndarray]:
+    """The fused node's runtime inputs: the layer's input and, fused, the residual (last)."""
+    residual = node.attributes["task"].attr_dict.get("residual", False)
+    return [args[0], args[-1]] if residual else [args[0]]
 
 
 def _constants(node: Node, kernel: BuiltKernel, consts: dict) -> dict[str, np.ndarray]:
     """The fused node's weight (and bias) by the names of the kernel's constant operands:
-    data/weight/bias for conv2d, a/b/bias for matmul (templates/)."""
-    names = [op.name for op in kernel.kernel.dag.inputs]
-    return {name: consts[value] for name, value in zip(names[1:], node.inputs[1:])}
+    weight/bias for conv2d, b/bias for matmul (templates/)."""
+    return {op.name: consts[value] for op, value in zip(kernel.kernel.dag.inputs, node.inputs)
+            if op.constant}
 
 
 def compile_model(model, db: str | None = None, threads: int | None = None,

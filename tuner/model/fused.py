@@ -11,34 +11,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import relu_reference
+from templates._common import relu_reference, split_inputs
 from tuner.model import ops_nn
 
 
 def tuner_conv(node, args):
-    x, weight = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
     a = node.attributes["task"].attr_dict
+    x, weight = args[0], args[1]
+    bias, residual = split_inputs(args[2:], a["bias"], a.get("residual", False))
     attrs = {"strides": [a["stride"]] * 2, "pads": [a["pad"]] * 4,
              "dilations": [a["dilation"]] * 2, "group": a["groups"]}
     out = ops_nn.conv([x, weight, bias], attrs, 13)[0]
+    if residual is not None:
+        out += residual
     return [relu_reference(out, a["relu"])]
 
 
 def tuner_matmul(node, args):
+    a = node.attributes["task"].attr_dict
     x, weight = args[0], args[1]
+    bias, residual = split_inputs(args[2:], a["bias"], a.get("residual", False))
     out = x.reshape(-1, x.shape[-1]) @ weight
-    if len(args) > 2:
-        out += args[2]
-    out = relu_reference(out, node.attributes["task"].attr_dict["relu"])
+    if bias is not None:
+        out += bias
+    if residual is not None:
+        out += residual.reshape(out.shape)
+    out = relu_reference(out, a["relu"])
     return [out.reshape(x.shape[:-1] + (weight.shape[1],))]
 
 
 def _reference(node, args):
     x = args[0]
     task = node.attributes["task"]
-    lhs = x.reshape(-1, x.shape[-1]) if task.op == "matmul" else x
-    out = task.dag().reference(lhs, *args[1:]).astype(np.float32)
+    rows = (lambda a: a.reshape(-1, a.shape[-1])) if task.op == "matmul" else (lambda a: a)
+    residual = task.attr_dict.get("residual", False)
+    rest = list(args[1:-1]) + [rows(args[-1])] if residual else list(args[1:])
+    out = task.dag().reference(rows(x), *rest).astype(np.float32)
     return [out.reshape(x.shape[:-1] + (out.shape[-1],)) if task.op == "matmul" else out]
 
 

@@ -7,7 +7,10 @@ op types `TunerConv` / `TunerMatMul`, carrying the `Task` in its attributes and 
 while the templates can compute it (Ansor's fused epilogues): BatchNormalization, a per-channel
 constant Mul fold into the weight and bias, a per-channel constant Add into the bias, Relu
 becomes the epilogue, and so does Clip(0, 6) (ReLU6, the templates' relu=6); a Clip with other
-bounds stays a numpy node and is noted. A layer the templates cannot express stays a numpy node
+bounds stays a numpy node and is noted. An Add of another activation of the layer's output shape
+(a ResNet block's skip connection, the residual of a transformer layer) becomes the templates'
+`residual`, added before the ReLU that may follow it; the fused node then takes the place of the
+Add, where both of its operands exist. A layer the templates cannot express stays a numpy node
 too, with a
 note: a model is never refused for it. Identical tasks are counted, since they are tuned once.
 """
@@ -57,6 +60,7 @@ class _Layer:
     relu: int  # templates/_common.RELU_VALUES: 0 none, 1 ReLU, 6 ReLU6
     nodes: list[Node]
     out_channels: int
+    residual: str | None = None  # the activation added before the ReLU
 
 
 def extract_tasks(graph: Graph) -> Extraction:
@@ -76,7 +80,7 @@ def extract_tasks(graph: Graph) -> Extraction:
         if start is None:
             continue
         x, layer, make_task = start
-        _fuse_following(layer, graph, consumers, notes)
+        _fuse_following(layer, graph, consumers, notes, absorbed)
         last = layer.nodes[-1]
         task = make_task(layer)
         op_type = "TunerConv" if task.op == "conv2d" else "TunerMatMul"
@@ -87,8 +91,12 @@ def extract_tasks(graph: Graph) -> Extraction:
         if layer.bias is not None:
             initializers[bias_name] = layer.bias.astype(np.float32)
             inputs += (bias_name,)
+        if layer.residual is not None:
+            inputs += (layer.residual,)
         fused = Node(op_type, node.name, inputs, (last.outputs[0],), {"task": task})
-        replaced[id(node)] = fused
+        # at the last node it replaces: every input exists there (a residual may be computed
+        # after the layer's first node), and the nodes in between did not read the chain
+        replaced[id(last)] = fused
         absorbed.update(id(n) for n in layer.nodes)
     nodes = tuple(replaced.get(id(n), n) for n in graph.nodes
                   if id(n) in replaced or id(n) not in absorbed)
@@ -153,7 +161,7 @@ def _start_conv(node, graph, notes):
     def make_task(done: _Layer) -> Task:
         return Task.create("conv2d", (n, c, h, wd, k, r, s), stride=strides[0], pad=pads[0],
                            dilation=dilations[0], groups=group, bias=done.bias is not None,
-                           relu=done.relu)
+                           relu=done.relu, residual=done.residual is not None)
     return x, layer, make_task
 
 
@@ -189,7 +197,7 @@ def _start_matmul(node, graph, notes):
 
     def make_task(done: _Layer) -> Task:
         return Task.create("matmul", (m, done.weight.shape[1], k), bias=done.bias is not None,
-                           relu=done.relu)
+                           relu=done.relu, residual=done.residual is not None)
     return x, layer, make_task
 
 
@@ -222,9 +230,11 @@ def _channel_vector(node: Node, current: str, graph: Graph, k: int, conv: bool):
     return np.broadcast_to(full.reshape(-1).astype(np.float64), (k,)).copy()
 
 
-def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) -> None:
+def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str],
+                    absorbed: set[int]) -> None:
     """Folds the chain after the layer into it while the next node is its output's only
-    reader and one the templates compute."""
+    reader, one the templates compute, and not in another layer already (`absorbed`: the
+    Add of a projection shortcut closes two chains, and the first layer takes it)."""
     conv = layer.nodes[0].op_type == "Conv"
     consts = graph.initializers
     while layer.relu == 0:
@@ -233,7 +243,11 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
         if len(readers) != 1 or current in graph.outputs:
             return
         node = readers[0]
+        if id(node) in absorbed:
+            return
         k = layer.out_channels
+        if layer.residual is not None and node.op_type not in ("Relu", "Clip"):
+            return  # the bias was added before the residual: nothing more folds into it
         if node.op_type == "Relu":
             layer.relu = 1
         elif node.op_type == "Clip" and _clip_bounds(node, graph) in ((0.0, 6.0), (0.0, np.inf)):
@@ -245,6 +259,8 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
             factor = scale / np.sqrt(var + node.attributes.get("epsilon", 1e-5))
             _scale(layer, factor, conv)
             layer.bias = (_bias(layer) - mean) * factor + beta
+        elif node.op_type == "Add" and _residual(node, current, graph) is not None:
+            layer.residual = _residual(node, current, graph)
         elif node.op_type in ("Add", "Sub", "Mul"):
             vector = _channel_vector(node, current, graph, k, conv)
             if vector is None:
@@ -261,6 +277,16 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str]) ->
                              f"(0, inf) nor ReLU6 (0, 6)")
             return
         layer.nodes.append(node)
+
+
+def _residual(node: Node, current: str, graph: Graph) -> str | None:
+    """The other operand of an Add of `current` and an activation of the same static shape
+    (not a constant, not `current` itself), else None."""
+    other = [i for i in node.inputs if i != current]
+    if len(node.inputs) != 2 or len(other) != 1 or other[0] in graph.initializers:
+        return None
+    shape = graph.shapes.get(current)
+    return other[0] if shape is not None and graph.shapes.get(other[0]) == shape else None
 
 
 def _clip_bounds(node: Node, graph: Graph) -> tuple[float, float] | None:
