@@ -6,9 +6,9 @@ count in its environment, and uses the one timing protocol (tuner/timing.py):
 
 - "package": our model as it is deployed, `tuner.load_package` of the package `tune build
   --model` writes (kernels of the tuned schedules, weights packed once at load, numpy for the
-  other operators; its threads are those the kernels were built for, and numpy's BLAS gets
-  the same count from the environment). A call returns freshly allocated outputs, as a user's
-  call does.
+  other operators; its threads are those the kernels were built for, and numpy's BLAS runs
+  on the calling thread during a call, as the package holds it: tuner/model/runtime.py). A
+  call returns freshly allocated outputs, as a user's call does.
 - "onnxruntime": an InferenceSession of the same .onnx file, every graph optimisation on
   (its own fusions, GELU and LayerNorm included, are what we are compared with), inputs and
   outputs bound once with I/O binding as comparators.bound_run does for single operators.

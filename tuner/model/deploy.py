@@ -1,7 +1,8 @@
 """Running a model package with numpy and ctypes alone: the side of package.py that ships.
 
 A deployed application does not carry the tuner: this module imports numpy, ctypes, json and
-the numpy runtime of tuner.model (graph, ops, runtime), never LLVM, XGBoost, the records
+the numpy runtime of tuner.model (graph, ops, runtime; with threadpoolctl, a pure-Python module,
+to hold numpy's BLAS to one thread while the kernels run), never LLVM, XGBoost, the records
 database or onnx (graph.json is our own format). `load_package(dir)` reads graph.json, loads
 the shared library with ctypes, binds each fused node to its kernel symbol with its constant
 operands packed once (by the library's own pack functions: package.py says why at load time),

@@ -4,11 +4,26 @@ This is the whole of the model runtime apart from the kernels: a tuned model is 
 with `impls` mapping the fused task nodes (TunerConv, TunerMatMul) to compiled kernels. Support
 is checked for the whole graph before anything runs (`unsupported_ops`), so that `tune model`
 refuses a model it could not run before it spends an hour tuning it.
+
+A model runs on the kernels' threads: while `GraphRunner` runs one, numpy's BLAS (the
+products of two activations, such as attention's Q.K^T and .V) runs on the calling thread
+alone (`blas_on_calling_thread`). OpenBLAS's workers busy-wait some 0.1 s after each call
+(2^28 cycles, its THREAD_TIMEOUT) before they sleep: longer than a whole layer, so one of
+them holds a core throughout, and the kernels' libgomp threads then share cores with it. A
+BERT-base layer (sequence 128) packaged for 2 threads on a 2-core Zen 5, with
+OPENBLAS_NUM_THREADS=2: 32 ms, the kernels 19 ms of it (4.3 ms alone) and numpy's attention
+products 3.8 ms (0.55 ms single-threaded); with BLAS on one thread 11-12 ms. OMP_WAIT_POLICY=
+passive on top changes nothing then (the main thread and the kernels' idle workers are as
+many as the threads the package was built for). The limit is set per call and undone after
+it (threadpoolctl), so the rest of the process keeps its BLAS threads.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from functools import cache
 
 import numpy as np
 
@@ -105,5 +120,30 @@ class GraphRunner:
 
     def __call__(self, feeds) -> list[np.ndarray]:
         """The outputs for `feeds`: one array for a single-input model, else a dict by input
-        name; each input has the shape the model was built for."""
-        return run_graph(self.graph, feeds, self._impls)
+        name; each input has the shape the model was built for. numpy's BLAS runs on the
+        calling thread meanwhile (the module docstring says why)."""
+        with blas_on_calling_thread():
+            return run_graph(self.graph, feeds, self._impls)
+
+
+@cache
+def _blas_libraries():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process (numpy's is loaded
+    with numpy), or None without threadpoolctl, said once: then BLAS keeps its threads."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        warnings.warn("threadpoolctl is not installed, so numpy's BLAS keeps its own threads "
+                      "while a model runs and they compete with the kernels' threads for the "
+                      "cores; pip install threadpoolctl (or set OPENBLAS_NUM_THREADS=1)",
+                      RuntimeWarning, stacklevel=4)  # the model's caller
+        return None
+    return ThreadpoolController().select(user_api="blas")  # 1.3 ms: once
+
+
+def blas_on_calling_thread():
+    """A context in which numpy's BLAS runs on one thread, and as before after it (10 us).
+    OpenBLAS's count is process-wide: with models called from several Python threads at once,
+    threadpoolctl (3.8) lets the first set it and the others leave it alone until it ends."""
+    libraries = _blas_libraries()
+    return nullcontext() if libraries is None else libraries.limit(limits=1)
