@@ -9,7 +9,7 @@ from conftest import assert_matches_reference, assert_sampled_schedule_matches_r
 from schedule_gen import random_task
 from tuner.annotate import crossover, mutate, sample, to_steps
 from tuner.jit import Kernel
-from tuner.schedule import apply_steps
+from tuner.schedule import Split, apply_steps
 from tuner.sketch import Sketch, generate_sketches
 from tuner.task import Task
 
@@ -81,6 +81,13 @@ def test_stored_schedules_map_back_to_their_genomes(target1, target2):
     from tuner.default import default_schedule
     assert genome_from_steps(dag, default_schedule(dag, target1), target1,
                              generate_sketches(dag)) is None  # not in SSRSRS form
+    # a batch-1 dense layer: the default splits every axis, in the genome's order, into two
+    # levels (a resumed model tuning run crashed lowering it as a genome)
+    dag = Task.create("matmul", (1, 1000, 2048), bias=True).dag()
+    for target in (target1, target2):
+        steps = default_schedule(dag, target)
+        assert [s.axis for s in steps if isinstance(s, Split)] == ["j", "k"]
+        assert genome_from_steps(dag, steps, target, generate_sketches(dag)) is None
 
 
 def test_expert_seed_is_in_the_space_and_correct(target1):

@@ -404,7 +404,10 @@ def genome_from_steps(dag: ComputeDAG, steps: tuple[Step, ...], target: Target,
     records re-enter the evolutionary population as genomes (a resumed run, another strategy's
     records). Schedules written by hand or by other tools give None."""
     tiles = tuple((s.axis, s.factors) for s in steps if isinstance(s, Split))
-    if [a for a, _ in tiles] != split_axes(dag):
+    # every axis split into the levels an annotation makes (the default schedule splits
+    # into two: such a schedule is no genome, and lowering it as one fails)
+    if [a for a, _ in tiles] != split_axes(dag) or \
+            any(len(factors) != _levels(dag, a) for a, factors in tiles):
         return None
     vector = [s.loop for s in steps if isinstance(s, Annotate) and s.annotation == "vectorize"]
     fused = [s for s in steps if isinstance(s, Fuse)]
