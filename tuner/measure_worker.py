@@ -117,6 +117,20 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def blas_on_one_thread() -> None:
+    """Holds numpy's BLAS to this thread for good. The runner computes each task's reference
+    with numpy (a float64 matmul goes through OpenBLAS), and OpenBLAS's workers then
+    busy-wait some 0.1 s before they sleep: while the task's first candidate was timed, so it
+    shared its cores with them. Measured on Zen 5: the default of prime.mnk (127x257x131) at
+    2 threads read 1.1 GFLOPS in the search and runs at 308 alone; bert.ffn1's at 1 thread
+    75-90 against 224-240. A reference on one thread takes longer, once per task."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # then the first candidate of a matmul task may read low
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | None,
                 builder: str, parent: int | None = None) -> None:
     """Serve requests until the parent sends None or goes away (then exit quietly: nobody
@@ -125,6 +139,8 @@ def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | Non
         die_with_parent(parent)
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if role == "run":
+        blas_on_one_thread()
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     handler = resolve(builder) if role == "build" else run
