@@ -294,3 +294,21 @@ def test_import_of_a_poisoned_file_stores_nothing(tmp_path, capsys, poison, mess
     if target_db.exists():
         with RecordStore(f"sqlite:///{target_db}") as store:
             assert store.count() == 0
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, capsys, monkeypatch):
+    """`tune show | head`: the reader goes away; tune stops with 141 (128 + SIGPIPE) and no
+    error message, as a Unix tool does."""
+    from tuner.cli import main
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    RecordStore(f"sqlite:///{tmp_path / 'r.db'}").close()
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["show", "--db", str(tmp_path / "r.db")]) == 141
+    assert capsys.readouterr().err == ""

@@ -31,6 +31,7 @@ from tuner.errors import TunerError
 
 OPS = ("conv2d", "matmul", "batch_matmul")
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool whose reader went away
 
 
 class Terminated(KeyboardInterrupt):
@@ -653,6 +654,18 @@ COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _
             "import": _cmd_import, "build": _cmd_build, "model": _cmd_model}
 
 
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's flush at exit does not fail on
+    the closed pipe once more (and print a second error)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file: nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -665,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS.get(args.command, _cmd_tune)(args)
+    except BrokenPipeError:  # `tune best | head`: the reader has all it wanted
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except (TunerError, OSError) as err:  # OSError: a path the user gave (-o, --db, HOME)
         if debug:
             raise
