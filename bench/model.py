@@ -15,11 +15,11 @@ For each model (bench/models.py's ResNet-50, MobileNetV2 and BERT-base encoder l
    interleaved, the best of each kept;
 4. time each task alone, in one process per library: our kernel (replayed from the records,
    weights bound) and onnxruntime's single Conv / MatMul of the task's shape. Ours includes the
-   fused bias and ReLU, onnxruntime's single operator does not (its whole-model run fuses them
-   its own way), so per layer ours does slightly more work. A layer's time is one call times
-   its occurrences; what the package takes beyond the sum of its kernels is the numpy
-   remainder (the operators numpy runs, the graph walk, and the cache misses a kernel timed
-   alone in a loop does not see).
+   fused bias, residual and ReLU, onnxruntime's single operator does not (its whole-model run
+   fuses them its own way), so per layer ours does slightly more work. A layer's time is one
+   call times its occurrences; what the package takes beyond the sum of its kernels is the
+   numpy remainder (the operators numpy runs, the graph walk, and the cache misses a kernel
+   timed alone in a loop does not see: bench/model_nodes.py measures those per node).
 
 Latency ratios are ours / onnxruntime: below 1 we are faster; a layer above 1 loses.
 report.md and report.json go to `--out`, with the machine, the load average before and after
@@ -196,7 +196,7 @@ def header_lines(target: Target, load: tuple[float, float], budget: str, rounds:
              f"onnxruntime: a session of the same file, all graph optimisations, I/O binding; "
              f"each in its own process, best of {rounds} interleaved rounds",
              "- ratios are latency ours / onnxruntime: below 1 we are faster",
-             "- layers: one call of each task alone (ours with bias and ReLU fused, "
+             "- layers: one call of each task alone (ours with bias, residual and ReLU fused, "
              "onnxruntime's single Conv/MatMul without) x occurrences; numpy rest = package "
              "minus the sum of our kernels"]
     if load[0] > BUSY_LOAD:
