@@ -301,10 +301,9 @@ class _Emitter:
     def _addends(self, fn: Fn, ctx: Ctx, value: ir.Value | None) -> ir.Value:
         """`value` (None: nothing yet) plus the bias and the residual, where the task has
         them."""
-        for op in (self.dag.bias, self.dag.residual):
-            if op is not None:
-                term = self.load(fn, ctx, self.accesses[op.name])
-                value = term if value is None else fn.b.fadd(value, term)
+        for op in self.dag.addends:
+            term = self.load(fn, ctx, self.accesses[op.name])
+            value = term if value is None else fn.b.fadd(value, term)
         return self._zero(ctx) if value is None else value
 
     def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:

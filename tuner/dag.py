@@ -112,8 +112,12 @@ class ComputeDAG:
     @property
     def inputs(self) -> tuple[Operand, ...]:
         """The operands in kernel argument order: lhs, rhs[, bias][, residual]."""
-        return (self.lhs, self.rhs) + tuple(op for op in (self.bias, self.residual)
-                                             if op is not None)
+        return (self.lhs, self.rhs) + self.addends
+
+    @property
+    def addends(self) -> tuple[Operand, ...]:
+        """The operands the epilogue adds to the sum, in order: [bias][, residual]."""
+        return tuple(op for op in (self.bias, self.residual) if op is not None)
 
     @property
     def extents(self) -> dict[str, int]:

@@ -44,7 +44,7 @@ def pseudo_code(nest: LoopNest) -> str:
     for name in nest.layout_rewrite:
         lines.append(f"{name}_packed = pack({name})  # once, when the kernel is built")
     out = _access_text(nest, "out")
-    addends = [_access_text(nest, op.name) for op in (dag.bias, dag.residual) if op is not None]
+    addends = [_access_text(nest, op.name) for op in dag.addends]
     epilogue = " + ".join(["acc"] + addends)
     relu = "relu6" if dag.relu == 6 else "relu"
     if dag.relu:

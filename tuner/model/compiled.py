@@ -58,34 +58,32 @@ class CompiledModel(GraphRunner):
                                         kernels[use.task].choice.gflops)
                              for use in extraction.tasks)
         consts = self.graph.initializers
-        self._bound = {}
+        self._bound, self._runtime = {}, {}
         for node in self.graph.nodes:
             if node.op_type in FUSED_OPS:
                 kernel = kernels[node.attributes["task"]]
-                self._bound[node.name] = kernel.bind(**_constants(node, kernel, consts))
+                operands = kernel.kernel.dag.inputs
+                self._bound[node.name] = kernel.bind(**_constants(node, operands, consts))
+                # the node's inputs the kernel reads at run time: the layer's input and,
+                # fused, the residual
+                self._runtime[node.name] = [i for i, op in enumerate(operands)
+                                            if not op.constant]
         self._impls = {"TunerConv": self._run_conv, "TunerMatMul": self._run_matmul}
 
     def _run_conv(self, node: Node, args: list) -> list[np.ndarray]:
-        return [self._bound[node.name](*_activations(node, args))]
+        return [self._bound[node.name](*(args[i] for i in self._runtime[node.name]))]
 
     def _run_matmul(self, node: Node, args: list) -> list[np.ndarray]:
         x = args[0]  # rank >= 2: the leading dimensions are the matmul's rows
-        rows = [a.reshape(-1, a.shape[-1]) for a in _activations(node, args)]
+        rows = [args[i].reshape(-1, args[i].shape[-1]) for i in self._runtime[node.name]]
         out = self._bound[node.name](*rows)
         return [out.reshape(x.shape[:-1] + (out.shape[-1],))]
 
 
-def _activations(node: Node, args: list) -> list[np.ndarray]:
-    """The fused node's runtime inputs: the layer's input and, fused, the residual (last)."""
-    residual = node.attributes["task"].attr_dict.get("residual", False)
-    return [args[0], args[-1]] if residual else [args[0]]
-
-
-def _constants(node: Node, kernel: BuiltKernel, consts: dict) -> dict[str, np.ndarray]:
+def _constants(node: Node, operands, consts: dict) -> dict[str, np.ndarray]:
     """The fused node's weight (and bias) by the names of the kernel's constant operands:
     weight/bias for conv2d, b/bias for matmul (templates/)."""
-    return {op.name: consts[value] for op, value in zip(kernel.kernel.dag.inputs, node.inputs)
-            if op.constant}
+    return {op.name: consts[value] for op, value in zip(operands, node.inputs) if op.constant}
 
 
 def compile_model(model, db: str | None = None, threads: int | None = None,

@@ -259,8 +259,8 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str],
             factor = scale / np.sqrt(var + node.attributes.get("epsilon", 1e-5))
             _scale(layer, factor, conv)
             layer.bias = (_bias(layer) - mean) * factor + beta
-        elif node.op_type == "Add" and _residual(node, current, graph) is not None:
-            layer.residual = _residual(node, current, graph)
+        elif node.op_type == "Add" and (residual := _residual(node, current, graph)):
+            layer.residual = residual
         elif node.op_type in ("Add", "Sub", "Mul"):
             vector = _channel_vector(node, current, graph, k, conv)
             if vector is None:
