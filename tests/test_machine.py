@@ -369,11 +369,15 @@ def test_a_sliding_window_tile_is_budgeted(cpu):
 
 @pytest.mark.parametrize("cpu", TARGETS)
 @pytest.mark.parametrize("shape", ["matmul_1024", "conv1x1_channels"])
-def test_an_unrolled_reduction_is_budgeted(shape, cpu):
+def test_an_unrolled_reduction_is_budgeted(shape, cpu, monkeypatch):
     """Rows of 2 vectors with the reduction unrolled 4 times: the most rows the budget
     allows keep their accumulators in registers; on 32 registers one row more spills (the
-    next step's loads are live: what the budget counts there), on 16 it is refused anyway."""
+    next step's loads are live: what the budget counts there), on 16 it is refused anyway.
+    The register tile alone: the weights' prefetch (its address arithmetic) changes how
+    LLVM schedules the loop, and with it whether one row over the budget spills."""
     from dataclasses import replace
+    import tuner.codegen
+    monkeypatch.setattr(tuner.codegen, "prefetch_panel", lambda *args: None)
     from tuner.default import tiled_schedule
     from tuner.layout import operand_registers
     target = named_target(cpu, 1)
@@ -581,3 +585,82 @@ def test_window_width_prefers_equal_tiles_of_two_vectors():
     assert window_width(56, 8) == 8      # 7 full ymm
     assert window_width(29, 16) == 29
     assert window_width(5, 16) == 5
+
+
+# ResNet-50's res5 1x1 (2048 -> 512) as the search found it, on a smaller shape: 16 panels of
+# 32 output channels (k.0), each read in 7 passes over the pixels (p.0), 4 input channels per
+# step of c.0
+PANEL_TASK = Task.create("conv2d", (1, 256, 7, 7, 512, 1, 1), bias=1, relu=1)
+PANEL_SCHEDULE = (
+    '[{"axis":"k","factors":[32],"kind":"split"},{"axis":"p","factors":[7],"kind":"split"},'
+    '{"axis":"c","factors":[4],"kind":"split"},'
+    '{"kind":"reorder","order":["k.0","n","p.0","c.0","c.1","p.1","k.1"]},'
+    '{"annotation":"unroll","kind":"annotate","loop":"c.1"},'
+    '{"annotation":"unroll","kind":"annotate","loop":"p.1"},'
+    '{"annotation":"vectorize","kind":"annotate","loop":"k.1"},'
+    '{"at":"p.0","kind":"cache_write"},{"kind":"layout_rewrite","operand":"weight"}]')
+# the classifier: each panel of b read once (a matrix-vector product)
+STREAM_TASK = Task.create("matmul", (1, 1000, 2048), bias=1)
+STREAM_SCHEDULE = (
+    '[{"axis":"j","factors":[15,1,64],"kind":"split"},{"axis":"k","factors":[8],"kind":"split"},'
+    '{"kind":"reorder","order":["j.0","i","j.1","k.0","j.2","k.1","j.3"]},'
+    '{"annotation":"vectorize","kind":"annotate","loop":"j.3"},'
+    '{"annotation":"unroll","kind":"annotate","loop":"k.1"},'
+    '{"annotation":"unroll","kind":"annotate","loop":"j.2"},'
+    '{"at":"j.1","kind":"cache_write"},{"kind":"layout_rewrite","operand":"b"}]')
+
+
+def _nest(task, schedule_json):
+    from tuner.schedule import schedule_from_json
+    return apply_steps(task.dag(), schedule_from_json(schedule_json))
+
+
+def test_prefetch_panel_follows_the_loops_and_the_l2():
+    from dataclasses import replace
+    from tuner.layout import prefetch_panel
+    machine = named_target("x86-64-v4", 1).machine
+    nest = _nest(PANEL_TASK, PANEL_SCHEDULE)
+    weight = PANEL_TASK.dag().operand("weight")
+    plan = prefetch_panel(nest, weight, replace(machine, l2_bytes=1 << 20))
+    # a panel: 256 input channels x 32 output channels
+    assert (plan.part, plan.stride, plan.reuse, plan.steps) == \
+        (("k", 0), 256 * 32, (("p", 0),), (("c", 0),))
+    # two panels (64 KiB) must fit in L2 beside each other
+    assert prefetch_panel(nest, weight, replace(machine, l2_bytes=64 << 10)) is not None
+    assert prefetch_panel(nest, weight, replace(machine, l2_bytes=(64 << 10) - 4)) is None
+    # only a packed operand is prefetched; the data is not
+    assert prefetch_panel(nest, PANEL_TASK.dag().operand("data"), machine) is None
+    # a panel read once is left to the hardware's stream prefetcher
+    stream = _nest(STREAM_TASK, STREAM_SCHEDULE)
+    assert prefetch_panel(stream, STREAM_TASK.dag().operand("b"), machine) is None
+
+
+@pytest.mark.parametrize("cpu", TARGETS)
+def test_each_step_prefetches_its_share_of_the_next_panel(cpu):
+    """7 passes x 64 steps of c.0 share the next panel's 512 lines: 2 prefetcht1 per step,
+    in the FMA loop, without a branch around them; none where each panel is read once."""
+    target = named_target(cpu, 1)
+    nest = _nest(PANEL_TASK, PANEL_SCHEDULE)
+    hot, _ = _reduction_loops(nest, target)
+    lines = 256 * 32 * 4 // target.machine.cache_line_bytes
+    share = -(-lines // (7 * 64))
+    assert [sum("prefetcht1" in line for line in body) for body in hot] == [share] * len(hot)
+    assert not any(_forward_branches(body) for body in hot)
+    stream = _nest(STREAM_TASK, STREAM_SCHEDULE)
+    assert "prefetch" not in str(emit_llvm(stream, target))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefetching_kernels_match_the_reference(threads):
+    """Past the last panel the prefetch names addresses outside the weights (harmless, as a
+    prefetch never faults); a tail panel (500 = 15 x 32 + 20) and a split of the panels
+    between threads change nothing in the result."""
+    task = Task.create("conv2d", (1, 96, 7, 7, 500, 1, 1), bias=1, relu=1, residual=1)
+    steps = PANEL_SCHEDULE.replace('"loop":"k.1"}', '"loop":"k.1"},'
+                                   '{"annotation":"parallel","kind":"annotate","loop":"k.0"}')
+    nest = _nest(task, steps if threads > 1 else PANEL_SCHEDULE)
+    target = host_target(threads)
+    kernel = Kernel(nest, target)
+    assert "llvm.prefetch" in kernel.ir_text
+    inputs = task.dag().random_inputs(np.random.default_rng(7))
+    assert_matches_reference(task.dag(), kernel(*inputs), inputs)

@@ -31,7 +31,8 @@ from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div,
                           intrinsic, lane_offsets, masked_load, masked_store, materialize, relu,
                           runtime_loop, smin, splat, var, vec_type)
 from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
-                          padding, region_start, row_major, strided_load)
+                          padding, prefetch_panel, region_start, row_major, strided_load)
+from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
 
@@ -96,7 +97,7 @@ class Fn:
 
 def emit_llvm(nest: LoopNest, target: Target, name: str = "kernel") -> ir.Module:
     """The module for `target`: its threads, and vectors of its machine's width."""
-    return _Emitter(nest, target.threads, name, target.machine.lanes).module
+    return _Emitter(nest, target.threads, name, target.machine).module
 
 
 def pack_function_name(kernel: str, operand: str) -> str:
@@ -104,9 +105,13 @@ def pack_function_name(kernel: str, operand: str) -> str:
 
 
 class _Emitter:
-    def __init__(self, nest: LoopNest, threads: int, name: str, lanes: int):
+    def __init__(self, nest: LoopNest, threads: int, name: str, machine: Machine):
         self.nest, self.dag, self.threads, self.name = nest, nest.dag, threads, name
-        self.lanes = lanes
+        self.lanes, self.line_bytes = machine.lanes, machine.cache_line_bytes
+        self.prefetch = {op.name: plan for op in nest.dag.inputs
+                         if (plan := prefetch_panel(nest, op, machine)) is not None}
+        self.part_extents = {(p.axis, p.level): p.extent for loop in nest.loops
+                             for p in loop.parts}  # in loop order
         self.module = ir.Module(name=name)
         self.extents = self.dag.extents
         self.accesses = {op.name: self._access(op) for op in self.dag.inputs}
@@ -289,6 +294,43 @@ class _Emitter:
     def _zero(self, ctx: Ctx) -> ir.Value:
         return ir.Constant(vec_type(ctx.vec[2]) if ctx.vec else F32, None)
 
+    def _prefetch_next_panels(self, fn: Fn, ctx: Ctx, loop: Loop) -> None:
+        """In each step through a packed operand's panel (an iteration of the innermost loop
+        that steps through it): prefetch into L2 the step's share of the next panel's lines.
+        The P passes over the panel times its R steps number the executions e = j R + r,
+        and execution e takes lines [e k, e k + k), k = ceil(lines / (P R)), so the next
+        panel arrives evenly over the current one's passes. Branch-free: a conditional
+        block in the loop made LLVM spill accumulators of full register tiles
+        (layout.prefetch_panel says when and why)."""
+        entered = {(p.axis, p.level) for p in loop.parts}
+        for name, plan in self.prefetch.items():
+            if plan.steps[-1] not in entered:
+                continue
+            keys = list(self.part_extents)
+            passes, pass_, steps, step = 1, Lin(), 1, Lin()
+            for key in reversed(keys[keys.index(plan.part) + 1:keys.index(plan.steps[-1]) + 1]):
+                value, extent = ctx.vars[key][0], self.part_extents[key]
+                if key in plan.reuse:
+                    pass_, passes = pass_ + value.scale(passes), passes * extent
+                elif key in plan.steps:
+                    step, steps = step + value.scale(steps), steps * extent
+            lines = -(-4 * plan.stride // self.line_bytes)
+            share = -(-lines // (passes * steps))
+            execution = pass_.scale(steps) + step
+            b = fn.b
+            first = materialize(b, execution.scale(share))
+            # integer arithmetic: the last panel's next is outside the buffer, which a
+            # prefetch may name (it never faults) but an inbounds GEP may not
+            panel = materialize(b, (ctx.vars[plan.part][0] + 1).scale(4 * plan.stride))
+            base = b.add(b.ptrtoint(fn.ptrs[name], I64), panel)
+            prefetch = intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+            for i in range(share):
+                line = smin(b, b.add(first, ir.Constant(I64, i)), lines - 1)
+                address = b.add(base, b.mul(line, ir.Constant(I64, self.line_bytes)))
+                # read, locality 2 (L2: prefetcht1), data cache
+                b.call(prefetch, [b.inttoptr(address, PTR), ir.Constant(I32, 0),
+                                  ir.Constant(I32, 2), ir.Constant(I32, 1)])
+
     def leaf_compute(self, fn: Fn, ctx: Ctx) -> None:
         target = ctx.acc or self.accesses["out"]
         x = self.load(fn, ctx, self.accesses[self.dag.lhs.name])
@@ -321,8 +363,9 @@ class _Emitter:
 
     # ------------------------------------------------------------------ loops
     def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf,
-                   local_pads: tuple[LocalPad, ...] = ()) -> None:
-        """`loops` around `leaf`, with the copies of `local_pads` made where they belong."""
+                   local_pads: tuple[LocalPad, ...] = (), compute: bool = False) -> None:
+        """`loops` around `leaf`, with the copies of `local_pads` made where they belong and,
+        in the loops of the computation (`compute`), the prefetches of packed operands."""
         spec = region_start(loops)
         at_depth = {plan.depth: [p for p in local_pads if p.depth == plan.depth]
                     for plan in local_pads}
@@ -337,7 +380,11 @@ class _Emitter:
             elif pos == spec and not specialized:
                 self.specialize(fn, loops[pos:], ctx, lambda f, c: go(f, pos, c, True, True))
             else:
-                self.emit_loop(fn, loops[pos], ctx, lambda f, c: go(f, pos + 1, c))
+                def body(f: Fn, c: Ctx, loop=loops[pos]) -> None:
+                    if compute:
+                        self._prefetch_next_panels(f, c, loop)
+                    go(f, pos + 1, c)
+                self.emit_loop(fn, loops[pos], ctx, body)
 
         go(fn, 0, ctx)
 
@@ -519,12 +566,14 @@ class _Emitter:
         local = local_pad_plans(nest)
         if nest.cache_write_at is None:
             self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_init_out)
-            self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute, local)
+            self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute, local,
+                            compute=True)
             if self.dag.relu:
                 self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_relu_out)
         else:
             at = nest.cache_write_at
-            self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile, local)
+            self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile, local,
+                            compute=True)
         for ptr in frees:
             if ptr is not None:
                 fn.b.call(self._extern("free", VOID, [PTR]), [ptr])
@@ -542,7 +591,7 @@ class _Emitter:
             acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts), local=True)
             c = replace(ctx, acc=acc)
             self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
-            self.emit_loops(fn, tile, c, self.leaf_compute)
+            self.emit_loops(fn, tile, c, self.leaf_compute, compute=True)
             self.emit_loops(fn, spatial_tile, c, self.leaf_writeback)
 
         self.specialize(fn, tile, ctx, body)
