@@ -107,15 +107,38 @@ def _pool_setup(x, a):
 def max_pool(x, a, opset):
     data = x[0]
     kernel, strides, dilations, begin, end, ceil = _pool_setup(data, a)
-    win, _ = _windows(data, kernel, strides, dilations, begin, end, ceil, -np.inf)
-    # One elementwise maximum per kernel offset over strided views: a reduction over the
-    # window axes runs numpy's inner loop 9 elements at a time (ResNet-50's 3x3 stride-2 pool
-    # on 64x112x112: 20 ms that way, well under 1 ms this way).
-    offsets = np.ndindex(*kernel)
-    out = win[(...,) + next(offsets)].copy()
-    for offset in offsets:
-        np.maximum(out, win[(...,) + offset], out=out)
+    outs = [_out_size(n, k, s, d, b, e, ceil)
+            for n, k, s, d, b, e in zip(data.shape[2:], kernel, strides, dilations, begin, end)]
+    # A box's maximum is separable: one axis at a time, the outer first (its slices keep
+    # rows contiguous), each tap an elementwise maximum of strided slices over the outputs
+    # whose tap is inside the input, so the -inf pads are never copied in. ResNet-50's 3x3
+    # stride-2 pool on 64x112x112 (Zen 5, 1 thread, best of 5): 0.89 ms as 9 maxima over the
+    # windows of a padded copy, 0.49 so.
+    out = data
+    for axis, (k, s, d, b, o) in enumerate(zip(kernel, strides, dilations, begin, outs), 2):
+        out = _max_along(out, axis, k, s, d, b, o)
     return [out]
+
+
+def _max_along(x, axis, k, s, d, b, o):
+    """out[.., j, ..] = max over taps t of x[.., j*s - b + t*d, ..] along `axis`, taps
+    outside the input left out (the lowest value where none is inside)."""
+    n = x.shape[axis]
+    shape = list(x.shape)
+    shape[axis] = o
+    lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    out = np.full(shape, lowest, x.dtype)
+    before = (slice(None),) * axis
+    for t in range(k):
+        start = t * d - b          # the input index of output 0's tap
+        lo = max(0, -(start // s))  # the first output whose tap is >= 0 (ceil(-start / s))
+        hi = min(o, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
+        if hi <= lo:
+            continue
+        target = out[before + (slice(lo, hi),)]
+        np.maximum(target, x[before + (slice(lo * s + start, (hi - 1) * s + start + 1, s),)],
+                   out=target)
+    return out
 
 
 def average_pool(x, a, opset):
@@ -141,8 +164,12 @@ def average_pool(x, a, opset):
 
 def global_average_pool(x, a, opset):
     data = x[0]
-    return [data.mean(axis=tuple(range(2, data.ndim)), keepdims=True, dtype=np.float64)
-            .astype(data.dtype)]
+    n, c = data.shape[:2]
+    pixels = math.prod(data.shape[2:])
+    # in float64 as before, as a product with a vector of ones: numpy's mean over the last
+    # axes took 60 us for ResNet-50's 2048x7x7 (Zen 5), the product 25
+    total = data.reshape(n, c, pixels).astype(np.float64) @ np.ones(pixels)
+    return [(total / pixels).reshape((n, c) + (1,) * (data.ndim - 2)).astype(data.dtype)]
 
 
 def global_max_pool(x, a, opset):
