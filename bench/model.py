@@ -51,7 +51,7 @@ from costmodel.features import extract_features  # noqa: E402
 from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.measure import Measurer  # noqa: E402
+from tuner.measure import MeasureOptions, Measurer  # noqa: E402
 from tuner.model.graph import load_model  # noqa: E402
 from tuner.model.package import write_package  # noqa: E402
 from tuner.model.runtime import check_supported  # noqa: E402
@@ -140,7 +140,7 @@ def tune_and_package(name: str, path: Path, extraction: Extraction, threads: int
         if budget > before:
             bar = tqdm(total=budget - before, desc=f"tuning {name} x{threads}", unit="trial",
                        file=sys.stderr, dynamic_ncols=True)
-            with bar, Measurer(target) as measurer:
+            with bar, Measurer(target, MeasureOptions(cold_weights=True)) as measurer:
                 result = tune_model(
                     extraction.tasks, target, store, TuneConfig(trials=budget - before),
                     lambda task, config, progress: tune(task, target, store, measurer, config,
@@ -191,7 +191,8 @@ def header_lines(target: Target, load: tuple[float, float], budget: str, rounds:
              f"- load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end",
              f"- command: `{command}`",
              f"- tuning: task scheduler, evolutionary search, {budget} per model and thread "
-             f"count (records in `records.<model>.db`, resumed by a rerun)",
+             f"count, candidates timed with their weights cold as `tune model` does (records "
+             f"in `records.<model>.db`, resumed by a rerun)",
              f"- ours: the package `tune build --model` writes, run by `tuner.load_package`; "
              f"onnxruntime: a session of the same file, all graph optimisations, I/O binding; "
              f"each in its own process, best of {rounds} interleaved rounds",

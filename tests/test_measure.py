@@ -51,6 +51,57 @@ def test_real_kernels_are_checked_and_timed(threads):
         assert all(c > 0 and math.isfinite(c) for c in r.costs_s), r.costs_s
 
 
+def test_cold_weights_are_timed_and_still_checked():
+    """With `cold_weights` the runner times the candidate on rotating copies of its packed
+    weights; a wrong kernel is still caught (the check runs before the timing)."""
+    from tuner.default import default_schedule
+    target = host_target(1)
+    task = Task.create("conv2d", (1, 16, 9, 9, 32, 3, 3), pad=1, bias=1, relu=1)
+    with Measurer(target, MeasureOptions(cold_weights=True, **FAST)) as measurer:
+        [good] = measurer.measure([MeasureInput(task, default_schedule(task.dag(), target))])
+    options = MeasureOptions(builder="fault_builders:by_schedule", cold_weights=True, **FAST)
+    with Measurer(target, options) as measurer:
+        [wrong] = measurer.measure([MeasureInput(TASK, (Split("i", (3,)),))])
+    assert good.error == ErrorKind.NONE and len(good.costs_s) == 3
+    assert wrong.error == ErrorKind.WRONG_RESULT
+
+
+class _RecordingKernel:
+    def __init__(self):
+        self.calls = []
+
+    def run(self, out, *args):
+        self.run_at(out.ctypes.data, *(a.ctypes.data for a in args))
+
+    def run_at(self, *addresses):
+        self.calls.append(addresses)
+
+
+@pytest.mark.parametrize("weight_floats, total_bytes, copies", [
+    (1000, 40_000, 10),       # enough copies to fill total_bytes
+    (1000, 100, 2),           # never fewer than 2
+    (1, 10 << 20, 4096),      # never more than MAX_WEIGHT_COPIES
+])
+def test_rotating_weights_reads_another_copy_each_call(weight_floats, total_bytes, copies):
+    import numpy as np
+    from tuner.measure_worker import MAX_WEIGHT_COPIES, rotating_weights
+    assert MAX_WEIGHT_COPIES == 4096
+    data, weight, out = np.ones(8, np.float32), np.ones(weight_floats, np.float32), \
+        np.zeros(8, np.float32)
+    kernel = _RecordingKernel()
+    call = rotating_weights(kernel, out, (data, weight), [False, True], total_bytes)
+    for _ in range(2 * copies):
+        call()
+    outs, datas, weights = zip(*kernel.calls)
+    assert set(outs) == {out.ctypes.data} and set(datas) == {data.ctypes.data}
+    assert len(set(weights)) == copies and weight.ctypes.data not in weights
+    assert weights[:copies] == weights[copies:]  # a cycle: each copy once per round
+    # no constant operand: the plain call
+    plain = _RecordingKernel()
+    rotating_weights(plain, out, (data,), [False], total_bytes)()
+    assert plain.calls == [(out.ctypes.data, data.ctypes.data)]
+
+
 def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

@@ -126,3 +126,14 @@ def test_bad_models_and_options_are_one_line_errors(case, extra, message, tmp_pa
     if db.exists():
         with RecordStore(f"sqlite:///{db}") as store:
             assert store.count() == 0
+
+
+@pytest.mark.parametrize("argv, cold", [
+    (["model", "m.onnx"], True),                      # a model's layers: as in the graph
+    (["model", "m.onnx", "--weights", "warm"], False),
+    (["matmul", "--shape", "8,8,8"], False),          # one layer: as a loop leaves them
+    (["matmul", "--shape", "8,8,8", "--weights", "cold"], True),
+])
+def test_weights_are_timed_cold_for_models_and_warm_for_layers(argv, cold):
+    from tuner.cli import _measure_options, build_parser
+    assert _measure_options(build_parser().parse_args(argv)).cold_weights is cold

@@ -106,7 +106,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
                    "$TUNER_DB, else ~/.local/share/tuner/records.db)")
 
 
-def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str) -> None:
+def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str,
+                        weights: str = "warm") -> None:
     """The options of every command that tunes (one layer, or a whole model)."""
     from tuner.tune import STRATEGIES
 
@@ -119,6 +120,10 @@ def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str) -> None:
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--no-seed", action="store_true",
                    help="do not measure the expert register tile first: search alone")
+    p.add_argument("--weights", choices=("cold", "warm"), default=weights,
+                   help=f"time candidates with their weights read from memory on each call, "
+                   f"as in a model whose other layers evict them (cold), or as a loop leaves "
+                   f"them in cache (warm); default {weights}")
     _add_cpu(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_db(p)
@@ -219,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=D1,D2,...", help="the shape of an input with symbolic "
                    "dimensions (a batch N); repeatable")
     _add_tuning_options(p, "candidates to measure in this run, for all tasks together "
-                        "(default 200)")
+                        "(default 200)", weights="cold")
     return parser
 
 
@@ -278,6 +283,11 @@ def _tune_config(args):
                       seed=args.seed, search=SearchConfig(use_seed=not args.no_seed))
 
 
+def _measure_options(args):
+    from tuner.measure import MeasureOptions
+    return MeasureOptions(cold_weights=args.weights == "cold")
+
+
 def _task_tuner(target, store, measurer):
     """`tune_task(task, config, on_progress) -> TuneResult`: the tune loop wired to the
     store, the measurer and the XGBoost cost model (a fresh one per call: the search fits it
@@ -319,7 +329,7 @@ def _cmd_tune(args) -> int:
             bar.set_postfix_str(f"best {p.best_gflops:.1f} GFLOPS, {p.errors} failed")
 
     try:
-        with store, Measurer(target) as measurer:
+        with store, Measurer(target, _measure_options(args)) as measurer:
             result = _task_tuner(target, store, measurer)(task, config, progress)
     finally:
         if bar is not None:
@@ -629,7 +639,7 @@ def _cmd_model(args) -> int:
             bar.set_postfix_str(f"model ~{latency}")
 
     try:
-        with store, Measurer(target) as measurer:
+        with store, Measurer(target, _measure_options(args)) as measurer:
             result = tune_model(extraction.tasks, target, store, _tune_config(args),
                                 _task_tuner(target, store, measurer), progress)
     finally:

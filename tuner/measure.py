@@ -54,6 +54,11 @@ class MeasureOptions:
     warmup: int = 1
     max_total_s: float = 0.5         # timing budget per candidate: slow ones get fewer samples
     check: bool = True               # compare the first run with the numpy reference
+    # Time every call with the constant operands (weights) read from memory, as in a model,
+    # where the rest of the network evicts a layer's weights before it runs again (each call
+    # reads another copy of them: measure_worker.rotating_weights); the input and output
+    # stay as warm as a loop leaves them, as the previous layer leaves its output.
+    cold_weights: bool = False
     seed: int = 0                    # inputs are random arrays drawn with this seed
     recycle_after: int = 200         # builds per builder process before it is replaced
     memory_fraction: float = 0.75    # address-space limit per worker, of physical memory
@@ -236,7 +241,7 @@ class Measurer:
                 request = {**requests[i], "object": objects.pop(i), "check": opts.check,
                            "seed": opts.seed, "min_sample_s": opts.min_sample_s,
                            "samples": opts.samples, "warmup": opts.warmup,
-                           "max_total_s": opts.max_total_s}
+                           "max_total_s": opts.max_total_s, "cold_weights": opts.cold_weights}
                 self._submit(self._runner, i, request, opts.run_timeout_s)
             busy = [w for w in self._builders + [self._runner] if w.job is not None]
             if not busy:

@@ -10,6 +10,7 @@ died or hung. Requests and answers are plain data (JSON texts, numbers, object-f
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import resource
 import time
@@ -21,6 +22,9 @@ from tuner.errors import CodegenError, ScheduleError, ShapeError
 from tuner.result import ErrorKind
 
 _INPUTS: dict[str, tuple] = {}  # runner: per task, random inputs and the reference output
+# Copies of the weights a cold-weight timing rotates through: together twice the L3, so that
+# each call's copy was evicted since its last use; at most this many (tiny weights).
+MAX_WEIGHT_COPIES = 4096
 
 
 def _error(kind: ErrorKind, detail: str) -> dict:
@@ -68,8 +72,9 @@ def run(request: dict) -> dict:
     task = Task.from_json(request["task"])
     dag = task.dag()
     nest = apply_steps(dag, schedule_from_json(request["schedule"]))
+    target = Target.from_json(request["target"])
     try:
-        kernel = Kernel(nest, Target.from_json(request["target"]), obj=request["object"])
+        kernel = Kernel(nest, target, obj=request["object"])
     except (CodegenError, RuntimeError) as err:
         return _error(ErrorKind.COMPILE_ERROR, f"loading the object failed: {err}")
     try:
@@ -86,14 +91,34 @@ def run(request: dict) -> dict:
                 return _error(ErrorKind.WRONG_RESULT,
                               f"{len(bad)} of {out.size} outputs differ from the reference; "
                               f"first at {where}: {out[where]!r} vs {expected[where]!r}")
-        timing = time_callable(lambda: kernel.run(out, *args),
-                               min_sample_s=request["min_sample_s"], samples=request["samples"],
-                               warmup=request["warmup"], max_total_s=request["max_total_s"])
+        call = (rotating_weights(kernel, out, args, [op.constant for op in dag.inputs],
+                                 2 * target.machine.l3_bytes)
+                if request.get("cold_weights") else lambda: kernel.run(out, *args))
+        timing = time_callable(call, min_sample_s=request["min_sample_s"],
+                               samples=request["samples"], warmup=request["warmup"],
+                               max_total_s=request["max_total_s"])
     except MemoryError:
         return _error(ErrorKind.OUT_OF_MEMORY, f"out of memory for {task.key}")
     finally:
         kernel.close()
     return {"ok": True, "costs_s": list(timing.costs_s), "number": timing.number}
+
+
+def rotating_weights(kernel, out, args: tuple, constant: list[bool], total_bytes: int):
+    """A call of the kernel that reads another copy of its constant operands each time,
+    cycling through enough copies to fill `total_bytes` (at least 2, at most
+    MAX_WEIGHT_COPIES); the other arguments are the same arrays each time."""
+    weight_bytes = sum(a.nbytes for a, c in zip(args, constant) if c)
+    if not weight_bytes:
+        return lambda: kernel.run(out, *args)
+    count = min(MAX_WEIGHT_COPIES, max(2, -(-total_bytes // weight_bytes)))
+    copies = [[a.copy() if c else a for a, c in zip(args, constant)] for _ in range(count)]
+    addresses = itertools.cycle([(out.ctypes.data, *(a.ctypes.data for a in copy))
+                                 for copy in copies])
+
+    def call(copies=copies) -> None:  # the copies live as long as the call: it has only
+        kernel.run_at(*next(addresses))  # their addresses
+    return call
 
 
 def resolve(path: str):
