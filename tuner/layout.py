@@ -119,11 +119,10 @@ def prefetch_panel(nest: LoopNest, operand: Operand, machine: Machine) -> Prefet
     In a model each layer's weights come from memory (ResNet-50's are ~100 MB, past any L3),
     and the hardware prefetchers, which follow sequential streams, do not run ahead of a
     schedule that reads a panel several times (once per pass over the output tiles) before it
-    moves on. Measured on Zen 5 with the weights cold (a different copy on each call):
-    ResNet-50's 1x1 512->2048 took 0.70-0.72 ms, 0.47-0.55 with the prefetch (0.47-0.49
-    warm), 2048->512 0.66 and 0.49-0.52; the session-6 ResNet-50 package, rebuilt from the
-    same records, 41.1-41.6 -> 39.7-40.2 ms at 1 thread. Conditions, each from a measurement
-    there:
+    moves on. Measured on Zen 5, 1 thread, with the weights cold (another copy on each call),
+    without / with the prefetch: ResNet-50's 1x1 512->2048 0.70 / 0.55 ms (warm 0.48 /
+    0.49), 2048->512 0.66 / 0.52 (warm 0.44 / 0.50); a ResNet-50 package rebuilt from the same
+    records 41.1-41.6 / 39.7-40.2 ms. Conditions, each from a measurement there:
     - the panel is re-read: some loop inside it does not index the operand. A panel read
       once (a matrix-vector product) streams, and the hardware does that best: prefetching
       made the classifier (1x1000x2048) slower, warm and cold;
