@@ -116,8 +116,9 @@ def rotating_weights(kernel, out, args: tuple, constant: list[bool], total_bytes
     addresses = itertools.cycle([(out.ctypes.data, *(a.ctypes.data for a in copy))
                                  for copy in copies])
 
-    def call(copies=copies) -> None:  # the copies live as long as the call: it has only
-        kernel.run_at(*next(addresses))  # their addresses
+    def call(copies=copies) -> None:
+        # `copies` is bound to keep the arrays alive: `addresses` holds integers only
+        kernel.run_at(*next(addresses))
     return call
 
 
