@@ -109,7 +109,7 @@ class _Emitter:
         self.nest, self.dag, self.threads, self.name = nest, nest.dag, threads, name
         self.lanes, self.line_bytes = machine.lanes, machine.cache_line_bytes
         self.prefetch = {op.name: plan for op in nest.dag.inputs
-                         if (plan := prefetch_panel(nest, op, machine)) is not None}
+                         if (plan := prefetch_panel(nest, op)) is not None}
         self.part_extents = {(p.axis, p.level): p.extent for loop in nest.loops
                              for p in loop.parts}  # in loop order
         self.module = ir.Module(name=name)

@@ -113,7 +113,7 @@ class PrefetchPanel:
     steps: tuple[PartKey, ...]   # loops inside it that do, the innermost last
 
 
-def prefetch_panel(nest: LoopNest, operand: Operand, machine: Machine) -> PrefetchPanel | None:
+def prefetch_panel(nest: LoopNest, operand: Operand) -> PrefetchPanel | None:
     """Where the kernel prefetches the next panel of a packed (constant) operand, or None.
 
     In a model each layer's weights come from memory (ResNet-50's are ~100 MB, past any L3),
@@ -121,13 +121,16 @@ def prefetch_panel(nest: LoopNest, operand: Operand, machine: Machine) -> Prefet
     schedule that reads a panel several times (once per pass over the output tiles) before it
     moves on. Measured on Zen 5, 1 thread, with the weights cold (another copy on each call),
     without / with the prefetch: ResNet-50's 1x1 512->2048 0.70 / 0.55 ms (warm 0.48 /
-    0.49), 2048->512 0.66 / 0.52 (warm 0.44 / 0.50); a ResNet-50 package rebuilt from the same
-    records 41.1-41.6 / 39.7-40.2 ms. Conditions, each from a measurement there:
+    0.49), 2048->512 0.66 / 0.52 (warm 0.44 / 0.50), res5's 3x3 (590 KB panels) 1.34 /
+    1.04 (warm 0.98 / 0.97-0.99); a ResNet-50 package rebuilt from the same records
+    41.1-41.6 / 39.7-40.2 ms. Conditions, each from a measurement there:
     - the panel is re-read: some loop inside it does not index the operand. A panel read
       once (a matrix-vector product) streams, and the hardware does that best: prefetching
       made the classifier (1x1000x2048) slower, warm and cold;
-    - the current panel and the next fit in L2 together: with 590 KB panels (res5's 3x3,
-      512 channels) the prefetches evicted the panel in use, 0.98 -> 1.07 ms warm;
+    - no condition on the panel's size: res5's 3x3 with 1152 KB panels, more than the L2,
+      still gained (cold 1.18 / 1.03 ms, warm 0.93-0.99 / 0.96). Requiring room for two
+      panels in L2 left the 3x3s of res5 out, and the package took 37.8-38.6 ms at 1 thread
+      against 37.0-37.5 without that condition, 20.1-20.5 at 2 threads against 19.4-20.2;
     - a loop inside the panel steps through it, so that each step prefetches its share.
     """
     if operand.name not in nest.layout_rewrite:
@@ -138,8 +141,6 @@ def prefetch_panel(nest: LoopNest, operand: Operand, machine: Machine) -> Prefet
         return None
     panel = (wide[0].axis, wide[0].level)
     strides = row_major(parts)
-    if 2 * strides[panel] * 4 > machine.l2_bytes:
-        return None
     order = [(p, loop.kind) for loop in nest.loops for p in loop.parts]
     inside = [p for p, kind in order[[(p.axis, p.level) for p, _ in order].index(panel) + 1:]
               if p.extent > 1 and kind not in ("unroll", "vectorize")]
