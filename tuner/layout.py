@@ -121,9 +121,9 @@ def prefetch_panel(nest: LoopNest, operand: Operand) -> PrefetchPanel | None:
     schedule that reads a panel several times (once per pass over the output tiles) before it
     moves on. Measured on Zen 5, 1 thread, with the weights cold (another copy on each call),
     without / with the prefetch: ResNet-50's 1x1 512->2048 0.70 / 0.55 ms (warm 0.48 /
-    0.49), 2048->512 0.66 / 0.52 (warm 0.44 / 0.50), res5's 3x3 (590 KB panels) 1.34 /
-    1.04 (warm 0.98 / 0.97-0.99); a ResNet-50 package rebuilt from the same records
-    41.1-41.6 / 39.7-40.2 ms. Conditions, each from a measurement there:
+    0.49), 2048->512 0.66 / 0.52 (warm 0.44 / 0.50), res5's 3x3 (590 KB panels) 1.12 /
+    1.04 (warm 0.91-0.92 / 0.97-0.99, in separate runs); a ResNet-50 package rebuilt from
+    the same records 41.1-41.6 / 39.7-40.2 ms. Conditions, each from a measurement there:
     - the panel is re-read: some loop inside it does not index the operand. A panel read
       once (a matrix-vector product) streams, and the hardware does that best: prefetching
       made the classifier (1x1000x2048) slower, warm and cold;
