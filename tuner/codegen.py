@@ -111,7 +111,7 @@ class _Emitter:
         self.prefetch = {op.name: plan for op in nest.dag.inputs
                          if (plan := prefetch_panel(nest, op)) is not None}
         self.part_extents = {(p.axis, p.level): p.extent for loop in nest.loops
-                             for p in loop.parts}  # in loop order
+                             for p in loop.parts}
         self.module = ir.Module(name=name)
         self.extents = self.dag.extents
         self.accesses = {op.name: self._access(op) for op in self.dag.inputs}
@@ -306,14 +306,8 @@ class _Emitter:
         for name, plan in self.prefetch.items():
             if plan.steps[-1] not in entered:
                 continue
-            keys = list(self.part_extents)
-            passes, pass_, steps, step = 1, Lin(), 1, Lin()
-            for key in reversed(keys[keys.index(plan.part) + 1:keys.index(plan.steps[-1]) + 1]):
-                value, extent = ctx.vars[key][0], self.part_extents[key]
-                if key in plan.reuse:
-                    pass_, passes = pass_ + value.scale(passes), passes * extent
-                elif key in plan.steps:
-                    step, steps = step + value.scale(steps), steps * extent
+            pass_, passes = self._mixed_radix(ctx, plan.reuse)
+            step, steps = self._mixed_radix(ctx, plan.steps)
             lines = -(-4 * plan.stride // self.line_bytes)
             share = -(-lines // (passes * steps))
             execution = pass_.scale(steps) + step
@@ -330,6 +324,14 @@ class _Emitter:
                 # read, locality 2 (L2: prefetcht1), data cache
                 b.call(prefetch, [b.inttoptr(address, PTR), ir.Constant(I32, 0),
                                   ir.Constant(I32, 2), ir.Constant(I32, 1)])
+
+    def _mixed_radix(self, ctx: Ctx, keys: tuple[PartKey, ...]) -> tuple[Lin, int]:
+        """The loops `keys` (outer first) as one number: their values in mixed radix, and how
+        many values it takes."""
+        value, count = Lin(), 1
+        for key in reversed(keys):
+            value, count = value + ctx.vars[key][0].scale(count), count * self.part_extents[key]
+        return value, count
 
     def leaf_compute(self, fn: Fn, ctx: Ctx) -> None:
         target = ctx.acc or self.accesses["out"]
