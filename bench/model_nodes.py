@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner import load_package  # noqa: E402
+from tuner.model.deploy import load_package  # noqa: E402
 
 
 COLD_BYTES = 96 << 20  # more than any L3 this project has met (32 MiB on Zen 5)
@@ -68,7 +68,7 @@ def cold_times(package, node_name: str, args: list, calls: int) -> dict[str, flo
 def node_times(directory: Path, calls: int):
     """(node name, median s in the graph, median s alone) per fused node, in graph order,
     the package, and the last arguments of each node."""
-    package = load_package(directory)
+    package = load_package(directory, segments=False)  # each kernel node timed alone
     (name, shape), = package.inputs.items()
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     in_graph: dict[str, list[float]] = defaultdict(list)

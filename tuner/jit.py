@@ -95,6 +95,11 @@ def compile_object(nest: LoopNest, target: Target, name: str = "kernel",
         if count > max_instructions:
             raise ScheduleError(f"the kernel is {count} IR instructions; at most "
                                 f"{max_instructions} (unroll fewer loops, or gather less)")
+    return compile_ir_object(ir_text, target)
+
+
+def compile_ir_object(ir_text: str, target: Target) -> bytes:
+    """Position-independent machine code for the target from LLVM IR text."""
     tm = target_machine(target, reloc="pic")
     return tm.emit_object(optimize(ir_text, target, tm))
 

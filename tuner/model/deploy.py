@@ -7,10 +7,13 @@ database or onnx (graph.json is our own format). `load_package(dir)` reads graph
 the shared library with ctypes, binds each fused node to its kernel symbol with its constant
 operands packed once (by the library's own pack functions: package.py says why at load time),
 and runs the graph with `run_graph`, the kernels serving the fused nodes and numpy the rest.
+Each run of consecutive kernel nodes is one call into the library, its segment function
+(segments.py says why and how).
 
-Each call allocates the fused nodes' outputs afresh: a buffer reused across calls would be
-shared with what the previous call returned whenever a graph output is a kernel's output or a
-view of it (Reshape, Flatten), and np.empty costs far less than any kernel.
+Each call allocates afresh every kernel output that a numpy node or the caller may see: a
+buffer reused across calls would be shared with what the previous call returned whenever a
+graph output is a kernel's output or a view of it (Reshape, Flatten), and np.empty costs far
+less than any kernel. Only the values made and read inside one segment live in a reused arena.
 
 Anything wrong with the directory (missing file, malformed or foreign-version graph.json,
 unreadable weights, a library without the named symbol, a library for CPU features this machine
@@ -31,6 +34,7 @@ import numpy as np
 from tuner.errors import TunerError
 from tuner.model.graph import Graph, Node
 from tuner.model.runtime import GraphRunner, check_supported
+from tuner.model.segments import Segment, kernel_runs
 
 FORMAT = "tuner-package"
 FORMAT_VERSION = 1  # bump when graph.json's meaning changes; old packages are then refused
@@ -126,8 +130,10 @@ class Package(GraphRunner):
         return self._kernels[node.outputs[0]](node, args)
 
 
-def load_package(directory) -> Package:
-    """The package `tuner.model.package.write_package` (`tune build --model`) wrote."""
+def load_package(directory, segments: bool = True) -> Package:
+    """The package `tuner.model.package.write_package` (`tune build --model`) wrote. With
+    `segments` False, each kernel node is called from Python rather than each run of them by
+    its segment function (tuner/model/segments.py): for probes that time nodes one by one."""
     root = Path(directory)
     if not root.is_dir():
         raise TunerError(f"no model package at '{root}' (a directory `tune build --model` "
@@ -165,6 +171,10 @@ def load_package(directory) -> Package:
                 # Its constants are bound (packed) in the kernel: the node reads the rest.
                 node = Node(node.op_type, node.name, runtime, node.outputs, {}, node.domain)
             nodes.append(node)
+        if segments:
+            nodes, runners = _segmented(nodes, document.get("segments", []), kernels,
+                                        set(document["outputs"]), library, graph_file)
+            fused_types.update(runners)
         still_read = {i for n in nodes for i in n.inputs} | set(document["outputs"])
         graph = Graph({i["name"]: tuple(int(d) for d in i["shape"]) for i in document["inputs"]},
                       tuple(document["outputs"]), tuple(nodes),
@@ -173,8 +183,45 @@ def load_package(directory) -> Package:
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
         raise TunerError(f"'{graph_file}' is malformed: {_detail(err)}") from None
     package = Package(root, graph, kernels, fused_types, library, document)
+    if segments:
+        package._impls.update(runners)
     check_supported(graph, package._impls)
     return package
+
+
+SEGMENT_OP = "TunerSegment"
+
+
+def _segmented(nodes: list[Node], specs: list, kernels: dict, graph_outputs: set[str],
+               library, graph_file: Path) -> tuple[list[Node], dict]:
+    """The nodes with each segment's run of kernel nodes replaced by one node that its
+    segment function runs, and the implementations of those nodes by op type (one per
+    segment: `TunerSegment<k>`)."""
+    replaced, runners = {}, {}
+    # A segment function calls the kernels it was built for on the slots it is given: a
+    # segment that does not name exactly those nodes would pass them the wrong pointers.
+    runs = kernel_runs(nodes, lambda node: node.outputs[0] in kernels)
+    if specs and len(specs) != len(runs):
+        raise TunerError(f"'{graph_file}' is malformed: {len(specs)} segments for "
+                         f"{len(runs)} runs of kernel nodes")
+    for number, (spec, run_range) in enumerate(zip(specs, runs)):
+        indices = [int(i) for i in spec["nodes"]]
+        if indices != list(run_range):
+            raise TunerError(f"'{graph_file}' is malformed: segment {number} is not a run of "
+                             f"kernel nodes: {indices}")
+        run = [nodes[i] for i in indices]
+        after = graph_outputs | {name for node in nodes[indices[-1] + 1:]
+                                 for name in node.inputs}
+        function = _function(library, str(spec["function"]),
+                             [ctypes.POINTER(ctypes.c_void_p)])
+        segment = Segment(function, run, [kernels[n.outputs[0]] for n in run], after)
+        op_type = f"{SEGMENT_OP}{number}"
+        runners[op_type] = segment
+        replaced[indices[0]] = Node(op_type, f"segment{number}", segment.inputs,
+                                    segment.outputs, {})
+        replaced.update((i, None) for i in indices[1:])
+    rewritten = [replaced.get(i, node) for i, node in enumerate(nodes)]
+    return [node for node in rewritten if node is not None], runners
 
 
 def _detail(err: Exception) -> str:
@@ -225,12 +272,12 @@ def _open_library(path: Path):
         raise TunerError(f"'{path}' cannot be loaded: {_detail(err)}") from None
 
 
-def _function(library, symbol: str, arguments: int):
+def _function(library, symbol: str, argtypes: list):
     try:
         function = getattr(library, symbol)
     except AttributeError:
         raise TunerError(f"'{library._name}' has no function '{symbol}'") from None
-    function.argtypes = [ctypes.c_void_p] * arguments
+    function.argtypes = argtypes
     function.restype = None
     return function
 
@@ -257,12 +304,12 @@ def _bind(spec: dict, node: Node, initializers: dict, library, weights_file: Pat
                              f"kernel {spec['symbol']} takes {shape}")
         array = np.ascontiguousarray(array, dtype=np.float32)
         if operand["packed"]:
-            pack = _function(library, operand["packed"]["function"], 2)
+            pack = _function(library, operand["packed"]["function"], [ctypes.c_void_p] * 2)
             dst = np.empty(tuple(int(d) for d in operand["packed"]["shape"]), np.float32)
             pack(dst.ctypes.data, array.ctypes.data)
             array = dst
         arguments.append(array)
-    function = _function(library, spec["symbol"], 1 + len(operands))
+    function = _function(library, spec["symbol"], [ctypes.c_void_p] * (1 + len(operands)))
     kernel = _BoundKernel(function, arguments, input_shapes,
                           tuple(int(d) for d in spec["output_shape"]),
                           tuple(int(d) for d in spec["result_shape"]))

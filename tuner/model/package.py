@@ -33,6 +33,7 @@ from tuner.model.deploy import (FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME
 from tuner.model.fused import FUSED_OPS
 from tuner.model.graph import Graph, Node, load_model
 from tuner.model.runtime import check_supported
+from tuner.model.segments import kernel_runs, slot_bases
 from tuner.model.tasks import extract_tasks
 
 
@@ -93,8 +94,13 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                    for use in extraction.tasks]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    library = build_library(choices, out, name) if choices else None
     by_task = {c.task: c for c in choices}
+    runs = kernel_runs(extraction.graph.nodes, lambda node: node.op_type in FUSED_OPS)
+    segments = [_segment_function(f"{name}_segment{number}",
+                                  [extraction.graph.nodes[i] for i in run], run.start,
+                                  target)
+                for number, run in enumerate(runs)]
+    library = build_library(choices, out, name, tuple(segments)) if choices else None
     arrays = _ArrayStore()
     document = {
         "format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
@@ -108,6 +114,8 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                          for tensor, value in extraction.graph.initializers.items()},
         "nodes": [_node_json(node, extraction.graph, by_task, arrays)
                   for node in extraction.graph.nodes],
+        "segments": [{"function": function.symbol, "nodes": list(run)}
+                     for function, run in zip(segments, runs)],
     }
     graph_file, weights_file = out / GRAPH_FILE, out / WEIGHTS_FILE
     graph_file.write_text(json.dumps(document, indent=1) + "\n")
@@ -119,6 +127,37 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                         library.shared_library if library else None,
                         library.header if library else None, kernels, extraction.notes,
                         choices[0].source if choices else str(db))
+
+
+def _segment_function(symbol: str, run: list[Node], first: int, target):
+    """The segment function of a run of kernel nodes (tuner/model/segments.py): it calls
+    each node's kernel with its (out, operand...) pointers from consecutive slots."""
+    from llvmlite import ir
+
+    from tuner.aot import LinkedFunction, c_name
+    from tuner.irutil import I64, PTR, VOID
+    from tuner.jit import compile_ir_object
+
+    module = ir.Module(name=symbol)
+    function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=symbol)
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    slots = function.args[0]
+    counts = [len(node.inputs) for node in run]
+    kernels = {}
+    for node, base in zip(run, slot_bases(counts)):
+        kernel_name = c_name(node.attributes["task"])
+        if kernel_name not in kernels:
+            kernels[kernel_name] = ir.Function(
+                module, ir.FunctionType(VOID, [PTR] * (1 + len(node.inputs))), name=kernel_name)
+        arguments = [builder.load(builder.gep(slots, [ir.Constant(I64, base + k)],
+                                              source_etype=PTR), typ=PTR)
+                     for k in range(1 + len(node.inputs))]
+        builder.call(kernels[kernel_name], arguments)
+    builder.ret_void()
+    declaration = (f"/* segment: calls the kernels of nodes {first}..{first + len(run) - 1} "
+                   f"of graph.json in order, on the pointers in slots: per node its output "
+                   f"then its operands */\nvoid {symbol}(void *const *slots);")
+    return LinkedFunction(symbol, compile_ir_object(str(module), target), declaration)
 
 
 class _ArrayStore:
