@@ -122,22 +122,31 @@ def max_pool(x, a, opset):
 
 def _max_along(x, axis, k, s, d, b, o):
     """out[.., j, ..] = max over taps t of x[.., j*s - b + t*d, ..] along `axis`, taps
-    outside the input left out (the lowest value where none is inside)."""
+    outside the input left out (the lowest value where none is inside). The output starts as
+    a copy of a tap inside the input for every output where there is one (the middle tap of
+    a padded window), which saves filling it and one maximum: 0.48 -> 0.37 ms for ResNet-50's
+    pool (Zen 5, 1 thread)."""
     n = x.shape[axis]
-    shape = list(x.shape)
-    shape[axis] = o
-    lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-    out = np.full(shape, lowest, x.dtype)
     before = (slice(None),) * axis
+    spans = []  # per tap: the outputs [lo, hi) whose tap is inside, and its input slice
     for t in range(k):
         start = t * d - b          # the input index of output 0's tap
         lo = max(0, -(start // s))  # the first output whose tap is >= 0 (ceil(-start / s))
         hi = min(o, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
-        if hi <= lo:
-            continue
+        if hi > lo:
+            spans.append((lo, hi, slice(lo * s + start, (hi - 1) * s + start + 1, s)))
+    whole = next((span for span in spans if span[:2] == (0, o)), None)
+    if whole is not None:
+        out = np.ascontiguousarray(x[before + (whole[2],)])
+        spans.remove(whole)
+    else:
+        shape = list(x.shape)
+        shape[axis] = o
+        lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+        out = np.full(shape, lowest, x.dtype)
+    for lo, hi, taps in spans:
         target = out[before + (slice(lo, hi),)]
-        np.maximum(target, x[before + (slice(lo * s + start, (hi - 1) * s + start + 1, s),)],
-                   out=target)
+        np.maximum(target, x[before + (taps,)], out=target)
     return out
 
 
@@ -166,9 +175,11 @@ def global_average_pool(x, a, opset):
     data = x[0]
     n, c = data.shape[:2]
     pixels = math.prod(data.shape[2:])
-    # in float64 as before, as a product with a vector of ones: numpy's mean over the last
-    # axes took 60 us for ResNet-50's 2048x7x7 (Zen 5), the product 25
-    total = data.reshape(n, c, pixels).astype(np.float64) @ np.ones(pixels)
+    # A product with a vector of ones, in the input's type (float32, as the kernels sum):
+    # numpy's mean over the last axes took 60 us for ResNet-50's 2048x7x7 (Zen 5), the
+    # product in float64 28 (90 with the input out of cache), in float32 8 (45).
+    ones = np.ones(pixels, data.dtype if data.dtype.kind == "f" else np.float64)
+    total = data.reshape(n, c, pixels) @ ones
     return [(total / pixels).reshape((n, c) + (1,) * (data.ndim - 2)).astype(data.dtype)]
 
 
