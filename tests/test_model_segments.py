@@ -71,7 +71,7 @@ def test_the_arena_never_overlaps_live_values(seed):
 
 
 def split_runs(rng):
-    """Two runs of kernels around a numpy MaxPool: in the first, r1 is read by the pool
+    """Two runs of kernels around a numpy AveragePool: in the first, r1 is read by the pool
     after the run, c2 is a graph output made in the middle of the run, c3 lives in the arena;
     odd sizes."""
     weights = {"w1": randn(rng, 6, 3, 3, 3), "w2": randn(rng, 5, 6, 1, 1),
@@ -82,7 +82,8 @@ def split_runs(rng):
              helper.make_node("Conv", ["r1", "w2"], ["c2"]),
              helper.make_node("Conv", ["c2", "w3"], ["c3"], pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["c3", "w5"], ["c5"]),
-             helper.make_node("MaxPool", ["r1"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("AveragePool", ["r1"], ["m"], kernel_shape=[2, 2],
+                              strides=[2, 2]),
              helper.make_node("Conv", ["m", "w4"], ["c4"])]
     outputs = ["c2", "c5", "c4"]
     graph = helper.make_graph(
@@ -113,7 +114,7 @@ def test_each_run_of_kernels_is_one_segment_function(split_package):
     for segment in document["segments"]:
         assert f"void {segment['function']}(void *const *slots);" in header
     package = load_package(built.directory)
-    assert [n.op_type for n in package.graph.nodes] == ["TunerSegment0", "MaxPool",
+    assert [n.op_type for n in package.graph.nodes] == ["TunerSegment0", "AveragePool",
                                                         "TunerSegment1"]
     first, _, second = package.graph.nodes
     # r1 is read after the first run (by the pool and the second run), c2 is a graph output:

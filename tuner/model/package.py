@@ -95,12 +95,20 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    runs = kernel_runs(extraction.graph.nodes, lambda node: node.op_type in FUSED_OPS)
+    pools, pool_functions = _pool_kernels(extraction.graph, target, name)
+    calls = {}  # node output -> (the function serving the node, its operand count)
+    for node in extraction.graph.nodes:
+        if node.op_type in FUSED_OPS:
+            calls[node.outputs[0]] = (c_name(node.attributes["task"]), len(node.inputs))
+        elif node.outputs[0] in pools:
+            calls[node.outputs[0]] = (pools[node.outputs[0]][0], 1)
+    runs = kernel_runs(extraction.graph.nodes, lambda node: node.outputs[0] in calls)
     segments = [_segment_function(f"{name}_segment{number}",
-                                  [extraction.graph.nodes[i] for i in run], run.start,
-                                  target)
+                                  [calls[extraction.graph.nodes[i].outputs[0]] for i in run],
+                                  run, target)
                 for number, run in enumerate(runs)]
-    library = build_library(choices, out, name, tuple(segments)) if choices else None
+    library = (build_library(choices, out, name, tuple(pool_functions) + tuple(segments))
+               if choices else None)
     arrays = _ArrayStore()
     document = {
         "format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
@@ -112,7 +120,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                    "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
-        "nodes": [_node_json(node, extraction.graph, by_task, arrays)
+        "nodes": [_node_json(node, extraction.graph, by_task, pools, arrays)
                   for node in extraction.graph.nodes],
         "segments": [{"function": function.symbol, "nodes": list(run)}
                      for function, run in zip(segments, runs)],
@@ -129,12 +137,13 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                         choices[0].source if choices else str(db))
 
 
-def _segment_function(symbol: str, run: list[Node], first: int, target):
+def _segment_function(symbol: str, calls: list[tuple[str, int]], nodes: range, target):
     """The segment function of a run of kernel nodes (tuner/model/segments.py): it calls
-    each node's kernel with its (out, operand...) pointers from consecutive slots."""
+    each node's function (`calls`: its symbol and operand count) with its (out, operand...)
+    pointers from consecutive slots."""
     from llvmlite import ir
 
-    from tuner.aot import LinkedFunction, c_name
+    from tuner.aot import LinkedFunction
     from tuner.irutil import I64, PTR, VOID
     from tuner.jit import compile_ir_object
 
@@ -142,22 +151,50 @@ def _segment_function(symbol: str, run: list[Node], first: int, target):
     function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=symbol)
     builder = ir.IRBuilder(function.append_basic_block("entry"))
     slots = function.args[0]
-    counts = [len(node.inputs) for node in run]
-    kernels = {}
-    for node, base in zip(run, slot_bases(counts)):
-        kernel_name = c_name(node.attributes["task"])
-        if kernel_name not in kernels:
-            kernels[kernel_name] = ir.Function(
-                module, ir.FunctionType(VOID, [PTR] * (1 + len(node.inputs))), name=kernel_name)
+    callees = {}
+    for (callee, operands), base in zip(calls, slot_bases([n for _, n in calls])):
+        if callee not in callees:
+            callees[callee] = ir.Function(
+                module, ir.FunctionType(VOID, [PTR] * (1 + operands)), name=callee)
         arguments = [builder.load(builder.gep(slots, [ir.Constant(I64, base + k)],
                                               source_etype=PTR), typ=PTR)
-                     for k in range(1 + len(node.inputs))]
-        builder.call(kernels[kernel_name], arguments)
+                     for k in range(1 + operands)]
+        builder.call(callees[callee], arguments)
     builder.ret_void()
-    declaration = (f"/* segment: calls the kernels of nodes {first}..{first + len(run) - 1} "
+    declaration = (f"/* segment: calls the functions of nodes {nodes.start}..{nodes.stop - 1} "
                    f"of graph.json in order, on the pointers in slots: per node its output "
                    f"then its operands */\nvoid {symbol}(void *const *slots);")
     return LinkedFunction(symbol, compile_ir_object(str(module), target), declaration)
+
+
+def _pool_kernels(graph: Graph, target, name: str) -> tuple[dict, list]:
+    """Generated functions for the MaxPool nodes that read a kernel's output (a float32
+    tensor, with the kernels in a segment), one per distinct pool (pool_codegen.py): the
+    symbol and windows by pooled node's output, and the functions."""
+    from tuner.aot import LinkedFunction
+    from tuner.jit import compile_ir_object
+    from tuner.model.pool_codegen import maxpool_ir, pool_windows
+
+    made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS}
+    symbols, pools, functions = {}, {}, []
+    for node in graph.nodes:
+        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") \
+                or any(node.outputs[1:]) or node.inputs[0] not in made_by_kernels \
+                or node.inputs[0] not in graph.shapes:
+            continue
+        windows = pool_windows(graph.shapes[node.inputs[0]], node.attributes)
+        if windows is None:
+            continue
+        if windows not in symbols:
+            symbol = symbols[windows] = f"{name}_maxpool{len(symbols)}"
+            shapes = ["x".join(map(str, s)) for s in (windows.out_shape, windows.in_shape)]
+            declaration = (f"/* MaxPool: out[{shapes[0]}] from x[{shapes[1]}] */\n"
+                           f"void {symbol}(float *restrict out, const float *restrict x);")
+            code = maxpool_ir(symbol, windows, target.machine, target.threads)
+            functions.append(LinkedFunction(symbol, compile_ir_object(code, target),
+                                            declaration))
+        pools[node.outputs[0]] = (symbols[windows], windows)
+    return pools, functions
 
 
 class _ArrayStore:
@@ -176,15 +213,22 @@ class _ArrayStore:
         return key
 
 
-def _node_json(node: Node, graph: Graph, by_task, arrays: _ArrayStore) -> dict:
+def _node_json(node: Node, graph: Graph, by_task, pools: dict,
+               arrays: _ArrayStore) -> dict:
     entry = {"op_type": node.op_type, "name": node.name, "domain": node.domain,
              "inputs": list(node.inputs), "outputs": list(node.outputs)}
     if node.op_type in FUSED_OPS:
         entry["attributes"] = {}
         entry["kernel"] = _kernel_json(node, graph, by_task[node.attributes["task"]])
-    else:
-        entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
-                               for name, value in node.attributes.items()}
+        return entry
+    entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
+                           for name, value in node.attributes.items()}
+    if node.outputs[0] in pools:  # a generated MaxPool; the attributes say what it does
+        symbol, windows = pools[node.outputs[0]]
+        entry["kernel"] = {"symbol": symbol, "operands": [
+            {"name": "x", "input": node.inputs[0], "shape": list(windows.in_shape),
+             "constant": False, "packed": None}],
+            "output_shape": list(windows.out_shape), "result_shape": list(windows.out_shape)}
     return entry
 
 
