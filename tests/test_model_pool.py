@@ -1,6 +1,7 @@
-"""Generated MaxPool functions in model packages (tuner/model/pool_codegen.py): their windows,
-and their results against numpy's MaxPool, bit for bit, over random kernel sizes, strides,
-pads, dilations, ceil_mode and auto_pad, at 1 and 2 threads and 256- and 512-bit vectors."""
+"""Generated pools in model packages (tuner/model/pool_codegen.py): MaxPool's windows, and its
+results against numpy's MaxPool, bit for bit, over random kernel sizes, strides, pads,
+dilations, ceil_mode and auto_pad; GlobalAveragePool's against the mean; at 1 and 2 threads
+and 256- and 512-bit vectors."""
 
 from __future__ import annotations
 
@@ -136,3 +137,27 @@ def test_a_pool_of_a_model_input_stays_in_numpy(tmp_path, empty_db):
         graph.initializer[0])[:, :, 0, 0])
     np.testing.assert_allclose(tuner.load_package(tmp_path)(x)[0], expected, rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cpu", ["x86-64-v3", None], ids=["256-bit", "host"])
+@pytest.mark.parametrize("size", [(3, 5), (7, 7), (40, 43)])  # under a vector, a few, a loop
+def test_generated_global_average_pools_match_numpy(tmp_path, empty_db, threads, cpu, size):
+    rng = np.random.default_rng(size[0])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"])]
+    graph = helper.make_graph(
+        nodes, "gap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *size])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("c", "g")],
+        [numpy_helper.from_array(randn(rng, 37, 3, 3, 3), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    built = write_package(model, tmp_path, db=empty_db, threads=threads, cpu=cpu)
+    document = json.loads(built.graph_file.read_text())
+    assert ["kernel" in n for n in document["nodes"]] == [True, True]
+    assert document["segments"][0]["nodes"] == [0, 1]
+    x = randn(rng, 1, 3, *size)
+    for package in (tuner.load_package(tmp_path), load_package(tmp_path, segments=False)):
+        conv, pooled = package(x)
+        assert pooled.shape == (1, 37, 1, 1)
+        expected = conv.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+        np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6 * abs(conv).max())

@@ -10,6 +10,8 @@
     scheduler.py the task scheduler (Ansor §6): one trial budget, rounds to the largest gain
     tuning.py    tune_model: the scheduler's rounds run as rounds of the per-task tune loop
     package.py   write_package: a model -> kernels' shared library + graph.json + weights.npz
+    pool_codegen.py  a package's MaxPool and GlobalAveragePool as generated functions
+    segments.py  a package's runs of consecutive kernel nodes, each run one call into the library
     deploy.py    load_package: run such a package with numpy and ctypes alone (no LLVM, no db)
     plot.py      model_curves: estimated model latency against trials and time, a panel per task
 """

@@ -6,9 +6,10 @@ to hold numpy's BLAS to one thread while the kernels run), never LLVM, XGBoost, 
 database or onnx (graph.json is our own format). `load_package(dir)` reads graph.json, loads
 the shared library with ctypes, binds each fused node to its kernel symbol with its constant
 operands packed once (by the library's own pack functions: package.py says why at load time),
-and runs the graph with `run_graph`, the kernels serving the fused nodes and numpy the rest.
-Each run of consecutive kernel nodes is one call into the library, its segment function
-(segments.py says why and how).
+and runs the graph with `run_graph`, the kernels serving the fused nodes (and the pooling
+nodes the library has a function for, pool_codegen.py) and numpy the rest. Each run of
+consecutive kernel nodes is one call into the library, its segment function (segments.py says
+why and how).
 
 Each call allocates afresh every kernel output that a numpy node or the caller may see: a
 buffer reused across calls would be shared with what the previous call returned whenever a

@@ -101,7 +101,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
         if node.op_type in FUSED_OPS:
             calls[node.outputs[0]] = (c_name(node.attributes["task"]), len(node.inputs))
         elif node.outputs[0] in pools:
-            calls[node.outputs[0]] = (pools[node.outputs[0]][0], 1)
+            calls[node.outputs[0]] = (pools[node.outputs[0]].symbol, 1)
     runs = kernel_runs(extraction.graph.nodes, lambda node: node.outputs[0] in calls)
     segments = [_segment_function(f"{name}_segment{number}",
                                   [calls[extraction.graph.nodes[i].outputs[0]] for i in run],
@@ -167,33 +167,51 @@ def _segment_function(symbol: str, calls: list[tuple[str, int]], nodes: range, t
     return LinkedFunction(symbol, compile_ir_object(str(module), target), declaration)
 
 
+@dataclass(frozen=True, slots=True)
+class _PoolFunction:
+    symbol: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+
 def _pool_kernels(graph: Graph, target, name: str) -> tuple[dict, list]:
-    """Generated functions for the MaxPool nodes that read a kernel's output (a float32
-    tensor, with the kernels in a segment), one per distinct pool (pool_codegen.py): the
-    symbol and windows by pooled node's output, and the functions."""
+    """Generated functions for the MaxPool and GlobalAveragePool nodes that read a kernel's
+    output (a float32 tensor, with the kernels in a segment), one per distinct pool
+    (pool_codegen.py): the function by pooled node's output, and the compiled functions."""
     from tuner.aot import LinkedFunction
     from tuner.jit import compile_ir_object
-    from tuner.model.pool_codegen import maxpool_ir, pool_windows
+    from tuner.model.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
 
     made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS}
-    symbols, pools, functions = {}, {}, []
+    made, pools, functions = {}, {}, []
     for node in graph.nodes:
-        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") \
-                or any(node.outputs[1:]) or node.inputs[0] not in made_by_kernels \
-                or node.inputs[0] not in graph.shapes:
+        if node.op_type not in ("MaxPool", "GlobalAveragePool") \
+                or node.domain not in ("", "ai.onnx") or any(node.outputs[1:]) \
+                or node.inputs[0] not in made_by_kernels or node.inputs[0] not in graph.shapes:
             continue
-        windows = pool_windows(graph.shapes[node.inputs[0]], node.attributes)
-        if windows is None:
-            continue
-        if windows not in symbols:
-            symbol = symbols[windows] = f"{name}_maxpool{len(symbols)}"
-            shapes = ["x".join(map(str, s)) for s in (windows.out_shape, windows.in_shape)]
-            declaration = (f"/* MaxPool: out[{shapes[0]}] from x[{shapes[1]}] */\n"
+        shape = tuple(graph.shapes[node.inputs[0]])
+        if node.op_type == "MaxPool":
+            windows = pool_windows(shape, node.attributes)
+            if windows is None:
+                continue
+            key, out_shape = windows, windows.out_shape
+        else:
+            if len(shape) < 3:
+                continue
+            key, out_shape = ("GlobalAveragePool", shape), shape[:2] + (1,) * (len(shape) - 2)
+        if key not in made:
+            symbol = f"{name}_{node.op_type.lower()}{len(made)}"
+            if node.op_type == "MaxPool":
+                code = maxpool_ir(symbol, key, target.machine, target.threads)
+            else:
+                code = global_average_pool_ir(symbol, shape, target.machine, target.threads)
+            shapes = ["x".join(map(str, s)) for s in (out_shape, shape)]
+            declaration = (f"/* {node.op_type}: out[{shapes[0]}] from x[{shapes[1]}] */\n"
                            f"void {symbol}(float *restrict out, const float *restrict x);")
-            code = maxpool_ir(symbol, windows, target.machine, target.threads)
             functions.append(LinkedFunction(symbol, compile_ir_object(code, target),
                                             declaration))
-        pools[node.outputs[0]] = (symbols[windows], windows)
+            made[key] = _PoolFunction(symbol, shape, out_shape)
+        pools[node.outputs[0]] = made[key]
     return pools, functions
 
 
@@ -223,12 +241,12 @@ def _node_json(node: Node, graph: Graph, by_task, pools: dict,
         return entry
     entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
                            for name, value in node.attributes.items()}
-    if node.outputs[0] in pools:  # a generated MaxPool; the attributes say what it does
-        symbol, windows = pools[node.outputs[0]]
-        entry["kernel"] = {"symbol": symbol, "operands": [
-            {"name": "x", "input": node.inputs[0], "shape": list(windows.in_shape),
+    if node.outputs[0] in pools:  # a generated pool; the attributes say what it does
+        pool = pools[node.outputs[0]]
+        entry["kernel"] = {"symbol": pool.symbol, "operands": [
+            {"name": "x", "input": node.inputs[0], "shape": list(pool.in_shape),
              "constant": False, "packed": None}],
-            "output_shape": list(windows.out_shape), "result_shape": list(windows.out_shape)}
+            "output_shape": list(pool.out_shape), "result_shape": list(pool.out_shape)}
     return entry
 
 

@@ -1,4 +1,5 @@
-"""A model's 2-D MaxPool as a generated function of its package's library.
+"""A model's 2-D MaxPool and its GlobalAveragePool as generated functions of its package's
+library.
 
 numpy's MaxPool runs on one thread and makes a pass over memory per tap and axis: ResNet-50's
 3x3 stride-2 pool on 64x112x112 took 0.38 ms alone and 0.45-0.65 ms inside the graph at either
@@ -16,10 +17,15 @@ table of its taps' input rows, a tap in the padding replaced by another tap of t
 (a maximum does not change when an element is counted twice); along a row, the padding is
 cells of -inf around the row in its buffer. So the code has no bounds tests. A window with no
 tap inside the input is left to numpy (`pool_windows` says None).
+
+GlobalAveragePool, the same way: a plane's mean in float32 (as numpy's, which is a product
+with a vector of ones), 4.8 us for ResNet-50's 2048x7x7 against 8 in numpy, and in the graph
+it reads the last convolution's output while that is still in cache.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -196,12 +202,18 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
             plane_rows(b, x_plane, out_plane, rowbuf)
         runtime_loop(b, lo, hi, plane, "plane")
 
+    return _over_planes(module, symbol, n * c, threads, planes)
+
+
+def _over_planes(module: ir.Module, symbol: str, count: int, threads: int, planes) -> str:
+    """`void symbol(float *out, const float *x)` that runs `planes(builder, x, out, lo, hi)`
+    on planes [lo, hi) of `count`, shared among `threads` in static blocks (GOMP_parallel,
+    as codegen.parallel_for does for the kernels)."""
     function = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=symbol)
     out_arg, x_arg = function.args
     for arg in function.args:
         arg.add_attribute("noalias")
     b = ir.IRBuilder(function.append_basic_block("entry"))
-    count = n * c
     if threads <= 1 or count == 1:
         planes(b, x_arg, out_arg, ir.Constant(I64, 0), ir.Constant(I64, count))
         b.ret_void()
@@ -228,3 +240,58 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
     sb.ret_void()
     return str(module)
 
+
+def global_average_pool_ir(symbol: str, in_shape: tuple[int, ...], machine: Machine,
+                           threads: int) -> str:
+    """The LLVM IR of `void symbol(float *out, const float *x)`: out[p] = the mean of plane p
+    of x[N, C, *spatial], in float32, vectors along the plane and their lanes added as a
+    tree."""
+    planes_count, pixels = in_shape[0] * in_shape[1], math.prod(in_shape[2:])
+    lanes = machine.lanes
+    module = ir.Module(name=symbol)
+    vec = ir.VectorType(F32, lanes)
+    masked_load = intrinsic(module, f"llvm.masked.load.v{lanes}f32.p0", vec,
+                            [PTR, I32, ir.VectorType(I1, lanes), vec])
+    mask = ir.Constant(ir.VectorType(I1, lanes), [int(i < pixels % lanes)
+                                                  for i in range(lanes)])
+
+    def planes(b, x, out, lo, hi):
+        acc = b.alloca(vec)  # promoted to a register (SROA) where the chunks are a loop
+        acc.type = PTR
+
+        def plane(p):
+            base = b.gep(x, [b.mul(p, ir.Constant(I64, pixels))], source_etype=F32)
+            full = pixels // lanes
+            if full <= 16:  # unrolled: a classifier's plane is a few vectors
+                total = ir.Constant(vec, None)
+                for chunk in range(full):
+                    src = b.gep(base, [ir.Constant(I64, chunk * lanes)], source_etype=F32)
+                    total = b.fadd(total, b.load(src, typ=vec, align=4))
+            else:
+                b.store(ir.Constant(vec, None), acc)
+
+                def add_chunk(chunk):
+                    src = b.gep(base, [b.mul(chunk, ir.Constant(I64, lanes))],
+                                source_etype=F32)
+                    b.store(b.fadd(b.load(acc, typ=vec), b.load(src, typ=vec, align=4)), acc)
+                runtime_loop(b, 0, full, add_chunk, "chunk")
+                total = b.load(acc, typ=vec)
+            if pixels % lanes:
+                src = b.gep(base, [ir.Constant(I64, pixels // lanes * lanes)],
+                            source_etype=F32)
+                total = b.fadd(total, b.call(masked_load, [src, ir.Constant(I32, 4), mask,
+                                                           ir.Constant(vec, None)]))
+            width = lanes
+            while width > 1:
+                width //= 2
+                low = b.shuffle_vector(total, total, ir.Constant(
+                    ir.VectorType(I32, width), list(range(width))))
+                high = b.shuffle_vector(total, total, ir.Constant(
+                    ir.VectorType(I32, width), list(range(width, 2 * width))))
+                total = b.fadd(low, high)
+            mean = b.fdiv(b.extract_element(total, ir.Constant(I32, 0)),
+                          ir.Constant(F32, float(pixels)))
+            b.store(mean, b.gep(out, [p], source_etype=F32))
+        runtime_loop(b, lo, hi, plane, "plane")
+
+    return _over_planes(module, symbol, planes_count, threads, planes)
