@@ -177,35 +177,32 @@ def test_threads_calling_one_package_get_their_own_arena(tmp_path):
     assert not wrong
 
 
-@pytest.mark.parametrize("nodes", [[0, 2], [0], [], [1], [-1], [0, 1, 2]])
-def test_a_segment_that_is_not_a_run_of_kernels_is_refused(split_package, tmp_path, nodes):
-    model, built = split_package
+def _with_segments(built, tmp_path, change):
+    """A copy of the package whose graph.json's segment list `change` has edited."""
     copy = tmp_path / "pkg"
     shutil.copytree(built.directory, copy)
     document = json.loads((copy / "graph.json").read_text())
-    document["segments"][0]["nodes"] = nodes
+    change(document["segments"])
     (copy / "graph.json").write_text(json.dumps(document))
+    return copy
+
+
+@pytest.mark.parametrize("nodes", [[0, 2], [0], [], [1], [-1], [0, 1, 2]])
+def test_a_segment_that_is_not_a_run_of_kernels_is_refused(split_package, tmp_path, nodes):
+    copy = _with_segments(split_package[1], tmp_path,
+                          lambda segments: segments[0].update(nodes=nodes))
     with pytest.raises(TunerError, match="segment 0 is not a run of kernel nodes"):
         tuner.load_package(copy)
 
 
 def test_segments_for_other_runs_are_refused(split_package, tmp_path):
-    model, built = split_package
-    copy = tmp_path / "pkg"
-    shutil.copytree(built.directory, copy)
-    document = json.loads((copy / "graph.json").read_text())
-    document["segments"] = document["segments"][:1]
-    (copy / "graph.json").write_text(json.dumps(document))
+    copy = _with_segments(split_package[1], tmp_path, lambda segments: segments.pop())
     with pytest.raises(TunerError, match="1 segments for 2 runs of kernel nodes"):
         tuner.load_package(copy)
 
 
 def test_a_segment_function_missing_from_the_library_is_refused(split_package, tmp_path):
-    model, built = split_package
-    copy = tmp_path / "pkg"
-    shutil.copytree(built.directory, copy)
-    document = json.loads((copy / "graph.json").read_text())
-    document["segments"][1]["function"] = "tuner_kernels_segment9"
-    (copy / "graph.json").write_text(json.dumps(document))
+    copy = _with_segments(split_package[1], tmp_path, lambda segments: segments[1].update(
+        function="tuner_kernels_segment9"))
     with pytest.raises(TunerError, match="has no function 'tuner_kernels_segment9'"):
         tuner.load_package(copy)
