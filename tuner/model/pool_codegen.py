@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from tuner.irutil import F32, I1, I32, I64, PTR, VOID, intrinsic, runtime_loop, splat
+from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, intrinsic, masked_load, masked_store,
+                          runtime_loop, splat, vec_type)
 from tuner.machine import Machine
 from tuner.model.ops_nn import _kernel_attrs, _out_size, spatial_pads
 
@@ -83,7 +84,7 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
     lanes = machine.lanes
     kh, kw = len(windows.rows[0]), len(windows.cols[0])
     module = ir.Module(name=symbol)
-    vec = ir.VectorType(F32, lanes)
+    vec = vec_type(lanes)
     ivec = ir.VectorType(I32, lanes)
 
     def table(name, values, element):
@@ -104,10 +105,6 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
                 chunks * lanes * stride + (kw - 1) * dilation + lanes)
     cells = -(-cells // lanes) * lanes
 
-    masked_load = intrinsic(module, f"llvm.masked.load.v{lanes}f32.p0", vec,
-                            [PTR, I32, ir.VectorType(I1, lanes), vec])
-    masked_store = intrinsic(module, f"llvm.masked.store.v{lanes}f32.p0", VOID,
-                             [vec, PTR, I32, ir.VectorType(I1, lanes)])
     gather = intrinsic(module, f"llvm.masked.gather.v{lanes}f32.v{lanes}p0", vec,
                        [ir.VectorType(PTR, lanes), I32, ir.VectorType(I1, lanes), vec])
 
@@ -139,14 +136,13 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
                     if count == lanes:
                         v = b.load(src, typ=vec, align=4)
                     else:
-                        v = b.call(masked_load, [src, ir.Constant(I32, 4), mask(count),
-                                                 ir.Constant(vec, None)])
+                        v = masked_load(b, src, mask(count), lanes)
                     value = v if value is None else vmax(b, value, v)
                 dst = b.gep(rowbuf, [b.add(start, ir.Constant(I64, begin))], source_etype=F32)
                 if count == lanes:
                     b.store(value, dst, align=4)
                 else:  # the cells after the row stay -inf
-                    b.call(masked_store, [value, dst, ir.Constant(I32, 4), mask(count)])
+                    masked_store(b, value, dst, mask(count))
 
             full = w // lanes
             if full:
@@ -179,7 +175,7 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
                 if count == lanes:
                     b.store(value, dst, align=4)
                 else:
-                    b.call(masked_store, [value, dst, ir.Constant(I32, 4), mask(count)])
+                    masked_store(b, value, dst, mask(count))
 
             if ow // lanes:
                 runtime_loop(b, 0, ow // lanes, lambda i: output_chunk(i, lanes), "ow")
@@ -249,9 +245,7 @@ def global_average_pool_ir(symbol: str, in_shape: tuple[int, ...], machine: Mach
     planes_count, pixels = in_shape[0] * in_shape[1], math.prod(in_shape[2:])
     lanes = machine.lanes
     module = ir.Module(name=symbol)
-    vec = ir.VectorType(F32, lanes)
-    masked_load = intrinsic(module, f"llvm.masked.load.v{lanes}f32.p0", vec,
-                            [PTR, I32, ir.VectorType(I1, lanes), vec])
+    vec = vec_type(lanes)
     mask = ir.Constant(ir.VectorType(I1, lanes), [int(i < pixels % lanes)
                                                   for i in range(lanes)])
 
@@ -279,8 +273,7 @@ def global_average_pool_ir(symbol: str, in_shape: tuple[int, ...], machine: Mach
             if pixels % lanes:
                 src = b.gep(base, [ir.Constant(I64, pixels // lanes * lanes)],
                             source_etype=F32)
-                total = b.fadd(total, b.call(masked_load, [src, ir.Constant(I32, 4), mask,
-                                                           ir.Constant(vec, None)]))
+                total = b.fadd(total, masked_load(b, src, mask, lanes))
             width = lanes
             while width > 1:
                 width //= 2
