@@ -28,8 +28,9 @@ from llvmlite import ir
 
 from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
-                          intrinsic, lane_offsets, masked_load, masked_store, materialize, relu,
-                          runtime_loop, smin, splat, var, vec_type)
+                          gomp_parallel, intrinsic, lane_offsets, masked_load, masked_store,
+                          materialize, outlined_function, relu, runtime_loop, shared_pointers,
+                          smin, splat, static_block, var, vec_type)
 from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
                           padding, prefetch_panel, region_start, row_major, strided_load)
 from tuner.machine import Machine
@@ -512,31 +513,15 @@ class _Emitter:
         each taking one static block of iterations; `sub` is the outlined function, which
         sees every buffer pointer of `fn`."""
         self.n_parallel += 1
-        outlined = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
-                               name=f"{self.name}.par{self.n_parallel}")
-        outlined.linkage = "internal"
-        # passed as a plain `ptr`; llvmlite would print a typed function pointer
-        outlined.type = PTR
+        outlined = outlined_function(self.module, f"{self.name}.par{self.n_parallel}")
         keys = list(fn.ptrs)
-        b = fn.b
-        data = fn.alloca(ir.ArrayType(PTR, len(keys)))
-        for i, key in enumerate(keys):
-            b.store(fn.ptrs[key], b.gep(data, [ir.Constant(I64, i)], source_etype=PTR))
-        gomp = self._extern("GOMP_parallel", VOID, [PTR, PTR, I32, I32])
-        b.call(gomp, [outlined, data, ir.Constant(I32, self.threads), ir.Constant(I32, 0)])
-
+        gomp_parallel(fn.b, outlined, fn.alloca(ir.ArrayType(PTR, len(keys))),
+                      [fn.ptrs[key] for key in keys], self.threads)
         sub = Fn(outlined)
-        sb = sub.b
-        for i, key in enumerate(keys):
-            slot = sb.gep(outlined.args[0], [ir.Constant(I64, i)], source_etype=PTR)
-            sub.ptrs[key] = sb.load(slot, typ=PTR)
-        tid = sb.sext(sb.call(self._extern("omp_get_thread_num", I32, []), []), I64)
-        nthr = sb.sext(sb.call(self._extern("omp_get_num_threads", I32, []), []), I64)
-        count = ir.Constant(I64, trips)
-        lo = sb.sdiv(sb.mul(tid, count), nthr)
-        hi = sb.sdiv(sb.mul(sb.add(tid, ir.Constant(I64, 1)), count), nthr)
-        runtime_loop(sb, lo, hi, lambda v: body(sub, v), name)
-        sb.ret_void()
+        sub.ptrs.update(zip(keys, shared_pointers(sub.b, outlined, len(keys))))
+        lo, hi = static_block(sub.b, trips)
+        runtime_loop(sub.b, lo, hi, lambda v: body(sub, v), name)
+        sub.b.ret_void()
 
     def _extern(self, name: str, ret, args) -> ir.Function:
         fn = self.module.globals.get(name)

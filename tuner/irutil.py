@@ -129,6 +129,43 @@ def intrinsic(module: ir.Module, name: str, ret, args) -> ir.Function:
     return fn
 
 
+def outlined_function(module: ir.Module, name: str) -> ir.Function:
+    """`void name(ptr)`, internal: a body that `gomp_parallel` runs on every thread."""
+    function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=name)
+    function.linkage = "internal"
+    function.type = PTR  # passed as a plain `ptr`; llvmlite would print a typed function pointer
+    return function
+
+
+def gomp_parallel(b: ir.IRBuilder, outlined: ir.Function, data: ir.Value,
+                  pointers: list[ir.Value], threads: int) -> None:
+    """Stores `pointers` in `data` (an array of as many `ptr` in the caller's frame) and runs
+    `outlined(data)` on `threads` threads: libgomp's GOMP_parallel, which returns when all
+    have (`shared_pointers` and `static_block` are the outlined side)."""
+    for i, pointer in enumerate(pointers):
+        b.store(pointer, b.gep(data, [ir.Constant(I64, i)], source_etype=PTR))
+    gomp = intrinsic(b.module, "GOMP_parallel", VOID, [PTR, PTR, I32, I32])
+    b.call(gomp, [outlined, data, ir.Constant(I32, threads), ir.Constant(I32, 0)])
+
+
+def shared_pointers(b: ir.IRBuilder, outlined: ir.Function, count: int) -> list[ir.Value]:
+    """Inside `outlined`: the `count` pointers `gomp_parallel` passed it."""
+    return [b.load(b.gep(outlined.args[0], [ir.Constant(I64, i)], source_etype=PTR), typ=PTR)
+            for i in range(count)]
+
+
+def static_block(b: ir.IRBuilder, trips: int) -> tuple[ir.Value, ir.Value]:
+    """Inside a function `gomp_parallel` runs: this thread's block [lo, hi) of range(trips),
+    the threads' blocks splitting it evenly in thread order."""
+    module = b.module
+    tid = b.sext(b.call(intrinsic(module, "omp_get_thread_num", I32, []), []), I64)
+    nthr = b.sext(b.call(intrinsic(module, "omp_get_num_threads", I32, []), []), I64)
+    count = ir.Constant(I64, trips)
+    lo = b.sdiv(b.mul(tid, count), nthr)
+    hi = b.sdiv(b.mul(b.add(tid, ir.Constant(I64, 1)), count), nthr)
+    return lo, hi
+
+
 def fma(b: ir.IRBuilder, x, y, z) -> ir.Value:
     t = x.type
     suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, intrinsic, masked_load, masked_store,
-                          runtime_loop, splat, vec_type)
+from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, gomp_parallel, intrinsic, masked_load,
+                          masked_store, outlined_function, runtime_loop, shared_pointers, splat,
+                          static_block, vec_type)
 from tuner.machine import Machine
 from tuner.model.ops_nn import _kernel_attrs, _out_size, spatial_pads
 
@@ -203,8 +204,8 @@ def maxpool_ir(symbol: str, windows: PoolWindows, machine: Machine, threads: int
 
 def _over_planes(module: ir.Module, symbol: str, count: int, threads: int, planes) -> str:
     """`void symbol(float *out, const float *x)` that runs `planes(builder, x, out, lo, hi)`
-    on planes [lo, hi) of `count`, shared among `threads` in static blocks (GOMP_parallel,
-    as codegen.parallel_for does for the kernels)."""
+    on planes [lo, hi) of `count`, shared among `threads` in static blocks (irutil's
+    gomp_parallel and static_block, as codegen.parallel_for runs the kernels' loops)."""
     function = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), name=symbol)
     out_arg, x_arg = function.args
     for arg in function.args:
@@ -214,24 +215,14 @@ def _over_planes(module: ir.Module, symbol: str, count: int, threads: int, plane
         planes(b, x_arg, out_arg, ir.Constant(I64, 0), ir.Constant(I64, count))
         b.ret_void()
         return str(module)
-    body = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=f"{symbol}.par")
-    body.linkage = "internal"
-    body.type = PTR  # passed as a plain `ptr`, as codegen.parallel_for does
+    body = outlined_function(module, f"{symbol}.par")
     data = b.alloca(ir.ArrayType(PTR, 2))
     data.type = PTR
-    for i, value in enumerate((x_arg, out_arg)):
-        b.store(value, b.gep(data, [ir.Constant(I64, i)], source_etype=PTR))
-    gomp = intrinsic(module, "GOMP_parallel", VOID, [PTR, PTR, I32, I32])
-    b.call(gomp, [body, data, ir.Constant(I32, threads), ir.Constant(I32, 0)])
+    gomp_parallel(b, body, data, [x_arg, out_arg], threads)
     b.ret_void()
     sb = ir.IRBuilder(body.append_basic_block("entry"))
-    x, out = (sb.load(sb.gep(body.args[0], [ir.Constant(I64, i)], source_etype=PTR), typ=PTR)
-              for i in range(2))
-    tid = sb.sext(sb.call(intrinsic(module, "omp_get_thread_num", I32, []), []), I64)
-    nthr = sb.sext(sb.call(intrinsic(module, "omp_get_num_threads", I32, []), []), I64)
-    total = ir.Constant(I64, count)
-    lo = sb.sdiv(sb.mul(tid, total), nthr)
-    hi = sb.sdiv(sb.mul(sb.add(tid, ir.Constant(I64, 1)), total), nthr)
+    x, out = shared_pointers(sb, body, 2)
+    lo, hi = static_block(sb, count)
     planes(sb, x, out, lo, hi)
     sb.ret_void()
     return str(module)
