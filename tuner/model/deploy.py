@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ from tuner.errors import TunerError
 from tuner.model.graph import Graph, Node
 from tuner.model.ops import run_node
 from tuner.model.runtime import GraphRunner, check_supported
-from tuner.model.segments import Segment, kernel_runs
+from tuner.model.segments import Segment, kernel_input, kernel_runs
 
 FORMAT = "tuner-package"
 FORMAT_VERSION = 1  # bump when graph.json's meaning changes; old packages are then refused
@@ -103,14 +102,8 @@ class _BoundKernel:
         self.output_shape, self.result_shape = output_shape, result_shape
 
     def __call__(self, node: Node, args: list) -> list[np.ndarray]:
-        inputs = []
-        for value, shape in zip(args, self.input_shapes):
-            array = np.ascontiguousarray(value, dtype=np.float32)
-            if array.size != math.prod(shape):
-                raise TunerError(f"node '{node.name}' got an input of shape {array.shape}; "
-                                 f"its kernel takes {shape}")
-            inputs.append(array)
-        given = iter(inputs)
+        given = iter([kernel_input(node.name, value, shape)
+                      for value, shape in zip(args, self.input_shapes)])
         out = np.empty(self.output_shape, dtype=np.float32)
         self.function(out.ctypes.data, *(next(given).ctypes.data if a is None else a
                                          for a in self.arguments))

@@ -105,6 +105,16 @@ def _first_fit(blocks: list[tuple[int, int]], size: int) -> int:
     return cursor
 
 
+def kernel_input(reader: str, value, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` as the contiguous float32 array a kernel reads as an operand of `shape`, or the
+    one-line error naming the node `reader` when its size is not that shape's."""
+    array = np.ascontiguousarray(value, dtype=np.float32)
+    if array.size != math.prod(shape):
+        raise TunerError(f"node '{reader}' got an input of shape {array.shape}; its kernel "
+                         f"takes {shape}")
+    return array
+
+
 class Segment:
     """One segment of a loaded package, run as one node: `segment(node, args)` -> the values
     read after it, for `inputs` given in that order.
@@ -115,7 +125,7 @@ class Segment:
     values that nodes after the run or the graph's outputs read."""
 
     def __init__(self, function, nodes: Sequence[Node], kernels: Sequence, read_after: set[str]):
-        self.function, self.nodes = function, list(nodes)
+        self.function = function
         produced = {name for node in nodes for name in node.outputs}
         self.outputs = tuple(name for node in nodes for name in node.outputs
                              if name in read_after)
@@ -163,11 +173,9 @@ class Segment:
         slots = self._slots()
         held = []  # the inputs' arrays live until the call returns
         for name, value in zip(self.inputs, args):
-            array = np.ascontiguousarray(value, dtype=np.float32)
+            array = value
             for reader, shape in self.input_shapes[name]:
-                if array.size != math.prod(shape):
-                    raise TunerError(f"node '{reader}' got an input of shape {array.shape}; "
-                                     f"its kernel takes {shape}")
+                array = kernel_input(reader, array, shape)
             held.append(array)
             for slot in self.value_slots[name]:
                 slots[slot] = array.ctypes.data
