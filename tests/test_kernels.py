@@ -293,3 +293,45 @@ def test_relu6_clips_at_zero_and_six(op, shape, attrs, cache_write):
     out = kernel(*inputs)
     assert (out == 6).any() and (out == 0).any() and ((out > 0) & (out < 6)).any()
     assert_matches_reference(dag, out, inputs)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, attrs, unrolled, count, width", [
+    # 11 columns of 40 channels: chunks of a full vector and a tail, 3 tiles of k (the last
+    # one partial, so the general path writes back too)
+    ((1, 16, 9, 11, 40, 3, 3), {"pad": 1, "bias": True, "relu": 1, "residual": True},
+     "ow", 11, 16),
+    # pointwise, 35 pixels unrolled in one tile: rows in chunks of 16, 16 and 3 lanes
+    ((1, 24, 5, 7, 48, 1, 1), {"relu": 6, "residual": True}, "p", 35, 32),
+    # 7 rows (ResNet's last stage) beside 2 vectors, plain bias
+    ((1, 32, 7, 7, 64, 1, 1), {"bias": True}, "p", 7, 32),
+])
+def test_tiles_vectorized_across_output_rows_are_transposed_on_write_back(
+        shape, attrs, unrolled, count, width, threads, cpu, monkeypatch):
+    """A register tile vectorized along the output channels (not contiguous in NCHW) and
+    unrolled along the output row is transposed in registers on write-back, so the row is
+    stored (and its residual loaded) as vectors: the transposed path is taken, and every
+    tile, full or partial, with bias, residual and ReLU / ReLU6, matches the reference."""
+    from dataclasses import replace as change
+    from tuner import codegen
+    from tuner.default import register_tile, tiled_schedule
+    from tuner.target import named_target
+    from tuner.task import Task
+    calls = []
+    real = codegen.transpose
+    monkeypatch.setattr(codegen, "transpose", lambda b, rows, w: calls.append(
+        (len(rows), w)) or real(b, rows, w))
+    target = named_target(cpu, threads)
+    dag = Task.create("conv2d", shape, **attrs).dag()
+    tile = change(register_tile(dag, target), vector_axis="k", width=width,
+                  unrolled_axis=unrolled, count=count)
+    kernel = Kernel(apply_steps(dag, tiled_schedule(dag, target, tile)), target)
+    lanes = target.machine.lanes
+    assert calls and all(rows > 1 and w > 1 and w <= lanes and rows <= lanes
+                         for rows, w in calls)
+    inputs = list(dag.random_inputs(np.random.default_rng(11)))
+    if attrs.get("residual"):
+        inputs[-1] = inputs[-1] * 8
+    out = kernel(*inputs)
+    assert_matches_reference(dag, out, inputs)

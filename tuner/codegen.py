@@ -30,7 +30,7 @@ from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
                           gomp_parallel, intrinsic, lane_offsets, masked_load, masked_store,
                           materialize, outlined_function, relu, runtime_loop, shared_pointers,
-                          smin, splat, static_block, var, vec_type)
+                          smin, splat, static_block, transpose, var, vec_type)
 from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
                           padding, prefetch_panel, region_start, row_major, strided_load)
 from tuner.machine import Machine
@@ -579,9 +579,88 @@ class _Emitter:
             c = replace(ctx, acc=acc)
             self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
             self.emit_loops(fn, tile, c, self.leaf_compute, compute=True)
-            self.emit_loops(fn, spatial_tile, c, self.leaf_writeback)
+            self._emit_writeback(fn, spatial_tile, c)
 
         self.specialize(fn, tile, ctx, body)
+
+    def _emit_writeback(self, fn: Fn, loops, ctx: Ctx) -> None:
+        """The local tile written back to the output. Where the tile is vectorized along an
+        axis that is not contiguous in the output (output channels, in NCHW), and an unrolled
+        axis of the tile is (the output's row), blocks of the tile are transposed in
+        registers so that each output row is written with vector stores and its residual
+        read with vector loads, instead of a store and a load per lane."""
+        pair = self._transposable(loops)
+        if pair is None:
+            self.emit_loops(fn, loops, ctx, self.leaf_writeback)
+            return
+        row, vec = pair
+        # the pair's loops and the single-trip loops inside them on their axes move innermost
+        inner = [loop for pick in (row, vec) for loop in loops[loops.index(pick):]
+                 if loop.parts[0].axis == pick.parts[0].axis]
+        outer = [loop for loop in loops if loop not in inner]
+        self.emit_loops(fn, outer, ctx,
+                        lambda f, c: self._writeback_transposed(f, c, row, vec, inner))
+
+    def _transposable(self, loops) -> tuple[Loop, Loop] | None:
+        """(row loop, vector loop) of a write-back that `_writeback_transposed` serves: the
+        vector loop steps through an axis that is not contiguous in the output, the row loop
+        is unrolled through one that is, with step 1, and inside each of them only
+        single-trip loops step through its axis."""
+        if any(len(loop.parts) != 1 for loop in loops):
+            return None
+        vecs = [loop for loop in loops if loop.kind == "vectorize"]
+        if len(vecs) != 1:
+            return None
+        vec, out = vecs[0], self.dag.output.flat()
+        if out.coef(vec.parts[0].axis) * vec.parts[0].step == 1:
+            return None
+
+        def innermost(loop: Loop) -> bool:
+            return all(later.extent == 1 for later in loops[loops.index(loop) + 1:]
+                       if later.parts[0].axis == loop.parts[0].axis)
+
+        for loop in loops:
+            part = loop.parts[0]
+            if (loop.kind == "unroll" and part.step == 1 and out.coef(part.axis) == 1
+                    and part.axis != vec.parts[0].axis and loop.extent > 1
+                    and innermost(loop) and innermost(vec)):
+                return loop, vec
+        return None
+
+    def _writeback_transposed(self, fn: Fn, ctx: Ctx, row: Loop, vec: Loop,
+                              inner: list[Loop]) -> None:
+        rpart, vpart = row.parts[0], vec.parts[0]
+        rows, cols = ctx.rem[rpart.axis], ctx.rem[vpart.axis]
+        if not (isinstance(rows, int) and isinstance(cols, int)):  # a partial tile
+            self.emit_loops(fn, inner, ctx, self.leaf_writeback)
+            return
+        for loop in inner:  # the single-trip loops: index 0, whatever the tile's extent
+            if loop is not row and loop is not vec:
+                ctx = ctx.enter(loop.parts[0], Lin(), ctx.rem[loop.parts[0].axis])
+        for v0 in range(0, cols, self.lanes):
+            width = min(self.lanes, cols - v0)
+            for r0 in range(0, rows, self.lanes):
+                count = min(self.lanes, rows - r0)
+                side = 1 << (max(count, width) - 1).bit_length()
+                if count * width <= side * max(1, side.bit_length() - 1):
+                    # too few lanes for the shuffles to pay: a lane at a time
+                    for r in range(r0, r0 + count):
+                        at = ctx.enter(rpart, Lin((), r), 1)
+                        self.leaf_writeback(fn, at.enter(
+                            vpart, Lin((), v0), width,
+                            (vpart.axis, vpart.level, width) if width > 1 else None))
+                    continue
+                tile = [self.load(fn, ctx.enter(rpart, Lin((), r0 + r), 1).enter(
+                            vpart, Lin((), v0), width, (vpart.axis, vpart.level, width)),
+                                  ctx.acc) for r in range(count)]
+                for lane, value in enumerate(transpose(fn.b, tile, width)):
+                    at = ctx.enter(vpart, Lin((), v0 + lane), 1).enter(
+                        rpart, Lin((), r0), count,
+                        (rpart.axis, rpart.level, count) if count > 1 else None)
+                    value = self._addends(fn, at, value)
+                    if self.dag.relu:
+                        value = relu(fn.b, value, self.dag.relu)
+                    self.store(fn, at, self.accesses["out"], value)
 
     def _emit_root_pad(self, fn: Fn, op: Operand):
         """A padded copy of `op`, written once per call, row by row (`_pad_row`). The rows

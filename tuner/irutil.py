@@ -166,6 +166,35 @@ def static_block(b: ir.IRBuilder, trips: int) -> tuple[ir.Value, ir.Value]:
     return lo, hi
 
 
+def transpose(b: ir.IRBuilder, rows: list[ir.Value], width: int) -> list[ir.Value]:
+    """Columns of a matrix given as rows (vectors of `width` lanes each): column j as a vector
+    of len(rows) lanes. Padded to n x n (n a power of two) and transposed with two-input
+    shuffles in log2(n) rounds, each round swapping one bit of the row index with the same
+    bit of the column index: n * log2(n) shuffles, where a lane at a time takes
+    len(rows) * width extracts and inserts."""
+    count = len(rows)
+    n = 1 << (max(count, width) - 1).bit_length()
+
+    def resize(v: ir.Value, have: int, want: int) -> ir.Value:
+        if have == want:
+            return v
+        mask = ir.Constant(ir.VectorType(I32, want), [min(i, have - 1) for i in range(want)])
+        return b.shuffle_vector(v, v, mask)
+
+    square = [resize(v, width, n) for v in rows]
+    square += [ir.Constant(vec_type(n), ir.Undefined)] * (n - count)
+    d = n // 2
+    while d:
+        low = ir.Constant(ir.VectorType(I32, n), [c if not c & d else n + c - d for c in range(n)])
+        high = ir.Constant(ir.VectorType(I32, n), [c + d if not c & d else n + c for c in range(n)])
+        for i in range(n):
+            if not i & d:
+                x, y = square[i], square[i + d]
+                square[i], square[i + d] = b.shuffle_vector(x, y, low), b.shuffle_vector(x, y, high)
+        d //= 2
+    return [resize(v, n, count) for v in square[:width]]
+
+
 def fma(b: ir.IRBuilder, x, y, z) -> ir.Value:
     t = x.type
     suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"
