@@ -401,8 +401,9 @@ def code_size(nest: LoopNest, lanes: int) -> int:
 
     Every unrolled copy of the compute body reads both operands (a gather costs a guarded
     scalar load per lane) and updates the accumulator; the output tile is initialised and
-    written back once per unrolled tile position (a scatter costs a store per lane). Tails
-    and overhead scale it by the measured factors above."""
+    written back once per unrolled tile position (a scatter costs a store per lane; a tile
+    transposed on write-back emits fewer, so this bound is loose for it). Tails and overhead
+    scale it by the measured factors above."""
     return OVERHEAD_FACTOR * tail_factor(spatial_tails(nest)) * _body_size(nest, lanes)
 
 
@@ -507,7 +508,9 @@ def vector_cost(dag: ComputeDAG, axis: str, lanes: int) -> float:
     `lanes` lanes on its own (an extract and a scalar store, ~2 loads' worth), once per output
     vector, so it weighs its lanes against the reduction length that accumulated it: a 1x1
     convolution over 64 channels writes back often enough to prefer vectors along its pixels,
-    a 3x3 one over 576 (channels x window) does not."""
+    a 3x3 one over 576 (channels x window) does not. (A tile unrolled along the output's row
+    is transposed on write-back instead, `codegen._writeback_transposed`, which costs less;
+    this estimate, made before the tile exists, keeps the lane-at-a-time price.)"""
     cost = 0.0
     for op in (dag.lhs, dag.rhs):
         if not op.depends_on(axis):
