@@ -352,7 +352,11 @@ class _Emitter:
         return self._zero(ctx) if value is None else value
 
     def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:
-        value = self._addends(fn, ctx, self.load(fn, ctx, ctx.acc))
+        self._write_out(fn, ctx, self.load(fn, ctx, ctx.acc))
+
+    def _write_out(self, fn: Fn, ctx: Ctx, value: ir.Value) -> None:
+        """The epilogue: `value` from the local tile plus bias and residual, ReLU, stored."""
+        value = self._addends(fn, ctx, value)
         if self.dag.relu:
             value = relu(fn.b, value, self.dag.relu)
         self.store(fn, ctx, self.accesses["out"], value)
@@ -612,18 +616,18 @@ class _Emitter:
         if len(vecs) != 1:
             return None
         vec, out = vecs[0], self.dag.output.flat()
-        if out.coef(vec.parts[0].axis) * vec.parts[0].step == 1:
-            return None
 
         def innermost(loop: Loop) -> bool:
             return all(later.extent == 1 for later in loops[loops.index(loop) + 1:]
                        if later.parts[0].axis == loop.parts[0].axis)
 
+        if out.coef(vec.parts[0].axis) * vec.parts[0].step == 1 or not innermost(vec):
+            return None
         for loop in loops:
             part = loop.parts[0]
             if (loop.kind == "unroll" and part.step == 1 and out.coef(part.axis) == 1
                     and part.axis != vec.parts[0].axis and loop.extent > 1
-                    and innermost(loop) and innermost(vec)):
+                    and innermost(loop)):
                 return loop, vec
         return None
 
@@ -643,7 +647,7 @@ class _Emitter:
                 count = min(self.lanes, rows - r0)
                 side = 1 << (max(count, width) - 1).bit_length()
                 if count * width <= side * max(1, side.bit_length() - 1):
-                    # too few lanes for the shuffles to pay: a lane at a time
+                    # side * log2(side) shuffles cost more than a store per lane: lane-wise
                     for r in range(r0, r0 + count):
                         at = ctx.enter(rpart, Lin((), r), 1)
                         self.leaf_writeback(fn, at.enter(
@@ -657,10 +661,7 @@ class _Emitter:
                     at = ctx.enter(vpart, Lin((), v0 + lane), 1).enter(
                         rpart, Lin((), r0), count,
                         (rpart.axis, rpart.level, count) if count > 1 else None)
-                    value = self._addends(fn, at, value)
-                    if self.dag.relu:
-                        value = relu(fn.b, value, self.dag.relu)
-                    self.store(fn, at, self.accesses["out"], value)
+                    self._write_out(fn, at, value)
 
     def _emit_root_pad(self, fn: Fn, op: Operand):
         """A padded copy of `op`, written once per call, row by row (`_pad_row`). The rows
