@@ -302,7 +302,9 @@ def test_relu6_clips_at_zero_and_six(op, shape, attrs, cache_write):
     # one partial, so the general path writes back too)
     ((1, 16, 9, 11, 40, 3, 3), {"pad": 1, "bias": True, "relu": 1, "residual": True},
      "ow", 11, 16),
-    # pointwise, 35 pixels unrolled in one tile: rows in chunks of 16, 16 and 3 lanes
+    # pointwise, 35 pixels unrolled in one tile: rows in chunks of 16, 16 and 3 lanes on
+    # AVX-512 (the last too few to transpose: lane-wise beside transposed blocks), 8s and 3
+    # on AVX2
     ((1, 24, 5, 7, 48, 1, 1), {"relu": 6, "residual": True}, "p", 35, 32),
     # 7 rows (ResNet's last stage) beside 2 vectors, plain bias
     ((1, 32, 7, 7, 64, 1, 1), {"bias": True}, "p", 7, 32),
