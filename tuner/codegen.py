@@ -30,7 +30,8 @@ from tuner.dag import Affine, Operand
 from tuner.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr, fma,
                           gomp_parallel, intrinsic, lane_offsets, masked_load, masked_store,
                           materialize, outlined_function, relu, runtime_loop, shared_pointers,
-                          smin, splat, static_block, transpose, var, vec_type)
+                          smin, splat, static_block, transpose, transpose_shuffles, var,
+                          vec_type)
 from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
                           padding, prefetch_panel, region_start, row_major, strided_load)
 from tuner.machine import Machine
@@ -645,9 +646,8 @@ class _Emitter:
             width = min(self.lanes, cols - v0)
             for r0 in range(0, rows, self.lanes):
                 count = min(self.lanes, rows - r0)
-                side = 1 << (max(count, width) - 1).bit_length()
-                if count * width <= side * max(1, side.bit_length() - 1):
-                    # side * log2(side) shuffles cost more than a store per lane: lane-wise
+                if min(count, width) < 2 or count * width <= transpose_shuffles(count, width):
+                    # nothing to transpose, or more shuffles than stores per lane: lane-wise
                     for r in range(r0, r0 + count):
                         at = ctx.enter(rpart, Lin((), r), 1)
                         self.leaf_writeback(fn, at.enter(

@@ -166,14 +166,24 @@ def static_block(b: ir.IRBuilder, trips: int) -> tuple[ir.Value, ir.Value]:
     return lo, hi
 
 
+def _transpose_side(rows: int, width: int) -> int:
+    return 1 << (max(rows, width) - 1).bit_length()
+
+
+def transpose_shuffles(rows: int, width: int) -> int:
+    """The shuffles `transpose` emits for `rows` vectors of `width` lanes: n * log2(n)."""
+    side = _transpose_side(rows, width)
+    return side * (side.bit_length() - 1)
+
+
 def transpose(b: ir.IRBuilder, rows: list[ir.Value], width: int) -> list[ir.Value]:
     """Columns of a matrix given as rows (vectors of `width` lanes each): column j as a vector
     of len(rows) lanes. Padded to n x n (n a power of two) and transposed with two-input
     shuffles in log2(n) rounds, each round swapping one bit of the row index with the same
-    bit of the column index: n * log2(n) shuffles, where a lane at a time takes
-    len(rows) * width extracts and inserts."""
+    bit of the column index: n * log2(n) shuffles (`transpose_shuffles`), where a lane at a
+    time takes len(rows) * width extracts and inserts."""
     count = len(rows)
-    n = 1 << (max(count, width) - 1).bit_length()
+    n = _transpose_side(count, width)
 
     def resize(v: ir.Value, have: int, want: int) -> ir.Value:
         if have == want:
