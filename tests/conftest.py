@@ -1,7 +1,10 @@
+from functools import cache
+
 import numpy as np
 import pytest
 
-from tuner.target import host_target
+from tuner.cpu_probe import probe
+from tuner.target import Target, host_target
 
 
 @pytest.fixture(scope="session")
@@ -12,6 +15,29 @@ def target1():
 @pytest.fixture(scope="session")
 def target2():
     return host_target(2)
+
+
+@cache
+def generated_target(cpu: str, threads: int) -> Target:
+    """The target `named_target(cpu, threads)` makes, without its check that this host can run
+    the code: code for a CPU may be generated on any host; only running it needs its ISA. For
+    tests that emit, compile and read code; one that calls a kernel also calls
+    `skip_unless_host_runs`. `cpu` must be a name LLVM knows: the probe runs in this process,
+    which LLVM ends on an unknown one."""
+    host = host_target(threads)
+    return Target(host.triple, cpu, ",".join(probe(cpu)), host.threads)
+
+
+def skip_unless_host_runs(target: Target) -> None:
+    """Skips the calling test from here on if this host lacks an ISA feature of `target`'s
+    code (x86-64-v4 on an AVX2 machine): called after the checks of the generated code,
+    before the first call of a kernel, so those checks still run on every host."""
+    host = host_target(1)
+    have = {f for f in host.features.split(",") if f.startswith("+")}
+    missing = [f[1:] for f in target.features.split(",") if f.startswith("+") and f not in have]
+    if missing:
+        pytest.skip(f"the host ({host.cpu}) has no {', '.join(missing)}: {target.cpu} code "
+                    f"can be generated here, not run")
 
 
 def assert_matches_reference(dag, out, inputs):

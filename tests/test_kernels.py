@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, generated_target, skip_unless_host_runs
 from schedule_gen import random_schedule, random_task
 from tuner.errors import TunerError
 from tuner.jit import Kernel
@@ -158,9 +158,8 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
     from dataclasses import replace as change
     from tuner.default import register_tile, tiled_schedule
     from tuner.layout import access_class
-    from tuner.target import named_target
     from tuner.task import Task
-    target = named_target(cpu, 1)
+    target = generated_target(cpu, 1)
     pad = 1
     w = (21 - 1) * stride + 3 - 2 * pad  # 21 output columns: full vectors and a tail
     dag = Task.create("conv2d", (1, 6, 7, w, 6, 3, 3), stride=stride, pad=pad,
@@ -172,6 +171,7 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
     nest = apply_steps(dag, tiled_schedule(dag, target, tile))
     assert access_class(nest, dag.lhs) == "strided"
     kernel = Kernel(nest, target)
+    skip_unless_host_runs(target)
     for seed in range(2):
         inputs = dag.random_inputs(np.random.default_rng(seed))
         assert_matches_reference(dag, kernel(*inputs), inputs)
@@ -192,9 +192,8 @@ def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu, thr
     from tuner.default import default_schedule
     from tuner.layout import MAX_CODE_SIZE, code_size, ir_instructions
     from tuner.schedule import check_nest
-    from tuner.target import named_target
     from tuner.task import Task
-    target = named_target(cpu, threads)
+    target = generated_target(cpu, threads)
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, groups=groups).dag()
     nest = apply_steps(dag, default_schedule(dag, target))
     check_nest(nest)
@@ -318,13 +317,12 @@ def test_tiles_vectorized_across_output_rows_are_transposed_on_write_back(
     from dataclasses import replace as change
     from tuner import codegen
     from tuner.default import register_tile, tiled_schedule
-    from tuner.target import named_target
     from tuner.task import Task
     calls = []
     real = codegen.transpose
     monkeypatch.setattr(codegen, "transpose", lambda b, rows, w: calls.append(
         (len(rows), w)) or real(b, rows, w))
-    target = named_target(cpu, threads)
+    target = generated_target(cpu, threads)
     dag = Task.create("conv2d", shape, **attrs).dag()
     tile = change(register_tile(dag, target), vector_axis="k", width=width,
                   unrolled_axis=unrolled, count=count)
@@ -332,6 +330,7 @@ def test_tiles_vectorized_across_output_rows_are_transposed_on_write_back(
     lanes = target.machine.lanes
     assert calls and all(rows > 1 and w > 1 and w <= lanes and rows <= lanes
                          for rows, w in calls)
+    skip_unless_host_runs(target)
     inputs = list(dag.random_inputs(np.random.default_rng(11)))
     if attrs.get("residual"):
         inputs[-1] = inputs[-1] * 8
