@@ -194,7 +194,7 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
     compute = fma_instructions / _fma_rate(nest, machine)
     cycles = max(compute, _memory_cycles(nest, machine))
     if nest.cache_write_at is None:  # separate init (and epilogue) passes over the output
-        passes = 1 + len(dag.addends) + bool(dag.relu)
+        passes = 1 + len(dag.addends) + dag.activated
         cycles += passes * 4 * dag.output.size / BYTES_PER_CYCLE["l2"]
     cycles += local_pad_bytes(nest) / COPY_BYTES_PER_CYCLE
     threads = target.threads

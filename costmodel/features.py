@@ -128,7 +128,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         if register_tile else 0
     operand_vectors = tile_operand_registers(nest, machine) if register_tile else 0
     epilogue = 0 if nest.cache_write_at is not None else \
-        len(dag.addends) + bool(dag.relu) + 1
+        len(dag.addends) + dag.activated + 1
     out += [
         _lg(total_flops), len(loops), vec.extent if vec else 0,
         chunks if vec else 0, _lg(unrolled), _lg(register_tile),

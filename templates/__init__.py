@@ -1,7 +1,7 @@
 """Operator compute definitions: one module per operator, nothing but the math.
 
-    conv2d.py        NCHW input, KCRS weight; stride, padding, dilation, groups; bias, ReLU
-    matmul.py        C[M,N] = A[M,K] @ B[K,N] (dense: B is a constant weight); bias, ReLU
+    conv2d.py        NCHW input, KCRS weight; stride, padding, dilation, groups; bias, ReLU, GELU
+    matmul.py        C[M,N] = A[M,K] @ B[K,N] (dense: B is a constant weight); bias, ReLU, GELU
     batch_matmul.py  C[b] = A[b] @ B[b]; bias, ReLU
     _common.py       shape / attribute validation shared by the three
 

@@ -22,10 +22,16 @@ def check_shape(shape, count: int, form: str, op: str) -> tuple[int, ...]:
 # existed (relu=0 / relu=1) name the same tasks.
 RELU_VALUES = {0: "none", 1: "ReLU", 6: "ReLU6"}
 
+# The GELU epilogue (a transformer FFN's activation), after the bias and residual: none, the
+# exact form 0.5·x·(1 + erf(x/√2)), or the tanh form 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+# (ONNX Gelu's approximate="tanh"). The two differ by up to 5e-4, so a task names which.
+GELU_VALUES = {0: "none", 1: "erf", 2: "tanh"}
+
 
 # Attributes added after task keys were first stored: a task's key names them only when set,
 # so that records made before they existed still name the same tasks.
-KEYED_WHEN_SET = {"residual": False}
+KEYED_WHEN_SET = {"residual": False, "gelu": 0, "a_order": 123, "b_order": 123,
+                  "out_order": 123}
 
 
 def key_attrs(full: dict) -> dict:
@@ -41,14 +47,22 @@ def residual_operand(out: Operand) -> Operand:
     return Operand("residual", out.shape, out.index, reshaped_from=out.reshaped_from)
 
 
-def epilogue_reference(values, relu: int, bias=None, residual=None):
+def epilogue_reference(values, relu: int, bias=None, residual=None, gelu: int = 0):
     """The epilogue on numpy values of the output's shape: + bias (already broadcast to the
-    output) + residual, then `relu` (RELU_VALUES)."""
+    output) + residual, then `relu` (RELU_VALUES) or `gelu` (GELU_VALUES)."""
     if bias is not None:
         values = values + bias
     if residual is not None:
         values = values + np.asarray(residual, dtype=np.float64).reshape(values.shape)
-    return relu_reference(values, relu)
+    return gelu_reference(relu_reference(values, relu), gelu)
+
+
+def gelu_reference(values, gelu: int):
+    """The GELU form `gelu` (GELU_VALUES) of numpy values, in float64 (as the model runtime's
+    Gelu: numpy has no erf, and that one is accurate to 1e-8)."""
+    from tuner.model.ops import gelu as onnx_gelu
+
+    return onnx_gelu(values, {1: "none", 2: "tanh"}[gelu]) if gelu else values
 
 
 def split_inputs(rest: tuple, bias: bool, residual: bool) -> tuple:
@@ -66,10 +80,12 @@ def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:
                          f"known: {', '.join(sorted(defaults))}")
     full = dict(defaults)
     for name, value in attrs.items():
-        if name == "relu":
-            if isinstance(value, float) or value not in RELU_VALUES:
-                choices = ", ".join(f"{v} ({kind})" for v, kind in RELU_VALUES.items())
-                raise ShapeError(f"{op} attribute relu expects one of {choices}, got {value!r}")
+        if name in ("relu", "gelu"):
+            values = RELU_VALUES if name == "relu" else GELU_VALUES
+            if isinstance(value, float) or value not in values:
+                choices = ", ".join(f"{v} ({kind})" for v, kind in values.items())
+                raise ShapeError(f"{op} attribute {name} expects one of {choices}, "
+                                 f"got {value!r}")
             full[name] = int(value)
         elif isinstance(defaults[name], bool):
             if value not in (0, 1, True, False):
@@ -79,6 +95,9 @@ def fill_attrs(op: str, attrs: dict, defaults: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ShapeError(f"{op} attribute {name} expects an integer, got {value!r}")
             full[name] = value
+    if full.get("relu") and full.get("gelu"):
+        raise ShapeError(f"{op} takes one activation: relu={full['relu']} and "
+                         f"gelu={full['gelu']} are both set")
     return full
 
 

@@ -24,7 +24,7 @@ from tuner.errors import ShapeError
 NAME = "conv2d"
 SHAPE_FORM = "N,C,H,W,K,R,S"
 DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0,
-            "residual": False}
+            "residual": False, "gelu": 0}
 
 
 def normalize_attrs(shape, attrs: dict) -> dict:
@@ -38,7 +38,8 @@ def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: i
 
 
 def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
-               bias: bool = False, relu: int = 0, residual: bool = False) -> ComputeDAG:
+               bias: bool = False, relu: int = 0, residual: bool = False,
+               gelu: int = 0) -> ComputeDAG:
     n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
     for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
                              ("groups", groups, 1), ("pad", pad, 0)):
@@ -96,8 +97,8 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                     res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
                                                                 wg[:, :, ri, si])
         return epilogue_reference(res, relu, None if bias_val is None else
-                                  bias_val[None, :, None, None], residual_val)
+                                  bias_val[None, :, None, None], residual_val, gelu)
 
     flops = 2.0 * n * k * oh * ow * cg * r * s
     return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference,
-                      residual_operand(out) if residual else None)
+                      residual_operand(out) if residual else None, gelu)

@@ -20,12 +20,16 @@ from tuner.task import Task
 def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     op = op or str(rng.choice(["conv2d", "matmul", "batch_matmul"]))
     epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.choice([0, 1, 6]))}
+    if op != "batch_matmul" and not epilogue["relu"] and rng.random() < 0.3:
+        epilogue["gelu"] = int(rng.choice([1, 2]))
     if op == "matmul":
         shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
         return Task.create(op, shape, residual=bool(rng.random() < 0.3), **epilogue)
     if op == "batch_matmul":
         shape = (int(rng.integers(1, 4)),) + tuple(int(x) for x in rng.integers(1, 25, size=3))
-        return Task.create(op, shape, **epilogue)
+        orders = {name: int(rng.choice([123, 213])) for name in ("a_order", "b_order",
+                                                                  "out_order")}
+        return Task.create(op, shape, **epilogue, **orders)
     groups = int(rng.choice([1, 1, 2, 3]))
     c = groups * int(rng.integers(1, 5))
     k = groups * int(rng.integers(1, 6))

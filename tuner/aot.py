@@ -55,6 +55,7 @@ def c_name(task: Task) -> str:
     name += "_bias" if attrs.get("bias") else ""
     name += "_residual" if attrs.get("residual") else ""
     name += {0: "", 6: "_relu6"}.get(int(attrs.get("relu", 0)), "_relu")
+    name += {0: "", 1: "_gelu"}.get(int(attrs.get("gelu", 0)), "_gelu_tanh")
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
@@ -97,7 +98,7 @@ def _cc() -> str:
 
 def build_library(choices: list[Choice], out_dir: str | Path, name: str = "tuner_kernels",
                   functions: tuple[LinkedFunction, ...] = ()) -> Library:
-    if not choices:
+    if not choices and not functions:
         raise TunerError("nothing to build: no tasks given")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from tuner.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padd
 from tuner.machine import Machine
 from tuner.schedule import Loop, LoopNest, LoopPart
 from tuner.target import Target
+from tuner.vmath import gelu
 
 @dataclass(frozen=True)
 class Access:
@@ -357,17 +358,23 @@ class _Emitter:
 
     def _write_out(self, fn: Fn, ctx: Ctx, value: ir.Value) -> None:
         """The epilogue: `value` from the local tile plus bias and residual, ReLU, stored."""
-        value = self._addends(fn, ctx, value)
+        self.store(fn, ctx, self.accesses["out"],
+                   self._activate(fn, self._addends(fn, ctx, value)))
+
+    def _activate(self, fn: Fn, value: ir.Value) -> ir.Value:
+        """The task's activation (ReLU, ReLU6 or GELU) of `value`, or `value`."""
         if self.dag.relu:
-            value = relu(fn.b, value, self.dag.relu)
-        self.store(fn, ctx, self.accesses["out"], value)
+            return relu(fn.b, value, self.dag.relu)
+        if self.dag.gelu:
+            return gelu(fn.b, value, self.dag.gelu)
+        return value
 
     def leaf_init_out(self, fn: Fn, ctx: Ctx) -> None:
         self.store(fn, ctx, self.accesses["out"], self._addends(fn, ctx, None))
 
-    def leaf_relu_out(self, fn: Fn, ctx: Ctx) -> None:
+    def leaf_activate_out(self, fn: Fn, ctx: Ctx) -> None:
         out = self.accesses["out"]
-        self.store(fn, ctx, out, relu(fn.b, self.load(fn, ctx, out), self.dag.relu))
+        self.store(fn, ctx, out, self._activate(fn, self.load(fn, ctx, out)))
 
     # ------------------------------------------------------------------ loops
     def emit_loops(self, fn: Fn, loops, ctx: Ctx, leaf,
@@ -560,8 +567,8 @@ class _Emitter:
             self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_init_out)
             self.emit_loops(fn, nest.loops, self._root_ctx(), self.leaf_compute, local,
                             compute=True)
-            if self.dag.relu:
-                self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_relu_out)
+            if self.dag.activated:
+                self.emit_loops(fn, spatial, self._root_ctx(), self.leaf_activate_out)
         else:
             at = nest.cache_write_at
             self.emit_loops(fn, nest.loops[:at + 1], self._root_ctx(), self._emit_tile, local,

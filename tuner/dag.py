@@ -94,8 +94,9 @@ class Operand:
 
 @dataclass(frozen=True, slots=True)
 class ComputeDAG:
-    """out[output.index] = relu?(bias[...] + residual[output.index] + sum_reduce lhs[...] *
-    rhs[...]); `relu` is 0 (none), 1 (ReLU) or 6 (ReLU6: clipped at 6 too)."""
+    """out[output.index] = act(bias[...] + residual[output.index] + sum_reduce lhs[...] *
+    rhs[...]); the activation is `relu` 0 (none), 1 (ReLU) or 6 (ReLU6: clipped at 6 too), or
+    `gelu` 1 (erf form) or 2 (tanh form); at most one of the two is set."""
     op: str
     axes: tuple[Axis, ...]
     output: Operand
@@ -108,6 +109,7 @@ class ComputeDAG:
     reference: Callable[..., np.ndarray] = field(compare=False, hash=False, repr=False)
     # read at the output's index, added after the bias and before the ReLU; not constant
     residual: Operand | None = None
+    gelu: int = 0  # templates/_common.GELU_VALUES
 
     @property
     def inputs(self) -> tuple[Operand, ...]:
@@ -118,6 +120,11 @@ class ComputeDAG:
     def addends(self) -> tuple[Operand, ...]:
         """The operands the epilogue adds to the sum, in order: [bias][, residual]."""
         return tuple(op for op in (self.bias, self.residual) if op is not None)
+
+    @property
+    def activated(self) -> bool:
+        """Whether the epilogue applies an activation (ReLU, ReLU6 or GELU)."""
+        return bool(self.relu or self.gelu)
 
     @property
     def extents(self) -> dict[str, int]:

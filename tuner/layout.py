@@ -56,6 +56,7 @@ GUARD_COST = 5          # per padded dimension: index, two compares, and, (per l
 SCALAR_LOAD_COST = 3    # address, load, and a select / insert
 VECTOR_LOAD_COST = 2    # address and load (masked: a call)
 ACC_UPDATE_COST = 3     # accumulator load, fma, store per chunk
+GELU_COST = 55          # tuner/vmath.gelu per vector: 54 (erf form) or 50 (tanh) instructions
 # Lanes up to this many elements apart are read as that many contiguous vector loads and one
 # shuffle (vpermt2ps on AVX-512) instead of a scalar load and an insert per lane.
 MAX_STRIDED_LOAD = 4
@@ -421,6 +422,8 @@ def _body_size(nest: LoopNest, lanes: int) -> int:
     out_kind = access_class(nest, dag.output)
     vec = vector_loop(nest)
     write = vector_lanes(nest) * 2 if out_kind == "gather" else chunks * 2
+    if dag.gelu:  # once per output vector, in the write-back
+        write += GELU_COST * chunks
     if nest.cache_write_at is None:
         return unrolled * (body + write)
     tile_unrolled = math.prod(l.extent for l in nest.tile_loops

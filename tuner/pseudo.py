@@ -46,9 +46,10 @@ def pseudo_code(nest: LoopNest) -> str:
     out = _access_text(nest, "out")
     addends = [_access_text(nest, op.name) for op in dag.addends]
     epilogue = " + ".join(["acc"] + addends)
-    relu = "relu6" if dag.relu == 6 else "relu"
-    if dag.relu:
-        epilogue = f"{relu}({epilogue})"
+    activation = ({1: "relu", 6: "relu6"}.get(dag.relu)
+                  or {1: "gelu", 2: "gelu_tanh"}.get(dag.gelu))
+    if activation:
+        epilogue = f"{activation}({epilogue})"
     depth = 0
     target = out
     if nest.cache_write_at is None:
@@ -71,6 +72,6 @@ def pseudo_code(nest: LoopNest) -> str:
     if nest.cache_write_at is not None:
         depth = nest.cache_write_at + 1
         lines.append("  " * depth + f"{out} = {epilogue}  # write-back over the tile")
-    elif dag.relu:
-        lines.append(f"{out} = {relu}({out})  # for every output element")
+    elif activation:
+        lines.append(f"{out} = {activation}({out})  # for every output element")
     return "\n".join(lines)

@@ -71,7 +71,7 @@ RULES: tuple[SketchRule, ...] = (
                                _named(s, "cache_write_S0", cache_write="S0"), s]),
     # bias, residual and ReLU are applied on write-back of the local tile instead of in
     # separate passes
-    SketchRule("fuse_epilogue", lambda dag: bool(dag.addends or dag.relu),
+    SketchRule("fuse_epilogue", lambda dag: bool(dag.addends or dag.activated),
                lambda dag, s: [_named(s, "fuse_epilogue") if s.cache_write else s]),
     SketchRule("pad", _has_padding,
                lambda dag, s: [_named(s, "inline_padding", pad="inline"),

@@ -44,6 +44,17 @@ def erf(x):
     return out.reshape(np.shape(x))
 
 
+def gelu(x, form: str):
+    """ONNX's Gelu in float64: `form` 'none' is 0.5·x·(1 + erf(x/√2)), 'tanh' its tanh
+    approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    x = np.asarray(x, dtype=np.float64)
+    if form == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if form == "none":
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    raise TunerError(f"Gelu's approximate attribute is 'none' or 'tanh', got {form!r}")
+
+
 ERF_BLOCK = 8192  # float64 elements: the block's handful of temporaries fit in L2
 
 
@@ -323,6 +334,7 @@ OPS = {
     "Floor": _unary(lambda v, a: np.floor(v)),
     "Ceil": _unary(lambda v, a: np.ceil(v)),
     "Erf": _unary(lambda v, a: erf(v)),
+    "Gelu": _unary(lambda v, a: gelu(v, a.get("approximate", "none"))),
     "Identity": lambda x, a, opset: [x[0]],
     "Dropout": dropout,
     "Clip": clip,
