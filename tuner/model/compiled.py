@@ -68,7 +68,8 @@ class CompiledModel(GraphRunner):
                 # fused, the residual
                 self._runtime[node.name] = [i for i, op in enumerate(operands)
                                             if not op.constant]
-        self._impls = {"TunerConv": self._run_conv, "TunerMatMul": self._run_matmul}
+        self._impls = {"TunerConv": self._run_conv, "TunerMatMul": self._run_matmul,
+                       "TunerBatchMatMul": self._run_batch_matmul}
 
     def _run_conv(self, node: Node, args: list) -> list[np.ndarray]:
         return [self._bound[node.name](*(args[i] for i in self._runtime[node.name]))]
@@ -78,6 +79,13 @@ class CompiledModel(GraphRunner):
         rows = [args[i].reshape(-1, args[i].shape[-1]) for i in self._runtime[node.name]]
         out = self._bound[node.name](*rows)
         return [out.reshape(x.shape[:-1] + (out.shape[-1],))]
+
+
+    def _run_batch_matmul(self, node: Node, args: list) -> list[np.ndarray]:
+        dag = self._bound[node.name].kernel.dag
+        out = self._bound[node.name](args[0].reshape(dag.lhs.array_shape),
+                                     args[1].reshape(dag.rhs.array_shape))
+        return [out.reshape(node.attributes["result_shape"])]
 
 
 def _constants(node: Node, operands, consts: dict) -> dict[str, np.ndarray]:

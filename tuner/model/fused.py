@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import relu_reference, split_inputs
+from templates._common import gelu_reference, relu_reference, split_inputs
 from tuner.model import ops_nn
 
 
@@ -24,7 +24,14 @@ def tuner_conv(node, args):
     out = ops_nn.conv([x, weight, bias], attrs, 13)[0]
     if residual is not None:
         out += residual
-    return [relu_reference(out, a["relu"])]
+    return [_activation(out, a)]
+
+
+def _activation(values, attrs: dict):
+    """The task's ReLU, ReLU6 or GELU of float32 `values`."""
+    if attrs.get("gelu"):
+        return gelu_reference(values, attrs["gelu"]).astype(np.float32)
+    return relu_reference(values, attrs["relu"])
 
 
 def tuner_matmul(node, args):
@@ -36,7 +43,7 @@ def tuner_matmul(node, args):
         out += bias
     if residual is not None:
         out += residual.reshape(out.shape)
-    out = relu_reference(out, a["relu"])
+    out = _activation(out, a)
     return [out.reshape(x.shape[:-1] + (weight.shape[1],))]
 
 
@@ -50,10 +57,24 @@ def _reference(node, args):
     return [out.reshape(x.shape[:-1] + (out.shape[-1],)) if task.op == "matmul" else out]
 
 
-FUSED_OPS = {"TunerConv": tuner_conv, "TunerMatMul": tuner_matmul}
+def tuner_batch_matmul(node, args):
+    """A[b] @ B[b], each operand read and the result written in its stored order."""
+    task = node.attributes["task"]
+    dag = task.dag()
+    out = dag.reference(args[0].reshape(dag.lhs.shape), args[1].reshape(dag.rhs.shape))
+    return [out.astype(np.float32).reshape(node.attributes["result_shape"])]
+
+
+FUSED_OPS = {"TunerConv": tuner_conv, "TunerMatMul": tuner_matmul,
+             "TunerBatchMatMul": tuner_batch_matmul}
 
 
 def reference_impls():
     """The fused nodes computed by their templates' numpy references (slower: float64, and a
     Python loop over groups for convolutions)."""
-    return {"TunerConv": _reference, "TunerMatMul": _reference}
+    return {"TunerConv": _reference, "TunerMatMul": _reference,
+            "TunerBatchMatMul": _batched_reference}
+
+
+def _batched_reference(node, args):
+    return tuner_batch_matmul(node, args)  # the template's reference already

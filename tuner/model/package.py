@@ -95,20 +95,21 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    pools, pool_functions = _pool_kernels(extraction.graph, target, name)
+    generated, node_functions = _node_functions(extraction.graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in extraction.graph.nodes:
         if node.op_type in FUSED_OPS:
             calls[node.outputs[0]] = (c_name(node.attributes["task"]), len(node.inputs))
-        elif node.outputs[0] in pools:
-            calls[node.outputs[0]] = (pools[node.outputs[0]].symbol, 1)
+        elif node.outputs[0] in generated:
+            function = generated[node.outputs[0]]
+            calls[node.outputs[0]] = (function.symbol, len(function.operands))
     runs = kernel_runs(extraction.graph.nodes, lambda node: node.outputs[0] in calls)
     segments = [_segment_function(f"{name}_segment{number}",
                                   [calls[extraction.graph.nodes[i].outputs[0]] for i in run],
                                   run, target)
                 for number, run in enumerate(runs)]
-    library = (build_library(choices, out, name, tuple(pool_functions) + tuple(segments))
-               if choices else None)
+    library = (build_library(choices, out, name, tuple(node_functions) + tuple(segments))
+               if choices or node_functions else None)
     arrays = _ArrayStore()
     document = {
         "format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
@@ -120,7 +121,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                    "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
-        "nodes": [_node_json(node, extraction.graph, by_task, pools, arrays)
+        "nodes": [_node_json(node, extraction.graph, by_task, generated, arrays)
                   for node in extraction.graph.nodes],
         "segments": [{"function": function.symbol, "nodes": list(run)}
                      for function, run in zip(segments, runs)],
@@ -168,51 +169,95 @@ def _segment_function(symbol: str, calls: list[tuple[str, int]], nodes: range, t
 
 
 @dataclass(frozen=True, slots=True)
-class _PoolFunction:
+class _NodeFunction:
+    """A generated function serving a node the numpy runtime would run: its symbol, its
+    operands in argument order as (operand name, the node's input, shape, constant), and the
+    shape of its output."""
+
     symbol: str
-    in_shape: tuple[int, ...]
+    operands: tuple[tuple[str, str, tuple[int, ...], bool], ...]
     out_shape: tuple[int, ...]
 
 
-def _pool_kernels(graph: Graph, target, name: str) -> tuple[dict, list]:
-    """Generated functions for the MaxPool and GlobalAveragePool nodes that read a kernel's
-    output (a float32 tensor, with the kernels in a segment), one per distinct pool
-    (pool_codegen.py): the function by pooled node's output, and the compiled functions."""
+def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
+    """Generated functions for the nodes that have one: MaxPool and GlobalAveragePool after a
+    kernel (pool_codegen.py; a float32 tensor, with the kernels in a segment), and
+    LayerNormalization with constant scale and bias, and Softmax, over rows (row_codegen.py).
+    One function per distinct node; returns the function by node output, and the compiled
+    functions."""
     from tuner.aot import LinkedFunction
     from tuner.jit import compile_ir_object
-    from tuner.model.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
 
     made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS}
-    made, pools, functions = {}, {}, []
+    made, served, functions = {}, {}, []
     for node in graph.nodes:
-        if node.op_type not in ("MaxPool", "GlobalAveragePool") \
-                or node.domain not in ("", "ai.onnx") or any(node.outputs[1:]) \
-                or node.inputs[0] not in made_by_kernels or node.inputs[0] not in graph.shapes:
+        if node.domain not in ("", "ai.onnx") or any(node.outputs[1:]) \
+                or not node.inputs or node.inputs[0] not in graph.shapes:
             continue
-        shape = tuple(graph.shapes[node.inputs[0]])
+        plan = _generation_plan(node, graph, made_by_kernels)
+        if plan is None:
+            continue
+        key, operands, out_shape, generate, comment = plan
+        if key not in made:
+            symbol = f"{name}_{node.op_type.lower()}{len(made)}"
+            arguments = ", ".join(f"const float *restrict {operand[0]}"
+                                  for operand in operands)
+            declaration = (f"/* {node.op_type}: {comment} */\n"
+                           f"void {symbol}(float *restrict out, {arguments});")
+            functions.append(LinkedFunction(
+                symbol, compile_ir_object(generate(symbol, target.machine, target.threads),
+                                          target), declaration))
+            made[key] = symbol
+        served[node.outputs[0]] = _NodeFunction(made[key], operands, out_shape)
+    return served, functions
+
+
+def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
+    """(key, operands, output shape, generate(symbol, machine, threads) -> IR, comment) for
+    a node that a generated function can serve, else None. Nodes with the same key share a
+    function."""
+    from tuner.model.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
+    from tuner.model.row_codegen import layer_norm_ir, row_view, softmax_ir
+
+    shape = tuple(graph.shapes[node.inputs[0]])
+    text = "x".join(map(str, shape))
+    x = (("x", node.inputs[0], shape, False),)
+    if node.op_type in ("MaxPool", "GlobalAveragePool"):
+        if node.inputs[0] not in made_by_kernels:
+            return None
         if node.op_type == "MaxPool":
             windows = pool_windows(shape, node.attributes)
             if windows is None:
-                continue
-            key, out_shape = windows, windows.out_shape
-        else:
-            if len(shape) < 3:
-                continue
-            key, out_shape = ("GlobalAveragePool", shape), shape[:2] + (1,) * (len(shape) - 2)
-        if key not in made:
-            symbol = f"{name}_{node.op_type.lower()}{len(made)}"
-            if node.op_type == "MaxPool":
-                code = maxpool_ir(symbol, key, target.machine, target.threads)
-            else:
-                code = global_average_pool_ir(symbol, shape, target.machine, target.threads)
-            shapes = ["x".join(map(str, s)) for s in (out_shape, shape)]
-            declaration = (f"/* {node.op_type}: out[{shapes[0]}] from x[{shapes[1]}] */\n"
-                           f"void {symbol}(float *restrict out, const float *restrict x);")
-            functions.append(LinkedFunction(symbol, compile_ir_object(code, target),
-                                            declaration))
-            made[key] = _PoolFunction(symbol, shape, out_shape)
-        pools[node.outputs[0]] = made[key]
-    return pools, functions
+                return None
+            out = windows.out_shape
+            return (windows, x, out, lambda s, m, t: maxpool_ir(s, windows, m, t),
+                    f"out[{'x'.join(map(str, out))}] from x[{text}]")
+        if len(shape) < 3:
+            return None
+        out = shape[:2] + (1,) * (len(shape) - 2)
+        return (("GlobalAveragePool", shape), x, out,
+                lambda s, m, t: global_average_pool_ir(s, shape, m, t),
+                f"out[{'x'.join(map(str, out))}] from x[{text}]")
+    view = row_view(node.op_type, node.attributes, shape, graph.opset)
+    if view is None:
+        return None
+    rows, width = view
+    if node.op_type == "Softmax":
+        return (("Softmax", rows, width), x, shape,
+                lambda s, m, t: softmax_ir(s, rows, width, m, t),
+                f"out, x[{rows}x{width}], each row normalised")
+    constants = [name for name in node.inputs[1:3] if name]
+    if any(name not in graph.initializers or graph.initializers[name].size != width
+           for name in constants) or len(node.inputs) < 2 or not node.inputs[1]:
+        return None
+    epsilon = float(node.attributes.get("epsilon", 1e-5))
+    bias = len(constants) == 2
+    operands = x + tuple((role, name, graph.initializers[name].shape, True)
+                         for role, name in zip(("scale", "bias"), constants))
+    return (("LayerNormalization", rows, width, epsilon, bias), operands, shape,
+            lambda s, m, t: layer_norm_ir(s, rows, width, epsilon, True, bias, m, t),
+            f"out, x[{rows}x{width}] normalised per row (epsilon {epsilon:g}), scale, "
+            f"bias [{width}]")
 
 
 class _ArrayStore:
@@ -231,7 +276,7 @@ class _ArrayStore:
         return key
 
 
-def _node_json(node: Node, graph: Graph, by_task, pools: dict,
+def _node_json(node: Node, graph: Graph, by_task, generated: dict,
                arrays: _ArrayStore) -> dict:
     entry = {"op_type": node.op_type, "name": node.name, "domain": node.domain,
              "inputs": list(node.inputs), "outputs": list(node.outputs)}
@@ -241,12 +286,13 @@ def _node_json(node: Node, graph: Graph, by_task, pools: dict,
         return entry
     entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
                            for name, value in node.attributes.items()}
-    if node.outputs[0] in pools:  # a generated pool; the attributes say what it does
-        pool = pools[node.outputs[0]]
-        entry["kernel"] = {"symbol": pool.symbol, "operands": [
-            {"name": "x", "input": node.inputs[0], "shape": list(pool.in_shape),
-             "constant": False, "packed": None}],
-            "output_shape": list(pool.out_shape), "result_shape": list(pool.out_shape)}
+    if node.outputs[0] in generated:  # a generated function; the attributes say what it does
+        function = generated[node.outputs[0]]
+        entry["kernel"] = {"symbol": function.symbol, "operands": [
+            {"name": role, "input": source, "shape": list(shape), "constant": constant,
+             "packed": None} for role, source, shape, constant in function.operands],
+            "output_shape": list(function.out_shape),
+            "result_shape": list(function.out_shape)}
     return entry
 
 
@@ -276,6 +322,8 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
     result_shape = out_shape
     if task.op == "matmul":  # extraction made a task only of a static activation shape
         result_shape = graph.shapes[node.inputs[0]][:-1] + out_shape[-1:]
+    elif task.op == "batch_matmul":
+        result_shape = node.attributes["result_shape"]
     return {"symbol": symbol, "task": task.key, "tuned": choice.tuned,
             "threads": choice.target.threads, "operands": operands,
             "output_shape": list(out_shape), "result_shape": list(result_shape)}

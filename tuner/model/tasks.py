@@ -3,14 +3,20 @@
 A Conv the conv2d template can express (2-D, one stride, one symmetric pad, one dilation, a
 constant weight) and a MatMul / Gemm with a constant 2-D weight become one node each of the new
 op types `TunerConv` / `TunerMatMul`, carrying the `Task` in its attributes and its constants
-(weight, bias) as initializers of the rewritten graph. What follows a layer is folded into it
+(weight, bias) as initializers of the rewritten graph. A MatMul of two activations with the
+same batch dimensions (attention's Q·Kᵀ and scores·V) becomes a `TunerBatchMatMul` of the
+batch_matmul template, with nothing folded into it. What follows a layer is folded into it
 while the templates can compute it (Ansor's fused epilogues): BatchNormalization, a per-channel
 constant Mul fold into the weight and bias, a per-channel constant Add into the bias, Relu
 becomes the epilogue, and so does Clip(0, 6) (ReLU6, the templates' relu=6); a Clip with other
-bounds stays a numpy node and is noted. An Add of another activation of the layer's output shape
-(a ResNet block's skip connection, the residual of a transformer layer) becomes the templates'
-`residual`, added before the ReLU that may follow it; the fused node then takes the place of the
-Add, where both of its operands exist. A layer the templates cannot express stays a numpy node
+bounds stays a numpy node and is noted. A GELU, as one Gelu node or as the elementwise chain
+exporters write (patterns.match_gelu), becomes the templates' `gelu` epilogue. An Add (or a
+two-input Sum) of another activation of the layer's output shape (a ResNet block's skip
+connection, the residual of a transformer layer) becomes the templates' `residual`, added before
+the activation that may follow it; the fused node then takes the place of the Add, where both of
+its operands exist. Decomposed LayerNorm and Softmax chains are first replaced by their single
+nodes (patterns.fuse_decomposed), and attention's scale folded into a projection
+(attention.py), whose Reshape/Transpose views the batch_matmul tasks then read through. A layer the templates cannot express stays a numpy node
 too, with a
 note: a model is never refused for it. Identical tasks are counted, since they are tuned once.
 """
@@ -19,13 +25,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tuner.model.graph import Graph, Node
 from tuner.model.ops import legacy_broadcast
 from tuner.model.ops_nn import spatial_pads
+from tuner.model.attention import (fold_attention_scale, producers_of, stored_operand,
+                                   stored_result)
+from tuner.model.patterns import consumers_of, fuse_decomposed, match_gelu
 from tuner.task import Task
 
 
@@ -55,49 +64,61 @@ class Extraction:
 class _Layer:
     """A layer being fused: its weight and bias so far (float64), the nodes it replaced."""
 
-    weight: np.ndarray  # KCRS for conv, K x N for matmul; float64 once anything is folded
+    weight: np.ndarray | None  # KCRS for conv, K x N for matmul (float64 once anything is
+    # folded); None for a product of two activations
     bias: np.ndarray | None
     relu: int  # templates/_common.RELU_VALUES: 0 none, 1 ReLU, 6 ReLU6
     nodes: list[Node]
     out_channels: int
     residual: str | None = None  # the activation added before the ReLU
+    gelu: int = 0  # templates/_common.GELU_VALUES: 0 none, 1 erf form, 2 tanh form
+    batched: bool = False  # a product of two activations: its second operand is no weight
+    operands: tuple[str, ...] = ()  # a product's operands as stored (attention.py)
+    views: list[Node] = field(default_factory=list)  # the views before it that it reads through
 
 
 def extract_tasks(graph: Graph) -> Extraction:
     """Finds the tasks of `graph` and returns it rewritten with one node per fused layer."""
-    consumers = defaultdict(list)
-    for node in graph.nodes:
-        for name in node.inputs:
-            consumers[name].append(node)
+    graph, notes = fuse_decomposed(graph)
+    graph, folds = fold_attention_scale(graph, consumers_of(graph.nodes))
+    notes += folds
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
     absorbed: set[int] = set()
     replaced: dict[int, Node] = {}
     initializers = dict(graph.initializers)
-    notes: list[str] = []
     for node in graph.nodes:
         if id(node) in absorbed:
             continue
-        start = _start_layer(node, graph, notes)
+        start = _start_layer(node, graph, notes, consumers, producers)
         if start is None:
             continue
         x, layer, make_task = start
-        _fuse_following(layer, graph, consumers, notes, absorbed)
+        if not layer.batched:
+            _fuse_following(layer, graph, consumers, notes, absorbed, position)
         last = layer.nodes[-1]
         task = make_task(layer)
-        op_type = "TunerConv" if task.op == "conv2d" else "TunerMatMul"
+        op_type = FUSED_OP_TYPES[task.op]
         weight_name, bias_name = f"{node.name}::weight", f"{node.name}::bias"
-        # No copy unless folded: a transposed Gemm weight stays a view (VGG's fc6 is 400 MB).
-        initializers[weight_name] = np.asarray(layer.weight, dtype=np.float32)
-        inputs = (x, weight_name)
+        if layer.batched:
+            inputs = layer.operands
+        else:
+            # No copy unless folded: a transposed Gemm weight stays a view (VGG's fc6: 400 MB).
+            initializers[weight_name] = np.asarray(layer.weight, dtype=np.float32)
+            inputs = (x, weight_name)
         if layer.bias is not None:
             initializers[bias_name] = layer.bias.astype(np.float32)
             inputs += (bias_name,)
         if layer.residual is not None:
             inputs += (layer.residual,)
-        fused = Node(op_type, node.name, inputs, (last.outputs[0],), {"task": task})
+        attributes = {"task": task}
+        if layer.batched:  # its result may be a view's ([1, S, H*D]), not [B, M, N]
+            attributes["result_shape"] = graph.shapes[last.outputs[0]]
+        fused = Node(op_type, node.name, inputs, (last.outputs[0],), attributes)
         # at the last node it replaces: every input exists there (a residual may be computed
         # after the layer's first node), and the nodes in between did not read the chain
         replaced[id(last)] = fused
-        absorbed.update(id(n) for n in layer.nodes)
+        absorbed.update(id(n) for n in layer.nodes + layer.views)
     nodes = tuple(replaced.get(id(n), n) for n in graph.nodes
                   if id(n) in replaced or id(n) not in absorbed)
     used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
@@ -107,10 +128,15 @@ def extract_tasks(graph: Graph) -> Extraction:
     return Extraction(rewritten, _task_table(nodes), tuple(notes))
 
 
+# The fused node type of each template's tasks.
+FUSED_OP_TYPES = {"conv2d": "TunerConv", "matmul": "TunerMatMul",
+                  "batch_matmul": "TunerBatchMatMul"}
+
+
 def _task_table(nodes) -> tuple[TaskUse, ...]:
     names = defaultdict(list)
     for node in nodes:
-        if node.op_type in ("TunerConv", "TunerMatMul"):
+        if node.op_type in FUSED_OP_TYPES.values():
             names[node.attributes["task"]].append(node.name)
     counts = Counter({task: len(n) for task, n in names.items()})
     flops = {task: task.dag().flops for task in counts}
@@ -120,13 +146,37 @@ def _task_table(nodes) -> tuple[TaskUse, ...]:
     return tuple(sorted(rows, key=lambda r: (-r.share, r.task.key)))
 
 
-def _start_layer(node: Node, graph: Graph, notes: list[str]):
+def _start_layer(node: Node, graph: Graph, notes: list[str], consumers, producers):
     """(data input name, layer, task maker) if `node` starts a task, else None."""
     if node.op_type == "Conv":
         return _start_conv(node, graph, notes)
+    if node.op_type == "MatMul" and node.inputs[1] not in graph.initializers:
+        return _start_batch_matmul(node, graph, notes, consumers, producers)
     if node.op_type in ("MatMul", "Gemm"):
         return _start_matmul(node, graph, notes)
     return None
+
+
+def _start_batch_matmul(node, graph, notes, consumers, producers):
+    """A MatMul of two activations: the batch_matmul template's A[b] @ B[b] over the shared
+    leading dimensions (numpy's broadcasting of unequal ones is left to numpy), reading its
+    operands and writing its result through attention's head views where it can
+    (attention.py)."""
+    x, y = node.inputs
+    a, b = graph.shapes.get(x), graph.shapes.get(y)
+    if a is None or b is None or len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] \
+            or a[-1] != b[-2]:
+        notes.append(f"MatMul '{node.name}' runs in numpy: its operands are not two static "
+                     f"stacks of matrices with the same leading dimensions ({a} and {b})")
+        return None
+    shape = (math.prod(a[:-2]), a[-2], b[-1], a[-1])
+    x_stored, a_order, x_views = stored_operand(x, graph, consumers, producers)
+    y_stored, b_order, y_views = stored_operand(y, graph, consumers, producers)
+    out_order, out_views = stored_result(node.outputs[0], graph, consumers)
+    layer = _Layer(None, None, 0, [node] + out_views, b[-1], batched=True,
+                   operands=(x_stored, y_stored), views=x_views + y_views)
+    return x, layer, lambda done: Task.create("batch_matmul", shape, a_order=a_order,
+                                              b_order=b_order, out_order=out_order)
 
 
 def _start_conv(node, graph, notes):
@@ -161,7 +211,8 @@ def _start_conv(node, graph, notes):
     def make_task(done: _Layer) -> Task:
         return Task.create("conv2d", (n, c, h, wd, k, r, s), stride=strides[0], pad=pads[0],
                            dilation=dilations[0], groups=group, bias=done.bias is not None,
-                           relu=done.relu, residual=done.residual is not None)
+                           relu=done.relu, residual=done.residual is not None,
+                           gelu=done.gelu)
     return x, layer, make_task
 
 
@@ -197,7 +248,8 @@ def _start_matmul(node, graph, notes):
 
     def make_task(done: _Layer) -> Task:
         return Task.create("matmul", (m, done.weight.shape[1], k), bias=done.bias is not None,
-                           relu=done.relu, residual=done.residual is not None)
+                           relu=done.relu, residual=done.residual is not None,
+                           gelu=done.gelu)
     return x, layer, make_task
 
 
@@ -231,14 +283,20 @@ def _channel_vector(node: Node, current: str, graph: Graph, k: int, conv: bool):
 
 
 def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str],
-                    absorbed: set[int]) -> None:
+                    absorbed: set[int], position: dict[int, int]) -> None:
     """Folds the chain after the layer into it while the next node is its output's only
     reader, one the templates compute, and not in another layer already (`absorbed`: the
-    Add of a projection shortcut closes two chains, and the first layer takes it)."""
+    Add of a projection shortcut closes two chains, and the first layer takes it); a GELU,
+    several nodes reading the output, ends it."""
     conv = layer.nodes[0].op_type == "Conv"
     consts = graph.initializers
     while layer.relu == 0:
         current = layer.nodes[-1].outputs[0]
+        gelu = match_gelu(current, position[id(layer.nodes[-1])] + 1, graph, consumers)
+        if gelu is not None and not any(id(n) in absorbed for n in gelu[1]):
+            layer.gelu = gelu[0]
+            layer.nodes.extend(gelu[1])
+            return
         readers = consumers.get(current, [])
         if len(readers) != 1 or current in graph.outputs:
             return
@@ -259,7 +317,7 @@ def _fuse_following(layer: _Layer, graph: Graph, consumers, notes: list[str],
             factor = scale / np.sqrt(var + node.attributes.get("epsilon", 1e-5))
             _scale(layer, factor, conv)
             layer.bias = (_bias(layer) - mean) * factor + beta
-        elif node.op_type == "Add" and (residual := _residual(node, current, graph)):
+        elif node.op_type in ("Add", "Sum") and (residual := _residual(node, current, graph)):
             layer.residual = residual
         elif node.op_type in ("Add", "Sub", "Mul"):
             vector = _channel_vector(node, current, graph, k, conv)
