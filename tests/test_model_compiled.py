@@ -110,7 +110,7 @@ def test_bad_models_are_one_line_errors_before_compiling(tmp_path, empty_db, mon
 
     def no_build(*args, **kwargs):
         raise AssertionError("nothing may be compiled for a model that cannot run")
-    monkeypatch.setattr(compiled_module, "build_choice", no_build)
+    monkeypatch.setattr(compiled_module, "write_package", no_build)
     with pytest.raises(TunerError, match=r"unsupported ONNX operator 'NonMaxSuppression' "
                                          r"\(node 'nms'\)"):
         tuner.compile_model(_unsupported(), db=empty_db)

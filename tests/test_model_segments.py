@@ -22,7 +22,7 @@ from tuner.model.deploy import load_package
 from tuner.model.graph import Node, load_model
 from tuner.model.package import write_package
 from tuner.model.runtime import run_graph
-from tuner.model.segments import ALIGN, kernel_runs, plan_arena, slot_bases
+from tuner.model.segments import ALIGN, group_runs, kernel_runs, plan_arena, slot_bases
 
 
 def _node(name, inputs, outputs, op="K"):
@@ -36,6 +36,27 @@ def test_kernel_runs_are_maximal():
     assert runs == [range(0, 2), range(3, 4), range(6, 9)]
     assert kernel_runs(nodes[2:3], lambda n: n.op_type == "K") == []
     assert slot_bases([3, 1, 4]) == [0, 4, 6]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_grouped_runs_keep_every_dependency_and_are_no_more(seed):
+    """Random DAGs of kernel (K) and numpy (N) nodes: the grouped order is a permutation in
+    which every node comes after the nodes it reads, with at most as many runs of kernels as
+    the given order; where a numpy node needs nothing of a run, the run is not split."""
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(2, 25))
+    nodes = []
+    for i in range(count):
+        reads = [f"v{j}" for j in range(i) if rng.random() < 0.2]
+        nodes.append(_node(f"n{i}", reads, [f"v{i}"], "K" if rng.random() < 0.6 else "N"))
+    is_kernel = lambda n: n.op_type == "K"  # noqa: E731
+    grouped = group_runs(nodes, is_kernel)
+    assert sorted(n.name for n in grouped) == sorted(n.name for n in nodes)
+    position = {n.outputs[0]: i for i, n in enumerate(grouped)}
+    assert all(position[name] < position[n.outputs[0]] for n in grouped for name in n.inputs)
+    assert len(kernel_runs(grouped, is_kernel)) <= len(kernel_runs(nodes, is_kernel))
+    independent = [_node("a", [], ["a"]), _node("p", [], ["p"], "N"), _node("b", ["a"], ["b"])]
+    assert [n.name for n in group_runs(independent, is_kernel)] == ["a", "b", "p"]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -71,9 +92,10 @@ def test_the_arena_never_overlaps_live_values(seed):
 
 
 def split_runs(rng):
-    """Two runs of kernels around a numpy AveragePool: in the first, r1 is read by the pool
-    after the run, c2 is a graph output made in the middle of the run, c3 lives in the arena;
-    odd sizes."""
+    """Two runs of kernels around a numpy AveragePool, which the graph lists between them
+    though only the last kernel needs it: in the first run, r1 is read by the pool after the
+    run, c2 is a graph output made in the middle of the run, c3 lives in the arena; odd
+    sizes."""
     weights = {"w1": randn(rng, 6, 3, 3, 3), "w2": randn(rng, 5, 6, 1, 1),
                "w3": randn(rng, 4, 5, 3, 3), "w5": randn(rng, 3, 4, 1, 1),
                "w4": randn(rng, 7, 6, 1, 1)}
@@ -108,8 +130,8 @@ def test_each_run_of_kernels_is_one_segment_function(split_package):
     model, built = split_package
     document = json.loads(built.graph_file.read_text())
     kinds = ["kernel" in node for node in document["nodes"]]
-    assert kinds == [True, True, False, True, True, True]  # extraction puts the pool third
-    assert [s["nodes"] for s in document["segments"]] == [[0, 1], [3, 4, 5]]
+    assert kinds == [True, True, True, True, False, True]  # the pool waits for the run
+    assert [s["nodes"] for s in document["segments"]] == [[0, 1, 2, 3], [5]]
     header = built.header.read_text()
     for segment in document["segments"]:
         assert f"void {segment['function']}(void *const *slots);" in header
@@ -117,12 +139,12 @@ def test_each_run_of_kernels_is_one_segment_function(split_package):
     assert [n.op_type for n in package.graph.nodes] == ["TunerSegment0", "AveragePool",
                                                         "TunerSegment1"]
     first, _, second = package.graph.nodes
-    # r1 is read after the first run (by the pool and the second run), c2 is a graph output:
-    # nothing of the first run is in its arena; c3 is made and read in the second run only
-    assert first.inputs == ("x",) and first.outputs == ("r1", "c2")
-    assert set(second.inputs) == {"c2", "m"} and set(second.outputs) == {"c4", "c5"}
-    assert package._impls["TunerSegment0"].arena.size == 0
-    assert set(package._impls["TunerSegment1"].arena.offsets) == {"c3"}
+    # r1 is read after the first run (by the pool), c2 and c5 are graph outputs: c3, made and
+    # read in the first run only, is its arena's one value; the second run is c4 alone
+    assert first.inputs == ("x",) and set(first.outputs) == {"r1", "c2", "c5"}
+    assert second.inputs == ("m",) and second.outputs == ("c4",)
+    assert set(package._impls["TunerSegment0"].arena.offsets) == {"c3"}
+    assert package._impls["TunerSegment1"].arena.size == 0
 
 
 def test_segments_compute_what_the_kernels_one_by_one_compute(split_package):

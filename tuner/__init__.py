@@ -7,6 +7,7 @@ Where things live (data flows top to bottom):
     tuner/default.py       a register-blocked schedule for any contraction, before tuning
     tuner/codegen.py       LoopNest -> LLVM IR (explicit vectors, unrolling, tails, OpenMP)
     tuner/irutil.py        symbolic indices and IR helpers for codegen
+    tuner/vmath.py         float32 exp, erf, tanh, GELU as branch-free IR (epilogues, rows)
     tuner/jit.py           IR -> machine code for the host; Kernel callable on numpy arrays
     tuner/pseudo.py        LoopNest -> readable pseudo-code
     tuner/sketch.py        Ansor's derivation rules: sketches of a ComputeDAG
@@ -26,7 +27,7 @@ Where things live (data flows top to bottom):
     tuner/cpu_probe.py     which vector ISA LLVM generates for a named CPU (--cpu)
     tuner/layout.py        layout facts: padding, packed layouts, access classes, code size
     tuner/model/           ONNX models: load + fold (graph), numpy runtime, task extraction,
-                           the task scheduler, compile_model (tuned kernels + numpy)
+                           the task scheduler, packages, compile_model (a package in-process)
     tuner/version.py       __version__ (a leaf, so records/ can stamp records without cycles)
 """
 
@@ -62,9 +63,11 @@ def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
 def compile_model(model, *, db: str | None = None, threads: int | None = None,
                   inputs: dict | None = None, cpu: str | None = None,
                   allow_foreign_target: bool = False):
-    """A whole ONNX model (path, ModelProto or loaded Graph) compiled for this CPU: tuned
-    kernels from `db` for its conv/matmul tasks, numpy for the rest; call it with the input
-    array or a dict by name, it returns the list of outputs (tuner/model/compiled.py)."""
+    """A whole ONNX model (path, ModelProto or loaded Graph) compiled for this CPU: the
+    package `tune build --model` would write, built and loaded in this process (tuned kernels
+    from `db` for its conv/matmul tasks, generated pools, LayerNorms and Softmaxes, numpy for
+    the rest); call it with the input array or a dict by name, it returns the list of outputs
+    (tuner/model/compiled.py)."""
     from tuner.model.compiled import compile_model as compile_graph
 
     return compile_graph(model, db, threads, inputs, cpu, allow_foreign_target)

@@ -33,7 +33,7 @@ from tuner.model.deploy import (FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME
 from tuner.model.fused import FUSED_OPS
 from tuner.model.graph import Graph, Node, load_model
 from tuner.model.runtime import check_supported
-from tuner.model.segments import kernel_runs, slot_bases
+from tuner.model.segments import group_runs, kernel_runs, slot_bases
 from tuner.model.tasks import extract_tasks
 
 
@@ -47,6 +47,7 @@ class PackagedKernel:
     occurrences: int
     tuned: bool
     gflops: float | None
+    share: float  # of the model's task FLOPs
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +104,14 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
         elif node.outputs[0] in generated:
             function = generated[node.outputs[0]]
             calls[node.outputs[0]] = (function.symbol, len(function.operands))
-    runs = kernel_runs(extraction.graph.nodes, lambda node: node.outputs[0] in calls)
+
+    def in_library(node: Node) -> bool:
+        return node.outputs[0] in calls
+
+    nodes = group_runs(extraction.graph.nodes, in_library)
+    runs = kernel_runs(nodes, in_library)
     segments = [_segment_function(f"{name}_segment{number}",
-                                  [calls[extraction.graph.nodes[i].outputs[0]] for i in run],
-                                  run, target)
+                                  [calls[nodes[i].outputs[0]] for i in run], run, target)
                 for number, run in enumerate(runs)]
     library = (build_library(choices, out, name, tuple(node_functions) + tuple(segments))
                if choices or node_functions else None)
@@ -122,7 +127,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
         "nodes": [_node_json(node, extraction.graph, by_task, generated, arrays)
-                  for node in extraction.graph.nodes],
+                  for node in nodes],
         "segments": [{"function": function.symbol, "nodes": list(run)}
                      for function, run in zip(segments, runs)],
     }
@@ -130,7 +135,8 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     graph_file.write_text(json.dumps(document, indent=1) + "\n")
     np.savez(weights_file, **arrays.arrays)
     kernels = tuple(PackagedKernel(use.task.key, c_name(use.task), use.occurrences,
-                                   by_task[use.task].tuned, by_task[use.task].gflops)
+                                   by_task[use.task].tuned, by_task[use.task].gflops,
+                                   use.share)
                     for use in extraction.tasks)
     return PackageBuild(out, graph_file, weights_file,
                         library.shared_library if library else None,

@@ -42,6 +42,30 @@ ALIGN = 64  # bytes: a cache line, and a 512-bit vector
 FLOAT_BYTES = 4
 
 
+def group_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]) -> list[Node]:
+    """`nodes` (in a topological order) in another topological order with fewer, longer runs
+    of kernel nodes: each next node is the first ready one (in the given order) of the same
+    kind as the node before it, kernel or not, and only when there is none the first ready
+    one of the other kind. A numpy node that does not need a run's kernels then waits until
+    the run ends instead of splitting it. The given order is kept where the greedy one has
+    more runs."""
+    made = {name: index for index, node in enumerate(nodes) for name in node.outputs}
+    needs = [{made[name] for name in node.inputs if name in made} for node in nodes]
+    done: set[int] = set()
+    order: list[Node] = []
+    kind = bool(nodes) and is_kernel(nodes[0])
+    while len(order) < len(nodes):
+        ready = [i for i in range(len(nodes)) if i not in done and needs[i] <= done]
+        same = [i for i in ready if is_kernel(nodes[i]) == kind]
+        pick = (same or ready)[0]
+        kind = is_kernel(nodes[pick])
+        done.add(pick)
+        order.append(nodes[pick])
+    if len(kernel_runs(order, is_kernel)) > len(kernel_runs(nodes, is_kernel)):
+        return list(nodes)
+    return order
+
+
 def kernel_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]
                 ) -> list[range]:
     """The maximal runs of consecutive nodes that `is_kernel`, as index ranges."""
