@@ -19,7 +19,9 @@ For each model (bench/models.py's ResNet-50, MobileNetV2 and BERT-base encoder l
    fuses them its own way), so per layer ours does slightly more work. A layer's time is one
    call times its occurrences; what the package takes beyond the sum of its kernels is the
    numpy remainder (the operators numpy runs, the graph walk, and the cache misses a kernel
-   timed alone in a loop does not see: bench/model_nodes.py measures those per node).
+   timed alone in a loop does not see: bench/model_nodes.py measures those per node);
+5. time each node the package still runs in numpy, inside the graph (model_timing's
+   "numpy nodes"): the report names them, with their share of the package's latency.
 
 Latency ratios are ours / onnxruntime: below 1 we are faster; a layer above 1 loses.
 report.md and report.json go to `--out`, with the machine, the load average before and after
@@ -44,7 +46,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.model_timing import measure_layers, measure_model  # noqa: E402
+from bench.model_timing import measure_layers, measure_model, measure_numpy_nodes  # noqa: E402
 from bench.models import MODELS, write_models  # noqa: E402
 from bench.report import BUSY_LOAD, fmt, ratio  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
@@ -100,10 +102,17 @@ class ModelRun:
     package_s: float | None = None       # end to end, one inference
     onnxruntime_s: float | None = None
     layers: list[Layer] = field(default_factory=list)
+    numpy_nodes: list[dict] | None = None  # {"node", "op_type", "median_s"}, in graph order
 
     @property
     def vs_onnxruntime(self) -> float | None:
         return ratio(self.package_s, self.onnxruntime_s)
+
+    @property
+    def numpy_s(self) -> float | None:
+        """The nodes the package runs in numpy, timed inside the graph, added up."""
+        return None if self.numpy_nodes is None else sum(n["median_s"]
+                                                         for n in self.numpy_nodes)
 
     @property
     def kernels_s(self) -> float | None:
@@ -171,6 +180,7 @@ def time_run(run: ModelRun, path: Path, extraction: Extraction, rounds: int) -> 
     theirs = measure_layers("onnxruntime", tasks, run.threads)
     for layer, o, t in zip(run.layers, ours, theirs):
         layer.ours_s, layer.onnxruntime_s = o, t
+    run.numpy_nodes = measure_numpy_nodes(run.package, run.threads)
     print(f"  {run.model} x{run.threads}: package {ms(run.package_s)} ms, onnxruntime "
           f"{ms(run.onnxruntime_s)} ms, kernels {ms(run.kernels_s)} ms", flush=True)
 
@@ -208,13 +218,14 @@ def header_lines(target: Target, load: tuple[float, float], budget: str, rounds:
 
 def summary_lines(runs: list[ModelRun]) -> list[str]:
     lines = ["| model | threads | tasks | trials this run | stored / budget | tuning s | "
-             "ours ms | onnxruntime ms | ours / onnxruntime | our kernels ms | numpy rest ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ours ms | onnxruntime ms | ours / onnxruntime | our kernels ms | numpy rest ms | "
+             "numpy nodes ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r.model} | {r.threads} | {len(r.layers)} | {r.trials_run} | "
                      f"{r.trials_total} / {r.budget} | {r.tuning_s:.0f} | {ms(r.package_s)} | "
                      f"{ms(r.onnxruntime_s)} | {fmt(r.vs_onnxruntime, 2)} | "
-                     f"{ms(r.kernels_s)} | {ms(r.remainder_s)} |")
+                     f"{ms(r.kernels_s)} | {ms(r.remainder_s)} | {ms(r.numpy_s)} |")
     return lines
 
 
@@ -229,8 +240,18 @@ def layer_lines(run: ModelRun) -> list[str]:
                      f"{layer.trials} | {ms(layer.ours_total_s)} | "
                      f"{ms(layer.onnxruntime_total_s)} | "
                      f"{f'**{vs}**' if (layer.vs_onnxruntime or 0) > 1 else vs} |")
-    return lines + ["", f"- our kernels {ms(run.kernels_s)} ms + numpy rest "
-                        f"{ms(run.remainder_s)} ms = package {ms(run.package_s)} ms"]
+    lines += ["", f"- our kernels {ms(run.kernels_s)} ms + numpy rest "
+                  f"{ms(run.remainder_s)} ms = package {ms(run.package_s)} ms"]
+    if run.numpy_nodes is None:
+        return lines + ["- the nodes left to numpy could not be timed"]
+    share = fmt(run.numpy_s / run.package_s, 3) if run.package_s else "–"
+    lines += [f"- nodes the package runs in numpy: {len(run.numpy_nodes)}, "
+              f"{ms(run.numpy_s)} ms inside the graph ({share} of the package)"]
+    if run.numpy_nodes:
+        lines += ["", "| numpy node | op | ms |", "|---|---|---|"]
+        lines += [f"| `{n['node']}` | {n['op_type']} | {ms(n['median_s'])} |"
+                  for n in sorted(run.numpy_nodes, key=lambda n: -n["median_s"])]
+    return lines
 
 
 def write_report(out: Path, header: list[str], runs: list[ModelRun]) -> str:
@@ -242,7 +263,7 @@ def write_report(out: Path, header: list[str], runs: list[ModelRun]) -> str:
 
     def run_json(r: ModelRun) -> dict:
         return asdict(r) | {"vs_onnxruntime": r.vs_onnxruntime, "kernels_s": r.kernels_s,
-                            "remainder_s": r.remainder_s,
+                            "remainder_s": r.remainder_s, "numpy_s": r.numpy_s,
                             "layers": [asdict(x) | {"vs_onnxruntime": x.vs_onnxruntime}
                                        for x in r.layers]}
 

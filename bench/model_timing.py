@@ -12,6 +12,8 @@ count in its environment, and uses the one timing protocol (tuner/timing.py):
 - "onnxruntime": an InferenceSession of the same .onnx file, every graph optimisation on
   (its own fusions, GELU and LayerNorm included, are what we are compared with), inputs and
   outputs bound once with I/O binding as comparators.bound_run does for single operators.
+- "numpy nodes": the package run `NODE_CALLS` times with every node it leaves to numpy timed
+  inside the graph, one median per node: what of a package is still numpy, named.
 - "layers": the tasks of a model one after another in one process, as our tuned kernel
   (comparators.tuned_kernel: replayed from the records, weights bound once) or as
   onnxruntime's single Conv / MatMul (comparators.time_comparator); one kind per process, and
@@ -23,17 +25,21 @@ count in its environment, and uses the one timing protocol (tuner/timing.py):
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
+from collections import defaultdict
 
 import numpy as np
 
 from bench.child import TIMEOUT_S, run_child
-from bench.comparators import bound_run, session, time_comparator, tuned_kernel
+from bench.comparators import bound_run, kinds_for, session, time_comparator, tuned_kernel
 from tuner.errors import TunerError
 from tuner.task import Task
 from tuner.timing import TimingResult, time_callable
 
 MIN_SAMPLE_S = 0.01  # as comparators: a sample of a whole model is one call or a few
+NODE_CALLS = 15  # runs of the package whose numpy nodes are timed, the median kept
 
 
 def _feeds(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -48,6 +54,35 @@ def time_package(directory: str) -> TimingResult:
     package = tuner.load_package(directory)
     feeds = _feeds(package.inputs)
     return time_callable(lambda: package(feeds), min_sample_s=MIN_SAMPLE_S)
+
+
+def time_numpy_nodes(directory: str, calls: int = NODE_CALLS) -> list[dict]:
+    """Each node the package runs in numpy (neither a kernel, a generated function nor a
+    segment): its name, op type and median seconds per inference inside the graph, in graph
+    order."""
+    import tuner
+    from tuner.model.ops import run_node
+    from tuner.model.runtime import blas_on_calling_thread, run_graph
+
+    package = tuner.load_package(directory)
+    graph = package.graph
+    feeds = _feeds(package.inputs)
+    spent = defaultdict(list)
+
+    def timed(node, args):
+        start = time.perf_counter()
+        outputs = run_node(node, args, graph.opset)
+        spent[node.name].append(time.perf_counter() - start)
+        return outputs
+
+    impls = dict(package._impls)  # the package's own: kernels, generated functions, segments
+    numpy_nodes = [node for node in graph.nodes if node.op_type not in impls]
+    impls.update({node.op_type: timed for node in numpy_nodes})
+    with blas_on_calling_thread():
+        for _ in range(calls):
+            run_graph(graph, feeds, impls)
+    return [{"node": node.name, "op_type": node.op_type,
+             "median_s": statistics.median(spent[node.name])} for node in numpy_nodes]
 
 
 def time_onnxruntime_model(path: str, threads: int) -> TimingResult:
@@ -65,9 +100,13 @@ def time_onnxruntime_model(path: str, threads: int) -> TimingResult:
 def time_layers(kind: str, tasks: list[Task], threads: int, db: str | None
                 ) -> list[float | None]:
     """Median seconds of one call of each task as `kind` ("tuned" or "onnxruntime"); None
-    for a task with no tuned record (nothing tuned to time)."""
+    for a task with no tuned record (nothing tuned to time) or no such comparator (attention's
+    batch_matmul has none in onnxruntime alone)."""
     times = []
     for task in tasks:
+        if kind != "tuned" and kind not in kinds_for(task):
+            times.append(None)
+            continue
         try:
             timing = (tuned_kernel(task, threads, db, None) if kind == "tuned"
                       else time_comparator(kind, task, threads))
@@ -95,6 +134,14 @@ def measure_model(what: str, location: str, threads: int,
     return None if answer is None else float(answer["median_s"])
 
 
+def measure_numpy_nodes(directory: str, threads: int, timeout_s: float = TIMEOUT_S
+                        ) -> list[dict] | None:
+    """`time_numpy_nodes` in a fresh process; None if the process failed."""
+    answer = _ask({"what": "numpy nodes", "location": directory, "threads": threads},
+                  threads, timeout_s)
+    return None if answer is None else answer["nodes"]
+
+
 def measure_layers(kind: str, tasks: list[Task], threads: int, db: str | None = None,
                    timeout_s: float = TIMEOUT_S) -> list[float | None]:
     """`time_layers` in a fresh process; all None if the process failed."""
@@ -104,8 +151,8 @@ def measure_layers(kind: str, tasks: list[Task], threads: int, db: str | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The child: one JSON request in argv, one JSON line out (`median_s`, `layers_s` or
-    `error`)."""
+    """The child: one JSON request in argv, one JSON line out (`median_s`, `layers_s`,
+    `nodes` or `error`)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
@@ -116,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         if request["what"] == "layers":
             tasks = [Task.from_json(t) for t in request["tasks"]]
             answer = {"layers_s": time_layers(request["kind"], tasks, threads, request["db"])}
+        elif request["what"] == "numpy nodes":
+            answer = {"nodes": time_numpy_nodes(request["location"])}
         elif request["what"] == "package":
             answer = {"median_s": time_package(request["location"]).median_s}
         else:

@@ -29,7 +29,8 @@ from bench.models import MODELS  # noqa: E402
 # a layer with a fused skip connection (residual) is a task apart from the same layer without
 EXPECTED = {"resnet50": (54, 25, (7.5, 8.5), 1e-4),       # 53 convs + the classifier
             "mobilenetv2": (53, 31, (0.55, 0.65), 1e-4),  # 52 convs + the classifier
-            "bert_layer": (6, 4, (1.7, 1.9), 1e-4)}       # Q, K, V, output, FFN in and out
+            # Q, K, V, output, FFN in and out; Q·Kᵀ and scores·V
+            "bert_layer": (8, 6, (1.7, 1.9), 1e-4)}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -82,6 +83,9 @@ def test_model_report_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert run["package_s"] > 0 and run["onnxruntime_s"] > 0
     assert all(layer["ours_s"] > 0 and layer["onnxruntime_s"] > 0 for layer in run["layers"])
     assert run["kernels_s"] > 0 and run["remainder_s"] is not None
+    # the pool is generated after the conv: the Flatten alone is left to numpy, and named
+    assert [node["op_type"] for node in run["numpy_nodes"]] == ["Flatten"]
+    assert run["numpy_nodes"][0]["median_s"] > 0 and "| Flatten |" in text
     assert (out / "tiny.threads1" / "graph.json").exists()
 
     assert model_report.main(argv) == 0  # the budget is spent: nothing more to measure
