@@ -27,24 +27,11 @@ import math
 
 import numpy as np
 
-from tuner.model.graph import Graph, Node
+from tuner.model.graph import (Graph, Node, only_reader, producers_of, rewritten,
+                               scalar_constant)
 
 HEADS_FIRST = [0, 2, 1, 3]  # [1, S, H, D] <-> [1, H, S, D]
 VIEWS = ("Reshape", "Transpose")
-
-
-def producers_of(nodes) -> dict[str, Node]:
-    return {name: node for node in nodes for name in node.outputs}
-
-
-def _only_reader(name: str, graph: Graph, consumers) -> Node | None:
-    readers = consumers.get(name, [])
-    return readers[0] if len(readers) == 1 and name not in graph.outputs else None
-
-
-def _scalar(name: str, graph: Graph) -> float | None:
-    value = graph.initializers.get(name)
-    return float(value.reshape(())) if value is not None and value.size == 1 else None
 
 
 def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
@@ -59,12 +46,12 @@ def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
         if scale.op_type not in ("Div", "Mul") or len(scale.inputs) != 2:
             continue
         first, second = scale.inputs
-        if scale.op_type == "Mul" and _scalar(first, graph) is not None:
+        if scale.op_type == "Mul" and scalar_constant(first, graph) is not None:
             first, second = second, first
-        product, constant = producers.get(first), _scalar(second, graph)
+        product, constant = producers.get(first), scalar_constant(second, graph)
         if (product is None or constant is None or product.op_type != "MatMul"
                 or any(i in graph.initializers for i in product.inputs)
-                or _only_reader(product.outputs[0], graph, consumers) is not scale
+                or only_reader(product.outputs[0], graph, consumers) is not scale
                 or id(product) in replaced or constant == 0):
             continue
         factor = 1.0 / constant if scale.op_type == "Div" else constant
@@ -88,11 +75,7 @@ def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
             break
     if not notes:
         return graph, []
-    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes if id(n) not in dropped)
-    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
-    return Graph(graph.inputs, graph.outputs, nodes,
-                 {k: v for k, v in initializers.items() if k in used},
-                 graph.shapes, graph.opset, graph.name), notes
+    return rewritten(graph, replaced, dropped, initializers), notes
 
 
 def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | None:
@@ -100,7 +83,7 @@ def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | 
     through Reshapes and Transposes alone, each read by the next only: the nodes to scale."""
     node = producers.get(value)
     while node is not None and node.op_type in VIEWS \
-            and _only_reader(node.outputs[0], graph, consumers) is not None:
+            and only_reader(node.outputs[0], graph, consumers) is not None:
         node = producers.get(node.inputs[0])
     scaled = []
     if node is not None and node.op_type == "Add" and len(node.inputs) == 2 \
@@ -109,7 +92,7 @@ def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | 
         node = producers.get(next(i for i in node.inputs if i not in graph.initializers))
     if node is None or node.op_type != "MatMul" or node.inputs[1] not in graph.initializers \
             or node.inputs[0] in graph.initializers \
-            or any(_only_reader(n.outputs[0], graph, consumers) is None
+            or any(only_reader(n.outputs[0], graph, consumers) is None
                    for n in [node] + scaled):
         return None
     return [node] + scaled
@@ -122,13 +105,13 @@ def stored_operand(value: str, graph: Graph, consumers, producers):
     transpose = producers.get(value)
     if transpose is None or transpose.op_type != "Transpose" \
             or list(transpose.attributes.get("perm", [])) != HEADS_FIRST \
-            or _only_reader(value, graph, consumers) is None:
+            or only_reader(value, graph, consumers) is None:
         return value, 123, []
     reshape = producers.get(transpose.inputs[0])
     heads = graph.shapes.get(transpose.inputs[0])
     if reshape is None or reshape.op_type != "Reshape" or heads is None \
             or len(heads) != 4 or heads[0] != 1 \
-            or _only_reader(reshape.outputs[0], graph, consumers) is not transpose:
+            or only_reader(reshape.outputs[0], graph, consumers) is not transpose:
         return value, 123, []
     return reshape.inputs[0], 213, [reshape, transpose]
 
@@ -137,13 +120,13 @@ def stored_result(value: str, graph: Graph, consumers) -> tuple[int, list[Node]]
     """(order, view nodes) if the product's `value` [1, H, S, D] is only read by
     Transpose(·, [0, 2, 1, 3]), itself read by a Reshape or not at all: the product writes the
     [S, H, D] array with order 213, and the views go. Else (123, [])."""
-    transpose = _only_reader(value, graph, consumers)
+    transpose = only_reader(value, graph, consumers)
     shape = graph.shapes.get(value)
     if transpose is None or transpose.op_type != "Transpose" or shape is None \
             or len(shape) != 4 or shape[0] != 1 \
             or list(transpose.attributes.get("perm", [])) != HEADS_FIRST:
         return 123, []
-    reshape = _only_reader(transpose.outputs[0], graph, consumers)
+    reshape = only_reader(transpose.outputs[0], graph, consumers)
     if reshape is not None and reshape.op_type == "Reshape" \
             and math.prod(graph.shapes.get(reshape.outputs[0], (0,))) == math.prod(shape):
         return 213, [transpose, reshape]

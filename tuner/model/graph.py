@@ -261,3 +261,45 @@ def _replace_graph(proto, graph: Graph):
         for k, v in held.items())
     del proto.graph.value_info[:]
     return proto, held
+
+
+# ---------------------------------------------------------------- reading and rewriting a graph
+def consumers_of(nodes) -> dict[str, list[Node]]:
+    """The nodes that read each value, in graph order, each once (Mul(d, d) is one reader)."""
+    readers: dict[str, list[Node]] = {}
+    for node in nodes:
+        for name in dict.fromkeys(node.inputs):
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def producers_of(nodes) -> dict[str, Node]:
+    """The node that makes each value."""
+    return {name: node for node in nodes for name in node.outputs}
+
+
+def only_reader(name: str, graph: Graph, consumers, op_types=None) -> Node | None:
+    """The one node that reads `name` (of one of `op_types`, if given), where nothing else
+    does and it is no graph output; else None."""
+    readers = consumers.get(name, [])
+    if len(readers) != 1 or name in graph.outputs or \
+            (op_types is not None and readers[0].op_type not in op_types):
+        return None
+    return readers[0]
+
+
+def scalar_constant(name: str, graph: Graph) -> float | None:
+    """The value of a one-element initializer, else None."""
+    value = graph.initializers.get(name)
+    return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+
+def rewritten(graph: Graph, replaced: dict[int, Node], dropped: set[int],
+              initializers: dict[str, np.ndarray]) -> Graph:
+    """`graph` with nodes replaced (by the id of the node they replace) and dropped (ids), and
+    of `initializers` those still read."""
+    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes if id(n) not in dropped)
+    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
+    return Graph(graph.inputs, graph.outputs, nodes,
+                 {k: v for k, v in initializers.items() if k in used},
+                 graph.shapes, graph.opset, graph.name)

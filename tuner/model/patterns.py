@@ -19,11 +19,11 @@ matter, so they are matched node by node (`fuse_decomposed`).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 
-from tuner.model.graph import Graph, Node
+from tuner.model.graph import (Graph, Node, consumers_of, only_reader, rewritten,
+                               scalar_constant)
 from tuner.model.ops import gelu as gelu_values
 from tuner.model.ops import run_node
 
@@ -35,15 +35,6 @@ GELU_WINDOW = 40  # nodes after the input's producer
 GELU_PROBES = np.concatenate([np.linspace(-7.0, 7.0, 281), [-30.0, -12.5, 1e-3, 12.5, 30.0]]
                              ).astype(np.float32)
 GELU_FORMS = {1: "none", 2: "tanh"}  # templates/_common.GELU_VALUES -> Gelu's `approximate`
-
-
-def consumers_of(nodes) -> dict[str, list[Node]]:
-    """The nodes that read each value, in graph order, each once (Mul(d, d) is one reader)."""
-    readers = defaultdict(list)
-    for node in nodes:
-        for name in dict.fromkeys(node.inputs):
-            readers[name].append(node)
-    return readers
 
 
 def match_gelu(value: str, start: int, graph: Graph, consumers) -> tuple[int, list[Node]] | None:
@@ -127,18 +118,7 @@ def fuse_decomposed(graph: Graph) -> tuple[Graph, list[str]]:
                      f"({'/'.join(n.op_type for n in chain)})")
     if not replaced:
         return graph, []
-    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes if id(n) not in dropped)
-    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
-    return Graph(graph.inputs, graph.outputs, nodes,
-                 {k: v for k, v in initializers.items() if k in used},
-                 graph.shapes, graph.opset, graph.name), notes
-
-
-def _only_reader(name: str, graph: Graph, consumers, op_types) -> Node | None:
-    readers = consumers.get(name, [])
-    if len(readers) != 1 or name in graph.outputs or readers[0].op_type not in op_types:
-        return None
-    return readers[0]
+    return rewritten(graph, replaced, dropped, initializers), notes
 
 
 def _reduced_axes(node: Node, graph: Graph) -> tuple[int, ...] | None:
@@ -164,11 +144,6 @@ def _trailing(axes, rank: int) -> int | None:
     return axes[0]
 
 
-def _scalar(name: str, graph: Graph) -> float | None:
-    value = graph.initializers.get(name)
-    return float(value.reshape(())) if value is not None and value.size == 1 else None
-
-
 def _other(node: Node, name: str) -> str | None:
     others = [i for i in node.inputs if i != name]
     return others[0] if len(node.inputs) == 2 and len(others) == 1 else None
@@ -181,7 +156,7 @@ def _layer_norm(mean: Node, graph: Graph, consumers, initializers):
     shape = graph.shapes.get(x)
     axes = _reduced_axes(mean, graph)
     axis = None if shape is None or axes is None else _trailing(axes, len(shape))
-    sub = _only_reader(mean.outputs[0], graph, consumers, ("Sub",))
+    sub = only_reader(mean.outputs[0], graph, consumers, ("Sub",))
     if axis is None or sub is None or tuple(sub.inputs) != (x, mean.outputs[0]):
         return None
     d = sub.outputs[0]
@@ -192,29 +167,29 @@ def _layer_norm(mean: Node, graph: Graph, consumers, initializers):
             or div.inputs[0] != d:
         return None
     if not ((square.op_type == "Pow" and square.inputs[0] == d
-             and _scalar(square.inputs[1], graph) == 2.0)
+             and scalar_constant(square.inputs[1], graph) == 2.0)
             or (square.op_type == "Mul" and tuple(square.inputs) == (d, d))):
         return None
-    var = _only_reader(square.outputs[0], graph, consumers, ("ReduceMean",))
+    var = only_reader(square.outputs[0], graph, consumers, ("ReduceMean",))
     if var is None or _reduced_axes(var, graph) != axes:
         return None
-    add = _only_reader(var.outputs[0], graph, consumers, ("Add",))
-    epsilon = None if add is None else _scalar(_other(add, var.outputs[0]) or "", graph)
-    sqrt = None if add is None else _only_reader(add.outputs[0], graph, consumers, ("Sqrt",))
+    add = only_reader(var.outputs[0], graph, consumers, ("Add",))
+    epsilon = None if add is None else scalar_constant(_other(add, var.outputs[0]) or "", graph)
+    sqrt = None if add is None else only_reader(add.outputs[0], graph, consumers, ("Sqrt",))
     if epsilon is None or sqrt is None or \
-            _only_reader(sqrt.outputs[0], graph, consumers, ("Div",)) is not div \
+            only_reader(sqrt.outputs[0], graph, consumers, ("Div",)) is not div \
             or tuple(div.inputs) != (d, sqrt.outputs[0]):
         return None
     chain = [mean, sub, square, var, add, sqrt, div]
     normalized = shape[axis:]
     scale = bias = None
-    scale_node = _only_reader(div.outputs[0], graph, consumers, ("Mul",))
+    scale_node = only_reader(div.outputs[0], graph, consumers, ("Mul",))
     if scale_node is not None:
         scale = _affine_operand(scale_node, div.outputs[0], graph, normalized)
         if scale is not None:
             chain.append(scale_node)
     if scale is not None:
-        bias_node = _only_reader(scale_node.outputs[0], graph, consumers, ("Add",))
+        bias_node = only_reader(scale_node.outputs[0], graph, consumers, ("Add",))
         if bias_node is not None:
             bias = _affine_operand(bias_node, scale_node.outputs[0], graph, normalized)
             if bias is not None:
@@ -255,10 +230,10 @@ def _softmax(first: Node, graph: Graph, consumers):
     one Softmax."""
     if first.op_type == "ReduceMax":
         x = first.inputs[0]
-        sub = _only_reader(first.outputs[0], graph, consumers, ("Sub",))
+        sub = only_reader(first.outputs[0], graph, consumers, ("Sub",))
         if sub is None or tuple(sub.inputs) != (x, first.outputs[0]):
             return None
-        exp = _only_reader(sub.outputs[0], graph, consumers, ("Exp",))
+        exp = only_reader(sub.outputs[0], graph, consumers, ("Exp",))
         chain = [first, sub]
         if exp is None or _reduced_axes(first, graph) is None:
             return None
@@ -278,7 +253,7 @@ def _softmax(first: Node, graph: Graph, consumers):
     sum_axes = _reduced_axes(total, graph)
     last = (len(shape) - 1,)
     if sum_axes != last or (axes is not None and axes != last) or \
-            _only_reader(total.outputs[0], graph, consumers, ("Div",)) is not div or \
+            only_reader(total.outputs[0], graph, consumers, ("Div",)) is not div or \
             tuple(div.inputs) != (e, total.outputs[0]):
         return None
     chain += [exp, total, div]

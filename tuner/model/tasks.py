@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tuner.model.graph import Graph, Node
+from tuner.model.attention import fold_attention_scale, stored_operand, stored_result
+from tuner.model.graph import Graph, Node, consumers_of, producers_of, rewritten
 from tuner.model.ops import legacy_broadcast
 from tuner.model.ops_nn import spatial_pads
-from tuner.model.attention import (fold_attention_scale, producers_of, stored_operand,
-                                   stored_result)
-from tuner.model.patterns import consumers_of, fuse_decomposed, match_gelu
+from tuner.model.patterns import fuse_decomposed, match_gelu
 from tuner.task import Task
 
 
@@ -119,13 +118,8 @@ def extract_tasks(graph: Graph) -> Extraction:
         # after the layer's first node), and the nodes in between did not read the chain
         replaced[id(last)] = fused
         absorbed.update(id(n) for n in layer.nodes + layer.views)
-    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes
-                  if id(n) in replaced or id(n) not in absorbed)
-    used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
-    rewritten = Graph(graph.inputs, graph.outputs, nodes,
-                      {k: v for k, v in initializers.items() if k in used},
-                      graph.shapes, graph.opset, graph.name)
-    return Extraction(rewritten, _task_table(nodes), tuple(notes))
+    result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers)
+    return Extraction(result, _task_table(result.nodes), tuple(notes))
 
 
 # The fused node type of each template's tasks.
