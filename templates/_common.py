@@ -28,17 +28,17 @@ RELU_VALUES = {0: "none", 1: "ReLU", 6: "ReLU6"}
 GELU_VALUES = {0: "none", 1: "erf", 2: "tanh"}
 
 
-# Attributes added after task keys were first stored: a task's key names them only when set,
-# so that records made before they existed still name the same tasks.
-KEYED_WHEN_SET = {"residual": False, "gelu": 0, "a_order": 123, "b_order": 123,
-                  "out_order": 123}
+# Attributes added after task keys were first stored: a task's key names them only when they
+# differ from the template's default, so that records made before they existed still name the
+# same tasks.
+KEYED_WHEN_SET = frozenset({"residual", "gelu", "a_order", "b_order", "out_order"})
 
 
-def key_attrs(full: dict) -> dict:
+def key_attrs(full: dict, defaults: dict) -> dict:
     """The attributes a task key names: all of `full` but those of KEYED_WHEN_SET that are
-    at their default."""
+    at their template's default (`defaults`)."""
     return {name: value for name, value in full.items()
-            if name not in KEYED_WHEN_SET or value != KEYED_WHEN_SET[name]}
+            if name not in KEYED_WHEN_SET or value != defaults[name]}
 
 
 def residual_operand(out: Operand) -> Operand:

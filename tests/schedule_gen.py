@@ -24,6 +24,8 @@ def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
         epilogue["gelu"] = int(rng.choice([1, 2]))
     if op == "matmul":
         shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
+        if rng.random() < 0.25:  # C stored transposed (attention's keys), no residual then
+            return Task.create(op, shape, out_order=21, **epilogue)
         return Task.create(op, shape, residual=bool(rng.random() < 0.3), **epilogue)
     if op == "batch_matmul":
         shape = (int(rng.integers(1, 4)),) + tuple(int(x) for x in rng.integers(1, 25, size=3))

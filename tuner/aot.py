@@ -56,6 +56,8 @@ def c_name(task: Task) -> str:
     name += "_residual" if attrs.get("residual") else ""
     name += {0: "", 6: "_relu6"}.get(int(attrs.get("relu", 0)), "_relu")
     name += {0: "", 1: "_gelu"}.get(int(attrs.get("gelu", 0)), "_gelu_tanh")
+    for order in ("a_order", "b_order", "out_order"):  # named in the key only when not plain
+        name += f"_{order.replace('_order', '')}{attrs[order]}" if order in attrs else ""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 

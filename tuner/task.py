@@ -27,7 +27,7 @@ class Task:
 
         template = get_template(op)
         shape = tuple(int(x) for x in shape)
-        full = key_attrs(template.normalize_attrs(shape, attrs))
+        full = key_attrs(template.normalize_attrs(shape, attrs), template.DEFAULTS)
         task = Task(op, shape, tuple(sorted(full.items())), dtype)
         task.dag()  # validates shape and attributes with a clear ShapeError
         return task

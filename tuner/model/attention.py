@@ -17,8 +17,10 @@ splits the package's segments. Two rewrites remove most of them:
   Transposes lie between; for the usual c = sqrt(64) = 8 that is exact in float32.
 - `stored_operand` / `stored_result` (during task extraction): a [1, S, H, D] view transposed
   to [1, H, S, D] is the [S, H, D] array read with the batch axis second, the batch_matmul
-  template's order 213: no copy, every row still contiguous. K transposed to [1, H, D, S] is
-  not (its rows would be gathered), so its Transpose stays.
+  template's order 213: no copy, every row still contiguous.
+- `transposed_heads`: K transposed to [1, H, D, S] would be read a column at a time, so the key
+  projection writes its result transposed instead (the matmul template's out_order 21,
+  C^T [H*D, S]), which is K^T [H, D, S] as the scores' product reads it, in plain order.
 """
 
 from __future__ import annotations
@@ -114,6 +116,20 @@ def stored_operand(value: str, graph: Graph, consumers, producers):
             or only_reader(reshape.outputs[0], graph, consumers) is not transpose:
         return value, 123, []
     return reshape.inputs[0], 213, [reshape, transpose]
+
+
+def transposed_heads(value: str, rows: int, graph: Graph, consumers) -> list[Node]:
+    """[Reshape, Transpose] if a projection's `value` ([1, S, H*D] or [S, H*D], S = `rows`)
+    is only read by Reshape(·, [1, S, H, D]), itself only read by Transpose(·, [0, 2, 3, 1]):
+    the projection writes its result transposed and the views go. Else []."""
+    reshape = only_reader(value, graph, consumers, ("Reshape",))
+    heads = None if reshape is None else graph.shapes.get(reshape.outputs[0])
+    if heads is None or len(heads) != 4 or heads[0] != 1 or heads[1] != rows:
+        return []
+    transpose = only_reader(reshape.outputs[0], graph, consumers, ("Transpose",))
+    if transpose is None or list(transpose.attributes.get("perm", [])) != [0, 2, 3, 1]:
+        return []
+    return [reshape, transpose]
 
 
 def stored_result(value: str, graph: Graph, consumers) -> tuple[int, list[Node]]:

@@ -326,10 +326,10 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
                          "constant": op.constant, "packed": packed})
     out_shape = dag.output.array_shape
     result_shape = out_shape
-    if task.op == "matmul":  # extraction made a task only of a static activation shape
-        result_shape = graph.shapes[node.inputs[0]][:-1] + out_shape[-1:]
-    elif task.op == "batch_matmul":
+    if "result_shape" in node.attributes:  # a view's, whose nodes the kernel replaced
         result_shape = node.attributes["result_shape"]
+    elif task.op == "matmul":  # extraction made a task only of a static activation shape
+        result_shape = graph.shapes[node.inputs[0]][:-1] + out_shape[-1:]
     return {"symbol": symbol, "task": task.key, "tuned": choice.tuned,
             "threads": choice.target.threads, "operands": operands,
             "output_shape": list(out_shape), "result_shape": list(result_shape)}

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tuner.model.attention import fold_attention_scale, stored_operand, stored_result
+from tuner.model.attention import (fold_attention_scale, stored_operand, stored_result,
+                                   transposed_heads)
 from tuner.model.graph import Graph, Node, consumers_of, producers_of, rewritten
 from tuner.model.ops import legacy_broadcast
 from tuner.model.ops_nn import spatial_pads
@@ -72,6 +73,7 @@ class _Layer:
     residual: str | None = None  # the activation added before the ReLU
     gelu: int = 0  # templates/_common.GELU_VALUES: 0 none, 1 erf form, 2 tanh form
     batched: bool = False  # a product of two activations: its second operand is no weight
+    transposed: bool = False  # a matmul writing its result transposed (attention's keys)
     operands: tuple[str, ...] = ()  # a product's operands as stored (attention.py)
     views: list[Node] = field(default_factory=list)  # the views before it that it reads through
 
@@ -95,6 +97,11 @@ def extract_tasks(graph: Graph) -> Extraction:
         x, layer, make_task = start
         if not layer.batched:
             _fuse_following(layer, graph, consumers, notes, absorbed, position)
+        if node.op_type == "MatMul" and not layer.batched and layer.residual is None:
+            rows = math.prod(graph.shapes[x][:-1])
+            views = transposed_heads(layer.nodes[-1].outputs[0], rows, graph, consumers)
+            layer.nodes.extend(views)
+            layer.transposed = bool(views)
         last = layer.nodes[-1]
         task = make_task(layer)
         op_type = FUSED_OP_TYPES[task.op]
@@ -111,7 +118,8 @@ def extract_tasks(graph: Graph) -> Extraction:
         if layer.residual is not None:
             inputs += (layer.residual,)
         attributes = {"task": task}
-        if layer.batched:  # its result may be a view's ([1, S, H*D]), not [B, M, N]
+        if layer.batched or layer.transposed:  # its result is a view's ([1, S, H*D]), not
+            # [B, M, N] / [M, N]
             attributes["result_shape"] = graph.shapes[last.outputs[0]]
         fused = Node(op_type, node.name, inputs, (last.outputs[0],), attributes)
         # at the last node it replaces: every input exists there (a residual may be computed
@@ -243,7 +251,7 @@ def _start_matmul(node, graph, notes):
     def make_task(done: _Layer) -> Task:
         return Task.create("matmul", (m, done.weight.shape[1], k), bias=done.bias is not None,
                            relu=done.relu, residual=done.residual is not None,
-                           gelu=done.gelu)
+                           gelu=done.gelu, out_order=21 if done.transposed else 12)
     return x, layer, make_task
 
 
