@@ -199,6 +199,47 @@ def test_threads_calling_one_package_get_their_own_arena(tmp_path):
     assert not wrong
 
 
+def test_views_join_the_run_of_the_kernels_that_made_their_input(tmp_path):
+    """Conv, GlobalAveragePool, Flatten, Gemm: one segment, the Flatten a view in it; a
+    Flatten and a Reshape read after the run (graph outputs) come out as new arrays of
+    their shape; the Reshape of the model input, which no kernel made, stays numpy."""
+    rng = np.random.default_rng(11)
+    weights = {"w": randn(rng, 6, 3, 3, 3), "fw": randn(rng, 6, 5), "fb": randn(rng, 5),
+               "shape": np.array([1, 3, 7, 9], np.int64),
+               "flat": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["xr"]),
+             helper.make_node("Conv", ["xr", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
+             helper.make_node("Reshape", ["c", "flat"], ["cf"])]
+    outputs = ["y", "f", "cf"]
+    graph = helper.make_graph(
+        nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 63])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    db = tmp_path / "empty.db"
+    RecordStore(f"sqlite:///{db}").close()
+    built = write_package(model, tmp_path / "pkg", db=str(db), threads=2)
+    document = json.loads(built.graph_file.read_text())
+    views = {n["outputs"][0] for n in document["nodes"] if "view" in n}
+    assert views == {"f", "cf"} and document["nodes"][0]["outputs"] == ["xr"]
+    assert [s["nodes"] for s in document["segments"]] == [[1, 2, 3, 4, 5]]
+    package = tuner.load_package(built.directory)
+    assert [n.op_type for n in package.graph.nodes] == ["Reshape", "TunerSegment0"]
+    x = randn(rng, 1, 3, 63)
+    expected = run_graph(load_model(model), {"x": x})
+    one_by_one = load_package(built.directory, segments=False)(x)
+    first, second = package(x), package(x)
+    for got, node_by_node, want in zip(first, one_by_one, expected):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, node_by_node)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(first, second):  # outputs are not reused between calls
+        assert not np.shares_memory(a, b)
+
+
 def _with_segments(built, tmp_path, change):
     """A copy of the package whose graph.json's segment list `change` has edited."""
     copy = tmp_path / "pkg"

@@ -153,12 +153,14 @@ def load_package(directory, segments: bool = True) -> Package:
     try:
         initializers = {name: arrays[key]
                         for name, key in document["initializers"].items()}
-        kernels, nodes, fused_types = {}, [], set()
+        kernels, nodes, fused_types, views = {}, [], set(), {}
         for entry in nodes_json:
             node = Node(str(entry["op_type"]), str(entry["name"]),
                         tuple(map(str, entry["inputs"])), tuple(map(str, entry["outputs"])),
                         {k: _attribute(v, arrays) for k, v in entry["attributes"].items()},
                         str(entry.get("domain", "")))
+            if "view" in entry:
+                views[node.outputs[0]] = tuple(int(d) for d in entry["view"]["result_shape"])
             if "kernel" in entry:
                 if library is None:
                     raise TunerError(f"'{graph_file}' names kernels but no library")
@@ -170,7 +172,7 @@ def load_package(directory, segments: bool = True) -> Package:
                 node = Node(node.op_type, node.name, runtime, node.outputs, {}, node.domain)
             nodes.append(node)
         if segments:
-            nodes, runners = _segmented(nodes, document.get("segments", []), kernels,
+            nodes, runners = _segmented(nodes, document.get("segments", []), kernels, views,
                                         set(document["outputs"]), library, graph_file)
             fused_types.update(runners)
         still_read = {i for n in nodes for i in n.inputs} | set(document["outputs"])
@@ -190,15 +192,16 @@ def load_package(directory, segments: bool = True) -> Package:
 SEGMENT_OP = "TunerSegment"
 
 
-def _segmented(nodes: list[Node], specs: list, kernels: dict, graph_outputs: set[str],
-               library, graph_file: Path) -> tuple[list[Node], dict]:
-    """The nodes with each segment's run of kernel nodes replaced by one node that its
-    segment function runs, and the implementations of those nodes by op type (one per
-    segment: `TunerSegment<k>`)."""
+def _segmented(nodes: list[Node], specs: list, kernels: dict, views: dict,
+               graph_outputs: set[str], library, graph_file: Path) -> tuple[list[Node], dict]:
+    """The nodes with each segment's run of kernel nodes (and views) replaced by one node
+    that its segment function runs, and the implementations of those nodes by op type (one
+    per segment: `TunerSegment<k>`)."""
     replaced, runners = {}, {}
     # A segment function calls the kernels it was built for on the slots it is given: a
     # segment that does not name exactly those nodes would pass them the wrong pointers.
-    runs = kernel_runs(nodes, lambda node: node.outputs[0] in kernels)
+    runs = kernel_runs(nodes, lambda node: node.outputs[0] in kernels,
+                       lambda node: node.outputs[0] in views)
     if specs and len(specs) != len(runs):
         raise TunerError(f"'{graph_file}' is malformed: {len(specs)} segments for "
                          f"{len(runs)} runs of kernel nodes")
@@ -212,7 +215,8 @@ def _segmented(nodes: list[Node], specs: list, kernels: dict, graph_outputs: set
                                  for name in node.inputs}
         function = _function(library, str(spec["function"]),
                              [ctypes.POINTER(ctypes.c_void_p)])
-        segment = Segment(function, run, [kernels[n.outputs[0]] for n in run], after)
+        segment = Segment(function, run, [kernels[n.outputs[0]] for n in run
+                                          if n.outputs[0] in kernels], after, views)
         op_type = f"{SEGMENT_OP}{number}"
         runners[op_type] = segment
         replaced[indices[0]] = Node(op_type, f"segment{number}", segment.inputs,

@@ -21,6 +21,7 @@ The cost is one pass over the weights when the package is loaded.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,14 +106,21 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
             function = generated[node.outputs[0]]
             calls[node.outputs[0]] = (function.symbol, len(function.operands))
 
+    views = _views(extraction.graph)
+
     def in_library(node: Node) -> bool:
         return node.outputs[0] in calls
 
-    nodes = group_runs(extraction.graph.nodes, in_library)
-    runs = kernel_runs(nodes, in_library)
+    def is_view(node: Node) -> bool:
+        return node.outputs[0] in views
+
+    nodes = group_runs(extraction.graph.nodes, lambda n: in_library(n) or is_view(n))
+    runs = kernel_runs(nodes, in_library, is_view)
     segments = [_segment_function(f"{name}_segment{number}",
-                                  [calls[nodes[i].outputs[0]] for i in run], run, target)
+                                  [calls[nodes[i].outputs[0]] for i in run
+                                   if in_library(nodes[i])], run, target)
                 for number, run in enumerate(runs)]
+    in_runs = {nodes[i].outputs[0] for run in runs for i in run}
     library = (build_library(choices, out, name, tuple(node_functions) + tuple(segments))
                if choices or node_functions else None)
     arrays = _ArrayStore()
@@ -126,7 +134,8 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                    "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
-        "nodes": [_node_json(node, extraction.graph, by_task, generated, arrays)
+        "nodes": [_node_json(node, extraction.graph, by_task, generated, arrays,
+                             views.get(node.outputs[0]) if node.outputs[0] in in_runs else None)
                   for node in nodes],
         "segments": [{"function": function.symbol, "nodes": list(run)}
                      for function, run in zip(segments, runs)],
@@ -172,6 +181,20 @@ def _segment_function(symbol: str, calls: list[tuple[str, int]], nodes: range, t
                    f"of graph.json in order, on the pointers in slots: per node its output "
                    f"then its operands */\nvoid {symbol}(void *const *slots);")
     return LinkedFunction(symbol, compile_ir_object(str(module), target), declaration)
+
+
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _views(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """The result shapes of the nodes that only reshape a float tensor: a segment runs them
+    as views of their input's bytes (segments.py)."""
+    return {node.outputs[0]: tuple(graph.shapes[node.outputs[0]]) for node in graph.nodes
+            if node.op_type in VIEW_OPS and node.domain in ("", "ai.onnx")
+            and len(node.outputs) == 1 and node.outputs[0] in graph.shapes
+            and node.inputs[0] in graph.shapes
+            and math.prod(graph.shapes[node.outputs[0]]) == math.prod(
+                graph.shapes[node.inputs[0]])}
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +306,7 @@ class _ArrayStore:
 
 
 def _node_json(node: Node, graph: Graph, by_task, generated: dict,
-               arrays: _ArrayStore) -> dict:
+               arrays: _ArrayStore, view: tuple[int, ...] | None) -> dict:
     entry = {"op_type": node.op_type, "name": node.name, "domain": node.domain,
              "inputs": list(node.inputs), "outputs": list(node.outputs)}
     if node.op_type in FUSED_OPS:
@@ -292,6 +315,8 @@ def _node_json(node: Node, graph: Graph, by_task, generated: dict,
         return entry
     entry["attributes"] = {name: _attribute_json(value, arrays, node, name)
                            for name, value in node.attributes.items()}
+    if view is not None:  # a view of a value its segment made (segments.py)
+        entry["view"] = {"result_shape": list(view)}
     if node.outputs[0] in generated:  # a generated function; the attributes say what it does
         function = generated[node.outputs[0]]
         entry["kernel"] = {"symbol": function.symbol, "operands": [

@@ -16,6 +16,12 @@ weights) once; the values made and read only inside the segment once per calling
 arena every call of that thread reuses; and per call, the segment's inputs and the values read
 after it (new arrays each call: the caller may be handed them, as with any graph output).
 
+A Reshape, Flatten, Squeeze or Unsqueeze of a value the run made is a *view*: the same bytes
+under another shape, so it joins the run without a call (the classifier's Flatten between a
+pool and a Gemm used to end one segment and start another; each segment boundary costs a
+return to Python, some 0.1 ms after large kernels on Zen 3). Its readers in the run get its
+root's pointer, and where it is read after the run, its root's new array, reshaped.
+
 The arena is planned by liveness (`plan_arena`): a value's bytes are free for another once its
 last reader has run, so the arena holds a few activations rather than all of them, and the
 same memory, still in cache, serves the next call. A kernel's output never shares bytes with
@@ -66,14 +72,18 @@ def group_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]) -> list
     return order
 
 
-def kernel_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]
-                ) -> list[range]:
-    """The maximal runs of consecutive nodes that `is_kernel`, as index ranges."""
-    runs, start = [], None
+def kernel_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool],
+                is_view: Callable[[Node], bool] = lambda node: False) -> list[range]:
+    """The maximal runs of consecutive nodes that `is_kernel`, as index ranges; a node that
+    `is_view` continues a run whose nodes made its input (module docstring)."""
+    runs, start, made = [], None, set()
     for index, node in enumerate(nodes):
-        if is_kernel(node) and start is None:
-            start = index
-        elif not is_kernel(node) and start is not None:
+        if is_kernel(node) or (start is not None and is_view(node)
+                               and node.inputs[0] in made):
+            if start is None:
+                start, made = index, set()
+            made.update(node.outputs)
+        elif start is not None:
             runs.append(range(start, index))
             start = None
     if start is not None:
@@ -143,16 +153,25 @@ class Segment:
     """One segment of a loaded package, run as one node: `segment(node, args)` -> the values
     read after it, for `inputs` given in that order.
 
-    `nodes` are the run's kernel nodes, their inputs the runtime (non-constant) operands;
-    `kernels` their bound kernels (`deploy._BoundKernel`: per operand a constant's address or
-    None for the next runtime input, and the output's shape); `read_after` the names of the
-    values that nodes after the run or the graph's outputs read."""
+    `nodes` are the run's nodes, those of kernels with the runtime (non-constant) operands as
+    inputs; `kernels` the bound kernels of those not in `views` (`deploy._BoundKernel`: per
+    operand a constant's address or None for the next runtime input, and the output's shape);
+    `views` the shapes of the run's views by name; `read_after` the names of the values that
+    nodes after the run or the graph's outputs read."""
 
-    def __init__(self, function, nodes: Sequence[Node], kernels: Sequence, read_after: set[str]):
+    def __init__(self, function, nodes: Sequence[Node], kernels: Sequence, read_after: set[str],
+                 views: Mapping[str, tuple[int, ...]] = {}):
         self.function = function
-        produced = {name for node in nodes for name in node.outputs}
+        root = {}  # a view -> the value whose bytes it is
+        for node in nodes:
+            if node.outputs[0] in views:
+                root[node.outputs[0]] = root.get(node.inputs[0], node.inputs[0])
+        self.views = {name: (root[name], tuple(views[name])) for name in root}
         self.outputs = tuple(name for node in nodes for name in node.outputs
                              if name in read_after)
+        nodes = [Node(n.op_type, n.name, tuple(root.get(i, i) for i in n.inputs), n.outputs)
+                 for n in nodes if n.outputs[0] not in root]
+        produced = {name for node in nodes for name in node.outputs}
         self.inputs = tuple(dict.fromkeys(name for node in nodes for name in node.inputs
                                           if name not in produced))
         bases = slot_bases([len(k.arguments) for k in kernels])
@@ -175,7 +194,11 @@ class Segment:
                     self.input_shapes.setdefault(name, []).append((node.name, shape))
         self._kernels = list(kernels)  # they hold the constants the slots point to
         sizes = {name: math.prod(out) * FLOAT_BYTES for name, (out, _) in self.shapes.items()}
-        self.arena = plan_arena(nodes, sizes, produced - set(self.outputs))
+        # a value read after the run, itself or through a view, gets a new array each call
+        returned = {self.views[name][0] if name in self.views else name
+                    for name in self.outputs}
+        self._returned = tuple(name for name in self.shapes if name in returned)
+        self.arena = plan_arena(nodes, sizes, produced - returned)
         self._local = threading.local()
 
     def _slots(self):
@@ -203,12 +226,12 @@ class Segment:
             held.append(array)
             for slot in self.value_slots[name]:
                 slots[slot] = array.ctypes.data
-        results = []
-        for name in self.outputs:
-            out_shape, result_shape = self.shapes[name]
-            out = np.empty(out_shape, np.float32)
+        arrays = {}
+        for name in self._returned:
+            out = np.empty(self.shapes[name][0], np.float32)
             for slot in self.value_slots[name]:
                 slots[slot] = out.ctypes.data
-            results.append(out.reshape(result_shape))
+            arrays[name] = out
         self.function(slots)
-        return results
+        return [arrays[self.views[name][0]].reshape(self.views[name][1]) if name in self.views
+                else arrays[name].reshape(self.shapes[name][1]) for name in self.outputs]
