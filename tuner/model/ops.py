@@ -158,7 +158,8 @@ def reshape(x, a, opset):
 
 def flatten(x, a, opset):
     data = x[0]
-    axis = a.get("axis", 1) % (data.ndim + 1) if data.ndim else 0
+    axis = a.get("axis", 1)
+    axis += data.ndim if axis < 0 else 0  # in [-rank, rank], a negative one from the end
     return [data.reshape(math.prod(data.shape[:axis]), -1)]
 
 
@@ -358,6 +359,8 @@ OPS = {
     "Constant": constant,
     "ConstantOfShape": constant_of_shape,
     "Shape": lambda x, a, opset: [shape_of(x[0].shape, a)],
+    "Size": lambda x, a, opset: [np.array(x[0].size, dtype=np.int64)],
+    "CastLike": lambda x, a, opset: [x[0].astype(x[1].dtype)],
     "Cast": cast,
     "Reshape": reshape,
     "Flatten": flatten,
