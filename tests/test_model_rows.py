@@ -133,6 +133,26 @@ def test_softmax_matches_numpy(cpu, threads):
 
 
 @CPUS
+@THREADS
+def test_softmax_with_a_mask_adds_it_to_every_row(cpu, threads):
+    """An attention mask (0 kept, -10000 masked, the last positions of a padded batch) of one
+    row of `width` floats, added to each row before the softmax."""
+    target = named_target(cpu, threads)
+    rng = np.random.default_rng(threads + 7)
+    for case, (rows, width) in enumerate(itertools.product(ROWS, WIDTHS)):
+        symbol = f"masked{case}"
+        fn = Compiled(softmax_ir(symbol, rows, width, target.machine, threads, mask=True),
+                      symbol, target, 3)
+        x = rng.uniform(-8, 8, (rows, width)).astype(np.float32)
+        mask = np.where(np.arange(width) < max(1, width - width // 3), 0.0, -10000.0
+                        ).astype(np.float32)
+        out = np.full_like(x, np.nan)
+        fn(out, x, mask)
+        np.testing.assert_allclose(out, softmax_reference(x + mask), rtol=1e-5, atol=1e-44,
+                                   err_msg=f"rows {rows} width {width}")
+
+
+@CPUS
 def test_softmax_of_nan_and_of_minus_infinity_is_nan(cpu):
     """As numpy's formula: NaN anywhere in a row, or a row of -inf (-inf - -inf)."""
     target = named_target(cpu, 1)

@@ -214,7 +214,10 @@ def test_blocks_agree_with_onnxruntime(tmp_path, empty_db, gelu, norm, softmax, 
     built = write_package(graph, tmp_path, db=empty_db, threads=threads)
     document = json.loads(built.graph_file.read_text())
     generated = {n["op_type"] for n in document["nodes"] if "kernel" in n}
-    assert {"TunerMatMul", "TunerBatchMatMul", "LayerNormalization", "Softmax"} <= generated
+    softmax = "TunerMaskedSoftmax" if mask else "Softmax"  # the mask's Add in its function
+    assert {"TunerMatMul", "TunerBatchMatMul", "LayerNormalization", softmax} <= generated
+    assert all("kernel" in n for n in document["nodes"])  # nothing left to numpy
+    assert len(document["segments"]) == 1
     package = tuner.load_package(tmp_path)
     for runner in (compiled, package, load_package(tmp_path, segments=False)):
         out = runner(feeds)[0]

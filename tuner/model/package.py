@@ -32,7 +32,8 @@ from tuner.errors import TunerError
 from tuner.model.deploy import (FORMAT, FORMAT_VERSION, GRAPH_FILE, LIBRARY_NAME, WEIGHTS_FILE,
                                 cpu_flags)
 from tuner.model.fused import FUSED_OPS
-from tuner.model.graph import Graph, Node, load_model
+from tuner.model.graph import (Graph, Node, consumers_of, load_model, only_reader, producers_of,
+                               rewritten)
 from tuner.model.runtime import check_supported
 from tuner.model.segments import group_runs, kernel_runs, slot_bases
 from tuner.model.tasks import extract_tasks
@@ -97,16 +98,17 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    generated, node_functions = _node_functions(extraction.graph, target, name)
+    graph = _masked_softmaxes(extraction.graph)
+    generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
-    for node in extraction.graph.nodes:
+    for node in graph.nodes:
         if node.op_type in FUSED_OPS:
             calls[node.outputs[0]] = (c_name(node.attributes["task"]), len(node.inputs))
         elif node.outputs[0] in generated:
             function = generated[node.outputs[0]]
             calls[node.outputs[0]] = (function.symbol, len(function.operands))
 
-    views = _views(extraction.graph)
+    views = _views(graph)
 
     def in_library(node: Node) -> bool:
         return node.outputs[0] in calls
@@ -114,7 +116,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     def is_view(node: Node) -> bool:
         return node.outputs[0] in views
 
-    nodes = group_runs(extraction.graph.nodes, lambda n: in_library(n) or is_view(n))
+    nodes = group_runs(graph.nodes, lambda n: in_library(n) or is_view(n))
     runs = kernel_runs(nodes, in_library, is_view)
     segments = [_segment_function(f"{name}_segment{number}",
                                   [calls[nodes[i].outputs[0]] for i in run
@@ -134,7 +136,7 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
                    "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
                          for tensor, value in extraction.graph.initializers.items()},
-        "nodes": [_node_json(node, extraction.graph, by_task, generated, arrays,
+        "nodes": [_node_json(node, graph, by_task, generated, arrays,
                              views.get(node.outputs[0]) if node.outputs[0] in in_runs else None)
                   for node in nodes],
         "segments": [{"function": function.symbol, "nodes": list(run)}
@@ -184,6 +186,39 @@ def _segment_function(symbol: str, calls: list[tuple[str, int]], nodes: range, t
 
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+MASKED_SOFTMAX = "TunerMaskedSoftmax"  # Softmax(x + mask): only a generated function runs it
+
+
+def _masked_softmaxes(graph: Graph) -> Graph:
+    """`graph` with each Add of a mask before a Softmax, where the Softmax's function can
+    add it (row_codegen.softmax_ir: one row of mask for all rows, as BERT's [1, 1, 1, S]),
+    made one MASKED_SOFTMAX node of (x, mask): the scores are then not written and read
+    again, and the Add no longer splits the segment."""
+    from tuner.model.row_codegen import row_view
+
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    replaced, dropped = {}, set()
+    for node in graph.nodes:
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        add = producers.get(node.inputs[0])
+        shape = graph.shapes.get(node.inputs[0])
+        view = None if shape is None else row_view("Softmax", node.attributes, shape,
+                                                   graph.opset)
+        if add is None or add.op_type != "Add" or view is None or len(add.inputs) != 2 \
+                or only_reader(add.outputs[0], graph, consumers) is not node:
+            continue
+        for x, mask in (add.inputs, add.inputs[::-1]):
+            mask_shape = graph.shapes.get(mask, getattr(graph.initializers.get(mask),
+                                                        "shape", None))
+            if graph.shapes.get(x) == shape and mask_shape is not None \
+                    and len(mask_shape) <= len(shape) and mask_shape[-1:] == (view[1],) \
+                    and math.prod(mask_shape) == view[1] == shape[-1]:
+                replaced[id(node)] = Node(MASKED_SOFTMAX, node.name, (x, mask),
+                                          node.outputs, dict(node.attributes))
+                dropped.add(id(add))
+                break
+    return rewritten(graph, replaced, dropped, graph.initializers) if replaced else graph
 
 
 def _views(graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -267,6 +302,14 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return (("GlobalAveragePool", shape), x, out,
                 lambda s, m, t: global_average_pool_ir(s, shape, m, t),
                 f"out[{'x'.join(map(str, out))}] from x[{text}]")
+    if node.op_type == MASKED_SOFTMAX:
+        rows, width = row_view("Softmax", node.attributes, shape, graph.opset)
+        mask = node.inputs[1]
+        operands = x + (("mask", mask, graph.shapes.get(mask, getattr(
+            graph.initializers.get(mask), "shape", None)), mask in graph.initializers),)
+        return (("Softmax", rows, width, "mask"), operands, shape,
+                lambda s, m, t: softmax_ir(s, rows, width, m, t, mask=True),
+                f"out, x[{rows}x{width}], each row plus mask[{width}] normalised")
     view = row_view(node.op_type, node.attributes, shape, graph.opset)
     if view is None:
         return None

@@ -129,9 +129,12 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
     return _over_rows(module, symbol, 2 + scale + bias, rows, threads, row)
 
 
-def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: int) -> str:
-    """The LLVM IR of `void symbol(float *out, const float *x)`: per row, m = max(x),
-    out = exp(x - m), then out *= 1 / sum(out) (module docstring)."""
+def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: int,
+               mask: bool = False) -> str:
+    """The LLVM IR of `void symbol(float *out, const float *x[, const float *mask])`: per
+    row, m = max(x), out = exp(x - m), then out *= 1 / sum(out) (module docstring); with
+    `mask`, x + mask in place of x, the same `width` floats of mask added to every row (an
+    attention mask, as BERT's scores get it)."""
     lanes = machine.lanes
     module = ir.Module(name=symbol)
     zero = ir.Constant(vec_type(lanes), None)
@@ -139,16 +142,20 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
 
     def row(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
         start = b.mul(r, ir.Constant(I64, width))
-        out, x = (elem_ptr(b, a, start) for a in args)
+        out, x = (elem_ptr(b, a, start) for a in args[:2])
+
+        def scores(at, n):  # -inf past the row's end
+            value = _load(b, x, at, n, lanes, lowest)
+            return b.fadd(value, _load(b, args[2], at, n, lanes, zero)) if mask else value
 
         def larger(u, v):  # NaN is dropped here, but it reaches the sum, so every output
             return b.select(b.fcmp_ordered(">", u, v), u, v)
         maxima = _over_row(b, width, lanes, machine.min_accumulators, (lowest,),
-                           lambda at, n, s: (larger(s[0], _load(b, x, at, n, lanes, lowest)),))
+                           lambda at, n, s: (larger(s[0], scores(at, n)),))
         top = splat(b, _total(b, [s[0] for s in maxima], larger), lanes)
 
         def exponentials(at, n, s):
-            e = exp(b, b.fsub(_load(b, x, at, n, lanes, lowest), top))
+            e = exp(b, b.fsub(scores(at, n), top))
             _store(b, e, out, at, n, lanes)
             if n < lanes:  # whatever exp made of the lanes past the row's end
                 e = b.select(_mask(n, lanes), e, zero)
@@ -164,7 +171,7 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
             return s
         _over_row(b, width, lanes, 1, (), normalize)
 
-    return _over_rows(module, symbol, 2, rows, threads, row)
+    return _over_rows(module, symbol, 2 + mask, rows, threads, row)
 
 
 def _over_rows(module: ir.Module, symbol: str, pointers: int, rows: int, threads: int,
