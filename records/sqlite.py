@@ -26,6 +26,7 @@ from records.record import RecordsError
 
 BUSY_TIMEOUT_S = 30.0
 META_TABLE = "tuner_meta"
+MAX_PROBLEMS = 100  # PRAGMA quick_check stops after this many; a message counts them
 WRITE_OPTION = "tuner_write"  # execution option a session sets to take the write lock at BEGIN
 
 _MAGIC = b"SQLite format 3\x00"
@@ -54,8 +55,9 @@ def read_schema_version(path: Path) -> str | None:
                 # a writer opened it while we read without locks: read again with them
         return _read(f"file:{path}?mode=ro", path)
     except sqlite3.DatabaseError as err:
-        raise RecordsError(f"{path} cannot be read as a SQLite database ({err}); "
-                           f"it may be corrupt; it was left untouched") from None
+        raise RecordsError(f"{path} cannot be read as a SQLite database ({_one_line(err)}); "
+                           f"it may be corrupt; it was left untouched: restore it from a "
+                           f"copy, or pass another --db") from None
 
 
 def _read(uri: str, path: Path) -> str | None:
@@ -75,13 +77,22 @@ def _read(uri: str, path: Path) -> str | None:
             raise RecordsError(f"{path} has a {META_TABLE} table without a schema version")
         # a damaged page that a query happens not to touch would be rewritten around by our
         # writes (and the damage spread): check the whole file before anything is written
-        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+        problems = [line for r in con.execute(f"PRAGMA quick_check({MAX_PROBLEMS})")
+                    for line in str(r[0]).splitlines()
+                    if line.strip() and not line.startswith("***")]
         if problems != ["ok"]:
-            raise RecordsError(f"{path} is a damaged SQLite database (quick_check: "
-                               f"{'; '.join(problems)}); it was left untouched")
+            count = f"{len(problems)}{'+' if len(problems) >= MAX_PROBLEMS else ''}"
+            raise RecordsError(f"{path} is a damaged SQLite database ({count} problems "
+                               f"found, the first: {_one_line(problems[0])}); it was left "
+                               f"untouched: restore it from a copy, or pass another --db")
         return str(row[0])
     finally:
         con.close()
+
+
+def _one_line(text) -> str:
+    """SQLite's report (several lines, each problem on its own) as one line of text."""
+    return " ".join(str(text).split())
 
 
 def on_connect(dbapi_connection, _connection_record) -> None:

@@ -527,10 +527,11 @@ def test_an_interrupted_writer_leaves_every_finished_batch(tmp_path, sig):
     con.close()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "leaf_page"])
-def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path, damage):
-    """A records file that fails PRAGMA quick_check (cut short, or a records page
-    overwritten) is refused by the store and by `tune`, its bytes unchanged."""
+@pytest.mark.parametrize("damage", ["truncated", "leaf_page", "index_page"])
+def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path, capsys, damage):
+    """A records file that fails PRAGMA quick_check (cut short, a records page or an index
+    page overwritten) is refused by the store and by `tune`, `tune show` and `tune best` in
+    one line that says what to do, its bytes unchanged."""
     import hashlib
     from tuner.cli import main
     db = tmp_path / "r.db"
@@ -541,14 +542,20 @@ def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path, damage):
     assert len(data) >= 4 * page
     if damage == "truncated":
         data = data[:-1000]
-    else:  # the last page (records): its cell pointers and content made garbage
+    elif damage == "leaf_page":  # the last page (records): its cell pointers and content
         data[-page + 8:-page + 200] = bytes(range(192))
+    else:  # the second page: an index or table page at the start of the file
+        data[page + 8:page + 200] = bytes(range(192))
     db.write_bytes(bytes(data))
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     with pytest.raises(RecordsError, match="damaged SQLite database|cannot be read"):
         RecordStore(f"sqlite:///{db}")
-    assert main(["matmul", "--shape", "16,16,16", "--trials", "2", "--batch-size", "2",
-                 "--threads", "1", "--strategy", "random", "--db", str(db), "--quiet"]) == 2
+    capsys.readouterr()
+    for argv in (["matmul", "--shape", "16,16,16", "--trials", "2", "--batch-size", "2",
+                  "--threads", "1", "--strategy", "random", "--quiet"], ["show"], ["best"]):
+        assert main(argv + ["--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(db) in err and "restore it from a copy" in err
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
 
