@@ -209,8 +209,7 @@ def _masked_softmaxes(graph: Graph) -> Graph:
                 or only_reader(add.outputs[0], graph, consumers) is not node:
             continue
         for x, mask in (add.inputs, add.inputs[::-1]):
-            mask_shape = graph.shapes.get(mask, getattr(graph.initializers.get(mask),
-                                                        "shape", None))
+            mask_shape = _shape_of(mask, graph)
             if graph.shapes.get(x) == shape and mask_shape is not None \
                     and len(mask_shape) <= len(shape) and mask_shape[-1:] == (view[1],) \
                     and math.prod(mask_shape) == view[1] == shape[-1]:
@@ -219,6 +218,13 @@ def _masked_softmaxes(graph: Graph) -> Graph:
                 dropped.add(id(add))
                 break
     return rewritten(graph, replaced, dropped, graph.initializers) if replaced else graph
+
+
+def _shape_of(name: str, graph: Graph) -> tuple[int, ...] | None:
+    """The static shape of a value or an initializer, if known."""
+    if name in graph.initializers:
+        return tuple(graph.initializers[name].shape)
+    return graph.shapes.get(name)
 
 
 def _views(graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -305,8 +311,7 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     if node.op_type == MASKED_SOFTMAX:
         rows, width = row_view("Softmax", node.attributes, shape, graph.opset)
         mask = node.inputs[1]
-        operands = x + (("mask", mask, graph.shapes.get(mask, getattr(
-            graph.initializers.get(mask), "shape", None)), mask in graph.initializers),)
+        operands = x + (("mask", mask, _shape_of(mask, graph), mask in graph.initializers),)
         return (("Softmax", rows, width, "mask"), operands, shape,
                 lambda s, m, t: softmax_ir(s, rows, width, m, t, mask=True),
                 f"out, x[{rows}x{width}], each row plus mask[{width}] normalised")
