@@ -34,6 +34,7 @@ This module is part of what a deployed package runs: numpy and ctypes only.
 from __future__ import annotations
 
 import ctypes
+import heapq
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -57,16 +58,25 @@ def group_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]) -> list
     more runs."""
     made = {name: index for index, node in enumerate(nodes) for name in node.outputs}
     needs = [{made[name] for name in node.inputs if name in made} for node in nodes]
-    done: set[int] = set()
+    readers: list[list[int]] = [[] for _ in nodes]
+    for index, needed in enumerate(needs):
+        for producer in needed:
+            readers[producer].append(index)
+    waiting = [len(needed) for needed in needs]
+    ready: dict[bool, list[int]] = {True: [], False: []}  # heaps of node indices, by kind
+    for index, node in enumerate(nodes):
+        if not waiting[index]:
+            heapq.heappush(ready[is_kernel(node)], index)
     order: list[Node] = []
     kind = bool(nodes) and is_kernel(nodes[0])
     while len(order) < len(nodes):
-        ready = [i for i in range(len(nodes)) if i not in done and needs[i] <= done]
-        same = [i for i in ready if is_kernel(nodes[i]) == kind]
-        pick = (same or ready)[0]
-        kind = is_kernel(nodes[pick])
-        done.add(pick)
+        kind = kind if ready[kind] else not kind
+        pick = heapq.heappop(ready[kind])
         order.append(nodes[pick])
+        for reader in readers[pick]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                heapq.heappush(ready[is_kernel(nodes[reader])], reader)
     if len(kernel_runs(order, is_kernel)) > len(kernel_runs(nodes, is_kernel)):
         return list(nodes)
     return order
