@@ -128,14 +128,14 @@ def write_package(path_or_graph, out_dir, db: str | None = None, threads: int | 
     arrays = _ArrayStore()
     document = {
         "format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
-        "opset": extraction.graph.opset,
-        "inputs": [{"name": n, "shape": list(s)} for n, s in extraction.graph.inputs.items()],
-        "outputs": list(extraction.graph.outputs),
+        "opset": graph.opset,
+        "inputs": [{"name": n, "shape": list(s)} for n, s in graph.inputs.items()],
+        "outputs": list(graph.outputs),
         "library": library.shared_library.name if library else None,
         "target": {"cpu": target.cpu, "threads": target.threads, "key": target.key,
                    "cpu_flags": cpu_flags(target.features)},
         "initializers": {tensor: arrays.add(value, f"initializer '{tensor}'")
-                         for tensor, value in extraction.graph.initializers.items()},
+                         for tensor, value in graph.initializers.items()},
         "nodes": [_node_json(node, graph, by_task, generated, arrays,
                              views.get(node.outputs[0]) if node.outputs[0] in in_runs else None)
                   for node in nodes],

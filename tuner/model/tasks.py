@@ -16,9 +16,9 @@ connection, the residual of a transformer layer) becomes the templates' `residua
 the activation that may follow it; the fused node then takes the place of the Add, where both of
 its operands exist. Decomposed LayerNorm and Softmax chains are first replaced by their single
 nodes (patterns.fuse_decomposed), and attention's scale folded into a projection
-(attention.py), whose Reshape/Transpose views the batch_matmul tasks then read through. A layer the templates cannot express stays a numpy node
-too, with a
-note: a model is never refused for it. Identical tasks are counted, since they are tuned once.
+(attention.py), whose Reshape/Transpose views the batch_matmul tasks then read through. A
+layer the templates cannot express stays a numpy node too, with a note: a model is never
+refused for it. Identical tasks are counted, since they are tuned once.
 """
 
 from __future__ import annotations
