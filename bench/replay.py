@@ -24,7 +24,7 @@ from costmodel.features import extract_features  # noqa: E402
 from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
-from tuner.replay import schedule_applies  # noqa: E402
+from tuner.lowered import schedule_applies  # noqa: E402
 from tuner.target import host_target  # noqa: E402
 from tuner.task import Task  # noqa: E402
 from tuner.timing import time_callable  # noqa: E402

@@ -58,7 +58,7 @@ from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.measure import Measurer  # noqa: E402
-from tuner.replay import schedule_applies  # noqa: E402
+from tuner.lowered import schedule_applies  # noqa: E402
 from tuner.plot import Figure, to_png  # noqa: E402
 from tuner.search import SearchConfig  # noqa: E402
 from tuner.target import Target, host_target, named_target  # noqa: E402

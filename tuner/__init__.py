@@ -40,7 +40,8 @@ def select_schedule(task, target, db: str | None = None, allow_foreign_target: b
     """The schedule to build for `task` on `target` from the records in `db` (a database
     URL or file, or a best-schedules JSON file; default: the user's records database)."""
     from records import best_records
-    from tuner.replay import schedule_applies, select_schedule as choose
+    from tuner.lowered import schedule_applies
+    from tuner.replay import select_schedule as choose
 
     records, source = best_records(task, db, schedule_applies)
     return choose(task, target, records, source, allow_foreign_target)

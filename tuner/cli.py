@@ -378,7 +378,7 @@ def _cmd_show(args) -> int:
 
 def _cmd_best(args) -> int:
     from tuner.pseudo import pseudo_code
-    from tuner.replay import schedule_applies
+    from tuner.lowered import schedule_applies
     from tuner.schedule import apply_steps, schedule_from_json
 
     with _open_store(args.db) as store:
@@ -397,7 +397,7 @@ def _cmd_best(args) -> int:
 
 def _cmd_export(args) -> int:
     from records import export_best
-    from tuner.replay import schedule_applies
+    from tuner.lowered import schedule_applies
 
     with _open_store(args.db) as store:
         count = export_best(store, args.output, usable=schedule_applies)
@@ -441,7 +441,8 @@ def _cmd_build(args) -> int:
 
     from tuner.aot import build_library, task_from_spec
     from tuner import select_schedule
-    from tuner.replay import NoRecordWarning, schedule_applies
+    from tuner.lowered import schedule_applies
+    from tuner.replay import NoRecordWarning
     from tuner.target import named_target
 
     if args.model or args.input:

@@ -15,10 +15,8 @@ with a warning and `kernel.tuned == False` for a build to check. Compiled kernel
 in the process by (task, schedule, target, tuner version): replaying a log twice compiles once.
 Machine code is never cached on disk: a cache file would be code loaded from a file.
 
-Compute definitions evolve (a pointwise convolution got a pixel axis), so a stored schedule
-may no longer apply to its task: `schedule_applies` is the test every reader of the best
-records passes to the store, which then skips such a record and serves the next best. The
-record itself stays in the log.
+Every reader of the best records passes `schedule_applies` (tuner/lowered.py) to the store:
+a record whose schedule no longer applies to its task is skipped for the next best.
 
 `tuner.aot.build_library` writes, for any number of tasks, one object file, one shared
 library and one C header. (This module is not `tuner/build.py`: that name would shadow the
@@ -27,7 +25,6 @@ library and one C header. (This module is not `tuner/build.py`: that name would 
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 
@@ -80,20 +77,6 @@ def select_schedule(task: Task, target: Target, records: list, source: str,
                   f"building the default schedule", NoRecordWarning, stacklevel=3)
     return Choice(task, target, default_schedule(task.dag(), target), False, source, None,
                   None)
-
-
-def schedule_applies(record) -> bool:
-    """Whether a stored record's schedule applies to its task's compute definition today."""
-    return _applies(record.task, record.schedule_json)
-
-
-@functools.lru_cache(maxsize=4096)
-def _applies(task: Task, schedule_json: str) -> bool:
-    try:
-        apply_steps(task.dag(), schedule_from_json(schedule_json))
-    except (TunerError, KeyError, TypeError, ValueError):  # as `tune import` checks them
-        return False
-    return True
 
 
 _CACHE: dict[tuple[str, str, str, str], Kernel] = {}

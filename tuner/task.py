@@ -1,12 +1,15 @@
 """What is tuned: an operator with a concrete shape and attributes.
 
 A `Task` is pure data with a canonical string key; the records database, the exported JSON and
-the kernel cache all index by that key. The compute definition is derived from it on demand by
-the operator's template (`templates/<op>.py`), never stored.
+the kernel cache all index by that key. The compute definition is derived from it by the
+operator's template (`templates/<op>.py`), never stored: `task.dag()` builds it once per process
+and returns the same frozen `ComputeDAG` after that (the search, the measurer, warm start and
+every build ask for it many times).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 AttrValue = int | bool
@@ -64,6 +67,13 @@ class Task:
                            **data.get("attrs", {}))
 
     def dag(self):
-        from templates import get_template
+        return _definition(self.op, self.shape, self.attrs)
 
-        return get_template(self.op).definition(self.shape, **self.attr_dict)
+
+# A definition is frozen data of a few kB; a process meets a few hundred tasks at most (a
+# model's, and those of the records a cost model warm-starts from).
+@functools.lru_cache(maxsize=4096)
+def _definition(op: str, shape: tuple[int, ...], attrs: tuple[tuple[str, AttrValue], ...]):
+    from templates import get_template
+
+    return get_template(op).definition(shape, **dict(attrs))

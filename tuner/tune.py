@@ -27,7 +27,7 @@ from tuner.version import __version__
 from tuner.annotate import genome_from_steps
 from tuner.default import default_schedule
 from tuner.measure import MeasureInput, Measurer, check_task_fits_memory
-from tuner.replay import schedule_applies
+from tuner.lowered import schedule_applies
 from tuner.result import MeasureResult, NewRecord
 from tuner.schedule import ScheduleError, apply_steps, schedule_from_json, schedule_to_json
 from tuner.search import (Candidate, CostModel, EvolutionarySearch, Featurizer, OptunaSearch,

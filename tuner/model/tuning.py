@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from tuner.model.scheduler import (NO_LATENCY_S, Measured, SchedulerConfig, TaskSpec,
                                    schedule)
 from tuner.model.tasks import TaskUse
-from tuner.replay import schedule_applies
+from tuner.lowered import schedule_applies
 from tuner.target import Target
 from tuner.task import Task
 from tuner.tune import Progress, TuneConfig, TuneResult
