@@ -13,8 +13,8 @@ back. A missing
 library, a crash or a hang gives None and a note on stderr, never a number.
 
 The timing itself is the in-process functions below, which the child calls, with the one timing
-protocol (tuner/timing.py) our kernels are measured with. Constant operands are prepared once,
-before timing, as our kernels pack theirs once at build time: numpy's B is created once;
+protocol (tuner/measure/timing.py) our kernels are measured with. Constant operands are prepared
+once, before timing, as our kernels pack theirs once at build time: numpy's B is created once;
 onnxruntime's Conv weight and MatMul B are initializers, so MLAS may pre-pack them when the
 session is created. Outputs are preallocated for everyone (numpy `out=`, onnxruntime I/O
 binding, our bound kernel's `out=`): a fresh multi-megabyte output per call costs page faults
@@ -38,9 +38,9 @@ import numpy as np
 
 from bench.child import TIMEOUT_S, run_child
 from tuner.errors import TunerError
-from tuner.target import Target
-from tuner.task import Task
-from tuner.timing import TimingResult, time_callable
+from tuner.ir.target import Target
+from tuner.ir.task import Task
+from tuner.measure.timing import TimingResult, time_callable
 
 KINDS = ("numpy", "onnxruntime")
 
@@ -155,7 +155,7 @@ def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
     import warnings
 
     import tuner
-    from tuner.replay import NoRecordWarning
+    from tuner.replay.source import NoRecordWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoRecordWarning)  # no record: nothing tuned to time

@@ -1,7 +1,7 @@
-"""Compile time against the code-size estimate: the data behind `tuner.layout.MAX_CODE_SIZE`.
+"""Compile time against the code-size estimate: the data behind `tuner.ir.layout.MAX_CODE_SIZE`.
 
 Compilation is the cost of a trial, so the search must not propose schedules that take
-seconds to compile. `tuner.layout.code_size` estimates the IR instructions the generator emits
+seconds to compile. `tuner.ir.layout.code_size` estimates the IR instructions the generator emits
 once unrolled; this script samples schedules of every benchmark shape (with the size limit
 lifted), and prints for each its estimate, the IR instructions really emitted and the compile
 time in a builder process (the same one tuning uses), then how well the estimate predicts both
@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-import tuner.annotate as annotate  # noqa: E402
+import tuner.search.annotate as annotate  # noqa: E402
 from bench.kernels import load_tasks  # noqa: E402
-from tuner.codegen import emit_llvm  # noqa: E402
-from tuner.layout import MAX_CODE_SIZE, code_size, ir_instructions  # noqa: E402
-from tuner.measure import MeasureInput, MeasureOptions, Measurer  # noqa: E402
-from tuner.schedule import apply_steps  # noqa: E402
-from tuner.sketch import generate_sketches  # noqa: E402
-from tuner.target import named_target  # noqa: E402
+from tuner.codegen.emit import emit_llvm  # noqa: E402
+from tuner.ir.layout import MAX_CODE_SIZE, code_size, ir_instructions  # noqa: E402
+from tuner.measure.measurer import MeasureInput, MeasureOptions, Measurer  # noqa: E402
+from tuner.ir.schedule import apply_steps  # noqa: E402
+from tuner.search.sketch import generate_sketches  # noqa: E402
+from tuner.ir.target import named_target  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -31,12 +31,12 @@ def make(count: int, seed: int) -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))
     from schedule_gen import random_schedule, random_task
 
-    from tuner.annotate import lower, sample
-    from tuner.cpu_probe import probe
+    from tuner.search.annotate import lower, sample
+    from tuner.ir.cpu_probe import probe
     from tuner.errors import TunerError
-    from tuner.schedule import schedule_to_json
-    from tuner.sketch import generate_sketches
-    from tuner.target import Target, host_target
+    from tuner.ir.schedule import schedule_to_json
+    from tuner.search.sketch import generate_sketches
+    from tuner.ir.target import Target, host_target
 
     host = host_target(1)
     targets = [Target(host.triple, cpu, ",".join(probe(cpu)), threads)
@@ -62,10 +62,10 @@ def make(count: int, seed: int) -> list[dict]:
 
 
 def digest(kernel: dict) -> str:
-    from tuner.codegen import emit_llvm
-    from tuner.schedule import apply_steps, schedule_from_json
-    from tuner.target import Target
-    from tuner.task import Task
+    from tuner.codegen.emit import emit_llvm
+    from tuner.ir.schedule import apply_steps, schedule_from_json
+    from tuner.ir.target import Target
+    from tuner.ir.task import Task
 
     task = Task.from_key(kernel["task"])
     nest = apply_steps(task.dag(), schedule_from_json(json.dumps(kernel["schedule"])))

@@ -1,11 +1,11 @@
 """Hand-written expert schedules against numpy (OpenBLAS) and onnxruntime (MLAS), one run.
 
-For every shape of shared/bench/shapes.json: the default schedule (tuner/default.py, the
-register-blocked recipe of DESIGN.md §3) and a small hand sweep of its register tile (vector
+For every shape of shared/bench/shapes.json: the default schedule (tuner/search/default.py, the
+register-blocked recipe its docstring describes) and a small hand sweep of its register tile (vector
 width x unrolled rows), at one and at two threads, next to numpy's matmul and onnxruntime's
 Conv / MatMul with the same timing protocol, each of those in a process of its own
 (bench/comparators.py says why). The sweep is sized from the target's machine model
-(tuner/machine.py): vectors of `machine.lanes` floats, and at most as many accumulators as the
+(tuner/ir/machine.py): vectors of `machine.lanes` floats, and at most as many accumulators as the
 register file holds beside the operands of one reduction step (the tile's loaded vectors and a
 broadcast), so AVX2 code (`--cpu x86-64-v3`, 16 ymm) gets smaller tiles than AVX-512 (32 zmm).
 
@@ -24,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.comparators import isa_limits, measure_peers  # noqa: E402
-from tuner.default import register_tile, tiled_schedule  # noqa: E402
+from tuner.search.default import register_tile, tiled_schedule  # noqa: E402
 from tuner.errors import ScheduleError, TunerError  # noqa: E402
-from tuner.jit import Kernel  # noqa: E402
-from tuner.schedule import apply_steps  # noqa: E402
-from tuner.target import host_target, named_target  # noqa: E402
-from tuner.task import Task  # noqa: E402
-from tuner.timing import time_callable  # noqa: E402
+from tuner.codegen.jit import CompiledKernel  # noqa: E402
+from tuner.ir.schedule import apply_steps  # noqa: E402
+from tuner.ir.target import host_target, named_target  # noqa: E402
+from tuner.ir.task import Task  # noqa: E402
+from tuner.measure.timing import time_callable  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "shapes.json"
 
@@ -51,7 +51,7 @@ def load_tasks(path: Path = SHAPES) -> list[tuple[str, Task]]:
 
 def measure_schedule(task: Task, target, steps) -> float:
     dag = task.dag()
-    kernel = Kernel(apply_steps(dag, steps), target)
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
     import numpy as np
     args = kernel.pack(*dag.random_inputs(np.random.default_rng(0)))
     out = kernel.new_output()

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from tuner.errors import TunerError  # noqa: E402
-from tuner.measure import MeasureInput, MeasureOptions, Measurer  # noqa: E402
-from tuner.search import RandomSearch  # noqa: E402
-from tuner.target import named_target  # noqa: E402
-from tuner.task import Task  # noqa: E402
+from tuner.measure.measurer import MeasureInput, MeasureOptions, Measurer  # noqa: E402
+from tuner.search.strategies import RandomSearch  # noqa: E402
+from tuner.ir.target import named_target  # noqa: E402
+from tuner.ir.task import Task  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 For each model (bench/models.py's ResNet-50, MobileNetV2 and BERT-base encoder layer, or any
 .onnx file with static shapes given by `--onnx`) and each thread count:
 
-1. tune: `tune_model` (the task scheduler over the model's tasks, tuner/model/tuning.py) into
+1. tune: `tune_model` (the task scheduler over the model's tasks, tuner/network/tuning.py) into
    `--out`/records.<model>.db until the model's tasks have a budget of records for this target
    together (`--trials` per model, or `--per-task` times its number of tasks, the issue's
    "60 trials x number of tasks"); a rerun with the same budget measures nothing more, a larger
@@ -49,18 +49,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.model_timing import measure_layers, measure_model, measure_numpy_nodes  # noqa: E402
 from bench.models import MODELS, write_models  # noqa: E402
 from bench.report import BUSY_LOAD, fmt, ratio  # noqa: E402
-from costmodel.features import extract_features  # noqa: E402
-from costmodel.model import XGBModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.measure import MeasureOptions, Measurer  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.package import write_package  # noqa: E402
-from tuner.model.runtime import check_supported  # noqa: E402
-from tuner.model.tasks import Extraction, extract_tasks  # noqa: E402
-from tuner.model.tuning import tune_model  # noqa: E402
-from tuner.target import Target, host_target  # noqa: E402
-from tuner.tune import TuneConfig, tune  # noqa: E402
+from tuner.measure.measurer import MeasureOptions, Measurer  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.package import write_package  # noqa: E402
+from tuner.replay.source import open_schedules  # noqa: E402
+from tuner.ir.target import named_target  # noqa: E402
+from tuner.network.runtime import check_supported  # noqa: E402
+from tuner.network.tasks import Extraction, extract_tasks  # noqa: E402
+from tuner.network.tuning import tune_model  # noqa: E402
+from tuner.ir.target import Target, host_target  # noqa: E402
+from tuner.cli import tuner_factory  # noqa: E402
+from tuner.search.tune import TuneConfig  # noqa: E402
 
 DEFAULT_TRIALS = 400  # per model and thread count: a warm-up batch for each of ~30 tasks, more
 
@@ -150,15 +151,14 @@ def tune_and_package(name: str, path: Path, extraction: Extraction, threads: int
             bar = tqdm(total=budget - before, desc=f"tuning {name} x{threads}", unit="trial",
                        file=sys.stderr, dynamic_ncols=True)
             with bar, Measurer(target, MeasureOptions(cold_weights=True)) as measurer:
-                result = tune_model(
-                    extraction.tasks, target, store, TuneConfig(trials=budget - before),
-                    lambda task, config, progress: tune(task, target, store, measurer, config,
-                                                        XGBModel(), extract_features, progress),
-                    lambda p: bar.update(p.trials_done - bar.n))
+                config = TuneConfig(trials=budget - before)
+                result = tune_model(extraction.tasks, target, store, config,
+                                    tuner_factory(target, store, measurer, config),
+                                    lambda p: bar.update(p.trials_done - bar.n))
             trials_run, tuning_s = result.trials_run, result.elapsed_s
         stored = stored_trials(store, extraction, target)
     package = out / f"{name}.threads{threads}"
-    write_package(path, package, db=str(db), threads=threads)
+    write_package(path, package, open_schedules(str(db)), named_target(None, threads))
     layers = [Layer(use.task.key, use.occurrences, use.share, n)
               for use, n in zip(extraction.tasks, stored)]
     print(f"  {name} x{threads}: {trials_run} trials in {tuning_s:.0f} s "

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.model.deploy import load_package  # noqa: E402
+from tuner.network.deploy import load_package  # noqa: E402
 
 
 COLD_BYTES = 96 << 20  # more than any L3 this project has met (32 MiB on Zen 5)

@@ -2,12 +2,12 @@
 
 bench/model.py's figures come from here. As for single operators (bench/comparators.py says
 why), each measurement runs in a fresh child (bench/child.py's `run_child`) with the thread
-count in its environment, and uses the one timing protocol (tuner/timing.py):
+count in its environment, and uses the one timing protocol (tuner/measure/timing.py):
 
 - "package": our model as it is deployed, `tuner.load_package` of the package `tune build
   --model` writes (kernels of the tuned schedules, weights packed once at load, numpy for the
   other operators; its threads are those the kernels were built for, and numpy's BLAS runs
-  on the calling thread during a call, as the package holds it: tuner/model/runtime.py). A
+  on the calling thread during a call, as the package holds it: tuner/network/runtime.py). A
   call returns freshly allocated outputs, as a user's call does.
 - "onnxruntime": an InferenceSession of the same .onnx file, every graph optimisation on
   (its own fusions, GELU and LayerNorm included, are what we are compared with), inputs and
@@ -35,8 +35,8 @@ import numpy as np
 from bench.child import TIMEOUT_S, run_child
 from bench.comparators import bound_run, kinds_for, session, time_comparator, tuned_kernel
 from tuner.errors import TunerError
-from tuner.task import Task
-from tuner.timing import TimingResult, time_callable
+from tuner.ir.task import Task
+from tuner.measure.timing import TimingResult, time_callable
 
 MIN_SAMPLE_S = 0.01  # as comparators: a sample of a whole model is one call or a few
 NODE_CALLS = 15  # runs of the package whose numpy nodes are timed, the median kept
@@ -61,8 +61,8 @@ def time_numpy_nodes(directory: str, calls: int = NODE_CALLS) -> list[dict]:
     segment): its name, op type and median seconds per inference inside the graph, in graph
     order."""
     import tuner
-    from tuner.model.ops import run_node
-    from tuner.model.runtime import blas_on_calling_thread, run_graph
+    from tuner.network.ops import run_node
+    from tuner.network.runtime import blas_on_calling_thread, run_graph
 
     package = tuner.load_package(directory)
     graph = package.graph

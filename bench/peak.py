@@ -3,10 +3,11 @@
 The roofline every benchmark compares against: a GFLOPS figure means little until it is put next
 to what the cores can do at most. Datasheets do not say it (the clock under sustained AVX-512 load
 is below the nominal one, and a VM may not expose the real part), so it is measured, with the
-same LLVM and the same timing protocol (tuner/timing.py) as the kernels being judged, for the
+same LLVM and the same timing protocol (tuner/measure/timing.py) as the kernels being judged,
+for the
 same target: AVX2 code (`--cpu x86-64-v3`) on an AVX-512 host has the AVX2 peak.
 
-The kernel is sized from the target's machine model (tuner/machine.py), not for one CPU: it
+The kernel is sized from the target's machine model (tuner/ir/machine.py), not for one CPU: it
 loops `iterations` times over `chains` independent `<lanes x float>` accumulators, each
 updated with `llvm.fma.v{lanes}f32` (`llvm.fmuladd` where the ISA has no FMA), lanes being
 `machine.lanes` (16 with AVX-512, 8 with AVX2, 4 with SSE). The number of chains:
@@ -43,10 +44,10 @@ import numpy as np
 from llvmlite import ir
 
 from tuner.errors import TunerError
-from tuner.llvm_init import llvm
-from tuner.machine import Machine
-from tuner.target import Target, host_target, named_target
-from tuner.timing import time_callable
+from tuner.ir.llvm_init import llvm
+from tuner.ir.machine import Machine
+from tuner.ir.target import Target, host_target, named_target
+from tuner.measure.timing import time_callable
 
 OPERAND_REGISTERS = 2     # the two multiplied vectors, loaded once, live in registers
 LATENCY_MARGIN = 3        # chains per (FMA pipe x latency), when the registers allow
@@ -131,7 +132,7 @@ def _target_machine(target: Target):
 def _engine_and_kernel(target: Target, shape: PeakShape):
     mod = llvm.parse_assembly(fma_kernel_ir(shape))
     mod.verify()
-    # MCJIT takes ownership of its TargetMachine: one per engine (DESIGN.md §2).
+    # MCJIT takes ownership of its TargetMachine: one per engine (tuner/codegen/jit.py).
     engine = llvm.create_mcjit_compiler(mod, _target_machine(target))
     engine.finalize_object()
     return engine, _SIGNATURE(engine.get_function_address("fma_peak"))

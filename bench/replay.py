@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tuner  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
-from costmodel.model import XGBModel  # noqa: E402
+from costmodel.xgb import XGBCostModel  # noqa: E402
 from records import RecordStore  # noqa: E402
-from tuner.measure import Measurer  # noqa: E402
-from tuner.lowered import schedule_applies  # noqa: E402
-from tuner.target import host_target  # noqa: E402
-from tuner.task import Task  # noqa: E402
-from tuner.timing import time_callable  # noqa: E402
-from tuner.tune import TuneConfig, tune  # noqa: E402
+from tuner.measure.measurer import Measurer  # noqa: E402
+from tuner.ir.lowered import schedule_applies  # noqa: E402
+from tuner.ir.target import host_target  # noqa: E402
+from tuner.ir.task import Task  # noqa: E402
+from tuner.measure.timing import time_callable  # noqa: E402
+from tuner.search.tune import TuneConfig, tune  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         if store.best(task, target, schedule_applies) is None:
             with Measurer(target) as measurer:
                 tune(task, target, store, measurer, TuneConfig(trials=args.trials),
-                     XGBModel(), extract_features)
+                     XGBCostModel(), extract_features)
         record = store.best(task, target, schedule_applies)
     start = time.perf_counter()
     kernel = tuner.build("conv2d", task.shape, pad=1, db=db, threads=args.threads)

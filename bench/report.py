@@ -2,7 +2,8 @@
 
 For every shape of shared/bench/shapes.json (or `--shapes`: bench/odd_shapes.json has one
 shape per kind of layer the libraries serve worst) and every thread count: tune with the
-evolutionary search (`--trials` new trials per shape, the default schedule included, as a user's run would),
+evolutionary search (`--trials` new trials per shape, the default schedule included, as a user's
+run would),
 then time numpy / onnxruntime on the same shape, and put both next to the FP32 FMA peak of the
 same target at the same threads (bench/peak.py), all measured in this run on this machine.
 
@@ -54,16 +55,16 @@ from bench.comparators import isa_limits, measure_in_subprocess, measure_peers  
 from bench.kernels import SHAPES, load_tasks  # noqa: E402
 from bench.peak import measure_peak_in_subprocess  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
-from costmodel.model import XGBModel  # noqa: E402
+from costmodel.xgb import XGBCostModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.measure import Measurer  # noqa: E402
-from tuner.lowered import schedule_applies  # noqa: E402
+from tuner.measure.measurer import Measurer  # noqa: E402
+from tuner.ir.lowered import schedule_applies  # noqa: E402
 from tuner.plot import Figure, to_png  # noqa: E402
-from tuner.search import SearchConfig  # noqa: E402
-from tuner.target import Target, host_target, named_target  # noqa: E402
-from tuner.task import Task  # noqa: E402
-from tuner.tune import TuneConfig, tune  # noqa: E402
+from tuner.search.strategies import SearchConfig  # noqa: E402
+from tuner.ir.target import Target, host_target, named_target  # noqa: E402
+from tuner.ir.task import Task  # noqa: E402
+from tuner.search.tune import TuneConfig, tune  # noqa: E402
 
 GEOMEAN_OPS = ("conv2d", "matmul")
 BUSY_LOAD = 0.5  # 1-minute load average before the run above which the figures are suspect
@@ -173,7 +174,7 @@ def tune_shape(name: str, task: Task, target: Target, store, measurer, config: T
     if config.trials == 0:
         return stored_shape(name, task, target, store)
     first_trial = store.next_trial(task, target)
-    result = tune(task, target, store, measurer, config, XGBModel(), extract_features)
+    result = tune(task, target, store, measurer, config, XGBCostModel(), extract_features)
     history = store.history(task, target)
     # only this run's candidates; 0 s means it never reached the compiler (invalid schedule)
     compile_s = [r.result.compile_s for r in history

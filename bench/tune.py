@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.comparators import isa_limits, measure_peers  # noqa: E402
 from bench.kernels import load_tasks  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
-from costmodel.model import XGBModel  # noqa: E402
+from costmodel.xgb import XGBCostModel  # noqa: E402
 from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.measure import Measurer  # noqa: E402
-from tuner.target import host_target, named_target  # noqa: E402
-from tuner.tune import STRATEGIES, TuneConfig, tune  # noqa: E402
+from tuner.measure.measurer import Measurer  # noqa: E402
+from tuner.ir.target import host_target, named_target  # noqa: E402
+from tuner.search.tune import STRATEGIES, TuneConfig, tune  # noqa: E402
 
 
 def first_reaching(curve, level: float) -> int | None:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             db.unlink(missing_ok=True)
             config = TuneConfig(trials=args.trials, strategy=strategy, include_default=False)
             with RecordStore(f"sqlite:///{db}") as store, Measurer(target) as measurer:
-                results[strategy] = tune(task, target, store, measurer, config, XGBModel(),
+                results[strategy] = tune(task, target, store, measurer, config, XGBCostModel(),
                                          extract_features)
         random_best = results["random"].best_gflops if "random" in results else None
         for strategy, r in results.items():

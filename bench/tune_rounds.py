@@ -38,7 +38,10 @@ def _host_cpu() -> str:
 
 def run(model: str, trials: int, records: str | None, threads: int, seed: int) -> dict:
     from tuner import cli
-    from tuner.measure import Measurer
+    try:
+        from tuner.measure.measurer import Measurer
+    except ImportError:  # a tree from before the stages were folders (for "before" figures)
+        from tuner.measure import Measurer
 
     calls: list[tuple[str, float, float, int]] = []  # task key, start, end, candidates
     measure = Measurer.measure

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 
-from tuner.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
+from tuner.ir.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
                           packed_parts, padding, region_start, root_pad_bytes,
                           tile_operand_registers, vector_chunks, vector_loop)
-from tuner.machine import Machine
-from tuner.schedule import Loop, LoopNest
-from tuner.target import Target
+from tuner.ir.machine import Machine
+from tuner.ir.schedule import Loop, LoopNest
+from tuner.ir.target import Target
 
 NOMINAL_HZ = 3.0e9
 ISSUE_WIDTH = 4              # instructions per cycle a loop body sustains, roughly

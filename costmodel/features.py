@@ -9,10 +9,11 @@ One fixed-length float vector per program, made of
 
 Every program has the same statements (one multiply-accumulate, one output pass), so a vector
 per program needs no per-statement sum as Ansor's model does. All sizes enter as log2(1 + x):
-trees split on ratios. Hardware enters through the machine model (tuner/machine.py): vector
+trees split on ratios. Hardware enters through the machine model (tuner/ir/machine.py): vector
 chunks in the target's lanes, register pressure against its register file, footprints against
 its cache sizes, and the analytic estimate (costmodel/estimate.py), so that what the model
-learns on one task and CPU carries over to the next. `FEATURE_NAMES` documents every entry; bump `FEATURE_VERSION` whenever
+learns on one task and CPU carries over to the next. `FEATURE_NAMES` documents every entry; bump
+`FEATURE_VERSION` whenever
 the meaning of any entry changes, since saved models are only valid for their version.
 """
 
@@ -23,10 +24,10 @@ import math
 import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
-from tuner.layout import (access_class, inline_guards, local_pad_bytes, root_pad_bytes,
+from tuner.ir.layout import (access_class, inline_guards, local_pad_bytes, root_pad_bytes,
                           tile_operand_registers, vector_chunks)
-from tuner.schedule import LoopNest
-from tuner.target import Target
+from tuner.ir.schedule import LoopNest
+from tuner.ir.target import Target
 
 FEATURE_VERSION = 6
 LEVELS = 10
@@ -62,7 +63,7 @@ GLOBAL_FEATURES = (
     ("rhs_stride", "log2(1+|stride|) of rhs along the innermost loop (0: broadcast)"),
     ("acc_stride", "log2(1+|stride|) of the accumulation target along the innermost loop"),
     ("lhs_gather", "1 if lhs is read lane by lane in the vector loop (a stride that is not "
-                   "0, 1 or loaded whole: tuner.layout.access_class)"),
+                   "0, 1 or loaded whole: tuner.ir.layout.access_class)"),
     ("rhs_gather", "1 if rhs is read lane by lane in the vector loop"),
     ("out_scatter", "1 if the output is written with a stride other than 1 in the vector loop"),
     ("output_bytes", "log2 bytes of the output"),

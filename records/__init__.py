@@ -11,17 +11,17 @@
                   import_json
     sqlite.py     SQLite only: refusing foreign or corrupt files untouched; WAL, busy timeout
                   and BEGIN IMMEDIATE so that several processes can write one file
-    exchange.py   the best-schedules JSON file: read_best (no database needed), write_best;
-                  best_records(task, db): a task's best records from either
+    exchange.py   the best-schedules JSON file: read_best (no database needed), write_best
 
-Imports point one way: records -> tuner (values only; never templates).
+Imports point one way: records -> tuner's IR and measurement results (values only; never
+templates). Builds read records through tuner/replay/source.py.
 """
 
-from records.exchange import best_records, export_best, read_best, write_best
+from records.exchange import export_best, read_best, write_best
 from records.record import NewRecord, Record, RecordsError, canonical_schedule, schedule_hash
 from records.store import RecordStore
 from records.url import default_db_path, resolve_db_url
 
-__all__ = ["NewRecord", "Record", "RecordStore", "RecordsError", "best_records",
+__all__ = ["NewRecord", "Record", "RecordStore", "RecordsError",
            "canonical_schedule", "default_db_path", "export_best", "read_best", "resolve_db_url",
            "schedule_hash", "write_best"]

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from records.record import Record, RecordsError, canonical_schedule, make_task
-from tuner.result import ErrorKind, MeasureResult
-from tuner.target import Target
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.target import Target
 
 FORMAT = "tuner-best-schedules"
 VERSION = 1
@@ -126,28 +126,3 @@ def _number(x) -> float:
     if type(x) not in (int, float):
         raise TypeError(f"expected a number, got {x!r}")
     return float(x)
-
-
-def best_records(task, db: str | None, usable: Callable[[Record], bool] | None = None
-                 ) -> tuple[list[Record], str]:
-    """The best record of `task` per target in `db` (of those `usable` accepts, see
-    `RecordStore.best`), and a name of where they came from.
-
-    `db` is a best-schedules JSON file (`tune export`), a database URL or file, or None for
-    the user's default database (where no file yet means no records; a named file that does
-    not exist is an error, not an empty log)."""
-    from records.store import RecordStore
-    from records.url import resolve_db_url
-
-    if db is not None and str(db).endswith(".json"):
-        return [r for r in read_best(db) if r.task.key == task.key
-                and (usable is None or usable(r))], str(db)
-    url = resolve_db_url(db)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if not path.exists():
-            if db is not None:
-                raise RecordsError(f"no records database at {db}")
-            return [], url
-    with RecordStore(url) as store:
-        return store.best_by_target(task, usable), store.display_url

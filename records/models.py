@@ -12,7 +12,7 @@ from sqlalchemy import (CheckConstraint, Float, ForeignKey, Index, Integer, Stri
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tuner.result import ErrorKind
+from tuner.measure.result import ErrorKind
 
 SCHEMA_VERSION = 2  # stored in tuner_meta under "schema_version"
 # what opening a log of an older version adds to it (tables only: nothing existing changes)

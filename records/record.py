@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass
 
 from tuner.errors import TunerError
-from tuner.result import MeasureResult, NewRecord  # noqa: F401 (NewRecord: re-exported)
-from tuner.target import Target
-from tuner.task import Task
+from tuner.measure.result import MeasureResult, NewRecord  # noqa: F401 (NewRecord: re-exported)
+from tuner.ir.target import Target
+from tuner.ir.task import Task
 
 
 class RecordsError(TunerError):

@@ -30,9 +30,9 @@ from records.models import (SCHEMA_VERSION, UPGRADES, Base, ClaimRow, MetaRow, R
                             TargetRow, TaskRow)
 from records.record import (NewRecord, Record, RecordsError, canonical_schedule, make_task,
                             schedule_hash)
-from tuner.result import ErrorKind, MeasureResult
-from tuner.target import Target
-from tuner.task import Task
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.target import Target
+from tuner.ir.task import Task
 
 _OK = ErrorKind.NONE.value
 
@@ -379,9 +379,12 @@ class RecordStore:
         return added, present
 
     # ------------------------------------------------------------------ reading
-    def history(self, task: Task, target: Target) -> list[Record]:
-        """Every record of the task on the target, failures included, in trial order."""
-        return self._records(lambda where: select(RecordRow).where(*where)
+    def history(self, task: Task, target: Target, after_id: int = 0) -> list[Record]:
+        """Every record of the task on the target, failures included, in trial order; with
+        `after_id`, only those stored after the record of that id (a tuner that has read
+        the history once reads what others added since)."""
+        return self._records(lambda where: select(RecordRow)
+                             .where(*where, RecordRow.id > after_id)
                              .order_by(RecordRow.trial, RecordRow.id), task, target)
 
     def top_k(self, task: Task, target: Target, k: int) -> list[Record]:
@@ -406,16 +409,18 @@ class RecordStore:
             k *= 16
 
     def best_per_task(self, target: Target | None = None,
-                      usable: Callable[[Record], bool] | None = None) -> list[Record]:
-        """The best record of every (task, target) pair, optionally on one target only;
-        with `usable`, the best it accepts (see `best`), and no pair with none."""
-        best = self._first_per_pair(target)
+                      usable: Callable[[Record], bool] | None = None,
+                      task: Task | None = None) -> list[Record]:
+        """The best record of every (task, target) pair, optionally of one target or one task
+        only; with `usable`, the best it accepts (see `best`), and no pair with none."""
+        best = self._first_per_pair(target, task)
         if usable is None:
             return best
         found = (r if usable(r) else self.best(r.task, r.target, usable) for r in best)
         return [r for r in found if r is not None]
 
-    def _first_per_pair(self, target: Target | None) -> list[Record]:
+    def _first_per_pair(self, target: Target | None, task: Task | None = None
+                        ) -> list[Record]:
         def query(where):
             rank = func.row_number().over(partition_by=(RecordRow.task_id, RecordRow.target_id),
                                           order_by=(RecordRow.median_s, RecordRow.id))
@@ -423,19 +428,21 @@ class RecordStore:
                 .where(*where, RecordRow.error_kind == _OK).subquery()
             return select(RecordRow).join(ranked, ranked.c.id == RecordRow.id) \
                 .where(ranked.c.rank == 1).order_by(RecordRow.task_id, RecordRow.target_id)
-        return self._records(query, target=target)
+        return self._records(query, task=task, target=target)
 
     def best_by_target(self, task: Task,
                        usable: Callable[[Record], bool] | None = None) -> list[Record]:
         """The best record of `task` on every target that measured it (for replay)."""
-        return [r for r in self.best_per_task(usable=usable) if r.task.key == task.key]
+        return self.best_per_task(usable=usable, task=task)
 
     def records_on_target(self, target: Target, exclude: Task | None = None,
-                          limit: int = 5000) -> list[Record]:
+                          limit: int = 5000, after_id: int = 0) -> list[Record]:
         """The most recent successful records of every task on a target, newest first (to
-        warm-start a cost model from other tasks)."""
+        warm-start a cost model from other tasks); with `after_id`, only those stored after
+        the record of that id."""
         def query(where):
-            q = select(RecordRow).where(*where, RecordRow.error_kind == _OK)
+            q = select(RecordRow).where(*where, RecordRow.error_kind == _OK,
+                                        RecordRow.id > after_id)
             if exclude is not None:
                 q = q.where(RecordRow.task_id.not_in(
                     select(TaskRow.id).where(TaskRow.key == exclude.key)))

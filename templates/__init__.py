@@ -6,7 +6,7 @@
     _common.py       shape / attribute validation shared by the three
 
 Each module exposes `NAME`, `SHAPE_FORM` (for messages), `normalize_attrs(shape, attrs)` and
-`definition(shape, **attrs) -> tuner.dag.ComputeDAG`. Adding an operator is adding a module and
+`definition(shape, **attrs) -> tuner.ir.dag.ComputeDAG`. Adding an operator is adding a module and
 a line in `TEMPLATES`.
 """
 

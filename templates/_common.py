@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuner.dag import Operand
+from tuner.ir.dag import Operand
 from tuner.errors import ShapeError
 
 
@@ -60,7 +60,7 @@ def epilogue_reference(values, relu: int, bias=None, residual=None, gelu: int = 
 def gelu_reference(values, gelu: int):
     """The GELU form `gelu` (GELU_VALUES) of numpy values, in float64 (as the model runtime's
     Gelu: numpy has no erf, and that one is accurate to 1e-8)."""
-    from tuner.model.ops import gelu as onnx_gelu
+    from tuner.ir.reference import gelu as onnx_gelu
 
     return onnx_gelu(values, {1: "none", 2: "tanh"}[gelu]) if gelu else values
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from templates._common import check_shape, fill_attrs, relu_reference
-from tuner.dag import Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "batch_matmul"

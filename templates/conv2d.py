@@ -6,8 +6,8 @@ convolution is groups = C. A pointwise convolution (1x1, stride 1, no padding) i
 product over the pixels: its output rows and columns fuse into one pixel axis `p` of extent
 OH*OW, read and written contiguously (the arrays keep their NCHW shape, the kernel indexes them
 as N,C,H*W), so the vector axis can take full vectors where OW alone leaves a tail (56 = 3*16 +
-8) and a register tile can span rows. The weight is constant (packed once at build time when a schedule
-rewrites its layout); reads of the input outside its bounds are the zero padding. With
+8) and a register tile can span rows. The weight is constant (packed once at build time when a
+schedule rewrites its layout); reads of the input outside its bounds are the zero padding. With
 `residual`, an array of the output's shape is added after the bias (a ResNet block's skip
 connection, fused with the ReLU that follows it).
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from templates._common import (check_shape, epilogue_reference, fill_attrs, residual_operand,
                               split_inputs)
-from tuner.dag import Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "conv2d"

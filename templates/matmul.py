@@ -4,8 +4,8 @@ B is declared constant, as the weight of a dense layer is, so schedules may pack
 once at build time; for a product of two activations use batch_matmul with B=1.
 
 `out_order` 21 stores C transposed, as C^T [N, M]: attention's key projection, whose heads the
-scores read as K^T (tuner/model/attention.py); written by tiles transposed in registers
-(tuner/codegen.py). A residual is read where C is written, so it is not offered with it.
+scores read as K^T (tuner/network/attention.py); written by tiles transposed in registers
+(tuner/codegen/emit.py). A residual is read where C is written, so it is not offered with it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from templates._common import (check_shape, epilogue_reference, fill_attrs, residual_operand,
                               split_inputs)
-from tuner.dag import Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "matmul"

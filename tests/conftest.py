@@ -3,8 +3,8 @@ from functools import cache
 import numpy as np
 import pytest
 
-from tuner.cpu_probe import probe
-from tuner.target import Target, host_target
+from tuner.ir.cpu_probe import probe
+from tuner.ir.target import Target, host_target
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +49,15 @@ def assert_sampled_schedule_matches_reference(rng, target):
     """A random task, a random sketch of it and an annotation sampled for `target`: the
     kernel it makes computes what numpy does."""
     from schedule_gen import random_task
-    from tuner.annotate import sample, to_steps
-    from tuner.jit import Kernel
-    from tuner.schedule import apply_steps
-    from tuner.sketch import generate_sketches
+    from tuner.search.annotate import sample, to_steps
+    from tuner.codegen.jit import CompiledKernel
+    from tuner.ir.schedule import apply_steps
+    from tuner.search.sketch import generate_sketches
 
     dag = random_task(rng).dag()
     sketches = generate_sketches(dag)
     sketch = sketches[int(rng.integers(len(sketches)))]
     ann = sample(rng, dag, sketch, target)
-    kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
+    kernel = CompiledKernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
     inputs = dag.random_inputs(rng)
     assert_matches_reference(dag, kernel(*inputs), inputs)

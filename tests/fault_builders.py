@@ -1,14 +1,14 @@
 """Builders that hand the measurement runner deliberately broken kernels.
 
-Each returns what `tuner.measure_worker.build` returns, but the object file comes from a few
+Each returns what `tuner.measure.worker.build` returns, but the object file comes from a few
 lines of hand-written LLVM IR instead of a schedule, so the runner meets a kernel that
 segfaults, one that never returns and one that computes the wrong thing.
 """
 
-from tuner.jit import target_machine
-from tuner.llvm_init import llvm
-from tuner.target import Target
-from tuner.task import Task
+from tuner.codegen.jit import target_machine
+from tuner.ir.llvm_init import llvm
+from tuner.ir.target import Target
+from tuner.ir.task import Task
 
 ARGS = {"matmul": 3, "batch_matmul": 3, "conv2d": 3}
 
@@ -51,8 +51,8 @@ exit:
 
 def by_schedule(request: dict) -> dict:
     """Picks the fault from the first split factor, so one batch can mix them."""
-    from tuner.measure_worker import build
-    from tuner.schedule import schedule_from_json
+    from tuner.measure.worker import build
+    from tuner.ir.schedule import schedule_from_json
 
     steps = schedule_from_json(request["schedule"])
     factor = steps[0].factors[0] if steps else 0

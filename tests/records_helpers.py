@@ -14,9 +14,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from records import NewRecord, RecordStore
-from tuner.result import ErrorKind, MeasureResult
-from tuner.target import Target
-from tuner.task import Task
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.target import Target
+from tuner.ir.task import Task
 
 # Tasks are built directly: the store must not need the operators' templates to work.
 MATMUL = Task("matmul", (64, 64, 64), (("bias", False), ("relu", False)))

@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from tuner.layout import pad_at_root_where_local_fails
-from tuner.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, LayoutRewrite, Pad,
+from tuner.ir.layout import pad_at_root_where_local_fails
+from tuner.ir.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, LayoutRewrite, Pad,
                             Reorder, Split, apply_steps)
-from tuner.task import Task
+from tuner.ir.task import Task
 
 
 def random_task(rng: np.random.Generator, op: str | None = None) -> Task:

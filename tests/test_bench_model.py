@@ -17,9 +17,9 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
 
 from model_builders import make_model, randn  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.runtime import run_graph  # noqa: E402
-from tuner.model.tasks import extract_tasks  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.runtime import run_graph  # noqa: E402
+from tuner.network.tasks import extract_tasks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import model as model_report  # noqa: E402

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tuner.errors import TunerError
-from tuner.machine import describe
-from tuner.target import named_target
-from tuner.task import Task
+from tuner.ir.machine import describe
+from tuner.ir.target import named_target
+from tuner.ir.task import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import comparators, peak  # noqa: E402
@@ -77,7 +77,7 @@ def test_report_summary_over_thread_counts_names_the_row():
 
 
 def _target(cpu: str, features: str):
-    from tuner.target import Target
+    from tuner.ir.target import Target
     return Target(cpu=cpu, features=features, triple="x86_64-unknown-linux-gnu", threads=1)
 
 
@@ -111,10 +111,10 @@ def test_the_report_times_our_kernel_replayed_from_the_records(tmp_path):
     default schedule passed off as tuned). The report's ratios use the replayed figure."""
     from records import RecordStore
     from tuner import __version__
-    from tuner.default import default_schedule
-    from tuner.result import ErrorKind, MeasureResult
-    from tuner.schedule import schedule_to_json
-    from tuner.target import host_target
+    from tuner.search.default import default_schedule
+    from tuner.measure.result import ErrorKind, MeasureResult
+    from tuner.ir.schedule import schedule_to_json
+    from tuner.ir.target import host_target
     task = Task.create("matmul", (32, 48, 16))
     target = host_target(1)
     db = str(tmp_path / "r.db")

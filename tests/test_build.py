@@ -9,17 +9,17 @@ import pytest
 import tuner
 from conftest import assert_matches_reference
 from costmodel.features import extract_features
-from costmodel.model import XGBModel
+from costmodel.xgb import XGBCostModel
 from records import NewRecord, RecordStore, export_best
-from tuner.aot import build_library, c_name, task_from_spec
+from tuner.replay.aot import build_library, c_name, task_from_spec
 from tuner.errors import TunerError
-from tuner.measure import MeasureOptions, Measurer
+from tuner.measure.measurer import MeasureOptions, Measurer
 from tuner import select_schedule
-from tuner.replay import NoRecordWarning
-from tuner.result import ErrorKind, MeasureResult
-from tuner.target import Target, host_target
-from tuner.task import Task
-from tuner.tune import TuneConfig, tune
+from tuner.replay.source import NoRecordWarning
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.target import Target, host_target
+from tuner.ir.task import Task
+from tuner.search.tune import TuneConfig, tune
 
 CONV = Task.create("conv2d", (1, 8, 12, 12, 16, 3, 3), pad=1, bias=True, relu=True)
 MATMUL = Task.create("matmul", (40, 48, 24))
@@ -33,7 +33,7 @@ def tuned_db(tmp_path_factory):
     with RecordStore(f"sqlite:///{path}") as store, Measurer(target, options) as measurer:
         for task in (CONV, MATMUL):
             tune(task, target, store, measurer, TuneConfig(trials=6, batch_size=6),
-                 XGBModel(), extract_features)
+                 XGBCostModel(), extract_features)
     return str(path)
 
 
@@ -47,7 +47,7 @@ def test_build_from_the_database_and_from_exported_json(tuned_db, tmp_path):
     assert kernel.tuned and kernel.choice.gflops > 0
     with RecordStore(f"sqlite:///{tuned_db}") as store:
         best = store.best(CONV, host_target(1))
-    from tuner.schedule import schedule_to_json
+    from tuner.ir.schedule import schedule_to_json
     assert schedule_to_json(kernel.choice.steps) == best.schedule_json
     inputs = _inputs(CONV)
     assert_matches_reference(CONV.dag(), kernel(*inputs), inputs)
@@ -84,8 +84,8 @@ def test_no_record_falls_back_to_the_default_with_a_warning(tmp_path):
 def test_a_record_from_another_target_is_refused_unless_allowed(tmp_path):
     db = tmp_path / "foreign.db"
     foreign = Target("x86_64-unknown-linux-gnu", "znver4", "+avx,+avx512f", 2)
-    from tuner.default import default_schedule
-    from tuner.schedule import schedule_to_json
+    from tuner.search.default import default_schedule
+    from tuner.ir.schedule import schedule_to_json
     steps = schedule_to_json(default_schedule(MATMUL.dag(), foreign))
     with RecordStore(f"sqlite:///{db}") as store:
         store.add_many(MATMUL, foreign, [NewRecord(steps, MeasureResult(ErrorKind.NONE, "",
@@ -194,8 +194,8 @@ def test_a_record_of_an_older_compute_definition_is_skipped_and_kept(tmp_path, c
     no longer applies. Builds, `tune best`, `tune export`, `tune build --all` and a resumed
     `tune` use the fastest record that does apply; the old one stays in the log."""
     from tuner import cli
-    from tuner.default import default_schedule
-    from tuner.schedule import schedule_to_json
+    from tuner.search.default import default_schedule
+    from tuner.ir.schedule import schedule_to_json
 
     db = tmp_path / "older.db"
     target = host_target(1)

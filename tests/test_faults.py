@@ -17,8 +17,8 @@ import pytest
 import records_helpers as h
 
 from records import RecordStore, RecordsError, schedule_hash
-from tuner.target import host_target
-from tuner.task import Task
+from tuner.ir.target import host_target
+from tuner.ir.task import Task
 
 TESTS = Path(__file__).resolve().parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -102,10 +102,10 @@ def test_a_killed_runner_is_replaced_and_the_run_completes(tmp_path, moment):
 
 HANGING_PARENT = textwrap.dedent("""
     import json, sys
-    from tuner.measure import MeasureInput, MeasureOptions, Measurer
-    from tuner.target import host_target
-    from tuner.task import Task
-    from tuner.default import default_schedule
+    from tuner.measure.measurer import MeasureInput, MeasureOptions, Measurer
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
+    from tuner.search.default import default_schedule
     task = Task.create("matmul", (16, 16, 16))
     target = host_target(1)
     with Measurer(target, MeasureOptions(builder="fault_builders:hang",
@@ -211,10 +211,10 @@ def _tune_three_at_once(url: str) -> None:
 HANGING_TUNER = textwrap.dedent("""
     import sys
     from records import RecordStore
-    from tuner.measure import MeasureOptions, Measurer
-    from tuner.target import host_target
-    from tuner.task import Task
-    from tuner.tune import TuneConfig, tune
+    from tuner.measure.measurer import MeasureOptions, Measurer
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
+    from tuner.search.tune import TuneConfig, tune
     target = host_target(1)
     with RecordStore(sys.argv[1]) as store, Measurer(target, MeasureOptions(
             builder=sys.argv[2], run_timeout_s=600)) as m:
@@ -243,7 +243,7 @@ def test_the_claims_of_a_killed_tuner_lapse(tmp_path):
     proc.kill()
     proc.wait()
     again = subprocess.run([sys.executable, "-c", HANGING_TUNER, url,
-                            "tuner.measure_worker:build"],
+                            "tuner.measure.worker:build"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     with RecordStore(url) as store:

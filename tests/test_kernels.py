@@ -6,8 +6,8 @@ import pytest
 from conftest import assert_matches_reference, generated_target, skip_unless_host_runs
 from schedule_gen import random_schedule, random_task
 from tuner.errors import TunerError
-from tuner.jit import Kernel
-from tuner.schedule import apply_steps, schedule_from_json, schedule_to_json
+from tuner.codegen.jit import CompiledKernel
+from tuner.ir.schedule import apply_steps, schedule_from_json, schedule_to_json
 
 CASES = 200
 
@@ -20,7 +20,7 @@ def test_random_schedule_matches_reference(seed, target1, target2):
     dag = task.dag()
     assert schedule_from_json(schedule_to_json(steps)) == steps
     target = target2 if seed % 4 == 0 else target1
-    kernel = Kernel(apply_steps(dag, steps), target)
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
     inputs = dag.random_inputs(rng)
     out = kernel(*inputs)
     assert_matches_reference(dag, out, inputs)
@@ -41,17 +41,17 @@ def test_random_schedule_matches_reference(seed, target1, target2):
 def test_root_padded_copies_match_reference(shape, stride, pad, dilation, groups, threads):
     """The padded copy made per call (shared among the threads when there are several)
     holds the input where it lies and zeros everywhere else, for every padded dimension."""
-    from tuner.default import default_schedule
-    from tuner.schedule import Pad
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.search.default import default_schedule
+    from tuner.ir.schedule import Pad
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
                       groups=groups).dag()
     target = host_target(threads)
     steps = tuple(Pad(s.operand, "root") if isinstance(s, Pad) else s
                   for s in default_schedule(dag, target))
     assert Pad(dag.lhs.name, "root") in steps
-    kernel = Kernel(apply_steps(dag, steps), target)
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
     for seed in range(2):  # a second call reuses the heap the first one freed
         inputs = dag.random_inputs(np.random.default_rng(seed))
         assert_matches_reference(dag, kernel(*inputs), inputs)
@@ -70,11 +70,11 @@ def test_local_padded_copies_match_reference(shape, stride, pad, dilation, group
     the thread and reads them through a moved base pointer: every tile (a tail tile, tiles
     of several images, every thread's) reads its own input and zeros where it is padded.
     The copy sits where the plan says, in the pseudo-code too."""
-    from tuner.layout import local_pad_plan
-    from tuner.pseudo import pseudo_code
-    from tuner.schedule import Annotate, CacheWrite, Fuse, Pad, Reorder, Split
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.ir.layout import local_pad_plan
+    from tuner.codegen.pseudo import pseudo_code
+    from tuner.ir.schedule import Annotate, CacheWrite, Fuse, Pad, Reorder, Split
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, dilation=dilation,
                       groups=groups).dag()
     target = host_target(threads)
@@ -86,7 +86,7 @@ def test_local_padded_copies_match_reference(shape, stride, pad, dilation, group
     plan = local_pad_plan(nest, dag.lhs)
     assert plan.depth == 1 and plan.copies == shape[0] * -(-groups // g_tile)
     assert f"data_padded = pad(data)  # the {plan.rows} rows" in pseudo_code(nest)
-    kernel = Kernel(nest, target)
+    kernel = CompiledKernel(nest, target)
     for seed in range(2):
         inputs = dag.random_inputs(np.random.default_rng(seed))
         assert_matches_reference(dag, kernel(*inputs), inputs)
@@ -96,12 +96,12 @@ def test_local_padding_needs_a_small_enough_tile():
     """A dense convolution's outer tiles all read every input channel: no tile is small
     enough to copy, a clear ScheduleError names the operand; the sampler and the default
     fall back to the root copy there and use the local one for depthwise layers."""
-    from tuner.default import default_schedule
+    from tuner.search.default import default_schedule
     from tuner.errors import ScheduleError
-    from tuner.layout import local_pad_plan, local_padding_pays
-    from tuner.schedule import Pad
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.ir.layout import local_pad_plan, local_padding_pays
+    from tuner.ir.schedule import Pad
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     dense = Task.create("conv2d", (1, 128, 56, 56, 64, 3, 3), pad=1).dag()
     assert not local_padding_pays(dense)
     steps = tuple(Pad(s.operand, "local") if isinstance(s, Pad) else s
@@ -125,15 +125,15 @@ def test_pointwise_convolution_is_a_product_over_pixels(shape, groups, bias, rel
     """A 1x1 stride-1 unpadded convolution indexes its image as N,C,H*W (one pixel axis the
     schedule can split into full vectors) while users pass and get NCHW arrays: the default
     schedule, and a kernel bound to its weight writing into `out=`, match the reference."""
-    from tuner.default import default_schedule
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.search.default import default_schedule
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     n, c, h, w, k, _, _ = shape
     dag = Task.create("conv2d", shape, groups=groups, bias=bias, relu=relu).dag()
     assert [a.name for a in dag.spatial_axes][-2:] == ["k", "p"]
     assert dag.axis("p").extent == h * w
     assert dag.lhs.array_shape == (n, c, h, w) and dag.output.array_shape == (n, k, h, w)
-    kernel = Kernel(apply_steps(dag, default_schedule(dag, host_target(threads))),
+    kernel = CompiledKernel(apply_steps(dag, default_schedule(dag, host_target(threads))),
                     host_target(threads))
     inputs = dag.random_inputs(np.random.default_rng(5))
     assert inputs[0].shape == (n, c, h, w)
@@ -156,9 +156,9 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
     loads and a shuffle, not one scalar load per lane; full vectors and the tail (21 output
     columns) both match the reference, and nothing past the padded input is read."""
     from dataclasses import replace as change
-    from tuner.default import register_tile, tiled_schedule
-    from tuner.layout import access_class
-    from tuner.task import Task
+    from tuner.search.default import register_tile, tiled_schedule
+    from tuner.ir.layout import access_class
+    from tuner.ir.task import Task
     target = generated_target(cpu, 1)
     pad = 1
     w = (21 - 1) * stride + 3 - 2 * pad  # 21 output columns: full vectors and a tail
@@ -170,7 +170,7 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
                   reduce_unroll=3)
     nest = apply_steps(dag, tiled_schedule(dag, target, tile))
     assert access_class(nest, dag.lhs) == "strided"
-    kernel = Kernel(nest, target)
+    kernel = CompiledKernel(nest, target)
     skip_unless_host_runs(target)
     for seed in range(2):
         inputs = dag.random_inputs(np.random.default_rng(seed))
@@ -188,11 +188,11 @@ def test_strided_lanes_are_loaded_whole(stride, width, groups, cpu):
 def test_the_default_schedule_always_builds(shape, stride, pad, groups, cpu, threads):
     """However long its gathers make the body, the default schedule stays within the code
     size a build accepts (it unrolls less), so tuning can always start from it."""
-    from tuner.codegen import emit_llvm
-    from tuner.default import default_schedule
-    from tuner.layout import MAX_CODE_SIZE, code_size, ir_instructions
-    from tuner.schedule import check_nest
-    from tuner.task import Task
+    from tuner.codegen.emit import emit_llvm
+    from tuner.search.default import default_schedule
+    from tuner.ir.layout import MAX_CODE_SIZE, code_size, ir_instructions
+    from tuner.ir.schedule import check_nest
+    from tuner.ir.task import Task
     target = generated_target(cpu, threads)
     dag = Task.create("conv2d", shape, stride=stride, pad=pad, groups=groups).dag()
     nest = apply_steps(dag, default_schedule(dag, target))
@@ -206,12 +206,12 @@ def test_a_bound_kernel_reuses_addresses_only_of_the_same_unconverted_arrays():
     again on the same array sees what the caller wrote into it since, a float64 input (a
     converted copy) is converted anew each call, another array is read from its own memory,
     and an `out` made read-only after it was used is refused."""
-    from tuner.default import default_schedule
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.search.default import default_schedule
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     dag = Task.create("matmul", (5, 24, 7)).dag()
     target = host_target(1)
-    kernel = Kernel(apply_steps(dag, default_schedule(dag, target)), target)
+    kernel = CompiledKernel(apply_steps(dag, default_schedule(dag, target)), target)
     rng = np.random.default_rng(3)
     a, b = dag.random_inputs(rng)
     bound = kernel.bind(b=b)
@@ -242,10 +242,10 @@ def test_residual_is_added_before_the_relu(op, shape, attrs, cache_write):
     """A residual (an input of the output's shape, a skip connection) is added after the bias
     and before the ReLU, on write-back of the local tile and, without one, in the init pass;
     the task key names it only when set, so keys made before it existed are unchanged."""
-    from tuner.default import default_schedule
-    from tuner.schedule import CacheWrite
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.search.default import default_schedule
+    from tuner.ir.schedule import CacheWrite
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     task = Task.create(op, shape, residual=True, **attrs)
     plain = Task.create(op, shape, **attrs)
     assert "residual=1" in task.key and "residual" not in plain.key
@@ -258,7 +258,7 @@ def test_residual_is_added_before_the_relu(op, shape, attrs, cache_write):
     steps = default_schedule(dag, target)
     if not cache_write:
         steps = tuple(s for s in steps if not isinstance(s, CacheWrite))
-    kernel = Kernel(apply_steps(dag, steps), target)
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
     inputs = list(dag.random_inputs(np.random.default_rng(7)))
     inputs[-1] = inputs[-1] * 8  # the residual decides the sign of many outputs
     out = kernel(*inputs)
@@ -276,10 +276,10 @@ def test_residual_is_added_before_the_relu(op, shape, attrs, cache_write):
 def test_relu6_clips_at_zero_and_six(op, shape, attrs, cache_write):
     """ReLU6 (relu=6) is applied on write-back of the local tile and, without one, in a pass
     over the output; both clip at 0 and at 6, and the task key keeps relu=1 for plain ReLU."""
-    from tuner.default import default_schedule
-    from tuner.schedule import CacheWrite
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.search.default import default_schedule
+    from tuner.ir.schedule import CacheWrite
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
     task = Task.create(op, shape, relu=6, **attrs)
     assert "relu=6" in task.key and "relu=1" in Task.create(op, shape, relu=True, **attrs).key
     dag = task.dag()
@@ -287,7 +287,7 @@ def test_relu6_clips_at_zero_and_six(op, shape, attrs, cache_write):
     steps = default_schedule(dag, target)
     if not cache_write:
         steps = tuple(s for s in steps if not isinstance(s, CacheWrite))
-    kernel = Kernel(apply_steps(dag, steps), target)
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
     inputs = [x * 4 for x in dag.random_inputs(np.random.default_rng(6))]
     out = kernel(*inputs)
     assert (out == 6).any() and (out == 0).any() and ((out > 0) & (out < 6)).any()
@@ -315,9 +315,9 @@ def test_tiles_vectorized_across_output_rows_are_transposed_on_write_back(
     stored (and its residual loaded) as vectors: the transposed path is taken, and every
     tile, full or partial, with bias, residual and ReLU / ReLU6, matches the reference."""
     from dataclasses import replace as change
-    from tuner import codegen
-    from tuner.default import register_tile, tiled_schedule
-    from tuner.task import Task
+    from tuner.codegen import emit as codegen
+    from tuner.search.default import register_tile, tiled_schedule
+    from tuner.ir.task import Task
     calls = []
     real = codegen.transpose
     monkeypatch.setattr(codegen, "transpose", lambda b, rows, w: calls.append(
@@ -326,7 +326,7 @@ def test_tiles_vectorized_across_output_rows_are_transposed_on_write_back(
     dag = Task.create("conv2d", shape, **attrs).dag()
     tile = change(register_tile(dag, target), vector_axis="k", width=width,
                   unrolled_axis=unrolled, count=count)
-    kernel = Kernel(apply_steps(dag, tiled_schedule(dag, target, tile)), target)
+    kernel = CompiledKernel(apply_steps(dag, tiled_schedule(dag, target, tile)), target)
     lanes = target.machine.lanes
     assert calls and all(rows > 1 and w > 1 and w <= lanes and rows <= lanes
                          for rows, w in calls)

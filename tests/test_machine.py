@@ -20,18 +20,18 @@ import pytest
 from conftest import (assert_matches_reference, assert_sampled_schedule_matches_reference,
                       generated_target)
 from schedule_gen import random_task
-from tuner.annotate import (expert_annotation, expert_seeds, fits, max_vector_lanes,
+from tuner.search.annotate import (expert_annotation, expert_seeds, fits, max_vector_lanes,
                             register_vectors, sample, to_steps)
-from tuner.codegen import emit_llvm
-from tuner.default import default_schedule, register_tile
+from tuner.codegen.emit import emit_llvm
+from tuner.search.default import default_schedule, register_tile
 from tuner.errors import TunerError
-from tuner.jit import Kernel, optimize, target_machine
-from tuner.layout import SPARE_REGISTERS, code_size, spatial_tails
-from tuner.machine import describe
-from tuner.schedule import apply_steps
-from tuner.sketch import generate_sketches
-from tuner.target import host_target, named_target
-from tuner.task import Task
+from tuner.codegen.jit import CompiledKernel, optimize, target_machine
+from tuner.ir.layout import SPARE_REGISTERS, code_size, spatial_tails
+from tuner.ir.machine import describe
+from tuner.ir.schedule import apply_steps
+from tuner.search.sketch import generate_sketches
+from tuner.ir.target import host_target, named_target
+from tuner.ir.task import Task
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +114,11 @@ def test_a_named_cpu_generates_for_that_cpu(v3):
 
 def _fake_host_without_avx512(monkeypatch):
     """This process's host, as an AVX2 machine (`_host` is cached: the attribute is replaced)."""
-    import tuner.target
+    import tuner.ir.target
 
-    triple = tuner.target._host()[0]
+    triple = tuner.ir.target._host()[0]
     features = "+avx,+avx2,+fma,+sse4.2,-avx512f"
-    monkeypatch.setattr(tuner.target, "_host", lambda: (triple, "fakecpu", features))
+    monkeypatch.setattr(tuner.ir.target, "_host", lambda: (triple, "fakecpu", features))
 
 
 def test_a_cpu_needing_features_the_host_lacks_is_refused(monkeypatch):
@@ -304,7 +304,7 @@ def test_the_asm_reader_sees_a_spill():
     """The reader above is not vacuous: it finds the stack accesses of a tile that cannot
     fit (48 ymm accumulators on a 16-register machine)."""
     from dataclasses import replace
-    from tuner.default import tiled_schedule
+    from tuner.search.default import tiled_schedule
     target = named_target("x86-64-v3", 1)
     dag = Task.create("matmul", (96, 64, 64)).dag()
     tile = replace(register_tile(dag, target), count=24, reduce_unroll=1)
@@ -359,8 +359,8 @@ def test_a_sliding_window_tile_is_budgeted(cpu):
     reduction loop, and the next larger one, which the budget refuses, spills: so the
     window count is the real cost, not a guess."""
     from dataclasses import replace
-    from tuner.default import tiled_schedule
-    from tuner.layout import operand_registers
+    from tuner.search.default import tiled_schedule
+    from tuner.ir.layout import operand_registers
     target = generated_target(cpu, 1)
     machine = target.machine
     dag = SHAPES["conv3x3_resnet"].dag()
@@ -388,10 +388,10 @@ def test_an_unrolled_reduction_is_budgeted(shape, cpu, monkeypatch):
     The register tile alone: the weights' prefetch (its address arithmetic) changes how
     LLVM schedules the loop, and with it whether one row over the budget spills."""
     from dataclasses import replace
-    import tuner.codegen
-    monkeypatch.setattr(tuner.codegen, "prefetch_panel", lambda *args: None)
-    from tuner.default import tiled_schedule
-    from tuner.layout import operand_registers
+    import tuner.codegen.emit
+    monkeypatch.setattr(tuner.codegen.emit, "prefetch_panel", lambda *args: None)
+    from tuner.search.default import tiled_schedule
+    from tuner.ir.layout import operand_registers
     target = generated_target(cpu, 1)
     machine = target.machine
     dag = SHAPES[shape].dag()
@@ -433,7 +433,7 @@ SMALL_SHAPES = {  # the four shapes above, small, with the same kinds of tails
 def test_default_avx2_schedules_compute_the_right_thing(shape, threads):
     target = named_target("x86-64-v3", threads)
     dag = SMALL_SHAPES[shape].dag()
-    kernel = Kernel(apply_steps(dag, default_schedule(dag, target)), target)
+    kernel = CompiledKernel(apply_steps(dag, default_schedule(dag, target)), target)
     inputs = dag.random_inputs(np.random.default_rng(3))
     assert_matches_reference(dag, kernel(*inputs), inputs)
 
@@ -567,7 +567,7 @@ def test_depthwise_default_unrolls_the_window_in_registers(shape, cpu):
     beside rows of `oh` (each loaded row feeds up to 3 rows), with equal tiles of 1-2 vectors
     (56 columns: 2 tiles of 28 on AVX-512, 7 of 8 on AVX2), and the full-tile loop keeps its
     accumulators in registers."""
-    from tuner.default import window_rows, window_width
+    from tuner.search.default import window_rows, window_width
     target = generated_target(cpu, 1)
     machine = target.machine
     dag = DEPTHWISE[shape].dag()
@@ -590,7 +590,7 @@ def test_depthwise_default_unrolls_the_window_in_registers(shape, cpu):
 
 
 def test_window_width_prefers_equal_tiles_of_two_vectors():
-    from tuner.default import window_width
+    from tuner.search.default import window_width
     assert window_width(56, 16) == 28    # 2 x (16 + 12), not 3 x 16 and a tail of 8
     assert window_width(28, 16) == 28
     assert window_width(112, 16) == 16   # 7 full vectors beat 4 tiles of 28
@@ -623,12 +623,12 @@ STREAM_SCHEDULE = (
 
 
 def _nest(task, schedule_json):
-    from tuner.schedule import schedule_from_json
+    from tuner.ir.schedule import schedule_from_json
     return apply_steps(task.dag(), schedule_from_json(schedule_json))
 
 
 def test_prefetch_panel_follows_the_loops():
-    from tuner.layout import prefetch_panel
+    from tuner.ir.layout import prefetch_panel
     nest = _nest(PANEL_TASK, PANEL_SCHEDULE)
     plan = prefetch_panel(nest, PANEL_TASK.dag().operand("weight"))
     # a panel: 256 input channels x 32 output channels, read in 7 passes, 64 steps each
@@ -672,7 +672,7 @@ def test_prefetching_kernels_match_the_reference(threads):
                                    '{"annotation":"parallel","kind":"annotate","loop":"k.0"}')
     nest = _nest(task, steps if threads > 1 else PANEL_SCHEDULE)
     target = host_target(threads)
-    kernel = Kernel(nest, target)
+    kernel = CompiledKernel(nest, target)
     assert "llvm.prefetch" in kernel.ir_text
     inputs = task.dag().random_inputs(np.random.default_rng(7))
     assert_matches_reference(task.dag(), kernel(*inputs), inputs)

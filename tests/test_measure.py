@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from tuner.measure import MeasureInput, MeasureOptions, Measurer
-from tuner.result import ErrorKind
-from tuner.schedule import Annotate, Split
-from tuner.target import host_target
-from tuner.task import Task
+from tuner.measure.measurer import MeasureInput, MeasureOptions, Measurer
+from tuner.measure.result import ErrorKind
+from tuner.ir.schedule import Annotate, Split
+from tuner.ir.target import host_target
+from tuner.ir.task import Task
 
 TASK = Task.create("matmul", (64, 64, 64))
 FAST = dict(min_sample_s=1e-4, samples=3, run_timeout_s=5.0)
@@ -40,7 +40,7 @@ def test_faulty_kernels_are_recorded_and_the_batch_goes_on():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_real_kernels_are_checked_and_timed(threads):
-    from tuner.default import default_schedule
+    from tuner.search.default import default_schedule
     target = host_target(threads)
     steps = default_schedule(TASK.dag(), target)
     with Measurer(target, MeasureOptions(**FAST)) as measurer:
@@ -54,7 +54,7 @@ def test_real_kernels_are_checked_and_timed(threads):
 def test_cold_weights_are_timed_and_still_checked():
     """With `cold_weights` the runner times the candidate on rotating copies of its packed
     weights; a wrong kernel is still caught (the check runs before the timing)."""
-    from tuner.default import default_schedule
+    from tuner.search.default import default_schedule
     target = host_target(1)
     task = Task.create("conv2d", (1, 16, 9, 9, 32, 3, 3), pad=1, bias=1, relu=1)
     with Measurer(target, MeasureOptions(cold_weights=True, **FAST)) as measurer:
@@ -84,7 +84,7 @@ class _RecordingKernel:
 ])
 def test_rotating_weights_reads_another_copy_each_call(weight_floats, total_bytes, copies):
     import numpy as np
-    from tuner.measure_worker import MAX_WEIGHT_COPIES, rotating_weights
+    from tuner.measure.worker import MAX_WEIGHT_COPIES, rotating_weights
     assert MAX_WEIGHT_COPIES == 4096
     data, weight, out = np.ones(8, np.float32), np.ones(weight_floats, np.float32), \
         np.zeros(8, np.float32)

@@ -1,5 +1,5 @@
 """While a model runs (`GraphRunner`: a compiled model or a package), numpy's BLAS runs on the
-calling thread, and afterwards it has the threads it had before (tuner/model/runtime.py says
+calling thread, and afterwards it has the threads it had before (tuner/network/runtime.py says
 why: a spinning BLAS pool takes cores from the kernels' threads)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from tuner.model import runtime
-from tuner.model.graph import Graph, Node
-from tuner.model.runtime import GraphRunner
+from tuner.network import runtime
+from tuner.network.graph import Graph, Node
+from tuner.network.runtime import GraphRunner
 
 
 def blas_threads() -> list[int]:

@@ -18,10 +18,10 @@ from model_builders import make_model, randn  # noqa: E402
 from records import RecordStore  # noqa: E402
 from test_model_onnxruntime import symbolic_batch  # noqa: E402
 from tuner.cli import main  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.tasks import extract_tasks  # noqa: E402
-from tuner.replay import NoRecordWarning  # noqa: E402
-from tuner.target import host_target  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.tasks import extract_tasks  # noqa: E402
+from tuner.replay.source import NoRecordWarning  # noqa: E402
+from tuner.ir.target import host_target  # noqa: E402
 
 FAST = ["--threads", "1", "--quiet", "--strategy", "random"]
 
@@ -78,7 +78,7 @@ def test_tune_model_spends_one_budget_resumes_and_compiles(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoRecordWarning)
         compiled = tuner.compile_model(path, db=db, threads=1, inputs=shapes)
-    assert all(k.tuned for k in compiled.kernels)
+    assert all(k.tuned for k in compiled.tasks)
     feeds = {"x": randn(np.random.default_rng(0), *shapes["x"])}
     expected = ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, feeds)

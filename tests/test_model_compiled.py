@@ -18,9 +18,9 @@ from records import RecordStore  # noqa: E402
 from test_model_onnxruntime import (MODELS, conv_bn_relu, matmul_add_relu,  # noqa: E402
                                     residual_blocks, symbolic_batch, transformer_residual)
 from tuner.errors import TunerError  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.runtime import run_graph  # noqa: E402
-from tuner.replay import NoRecordWarning  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.runtime import run_graph  # noqa: E402
+from tuner.replay.source import NoRecordWarning  # noqa: E402
 
 
 @pytest.fixture
@@ -94,8 +94,8 @@ def test_untuned_tasks_warn_once_with_their_count(empty_db):
         compiled = tuner.compile_model(model, db=empty_db, threads=1)
     messages = [str(w.message) for w in caught if issubclass(w.category, NoRecordWarning)]
     assert len(messages) == 1 and messages[0].startswith("1 of the 1 tasks of the model")
-    assert [k.tuned for k in compiled.kernels] == [False]
-    assert compiled.kernels[0].occurrences == 1
+    assert [k.tuned for k in compiled.tasks] == [False]
+    assert compiled.tasks[0].occurrences == 1
 
 
 def _unsupported():
@@ -106,7 +106,7 @@ def _unsupported():
 
 
 def test_bad_models_are_one_line_errors_before_compiling(tmp_path, empty_db, monkeypatch):
-    import tuner.model.compiled as compiled_module
+    import tuner.network.compiled as compiled_module
 
     def no_build(*args, **kwargs):
         raise AssertionError("nothing may be compiled for a model that cannot run")

@@ -21,9 +21,9 @@ from onnx import numpy_helper  # noqa: E402
 
 import tuner  # noqa: E402
 from records import RecordStore  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.runtime import unsupported_ops  # noqa: E402
-from tuner.replay import NoRecordWarning  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.runtime import unsupported_ops  # noqa: E402
+from tuner.replay.source import NoRecordWarning  # noqa: E402
 
 PATTERN = re.compile(r"test_(gelu|erf|layer_normalization|softmax)")
 # Cases a generated function must serve: a Softmax over the last axis, a LayerNormalization

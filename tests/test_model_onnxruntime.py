@@ -10,10 +10,10 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
 
 from model_builders import bn_node, bn_weights, make_model, randn  # noqa: E402
-from tuner.model.fused import FUSED_OPS, reference_impls  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.runtime import run_graph  # noqa: E402
-from tuner.model.tasks import extract_tasks  # noqa: E402
+from tuner.network.fused import FUSED_OPS, reference_impls  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.runtime import run_graph  # noqa: E402
+from tuner.network.tasks import extract_tasks  # noqa: E402
 
 RNG_SEED = 7
 

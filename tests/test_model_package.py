@@ -22,15 +22,18 @@ from test_model_onnxruntime import residual_blocks, transformer_residual
 from records import RecordStore
 from tuner.cli import main
 from tuner.errors import TunerError
-from tuner.model.graph import Graph, Node, load_model
-from tuner.model.package import write_package
-from tuner.model.runtime import run_graph
-from tuner.model.tasks import extract_tasks
+from tuner.network.graph import Graph, Node, load_model
+from tuner.network.package import write_package
+from tuner.replay.source import open_schedules
+from tuner.ir.target import named_target
+from tuner.network.runtime import run_graph
+from tuner.network.tasks import extract_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 # What a deployed application must not carry (the subprocess test checks sys.modules).
 HEAVY_MODULES = ("llvmlite", "xgboost", "sqlalchemy", "records", "costmodel", "onnx",
-                 "tuner.jit", "tuner.codegen", "tuner.aot", "tuner.replay")
+                 "tuner.codegen.jit", "tuner.codegen.emit", "tuner.replay.aot",
+                 "tuner.replay.kernel")
 
 
 def conv_pool_gemm(rng):
@@ -78,7 +81,8 @@ def conv_package(tmp_path_factory, empty_db):
     damage it work on a copy)."""
     model, shapes = conv_pool_gemm(np.random.default_rng(1))
     out = tmp_path_factory.mktemp("conv_package")
-    built = write_package(model, out, db=empty_db, threads=1, inputs=shapes)
+    built = write_package(model, out, open_schedules(empty_db),
+                          named_target(None, 1), inputs=shapes)
     return model, shapes, built
 
 
@@ -87,15 +91,16 @@ def conv_package(tmp_path_factory, empty_db):
 def test_package_agrees_with_numpy_runtime_and_onnxruntime(build, tmp_path, empty_db):
     rng = np.random.default_rng(3)
     model, shapes = build(rng)
-    built = write_package(model, tmp_path / "pkg", db=empty_db, threads=1, inputs=shapes)
-    assert built.kernels and built.defaulted == built.kernels  # no records: default schedules
+    built = write_package(model, tmp_path / "pkg", open_schedules(empty_db),
+                          named_target(None, 1), inputs=shapes)
+    assert built.tasks and built.defaulted == built.tasks  # no records: default schedules
     assert built.library.is_file() and built.header.is_file()
     with np.load(built.weights_file, allow_pickle=False) as npz:  # no pickled objects
         assert all(npz[key].dtype != object for key in npz.files)
     document = json.loads(built.graph_file.read_text())
     symbols = [n["kernel"]["symbol"] for n in document["nodes"] if "kernel" in n]
     tasks = [n["kernel"]["symbol"] for n in document["nodes"] if "task" in n.get("kernel", {})]
-    assert sorted(tasks) == sorted(k.symbol for k in built.kernels)
+    assert sorted(tasks) == sorted(k.symbol for k in built.tasks)
     header = built.header.read_text()
     assert all(symbol in header for symbol in symbols)  # the tasks' and the pools
 
@@ -121,8 +126,8 @@ def test_a_graph_without_tasks_keeps_tensor_attributes(tmp_path, empty_db):
     graph = Graph({"x": (2, 3)}, ("y",),
                   (Node("Constant", "k", (), ("c",), {"value": value}),
                    Node("Add", "add", ("x", "c"), ("y",))), {}, {}, 17)
-    built = write_package(graph, tmp_path, db=empty_db, threads=1)
-    assert built.library is None and built.kernels == ()
+    built = write_package(graph, tmp_path, open_schedules(empty_db), named_target(None, 1))
+    assert built.library is None and built.tasks == ()
     x = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(tuner.load_package(tmp_path)(x)[0], x + value)
 
@@ -130,10 +135,10 @@ def test_a_graph_without_tasks_keeps_tensor_attributes(tmp_path, empty_db):
 def test_tuned_records_are_used_and_reported(tmp_path, empty_db):
     """A briefly tuned matmul task gets its record's schedule, the other the default."""
     from costmodel.features import extract_features
-    from costmodel.model import XGBModel
-    from tuner.measure import MeasureOptions, Measurer
-    from tuner.target import host_target
-    from tuner.tune import TuneConfig, tune
+    from costmodel.xgb import XGBCostModel
+    from tuner.measure.measurer import MeasureOptions, Measurer
+    from tuner.ir.target import host_target
+    from tuner.search.tune import TuneConfig, tune
 
     rng = np.random.default_rng(5)
     model, shapes = matmul_transpose(rng)
@@ -143,10 +148,10 @@ def test_tuned_records_are_used_and_reported(tmp_path, empty_db):
     target = host_target(1)
     options = MeasureOptions(min_sample_s=2e-4, samples=3, max_total_s=0.1)
     with RecordStore(f"sqlite:///{db}") as store, Measurer(target, options) as measurer:
-        tune(first, target, store, measurer, TuneConfig(trials=4, batch_size=4), XGBModel(),
+        tune(first, target, store, measurer, TuneConfig(trials=4, batch_size=4), XGBCostModel(),
              extract_features)
-    built = write_package(graph, tmp_path / "pkg", db=str(db), threads=1)
-    tuned = {k.task_key: k for k in built.kernels}
+    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)), named_target(None, 1))
+    tuned = {k.task_key: k for k in built.tasks}
     assert tuned[first.key].tuned and tuned[first.key].gflops > 0
     assert len(built.defaulted) == 1 and built.defaulted[0].task_key != first.key
     assert "tuned, from" in built.header.read_text()
@@ -159,7 +164,8 @@ def test_a_fresh_interpreter_runs_the_package_without_the_tuner(tmp_path, empty_
     """Two threads, so the library's libgomp is loaded through ctypes too."""
     rng = np.random.default_rng(9)
     model, shapes = conv_pool_gemm(rng)
-    write_package(model, tmp_path / "pkg", db=empty_db, threads=2, inputs=shapes)
+    write_package(model, tmp_path / "pkg", open_schedules(empty_db), named_target(None, 2),
+                  inputs=shapes)
     x = randn(rng, *shapes["x"])
     np.save(tmp_path / "x.npy", x)
     script = (
@@ -258,7 +264,7 @@ DAMAGE = {
 def test_the_package_records_the_cpu_features_its_library_needs(conv_package, tmp_path):
     """graph.json lists the /proc/cpuinfo flags of the target's vector ISA (avx2 and fma at
     least on any target the tuner generates for), and this machine has them all."""
-    from tuner.model.deploy import host_cpu_flags
+    from tuner.network.deploy import host_cpu_flags
 
     _, _, built = conv_package
     flags = json.loads((built.directory / "graph.json").read_text())["target"]["cpu_flags"]

@@ -1,4 +1,4 @@
-"""Generated pools in model packages (tuner/model/pool_codegen.py): MaxPool's windows, and its
+"""Generated pools in model packages (tuner/network/pool_codegen.py): MaxPool's windows, and its
 results against numpy's MaxPool, bit for bit, over random kernel sizes, strides, pads,
 dilations, ceil_mode and auto_pad; GlobalAveragePool's against the mean; at 1 and 2 threads
 and 256- and 512-bit vectors."""
@@ -14,10 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 import tuner
 from model_builders import randn
 from records import RecordStore
-from tuner.model.deploy import load_package
-from tuner.model.ops import OPS
-from tuner.model.package import write_package
-from tuner.model.pool_codegen import pool_windows
+from tuner.network.deploy import load_package
+from tuner.network.ops import OPS
+from tuner.network.package import write_package
+from tuner.replay.source import open_schedules
+from tuner.ir.target import named_target
+from tuner.network.pool_codegen import pool_windows
 
 
 def test_taps_in_the_padding_are_replaced_by_taps_inside():
@@ -104,7 +106,7 @@ def test_generated_pools_match_numpy(tmp_path, empty_db, threads, cpu, seed):
     size = (int(rng.integers(5, 40)), int(rng.integers(5, 40)))
     pools = random_pools(rng, 6)
     model = conv_then_pools(rng, pools, size)
-    built = write_package(model, tmp_path, db=empty_db, threads=threads, cpu=cpu)
+    built = write_package(model, tmp_path, open_schedules(empty_db), named_target(cpu, threads))
     document = json.loads(built.graph_file.read_text())
     generated = [n for n in document["nodes"] if n["op_type"] == "MaxPool" and "kernel" in n]
     assert len(generated) == len(pools)
@@ -128,7 +130,7 @@ def test_a_pool_of_a_model_input_stays_in_numpy(tmp_path, empty_db):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(randn(rng, 4, 3, 1, 1), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    built = write_package(model, tmp_path, db=empty_db, threads=1)
+    built = write_package(model, tmp_path, open_schedules(empty_db), named_target(None, 1))
     document = json.loads(built.graph_file.read_text())
     assert ["kernel" in n for n in document["nodes"]] == [False, True]
     x = randn(rng, 1, 3, 6, 6)
@@ -151,7 +153,7 @@ def test_generated_global_average_pools_match_numpy(tmp_path, empty_db, threads,
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("c", "g")],
         [numpy_helper.from_array(randn(rng, 37, 3, 3, 3), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    built = write_package(model, tmp_path, db=empty_db, threads=threads, cpu=cpu)
+    built = write_package(model, tmp_path, open_schedules(empty_db), named_target(cpu, threads))
     document = json.loads(built.graph_file.read_text())
     assert ["kernel" in n for n in document["nodes"]] == [True, True]
     assert document["segments"][0]["nodes"] == [0, 1]

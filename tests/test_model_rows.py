@@ -1,4 +1,4 @@
-"""Generated LayerNormalization and Softmax (tuner/model/row_codegen.py): `row_view`'s rules for
+"""Generated LayerNormalization and Softmax (tuner/network/row_codegen.py): `row_view`'s rules for
 the nodes' attributes and opsets, and the compiled functions against float64 numpy references
 over row widths around the vector width (under one vector, one, one and a bit, a loop with a
 masked tail), 1, 7 and 128 rows, with and without scale and bias, at 1 and 2 threads, for the
@@ -13,10 +13,10 @@ import itertools
 import numpy as np
 import pytest
 
-from tuner.jit import compile_ir_object, load_libgomp, target_machine
-from tuner.llvm_init import llvm
-from tuner.model.row_codegen import layer_norm_ir, row_view, softmax_ir
-from tuner.target import named_target
+from tuner.codegen.jit import compile_ir_object, load_libgomp, target_machine
+from tuner.ir.llvm_init import llvm
+from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
+from tuner.ir.target import named_target
 
 WIDTHS = (1, 3, 7, 16, 17, 50, 197, 768)
 ROWS = (1, 7, 128)

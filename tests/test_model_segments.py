@@ -1,5 +1,5 @@
 """Segments: a package runs each run of consecutive kernel nodes with one call into its
-library (tuner/model/segments.py). The runs are maximal, the arena never gives two values
+library (tuner/network/segments.py). The runs are maximal, the arena never gives two values
 live at once the same bytes, and a segmented package computes what calling its kernels one by
 one computes, from several threads at once too, with the values read outside a segment (by a
 numpy node, as a graph output, from the middle of a run) handed out as fresh arrays."""
@@ -18,11 +18,13 @@ import tuner
 from model_builders import randn
 from records import RecordStore
 from tuner.errors import TunerError
-from tuner.model.deploy import load_package
-from tuner.model.graph import Node, load_model
-from tuner.model.package import write_package
-from tuner.model.runtime import run_graph
-from tuner.model.segments import ALIGN, group_runs, kernel_runs, plan_arena, slot_bases
+from tuner.network.deploy import load_package
+from tuner.network.graph import Node, load_model
+from tuner.network.package import write_package
+from tuner.replay.source import open_schedules
+from tuner.ir.target import named_target
+from tuner.network.runtime import run_graph
+from tuner.network.segments import ALIGN, group_runs, kernel_runs, plan_arena, slot_bases
 
 
 def _node(name, inputs, outputs, op="K"):
@@ -122,7 +124,7 @@ def split_package(tmp_path_factory):
     RecordStore(f"sqlite:///{db}").close()
     model = split_runs(np.random.default_rng(5))
     out = tmp_path_factory.mktemp("split_package")
-    built = write_package(model, out, db=str(db), threads=2)
+    built = write_package(model, out, open_schedules(str(db)), named_target(None, 2))
     return model, built
 
 
@@ -177,7 +179,7 @@ def test_threads_calling_one_package_get_their_own_arena(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     db = tmp_path / "empty.db"
     RecordStore(f"sqlite:///{db}").close()
-    built = write_package(model, tmp_path / "pkg", db=str(db), threads=1)
+    built = write_package(model, tmp_path / "pkg", open_schedules(str(db)), named_target(None, 1))
     package = tuner.load_package(built.directory)
     assert package._impls["TunerSegment0"].arena.size > 0
     inputs = [randn(rng, 1, 6, 8, 8) for _ in range(4)]
@@ -221,7 +223,7 @@ def test_views_join_the_run_of_the_kernels_that_made_their_input(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     db = tmp_path / "empty.db"
     RecordStore(f"sqlite:///{db}").close()
-    built = write_package(model, tmp_path / "pkg", db=str(db), threads=2)
+    built = write_package(model, tmp_path / "pkg", open_schedules(str(db)), named_target(None, 2))
     document = json.loads(built.graph_file.read_text())
     views = {n["outputs"][0] for n in document["nodes"] if "view" in n}
     assert views == {"f", "cf"} and document["nodes"][0]["outputs"] == ["xr"]

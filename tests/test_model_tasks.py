@@ -16,12 +16,12 @@ from test_model_onnxruntime import (asymmetric_conv, conv_bn_relu, gemm_trans_b,
                                     matmul_add_relu, residual_blocks, symbolic_batch,
                                     transformer_residual)
 from tuner.errors import TunerError  # noqa: E402
-from tuner.model.fused import FUSED_OPS  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.ops import erf  # noqa: E402
-from tuner.model.runtime import check_supported, run_graph, unsupported_ops  # noqa: E402
-from tuner.model.tasks import extract_tasks  # noqa: E402
-from tuner.task import Task  # noqa: E402
+from tuner.network.fused import FUSED_OPS  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.ops import erf  # noqa: E402
+from tuner.network.runtime import check_supported, run_graph, unsupported_ops  # noqa: E402
+from tuner.network.tasks import extract_tasks  # noqa: E402
+from tuner.ir.task import Task  # noqa: E402
 
 
 def _rng():

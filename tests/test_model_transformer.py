@@ -1,4 +1,4 @@
-"""Transformer blocks (tuner/model/patterns.py, tasks.py, row_codegen.py): GELU in its erf and
+"""Transformer blocks (tuner/network/patterns.py, tasks.py, row_codegen.py): GELU in its erf and
 tanh forms (one Gelu node, or the chains exporters write in either order) fused into the FFN's
 matmul as its epilogue; LayerNorm and Softmax as single nodes or decomposed, generated in the
 package; the attention products as batch_matmul tasks. Against onnxruntime through
@@ -17,12 +17,14 @@ from onnx import helper
 import tuner
 from model_builders import make_model, randn
 from records import RecordStore
-from tuner.model.deploy import load_package
-from tuner.model.graph import load_model
-from tuner.model.package import write_package
-from tuner.model.runtime import run_graph
-from tuner.model.tasks import extract_tasks
-from tuner.replay import NoRecordWarning
+from tuner.network.deploy import load_package
+from tuner.network.graph import load_model
+from tuner.network.package import write_package
+from tuner.replay.source import open_schedules
+from tuner.ir.target import named_target
+from tuner.network.runtime import run_graph
+from tuner.network.tasks import extract_tasks
+from tuner.replay.source import NoRecordWarning
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -211,7 +213,7 @@ def test_blocks_agree_with_onnxruntime(tmp_path, empty_db, gelu, norm, softmax, 
     threads = 2 if seq % 2 else 1
     with pytest.warns(NoRecordWarning):  # default schedules: the empty records
         compiled = tuner.compile_model(graph, db=empty_db, threads=threads)
-    built = write_package(graph, tmp_path, db=empty_db, threads=threads)
+    built = write_package(graph, tmp_path, open_schedules(empty_db), named_target(None, threads))
     document = json.loads(built.graph_file.read_text())
     generated = {n["op_type"] for n in document["nodes"] if "kernel" in n}
     softmax = "TunerMaskedSoftmax" if mask else "Softmax"  # the mask's Add in its function

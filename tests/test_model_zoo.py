@@ -29,11 +29,11 @@ from onnx import numpy_helper  # noqa: E402
 
 import tuner  # noqa: E402
 from records import RecordStore  # noqa: E402
-from tuner.model.fused import FUSED_OPS  # noqa: E402
-from tuner.model.graph import load_model  # noqa: E402
-from tuner.model.runtime import run_graph, unsupported_ops  # noqa: E402
-from tuner.model.tasks import extract_tasks  # noqa: E402
-from tuner.replay import NoRecordWarning  # noqa: E402
+from tuner.network.fused import FUSED_OPS  # noqa: E402
+from tuner.network.graph import load_model  # noqa: E402
+from tuner.network.runtime import run_graph, unsupported_ops  # noqa: E402
+from tuner.network.tasks import extract_tasks  # noqa: E402
+from tuner.replay.source import NoRecordWarning  # noqa: E402
 
 DATA = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data"
 LIGHT_RTOL = {"densenet121": 2e-3}  # onnx.backend.test.case.model: 1e-3 for the others

@@ -27,9 +27,9 @@ def test_notebook_executes(name, monkeypatch):
 def test_tune_plot_writes_a_png(tmp_path):
     from records import NewRecord, RecordStore
     from tuner.cli import main
-    from tuner.result import ErrorKind, MeasureResult
-    from tuner.target import host_target
-    from tuner.task import Task
+    from tuner.measure.result import ErrorKind, MeasureResult
+    from tuner.ir.target import host_target
+    from tuner.ir.task import Task
 
     db = tmp_path / "plot.db"
     task = Task.create("matmul", (32, 32, 32))

@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tuner.model.plot
+import tuner.network.plot
 import tuner.plot
 from records import NewRecord, RecordStore
 from tuner.cli import main
-from tuner.model.plot import model_latency_curve
-from tuner.model.tasks import TaskUse
-from tuner.result import ErrorKind, MeasureResult
-from tuner.target import host_target
-from tuner.task import Task
+from tuner.network.plot import model_latency_curve
+from tuner.network.tasks import TaskUse
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.target import host_target
+from tuner.ir.task import Task
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MATMUL = Task.create("matmul", (32, 32, 32))
@@ -90,8 +90,8 @@ def test_latency_is_undefined_until_every_task_has_a_record_then_never_rises(tmp
 def test_tune_plot_model_after_tune_model(tmp_path, monkeypatch, capsys):
     onnx = pytest.importorskip("onnx")
     from test_model_onnxruntime import symbolic_batch
-    from tuner.model.graph import load_model
-    from tuner.model.tasks import extract_tasks
+    from tuner.network.graph import load_model
+    from tuner.network.tasks import extract_tasks
 
     proto, shapes = symbolic_batch(np.random.default_rng(5))
     path = str(tmp_path / "model.onnx")
@@ -100,7 +100,7 @@ def test_tune_plot_model_after_tune_model(tmp_path, monkeypatch, capsys):
     assert main(["model", path, "--input", "x=3,3,7,7", "--db", db, "--trials", "6",
                  "--batch-size", "2", "--threads", "1", "--quiet", "--strategy", "random"]) == 0
     capsys.readouterr()
-    figures = _capture(monkeypatch, tuner.model.plot, "model_curves")
+    figures = _capture(monkeypatch, tuner.network.plot, "model_curves")
     png = tmp_path / "model.png"
     argv = ["plot", "--model", path, "--input", "x=3,3,7,7", "--db", db, "-o", str(png)]
     assert main(argv) == 0

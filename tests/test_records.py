@@ -22,9 +22,9 @@ from records import (NewRecord, Record, RecordsError, RecordStore, read_best, re
                      schedule_hash)
 from records.claims import owner_is_gone, owner_key
 from records.models import SCHEMA_VERSION
-from tuner.result import ErrorKind
-from tuner.target import Target
-from tuner.task import Task
+from tuner.measure.result import ErrorKind
+from tuner.ir.target import Target
+from tuner.ir.task import Task
 
 SPAWN = multiprocessing.get_context("spawn")
 POSTGRES_URL, scratch_database = h.POSTGRES_URL, h.scratch_database

@@ -7,15 +7,15 @@ import pytest
 
 from conftest import assert_matches_reference
 from schedule_gen import random_schedule, random_task
-from tuner.codegen import emit_llvm
-from tuner.default import default_schedule
+from tuner.codegen.emit import emit_llvm
+from tuner.search.default import default_schedule
 from tuner.errors import ScheduleError, ShapeError
-from tuner.jit import Kernel
-from tuner.layout import MAX_CODE_SIZE, check_code_size
-from tuner.pseudo import pseudo_code
-from tuner.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
+from tuner.codegen.jit import CompiledKernel
+from tuner.ir.layout import MAX_CODE_SIZE, check_code_size
+from tuner.codegen.pseudo import pseudo_code
+from tuner.ir.schedule import (Annotate, CacheWrite, Fuse, LayoutRewrite, Pad, Reorder, Split,
                             apply_steps, schedule_from_json, schedule_to_json)
-from tuner.task import Task
+from tuner.ir.task import Task
 
 MATMUL = Task.create("matmul", (32, 48, 16))
 CONV = Task.create("conv2d", (1, 4, 9, 9, 8, 3, 3), pad=1)
@@ -113,7 +113,7 @@ def test_default_schedule_is_valid_and_correct(seed, target1, target2):
     task = random_task(rng)
     target = target2 if seed % 2 else target1
     dag = task.dag()
-    kernel = Kernel(apply_steps(dag, default_schedule(dag, target)), target)
+    kernel = CompiledKernel(apply_steps(dag, default_schedule(dag, target)), target)
     inputs = dag.random_inputs(rng)
     assert_matches_reference(dag, kernel(*inputs), inputs)
 
@@ -127,7 +127,7 @@ def test_default_schedule_is_valid_and_correct(seed, target1, target2):
 ])
 def test_default_schedule_on_awkward_shapes(task, target2):
     dag = task.dag()
-    kernel = Kernel(apply_steps(dag, default_schedule(dag, target2)), target2)
+    kernel = CompiledKernel(apply_steps(dag, default_schedule(dag, target2)), target2)
     inputs = dag.random_inputs(np.random.default_rng(3))
     assert_matches_reference(dag, kernel(*inputs), inputs)
 
@@ -144,7 +144,7 @@ def test_ir_and_pseudo_code_can_be_printed(target2):
 
 def test_kernel_checks_its_inputs(target1):
     dag = MATMUL.dag()
-    kernel = Kernel(apply_steps(dag, ()), target1)
+    kernel = CompiledKernel(apply_steps(dag, ()), target1)
     a, b = dag.random_inputs(np.random.default_rng(0))
     from tuner.errors import TunerError
     with pytest.raises(TunerError, match="takes 2 arrays"):

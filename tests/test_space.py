@@ -7,11 +7,11 @@ import pytest
 
 from conftest import assert_matches_reference, assert_sampled_schedule_matches_reference
 from schedule_gen import random_task
-from tuner.annotate import crossover, mutate, sample, to_steps
-from tuner.jit import Kernel
-from tuner.schedule import Split, apply_steps
-from tuner.sketch import Sketch, generate_sketches
-from tuner.task import Task
+from tuner.search.annotate import crossover, mutate, sample, to_steps
+from tuner.codegen.jit import CompiledKernel
+from tuner.ir.schedule import Split, apply_steps
+from tuner.search.sketch import Sketch, generate_sketches
+from tuner.ir.task import Task
 
 
 
@@ -66,7 +66,7 @@ def test_benchmark_shapes_sample_validly(target2):
 
 
 def test_stored_schedules_map_back_to_their_genomes(target1, target2):
-    from tuner.annotate import genome_from_steps
+    from tuner.search.annotate import genome_from_steps
     rng = np.random.default_rng(21)
     for i in range(150):
         task = random_task(rng)
@@ -78,7 +78,7 @@ def test_stored_schedules_map_back_to_their_genomes(target1, target2):
             genome = genome_from_steps(dag, steps, target, sketches)
             assert genome is not None and to_steps(dag, *genome, target) == steps
     dag = Task.create("matmul", (64, 64, 64)).dag()
-    from tuner.default import default_schedule
+    from tuner.search.default import default_schedule
     assert genome_from_steps(dag, default_schedule(dag, target1), target1,
                              generate_sketches(dag)) is None  # not in SSRSRS form
     # a batch-1 dense layer: the default splits every axis, in the genome's order, into two
@@ -91,12 +91,12 @@ def test_stored_schedules_map_back_to_their_genomes(target1, target2):
 
 
 def test_expert_seed_is_in_the_space_and_correct(target1):
-    from tuner.annotate import expert_seeds
+    from tuner.search.annotate import expert_seeds
     task = Task.create("conv2d", (1, 8, 10, 10, 32, 3, 3), pad=1, bias=True, relu=True)
     dag = task.dag()
     seeds = expert_seeds(dag, generate_sketches(dag), target1)
     for sketch, ann in seeds:
-        kernel = Kernel(apply_steps(dag, to_steps(dag, sketch, ann, target1)), target1)
+        kernel = CompiledKernel(apply_steps(dag, to_steps(dag, sketch, ann, target1)), target1)
         inputs = dag.random_inputs(np.random.default_rng(0))
         assert_matches_reference(dag, kernel(*inputs), inputs)
     assert len(seeds) >= 4

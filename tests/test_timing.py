@@ -1,4 +1,4 @@
-"""The timing protocol (tuner/timing.py) on a fake clock, and bench/peak.py's FMA kernel.
+"""The timing protocol (tuner/measure/timing.py) on a fake clock, and bench/peak.py's FMA kernel.
 
 The protocol is tested against a clock that each call advances by a known amount, so the
 assertions are exact and hold on a loaded machine; only the smoke tests touch the real clock,
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tuner import timing
-from tuner.timing import TimingResult, time_callable
+from tuner.measure import timing
+from tuner.measure.timing import TimingResult, time_callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import peak  # noqa: E402

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 
 from costmodel.features import extract_features
-from costmodel.model import ESTIMATE, XGBModel
+from costmodel.xgb import ESTIMATE, XGBCostModel
 from records import RecordsError, RecordStore
-from tuner.annotate import expert_annotation
-from tuner.measure import MeasureOptions, Measurer
-from tuner.result import ErrorKind, MeasureResult
-from tuner.schedule import apply_steps
-from tuner.search import (EvolutionarySearch, OptunaSearch, RandomSearch, SearchConfig,
+from tuner.search.annotate import expert_annotation
+from tuner.measure.measurer import MeasureOptions, Measurer
+from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.ir.schedule import apply_steps
+from tuner.search.strategies import (EvolutionarySearch, OptunaSearch, RandomSearch, SearchConfig,
                           make_candidate)
-from tuner.sketch import generate_sketches
-from tuner.target import host_target
-from tuner.task import Task
-from tuner.tune import TuneConfig, tune
+from tuner.search.sketch import generate_sketches
+from tuner.ir.target import host_target
+from tuner.ir.task import Task
+from tuner.search.tune import TuneConfig, tune
 
 TASK = Task.create("matmul", (48, 40, 24), relu=True)
 FAST = MeasureOptions(min_sample_s=2e-4, samples=3, max_total_s=0.1)
@@ -38,7 +38,7 @@ def _strategy(name, seed, target):
         return RandomSearch(dag, target, rng)
     if name == "optuna":
         return OptunaSearch(dag, target, rng)
-    return EvolutionarySearch(dag, target, rng, XGBModel(), extract_features)
+    return EvolutionarySearch(dag, target, rng, XGBCostModel(), extract_features)
 
 
 @pytest.mark.parametrize("name", ["random", "optuna", "evolutionary"])
@@ -61,9 +61,9 @@ def test_tuning_resumes_without_measuring_again(tmp_path, target1):
     url = f"sqlite:///{tmp_path / 'resume.db'}"
     config = TuneConfig(trials=10, batch_size=5, seed=1)
     with RecordStore(url) as store, Measurer(target1, FAST) as measurer:
-        first = tune(TASK, target1, store, measurer, config, XGBModel(), extract_features)
+        first = tune(TASK, target1, store, measurer, config, XGBCostModel(), extract_features)
         second = tune(TASK, target1, store, measurer, TuneConfig(trials=10, batch_size=5, seed=1),
-                      XGBModel(), extract_features)
+                      XGBCostModel(), extract_features)
         history = store.history(TASK, target1)
     assert first.trials_run == second.trials_run == 10
     assert len(history) == 20
@@ -156,7 +156,7 @@ def _expert_keys(dag, target, sketches):
 
 
 def _evolutionary(target, use_seed, seed=3):
-    return EvolutionarySearch(TASK.dag(), target, np.random.default_rng(seed), XGBModel(),
+    return EvolutionarySearch(TASK.dag(), target, np.random.default_rng(seed), XGBCostModel(),
                               extract_features, SearchConfig(use_seed=use_seed))
 
 
@@ -209,11 +209,11 @@ def test_seeds_take_at_most_half_a_batch(target1):
 
 @pytest.mark.parametrize("use_seed", [False, True])
 def test_before_any_measurement_proposals_are_ranked_by_the_prior(use_seed, target1):
-    """An unfitted XGBModel predicts the analytic estimate (a feature column): the searched
+    """An unfitted XGBCostModel predicts the analytic estimate (a feature column): the searched
     proposals carry that prediction and come best first; seeds come before them and random
     picks (the epsilon share) after them, neither with a prediction."""
     search = _evolutionary(target1, use_seed=use_seed)
-    assert not search.model.fitted
+    assert not search.cost_model.fitted
     proposals = search.propose(20, set())
     seeds, ranked, random = _split(search, proposals)
     assert [c.key for c in seeds] == [c.key for c in search.seeds]
@@ -239,7 +239,8 @@ def test_after_enough_measurements_the_model_is_fitted(target1):
     fake = [MeasureResult(ErrorKind.NONE, "", (1e-4 * (1 + i % 5),), 1)
             for i in range(len(first))]
     search.observe(first, fake)
-    assert search.model.fitted
+    search.propose(1, set())  # the cost model is fitted before a proposal
+    assert search.cost_model.fitted
     second = search.propose(8, {c.key for c in first})
     assert not {c.key for c in first} & {c.key for c in second}
 
@@ -252,7 +253,7 @@ def test_tune_with_and_without_seed_stores_every_trial(use_seed, tmp_path, targe
     url = f"sqlite:///{tmp_path / 'seed.db'}"
     config = TuneConfig(trials=8, batch_size=8, seed=5, search=SearchConfig(use_seed=use_seed))
     with RecordStore(url) as store, Measurer(target1, FAST) as measurer:
-        result = tune(TASK, target1, store, measurer, config, XGBModel(), extract_features)
+        result = tune(TASK, target1, store, measurer, config, XGBCostModel(), extract_features)
         history = store.history(TASK, target1)
     assert result.trials_run == 8 and result.best_schedule_json is not None
     assert [r.trial for r in history] == list(range(8))

@@ -1,11 +1,11 @@
-"""tuner.vmath against float64 references, over the whole float32 range.
+"""tuner.codegen.vmath against float64 references, over the whole float32 range.
 
 Each function is compiled as `void f(float *out, const float *x, i64 n)`: the vector form of
 the code on W lanes (8, and the host's own width if wider), then the scalar form on the tail;
 one more build runs the scalar form on everything. The inputs are every STRIDE-th float32 bit
 pattern (both signs, subnormals, zeros, infinities, NaNs), the special values, and a dense
 uniform sample of the range where each function does its work. The bounds, in float32 ulps of
-the float64 reference rounded to float32 (measured maxima in tuner/vmath.py's docstring):
+the float64 reference rounded to float32 (measured maxima in tuner/codegen/vmath.py's docstring):
 
     exp <= 1, erf <= 1.5, tanh <= 2 ulps, subnormal results included; NaN exactly where the
     reference is NaN, infinities exactly where it is infinite.
@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from tuner import vmath
-from tuner.irutil import F32, I64, PTR, VOID, elem_ptr, runtime_loop, vec_type
-from tuner.jit import optimize, target_machine
-from tuner.llvm_init import llvm
-from tuner.target import host_target
+from tuner.codegen import vmath
+from tuner.codegen.irutil import F32, I64, PTR, VOID, elem_ptr, runtime_loop, vec_type
+from tuner.codegen.jit import optimize, target_machine
+from tuner.ir.llvm_init import llvm
+from tuner.ir.target import host_target
 
 STRIDE = 509  # 8.4M of the 2^32 bit patterns; a prime, so every exponent and low bits vary
 DENSE = 1 << 20

@@ -12,9 +12,10 @@
     tune build    the best schedules as an object file, a shared library and a C header
                   (--model PATH.onnx: a whole model as a package tuner.load_package runs)
     tune plot     search curves as a PNG: of a task, a panel per task when the database holds
-                  several, or (--model PATH.onnx) a model's estimated latency (tuner/model/plot.py)
+                  several, or (--model PATH.onnx) a model's estimated latency
+                  (tuner/network/plot.py)
     tune model PATH.onnx [--list] [--input NAME=D1,D2,...] [--trials N] ...
-                  every conv/matmul layer of a model, one budget (tuner/model/tuning.py)
+                  every conv/matmul layer of a model, one budget (tuner/network/tuning.py)
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -71,7 +72,7 @@ _nonnegative_int = _int_at_least(0)
 def _threads(text: str) -> int:
     """A thread count this process can run: more threads than its cores would be timed
     sharing cores, and stored under a target no kernel here can be measured for."""
-    from tuner.machine import usable_cores
+    from tuner.ir.machine import usable_cores
 
     value, cores = _positive_int(text), usable_cores()
     if value > cores:
@@ -109,7 +110,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str,
                         weights: str = "warm") -> None:
     """The options of every command that tunes (one layer, or a whole model)."""
-    from tuner.tune import STRATEGIES
+    from tuner.search.tune import STRATEGIES
 
     p.add_argument("--trials", type=_positive_int, default=200, help=trials_help)
     p.add_argument("--batch-size", type=_positive_int, default=16,
@@ -257,7 +258,7 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
 
 
 def _task_from_args(op: str, args):
-    from tuner.task import Task
+    from tuner.ir.task import Task
 
     attrs = {"bias": args.bias, "relu": args.relu}
     if getattr(args, "residual", False):
@@ -276,30 +277,32 @@ def _open_store(db: str | None):
 
 def _tune_config(args):
     """The tune loop's settings from the options `_add_tuning_options` adds."""
-    from tuner.search import SearchConfig
-    from tuner.tune import TuneConfig
+    from tuner.search.strategies import SearchConfig
+    from tuner.search.tune import TuneConfig
 
     return TuneConfig(trials=args.trials, batch_size=args.batch_size, strategy=args.strategy,
                       seed=args.seed, search=SearchConfig(use_seed=not args.no_seed))
 
 
 def _measure_options(args):
-    from tuner.measure import MeasureOptions
+    from tuner.measure.measurer import MeasureOptions
     return MeasureOptions(cold_weights=args.weights == "cold")
 
 
-def _task_tuner(target, store, measurer):
-    """`tune_task(task, config, on_progress) -> TuneResult`: the tune loop wired to the
-    store, the measurer and the XGBoost cost model (a fresh one per call: the search fits it
-    to the store's records of this target when it starts)."""
+def tuner_factory(target, store, measurer, config):
+    """`make_tuner(task) -> TaskTuner`: a task's tuner wired to the store, the measurer and
+    an XGBoost cost model of its own; the tuners made by one factory share one warm start
+    (other tasks' records as features, each lowered once)."""
     from costmodel.features import extract_features
-    from costmodel.model import XGBModel
-    from tuner.tune import tune
+    from costmodel.xgb import XGBCostModel
+    from tuner.search.tune import TaskTuner, WarmStart
 
-    def tune_task(task, config, on_progress=None):
-        return tune(task, target, store, measurer, config, XGBModel(), extract_features,
-                    on_progress)
-    return tune_task
+    warm_start = WarmStart(store, target, extract_features, config.warm_start_records)
+
+    def make_tuner(task):
+        return TaskTuner(task, target, store, measurer, config, XGBCostModel(),
+                         extract_features, warm_start)
+    return make_tuner
 
 
 def _progress_bar(args, total: int, desc: str):
@@ -311,10 +314,10 @@ def _progress_bar(args, total: int, desc: str):
 
 
 def _cmd_tune(args) -> int:
-    from tuner.measure import Measurer, check_task_fits_memory
-    from tuner.pseudo import pseudo_code
-    from tuner.schedule import apply_steps, schedule_from_json
-    from tuner.target import named_target
+    from tuner.codegen.pseudo import pseudo_code
+    from tuner.ir.lowered import lowered
+    from tuner.ir.target import named_target
+    from tuner.measure.measurer import Measurer, check_task_fits_memory
 
     task = _task_from_args(args.command, args)
     check_task_fits_memory(task)
@@ -330,7 +333,8 @@ def _cmd_tune(args) -> int:
 
     try:
         with store, Measurer(target, _measure_options(args)) as measurer:
-            result = _task_tuner(target, store, measurer)(task, config, progress)
+            result = tuner_factory(target, store, measurer, config)(task).run(
+                on_progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -338,7 +342,7 @@ def _cmd_tune(args) -> int:
         print(f"tune: no valid schedule found for {task.key} in {result.trials_run} trials",
               file=sys.stderr)
         return EXIT_NOTHING
-    nest = apply_steps(task.dag(), schedule_from_json(result.best_schedule_json))
+    nest = lowered(task, result.best_schedule_json)  # applies: the tuner chose it
     summary = {
         "task": task.key, "target": target.key, "trials": result.trials_run,
         "failed": result.errors, "best_gflops": round(result.best_gflops, 2),
@@ -377,9 +381,8 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_best(args) -> int:
-    from tuner.pseudo import pseudo_code
-    from tuner.lowered import schedule_applies
-    from tuner.schedule import apply_steps, schedule_from_json
+    from tuner.codegen.pseudo import pseudo_code
+    from tuner.ir.lowered import lowered, schedule_applies
 
     with _open_store(args.db) as store:
         best = store.best_per_task(usable=schedule_applies)
@@ -390,14 +393,14 @@ def _cmd_best(args) -> int:
         return EXIT_OK if best else EXIT_NOTHING
     for r in best:
         print(f"# {r.task.key} on {r.target.cpu} x{r.target.threads}: {r.gflops:.1f} GFLOPS")
-        print(pseudo_code(apply_steps(r.task.dag(), schedule_from_json(r.schedule_json))))
+        print(pseudo_code(lowered(r.task, r.schedule_json)))  # cached when it was chosen
         print()
     return EXIT_OK if best else EXIT_NOTHING
 
 
 def _cmd_export(args) -> int:
     from records import export_best
-    from tuner.lowered import schedule_applies
+    from tuner.ir.lowered import schedule_applies
 
     with _open_store(args.db) as store:
         count = export_best(store, args.output, usable=schedule_applies)
@@ -410,8 +413,8 @@ def check_imported(records, path) -> None:
     its operator (as `Task.create` checks shapes and attributes) and its schedule applicable
     to that task. The first that is not rejects the whole file, naming it: a stored record
     that cannot be applied would break `tune best`, `tune build` and tuning that task."""
-    from tuner.schedule import apply_steps, schedule_from_json
-    from tuner.task import Task
+    from tuner.ir.schedule import apply_steps, schedule_from_json
+    from tuner.ir.task import Task
 
     for r in records:
         where = f"{path}: record {r.id} ({r.task.key})"
@@ -439,11 +442,9 @@ def _cmd_import(args) -> int:
 def _cmd_build(args) -> int:
     import warnings
 
-    from tuner.aot import build_library, task_from_spec
-    from tuner import select_schedule
-    from tuner.lowered import schedule_applies
-    from tuner.replay import NoRecordWarning
-    from tuner.target import named_target
+    from tuner.ir.target import named_target
+    from tuner.replay.aot import build_library, task_from_spec
+    from tuner.replay.source import NoRecordWarning, open_schedules
 
     if args.model or args.input:
         return _build_model(args)
@@ -453,21 +454,16 @@ def _cmd_build(args) -> int:
             raise UsageError(f"build {args.op} needs --shape")
         tasks.append(_task_from_args(args.op, args))
     target = named_target(args.cpu, args.threads)
-    if args.all:
-        if args.db and args.db.endswith(".json"):
-            from records import read_best
-            found = [r.task for r in read_best(args.db)]
-        else:
-            with _open_store(args.db) as store:
-                found = [r.task for r in store.best_per_task(target, schedule_applies)]
-        tasks += [t for t in dict.fromkeys(found) if t not in tasks]
-    if not tasks:
-        raise UsageError("build needs OP --shape ..., --task OP:SHAPE[:k=v,...] or --all")
-    choices = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NoRecordWarning)
-        for task in tasks:
-            choices.append(select_schedule(task, target, args.db, args.allow_foreign_target))
+    with open_schedules(args.db) as schedules:
+        if args.all:
+            found = schedules.tasks(target)
+            tasks += [t for t in dict.fromkeys(found) if t not in tasks]
+        if not tasks:
+            raise UsageError("build needs OP --shape ..., --task OP:SHAPE[:k=v,...] or --all")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoRecordWarning)
+            choices = [schedules.choose(task, target, args.allow_foreign_target)
+                       for task in tasks]
     for w in caught:
         print(f"tune: warning: {w.message}", file=sys.stderr)
     lib = build_library(choices, args.output, args.name)
@@ -479,8 +475,10 @@ def _cmd_build(args) -> int:
 
 
 def _build_model(args) -> int:
-    """`tune build --model`: the package of a whole model (tuner/model/package.py)."""
-    from tuner.model.package import write_package
+    """`tune build --model`: the package of a whole model (tuner/network/package.py)."""
+    from tuner.ir.target import named_target
+    from tuner.network.package import write_package
+    from tuner.replay.source import open_schedules
 
     if not args.model:
         raise UsageError("--input goes with --model PATH.onnx")
@@ -489,15 +487,17 @@ def _build_model(args) -> int:
     inputs = dict(args.input)
     if len(inputs) != len(args.input):
         raise UsageError("--input names the same input twice")
-    built = write_package(args.model, args.output, args.db, args.threads, args.cpu, inputs,
-                          args.allow_foreign_target, args.name)
+    target = named_target(args.cpu, args.threads)
+    with open_schedules(args.db) as schedules:
+        built = write_package(args.model, args.output, schedules, target, inputs,
+                              args.allow_foreign_target, args.name)
     for note in built.notes:
         print(f"tune: note: {note}", file=sys.stderr)
     if built.defaulted:
-        print(f"tune: warning: {len(built.defaulted)} of {len(built.kernels)} tasks have no "
+        print(f"tune: warning: {len(built.defaulted)} of {len(built.tasks)} tasks have no "
               f"tuned record for this target in {built.source}: default schedules",
               file=sys.stderr)
-    for kernel in built.kernels:
+    for kernel in built.tasks:
         how = (f"{kernel.gflops:.1f} GFLOPS when tuned" if kernel.tuned
                else "default schedule, no record")
         print(f"{kernel.symbol}  x{kernel.occurrences}  ({how})")
@@ -514,7 +514,7 @@ def _plotted_target(target, args) -> bool:
 
 
 def _cmd_plot(args) -> int:
-    from tuner.aot import task_from_spec
+    from tuner.replay.aot import task_from_spec
     from tuner.plot import by_strategy, search_curves, task_grid, task_label
 
     if args.model or args.input:
@@ -549,8 +549,8 @@ def _plot_model(args) -> int:
     --threads name)."""
     from pathlib import Path
 
-    from tuner.model.plot import model_curves, model_latency_curve
-    from tuner.model.tasks import extract_tasks
+    from tuner.network.plot import model_curves, model_latency_curve
+    from tuner.network.tasks import extract_tasks
 
     if not args.model:
         raise UsageError("--input goes with --model PATH.onnx")
@@ -591,7 +591,7 @@ def _plot_model(args) -> int:
 def _model_graph(path: str, inputs: list[tuple[str, tuple[int, ...]]]):
     """The model at `path` with the --input shapes, one line of error for a malformed file or
     a bad --input."""
-    from tuner.model.graph import load_model
+    from tuner.network.graph import load_model
 
     shapes = dict(inputs)
     if len(shapes) != len(inputs):
@@ -602,8 +602,8 @@ def _model_graph(path: str, inputs: list[tuple[str, tuple[int, ...]]]):
 def _load_model_tasks(args):
     """The model's task table, refusing a malformed file, a bad --input or an operator the
     runtime cannot run (one line each) before anything is tuned."""
-    from tuner.model.runtime import check_supported
-    from tuner.model.tasks import extract_tasks
+    from tuner.network.runtime import check_supported
+    from tuner.network.tasks import extract_tasks
 
     graph = _model_graph(args.path, args.input)
     check_supported(graph)
@@ -611,9 +611,9 @@ def _load_model_tasks(args):
 
 
 def _cmd_model(args) -> int:
-    from tuner.measure import Measurer, check_task_fits_memory
-    from tuner.model.tuning import tune_model
-    from tuner.target import named_target
+    from tuner.measure.measurer import Measurer, check_task_fits_memory
+    from tuner.network.tuning import tune_model
+    from tuner.ir.target import named_target
 
     extraction = _load_model_tasks(args)
     if args.list:
@@ -641,8 +641,9 @@ def _cmd_model(args) -> int:
 
     try:
         with store, Measurer(target, _measure_options(args)) as measurer:
-            result = tune_model(extraction.tasks, target, store, _tune_config(args),
-                                _task_tuner(target, store, measurer), progress)
+            config = _tune_config(args)
+            result = tune_model(extraction.tasks, target, store, config,
+                                tuner_factory(target, store, measurer, config), progress)
     finally:
         if bar is not None:
             bar.close()

@@ -76,7 +76,7 @@ def task_label(key: str) -> str:
 def draw_task_panel(ax, histories: dict[str, list], title: str) -> None:
     """Best GFLOPS so far against the task's trial numbers, over all its records whatever
     proposed them, each candidate a point colored by its strategy (failures as x): the small
-    panel a grid of tasks (and a model's plot, tuner/model/plot.py) shows for each task. One
+    panel a grid of tasks (and a model's plot, tuner/network/plot.py) shows for each task. One
     line, not one per strategy as in `search_curves`: here the strategies are rounds of one
     search (the default schedule, then the search), not competitors."""
     from matplotlib.ticker import MaxNLocator

@@ -1,0 +1,64 @@
+"""Which vector ISA LLVM generates for a named CPU, read off the code it generates.
+
+    python -m tuner.ir.cpu_probe znver3     ->  ["+avx", "+avx2", "+fma", "-avx512f"]
+
+llvmlite exposes no query for the features of a CPU name, so a small function that would use
+each feature is compiled for that CPU and its assembly is read: a 16-lane float add on zmm
+registers means AVX-512, an 8-lane float add on ymm means AVX, an 8-lane integer add on ymm
+means AVX2, a vfmadd instruction means FMA. Run as its own process: LLVM ends the process on
+a CPU name it does not know ("64-bit code requested on a subtarget that doesn't support it"),
+and prints a warning to the C stderr first; the parent treats any failure as an unknown name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+PROBE_IR = """
+define void @probe(ptr noalias %p, ptr noalias %q, ptr noalias %r, ptr noalias %s) {
+  %a = load <16 x float>, ptr %p
+  %a2 = load <16 x float>, ptr %q
+  %b = fadd <16 x float> %a, %a2
+  store <16 x float> %b, ptr %p
+  %c = load <8 x float>, ptr %r
+  %c2 = load <8 x float>, ptr %s
+  %d = fadd <8 x float> %c, %c2
+  store <8 x float> %d, ptr %r
+  %e = load <8 x i32>, ptr %q
+  %e2 = load <8 x i32>, ptr %s
+  %f = add <8 x i32> %e, %e2
+  store <8 x i32> %f, ptr %q
+  %g = load <4 x float>, ptr %s
+  %g2 = load <4 x float>, ptr %p
+  %h = call <4 x float> @llvm.fma.v4f32(<4 x float> %g, <4 x float> %g2, <4 x float> %g)
+  store <4 x float> %h, ptr %s
+  ret void
+}
+declare <4 x float> @llvm.fma.v4f32(<4 x float>, <4 x float>, <4 x float>)
+"""
+
+
+def probe(cpu: str) -> list[str]:
+    from tuner.ir.llvm_init import llvm
+
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    tm = target.create_target_machine(cpu=cpu, features="", opt=2)
+    module = llvm.parse_assembly(PROBE_IR)
+    module.verify()
+    asm = tm.emit_assembly(module)
+    lines = [line.split() for line in asm.splitlines()]
+    ops = [(words[0], " ".join(words[1:])) for words in lines if words]
+    has = {
+        "avx512f": any(op.startswith("vaddps") and "zmm" in args for op, args in ops),
+        "avx": any(op.startswith("vaddps") and "ymm" in args for op, args in ops)
+        or any("zmm" in args for _, args in ops),
+        "avx2": any(op.startswith("vpaddd") and ("ymm" in args or "zmm" in args)
+                    for op, args in ops),
+        "fma": any(op.startswith("vfmadd") for op, _ in ops),
+    }
+    return sorted(("+" if on else "-") + name for name, on in has.items())
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(sys.argv[1])))

@@ -1,0 +1,8 @@
+"""Measurement: candidates compiled, checked against numpy and timed in worker processes
+that a crash or a hang cannot take down.
+
+    measurer.py    Measurer: MeasureInput -> MeasureResult, the workers' supervisor
+    worker.py      the worker process: build (compile + check) and run (time)
+    timing.py      the timing protocol shared by measurement and benchmarks
+    result.py      MeasureResult and ErrorKind (what the records store)
+"""

@@ -1,0 +1,149 @@
+"""Attention's products of two activations, read and written where the projections keep them.
+
+Exporters write multi-head attention as (BERT, PyTorch's MultiheadAttention traced):
+
+    q = Transpose(Reshape(x @ Wq + bq, [1, S, H, D]), [0, 2, 1, 3])       # [1, H, S, D]
+    k = Transpose(Reshape(x @ Wk + bk, [1, S, H, D]), [0, 2, 3, 1])       # [1, H, D, S]
+    v = Transpose(Reshape(x @ Wv + bv, [1, S, H, D]), [0, 2, 1, 3])
+    p = Softmax(MatMul(q, k) / sqrt(D))
+    context = Reshape(Transpose(MatMul(p, v), [0, 2, 1, 3]), [1, S, H*D])
+
+Run as written, each Transpose is a copy, and each copy a numpy node between kernels, which
+splits the package's segments. Two rewrites remove most of them:
+
+- `fold_attention_scale` (on the loaded graph): the scale of the scores, a Div or Mul by a
+  constant after the product, moves into the weight and bias of the projection that makes one
+  of its operands (q·k/c = (q/c)·k, and q is x @ (Wq/c) + bq/c), when only Reshapes and
+  Transposes lie between; for the usual c = sqrt(64) = 8 that is exact in float32.
+- `stored_operand` / `stored_result` (during task extraction): a [1, S, H, D] view transposed
+  to [1, H, S, D] is the [S, H, D] array read with the batch axis second, the batch_matmul
+  template's order 213: no copy, every row still contiguous.
+- `transposed_heads`: K transposed to [1, H, D, S] would be read a column at a time, so the key
+  projection writes its result transposed instead (the matmul template's out_order 21,
+  C^T [H*D, S]), which is K^T [H, D, S] as the scores' product reads it, in plain order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.network.graph import (Graph, Node, only_reader, producers_of, rewritten,
+                               scalar_constant)
+
+HEADS_FIRST = [0, 2, 1, 3]  # [1, S, H, D] <-> [1, H, S, D]
+VIEWS = ("Reshape", "Transpose")
+
+
+def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
+    """`graph` with each Div / Mul by a constant after a product of two activations folded
+    into the projection behind one of its operands (module docstring), and a note per fold."""
+    producers = producers_of(graph.nodes)
+    initializers = dict(graph.initializers)
+    replaced: dict[int, Node] = {}
+    dropped: set[int] = set()
+    notes = []
+    for scale in graph.nodes:
+        if scale.op_type not in ("Div", "Mul") or len(scale.inputs) != 2:
+            continue
+        first, second = scale.inputs
+        if scale.op_type == "Mul" and scalar_constant(first, graph) is not None:
+            first, second = second, first
+        product, constant = producers.get(first), scalar_constant(second, graph)
+        if (product is None or constant is None or product.op_type != "MatMul"
+                or any(i in graph.initializers for i in product.inputs)
+                or only_reader(product.outputs[0], graph, consumers) is not scale
+                or id(product) in replaced or constant == 0):
+            continue
+        factor = 1.0 / constant if scale.op_type == "Div" else constant
+        for operand in product.inputs:
+            projection = _projection(operand, graph, consumers, producers)
+            if projection is None or any(id(n) in replaced for n in projection):
+                continue
+            for node in projection:
+                weight = next(i for i in node.inputs if i in graph.initializers)
+                scaled = f"{weight}::scaled{len(notes)}"
+                initializers[scaled] = (initializers[weight].astype(np.float64) * factor
+                                        ).astype(initializers[weight].dtype)
+                replaced[id(node)] = Node(node.op_type, node.name, tuple(
+                    scaled if i == weight else i for i in node.inputs), node.outputs,
+                    node.attributes, node.domain)
+            replaced[id(product)] = Node("MatMul", product.name, product.inputs,
+                                         scale.outputs, product.attributes, product.domain)
+            dropped.add(id(scale))
+            notes.append(f"{scale.op_type} '{scale.name}' by {constant:g} folded into "
+                         f"'{projection[0].name}'")
+            break
+    if not notes:
+        return graph, []
+    return rewritten(graph, replaced, dropped, initializers), notes
+
+
+def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | None:
+    """The MatMul by a constant (and the Add of a constant after it) that makes `value`
+    through Reshapes and Transposes alone, each read by the next only: the nodes to scale."""
+    node = producers.get(value)
+    while node is not None and node.op_type in VIEWS \
+            and only_reader(node.outputs[0], graph, consumers) is not None:
+        node = producers.get(node.inputs[0])
+    scaled = []
+    if node is not None and node.op_type == "Add" and len(node.inputs) == 2 \
+            and sum(i in graph.initializers for i in node.inputs) == 1:
+        scaled.append(node)
+        node = producers.get(next(i for i in node.inputs if i not in graph.initializers))
+    if node is None or node.op_type != "MatMul" or node.inputs[1] not in graph.initializers \
+            or node.inputs[0] in graph.initializers \
+            or any(only_reader(n.outputs[0], graph, consumers) is None
+                   for n in [node] + scaled):
+        return None
+    return [node] + scaled
+
+
+def stored_operand(value: str, graph: Graph, consumers, producers):
+    """(stored value, order, view nodes) if `value` is Transpose(Reshape(y, [1, S, H, D]),
+    [0, 2, 1, 3]) of a y of S x (H*D) floats, each view read by the next only: the product
+    reads y with order 213, and the two views go. Else (value, 123, [])."""
+    transpose = producers.get(value)
+    if transpose is None or transpose.op_type != "Transpose" \
+            or list(transpose.attributes.get("perm", [])) != HEADS_FIRST \
+            or only_reader(value, graph, consumers) is None:
+        return value, 123, []
+    reshape = producers.get(transpose.inputs[0])
+    heads = graph.shapes.get(transpose.inputs[0])
+    if reshape is None or reshape.op_type != "Reshape" or heads is None \
+            or len(heads) != 4 or heads[0] != 1 \
+            or only_reader(reshape.outputs[0], graph, consumers) is not transpose:
+        return value, 123, []
+    return reshape.inputs[0], 213, [reshape, transpose]
+
+
+def transposed_heads(value: str, rows: int, graph: Graph, consumers) -> list[Node]:
+    """[Reshape, Transpose] if a projection's `value` ([1, S, H*D] or [S, H*D], S = `rows`)
+    is only read by Reshape(·, [1, S, H, D]), itself only read by Transpose(·, [0, 2, 3, 1]):
+    the projection writes its result transposed and the views go. Else []."""
+    reshape = only_reader(value, graph, consumers, ("Reshape",))
+    heads = None if reshape is None else graph.shapes.get(reshape.outputs[0])
+    if heads is None or len(heads) != 4 or heads[0] != 1 or heads[1] != rows:
+        return []
+    transpose = only_reader(reshape.outputs[0], graph, consumers, ("Transpose",))
+    if transpose is None or list(transpose.attributes.get("perm", [])) != [0, 2, 3, 1]:
+        return []
+    return [reshape, transpose]
+
+
+def stored_result(value: str, graph: Graph, consumers) -> tuple[int, list[Node]]:
+    """(order, view nodes) if the product's `value` [1, H, S, D] is only read by
+    Transpose(·, [0, 2, 1, 3]), itself read by a Reshape or not at all: the product writes the
+    [S, H, D] array with order 213, and the views go. Else (123, [])."""
+    transpose = only_reader(value, graph, consumers)
+    shape = graph.shapes.get(value)
+    if transpose is None or transpose.op_type != "Transpose" or shape is None \
+            or len(shape) != 4 or shape[0] != 1 \
+            or list(transpose.attributes.get("perm", [])) != HEADS_FIRST:
+        return 123, []
+    reshape = only_reader(transpose.outputs[0], graph, consumers)
+    if reshape is not None and reshape.op_type == "Reshape" \
+            and math.prod(graph.shapes.get(reshape.outputs[0], (0,))) == math.prod(shape):
+        return 213, [transpose, reshape]
+    return 213, [transpose]
