@@ -135,3 +135,60 @@ def test_tune_plot_model_after_tune_model(tmp_path, monkeypatch, capsys):
         assert main(["plot", *bad, "-o", str(out)]) == 2, bad
         assert expected in _one_line_error(capsys), bad
         assert not out.exists()
+
+
+def _record(task, target, trial: int, cost_s: float | None, timestamp: float):
+    from records import Record
+
+    return Record(trial, task, target, f'[{{"kind":"split","axis":"i","factors":[{trial + 1}]}}]',
+                  _result(cost_s, timestamp), task.dag().flops, "test", None, "random", trial)
+
+
+def _overlaps(fig) -> list[str]:
+    """Pairs of the figure's texts that overlap once drawn: its title, each panel's title and
+    axis labels, and each legend box."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [("figure title", fig._suptitle.get_window_extent(renderer))]
+    for k, ax in enumerate(fig.axes):
+        if ax.get_title():
+            boxes.append((f"title of panel {k}", ax.title.get_window_extent(renderer)))
+        if ax.get_legend() is not None:
+            boxes.append((f"legend of panel {k}", ax.get_legend().get_window_extent(renderer)))
+        if ax.get_xlabel():
+            boxes.append((f"x label of panel {k}", ax.xaxis.label.get_window_extent(renderer)))
+    return [f"{a} / {b}" for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("tasks", [1, 4, 18, 50])
+def test_model_figure_lays_out_title_legends_and_panels_apart(tasks):
+    """Issue 27's paper cut: the title sat on the top panels' legend box. Nothing overlaps at
+    1, 4, 18 or 50 task panels (the figure is drawn and its text boxes compared)."""
+    target = host_target(1)
+    uses, histories = [], []
+    for i in range(tasks):
+        task = Task.create("matmul", (8 + i, 16, 16))
+        uses.append(TaskUse(task, 1 + i % 3, task.dag().flops, 1.0 / tasks, (f"n{i}",)))
+        histories.append([_record(task, target, t, 1e-4 / (1 + t + i), 1000.0 + 10 * i + t)
+                          for t in range(4)])
+    fig = tuner.network.plot.model_curves(uses, histories, f"model on {target.cpu}: {tasks}")
+    assert not _overlaps(fig)
+    grid = tuner.plot.task_grid({f"task {i}": {"random": h} for i, h in enumerate(histories)},
+                                title="tasks")
+    assert not _overlaps(grid)
+
+
+def test_the_overlap_check_sees_an_overlap():
+    """The check above can fail: a figure whose title is drawn on its panel's legend."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label="curve")
+    ax.legend(loc="upper center")
+    fig.suptitle("title", y=0.85)
+    assert any("figure title" in pair for pair in _overlaps(fig))

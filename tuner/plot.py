@@ -30,7 +30,7 @@ def _curve(records) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def search_curves(histories: dict[str, list], references: dict[str, float] | None = None,
                   title: str = ""):
-    fig = Figure(figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
     by_trial, by_time = fig.subplots(1, 2, sharey=True)
     for (label, records), color in zip(histories.items(), matplotlib.colormaps["tab10"].colors):
         if not records:
@@ -54,7 +54,6 @@ def search_curves(histories: dict[str, list], references: dict[str, float] | Non
     for ax in (by_trial, by_time):
         ax.grid(alpha=0.3)
     fig.suptitle(title or "search curves")
-    fig.tight_layout()
     return fig
 
 
@@ -112,12 +111,11 @@ def task_grid(panels: dict[str, dict[str, list]], columns: int = 3, title: str =
     tasks tuned side by side (a whole model, or a day's work) compared at a glance."""
     columns = max(1, min(columns, len(panels)))
     rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(4.2 * columns, 3.2 * rows))
+    fig = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
     grid = fig.add_gridspec(rows, columns)
     for i, (name, histories) in enumerate(panels.items()):
         draw_task_panel(fig.add_subplot(grid[i // columns, i % columns]), histories, name)
     fig.suptitle(title or "search curves")
-    fig.tight_layout()
     return fig
 
 

@@ -62,7 +62,9 @@ def model_curves(uses: Sequence[TaskUse], histories: Sequence[list], title: str 
     curve = model_latency_curve(uses, histories)
     columns = max(1, min(columns, len(uses)))
     rows = -(-len(uses) // columns)
-    fig = Figure(figsize=(max(12.0, 4.2 * columns), 4.5 + 3.2 * rows))
+    # constrained layout keeps the title, each panel's title and legend clear of one another
+    # at any number of tasks (tight_layout let the title sit on the top panels' legends)
+    fig = Figure(figsize=(max(12.0, 4.2 * columns), 4.5 + 3.2 * rows), layout="constrained")
     grid = fig.add_gridspec(1 + rows, 2 * columns, height_ratios=[1.4] + [1.0] * rows)
     by_trial = fig.add_subplot(grid[0, :columns])
     by_time = fig.add_subplot(grid[0, columns:], sharey=by_trial)
@@ -86,5 +88,4 @@ def model_curves(uses: Sequence[TaskUse], histories: Sequence[list], title: str 
         draw_task_panel(ax, by_strategy(records), f"x{use.occurrences}, {use.share:.0%} of "
                         f"FLOPs: {task_label(use.task.key)}")
     fig.suptitle(title or "model search curves")
-    fig.tight_layout()
     return fig
