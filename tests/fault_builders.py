@@ -49,6 +49,16 @@ exit:
   ret void""")
 
 
+def slow(request: dict) -> dict:
+    """A correct build that takes a second: time for a test to kill a worker mid-batch."""
+    import time
+
+    from tuner.measure.worker import build
+
+    time.sleep(1.0)
+    return build(request)
+
+
 def by_schedule(request: dict) -> dict:
     """Picks the fault from the first split factor, so one batch can mix them."""
     from tuner.measure.worker import build

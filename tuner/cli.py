@@ -16,6 +16,8 @@
                   (tuner/network/plot.py)
     tune model PATH.onnx [--list] [--input NAME=D1,D2,...] [--trials N] ...
                   every conv/matmul layer of a model, one budget (tuner/network/tuning.py)
+    tune worker tcp://HOST:8786 [--cpu NAME] [--threads T]
+                  measure for tuners that pass --cluster tcp://HOST:8786 (tuner/measure/cluster.py)
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -127,6 +129,9 @@ def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str,
                    f"them in cache (warm); default {weights}")
     _add_cpu(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cluster", metavar="ADDRESS", help="measure on the workers of a Dask "
+                   "scheduler (tcp://HOST:8786; start `tune worker ADDRESS` on each target "
+                   "machine), or local:N for N worker processes on this machine")
     _add_db(p)
 
 
@@ -215,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="merge a best-schedules JSON file into the database")
     _add_db(p)
     p.add_argument("file", help="a file written by `tune export`")
+    p = sub.add_parser("worker", help="measure for tuners on other machines (Dask)",
+                       description="Join a Dask scheduler as a worker that measures candidates "
+                       "for this machine's target (one at a time), until stopped. It runs what "
+                       "the scheduler sends it: use it on a trusted network only.")
+    p.add_argument("scheduler", help="the scheduler's address, e.g. tcp://HOST:8786")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="threads the kernels run on (default: all usable cores); a tuner's "
+                   "--threads must match")
+    _add_cpu(p)
+    p.add_argument("--name", help="the worker's name in the cluster (default: HOST-PID)")
     p = sub.add_parser("model", help="tune every layer of an ONNX model",
                        description="Tune the conv/matmul tasks of an ONNX model with one trial "
                        "budget, spent where it shortens the model's estimated latency most.")
@@ -289,6 +304,22 @@ def _measure_options(args):
     return MeasureOptions(cold_weights=args.weights == "cold")
 
 
+def _workers(measurers) -> str:
+    """The progress bar's note of the cluster workers in use (none for local measurement)."""
+    describe = getattr(measurers[0], "describe", None) if measurers else None
+    return f", {describe()}" if describe else ""
+
+
+def _measurer(args, target):
+    """The worker processes of this machine, or with --cluster a Dask cluster's workers
+    (tuner/measure/cluster.py)."""
+    if args.cluster:
+        from tuner.measure.cluster import ClusterMeasurer
+        return ClusterMeasurer(args.cluster, target, _measure_options(args))
+    from tuner.measure.measurer import Measurer
+    return Measurer(target, _measure_options(args))
+
+
 def tuner_factory(target, store, measurer, config):
     """`make_tuner(task) -> TaskTuner`: a task's tuner wired to the store, the measurer and
     an XGBoost cost model of its own; the tuners made by one factory share one warm start
@@ -317,7 +348,7 @@ def _cmd_tune(args) -> int:
     from tuner.codegen.pseudo import pseudo_code
     from tuner.ir.lowered import lowered
     from tuner.ir.target import named_target
-    from tuner.measure.measurer import Measurer, check_task_fits_memory
+    from tuner.measure.measurer import check_task_fits_memory
 
     task = _task_from_args(args.command, args)
     check_task_fits_memory(task)
@@ -325,14 +356,17 @@ def _cmd_tune(args) -> int:
     config = _tune_config(args)
     store = _open_store(args.db)
     bar = _progress_bar(args, args.trials, f"tuning {task.op}")
+    measurers = []
 
     def progress(p) -> None:
         if bar is not None:
             bar.update(p.trials_done - bar.n)
-            bar.set_postfix_str(f"best {p.best_gflops:.1f} GFLOPS, {p.errors} failed")
+            bar.set_postfix_str(f"best {p.best_gflops:.1f} GFLOPS, {p.errors} failed"
+                                + _workers(measurers))
 
     try:
-        with store, Measurer(target, _measure_options(args)) as measurer:
+        with store, _measurer(args, target) as measurer:
+            measurers.append(measurer)
             result = tuner_factory(target, store, measurer, config)(task).run(
                 on_progress=progress)
     finally:
@@ -611,7 +645,7 @@ def _load_model_tasks(args):
 
 
 def _cmd_model(args) -> int:
-    from tuner.measure.measurer import Measurer, check_task_fits_memory
+    from tuner.measure.measurer import check_task_fits_memory
     from tuner.network.tuning import tune_model
     from tuner.ir.target import named_target
 
@@ -632,15 +666,17 @@ def _cmd_model(args) -> int:
     target = named_target(args.cpu, args.threads)
     store = _open_store(args.db)
     bar = _progress_bar(args, args.trials, "tuning model")
+    measurers = []
 
     def progress(p) -> None:
         if bar is not None:
             bar.update(p.trials_done - bar.n)
             latency = "-" if p.latency_s is None else f"{p.latency_s * 1e3:.3f} ms"
-            bar.set_postfix_str(f"model ~{latency}")
+            bar.set_postfix_str(f"model ~{latency}" + _workers(measurers))
 
     try:
-        with store, Measurer(target, _measure_options(args)) as measurer:
+        with store, _measurer(args, target) as measurer:
+            measurers.append(measurer)
             config = _tune_config(args)
             result = tune_model(extraction.tasks, target, store, config,
                                 tuner_factory(target, store, measurer, config), progress)
@@ -662,8 +698,21 @@ def _cmd_model(args) -> int:
     return EXIT_OK if result.latency_s is not None else EXIT_NOTHING
 
 
-COMMANDS = {"plot": _cmd_plot, "show": _cmd_show, "best": _cmd_best, "export": _cmd_export,
-            "import": _cmd_import, "build": _cmd_build, "model": _cmd_model}
+def _cmd_worker(args) -> int:
+    """`tune worker SCHEDULER`: a Dask worker measuring for this machine's target."""
+    from tuner.ir.target import named_target
+    from tuner.measure.cluster import serve_worker, target_resource
+
+    target = named_target(args.cpu, args.threads)
+    print(f"tune: worker for {target.cpu}, {target.threads} thread(s) ({target_resource(target)}) "
+          f"joining {args.scheduler}", file=sys.stderr, flush=True)
+    serve_worker(args.scheduler, target, args.name)
+    return EXIT_OK
+
+
+COMMANDS = {"plot": _cmd_plot, "worker": _cmd_worker, "show": _cmd_show, "best": _cmd_best,
+            "export": _cmd_export, "import": _cmd_import, "build": _cmd_build,
+            "model": _cmd_model}
 
 
 def _discard_stdout() -> None:
