@@ -41,7 +41,8 @@ def record_to_json(r: Record) -> dict:
             "schedule": json.loads(r.schedule_json), "trial": r.trial,
             "result": {"error": res.error.value, "detail": res.detail,
                        "costs_s": list(res.costs_s), "number": res.number,
-                       "compile_s": res.compile_s, "timestamp": res.timestamp},
+                       "compile_s": res.compile_s, "timestamp": res.timestamp,
+                       "machine": res.machine},
             "flops": r.flops, "gflops": r.gflops, "predicted": r.predicted,
             "strategy": r.strategy, "tuner_version": r.tuner_version}
 
@@ -106,7 +107,8 @@ def _record_from_json(i: int, item: dict) -> Record:
     target = Target(g["triple"], g["cpu"], g["features"], g["threads"])
     result = MeasureResult(ErrorKind(res["error"]), str(res.get("detail", "")),
                            tuple(_number(c) for c in res["costs_s"]), _integer(res["number"]),
-                           _number(res["compile_s"]), _number(res["timestamp"]))
+                           _number(res["compile_s"]), _number(res["timestamp"]),
+                           str(res.get("machine", "")))
     if result.ok and not result.costs_s:
         raise ValueError("a successful result without costs")
     predicted, strategy = item.get("predicted"), item.get("strategy")

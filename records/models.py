@@ -14,10 +14,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tuner.measure.result import ErrorKind
 
-SCHEMA_VERSION = 2  # stored in tuner_meta under "schema_version"
+SCHEMA_VERSION = 3  # stored in tuner_meta under "schema_version"
 # what opening a log of an older version adds to it (tables only: nothing existing changes)
 UPGRADES = {1: "tuner_claims: schedules being measured, so that processes sharing the log "
-               "measure disjoint schedules"}
+               "measure disjoint schedules",
+            2: "tuner_record_machines: the cluster worker that measured a record"}
 ERROR_KINDS = tuple(k.value for k in ErrorKind)
 
 
@@ -100,3 +101,11 @@ class ClaimRow(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "target_id", "schedule_hash", name="uq_tuner_claims"),
     )
+
+
+class MachineRow(Base):
+    """The cluster worker (`tune worker --name`) that measured a record; records measured by
+    the tuner's own processes have no row."""
+    __tablename__ = "tuner_record_machines"
+    record_id: Mapped[int] = mapped_column(ForeignKey("tuner_records.id"), primary_key=True)
+    machine: Mapped[str] = mapped_column(String(128), nullable=False)

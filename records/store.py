@@ -26,8 +26,8 @@ from sqlalchemy.pool import StaticPool
 from records import sqlite
 from records.exchange import read_best, write_best
 from records.claims import owner_is_gone, owner_key
-from records.models import (SCHEMA_VERSION, UPGRADES, Base, ClaimRow, MetaRow, RecordRow,
-                            TargetRow, TaskRow)
+from records.models import (SCHEMA_VERSION, UPGRADES, Base, ClaimRow, MachineRow, MetaRow,
+                            RecordRow, TargetRow, TaskRow)
 from records.record import (NewRecord, Record, RecordsError, canonical_schedule, make_task,
                             schedule_hash)
 from tuner.measure.result import ErrorKind, MeasureResult
@@ -237,18 +237,20 @@ class RecordStore:
             where = self._pair_filter(s, task, target)
             if where is None:
                 return []
-            rows = s.execute(query(where).add_columns(TaskRow, TargetRow)
+            rows = s.execute(query(where).add_columns(TaskRow, TargetRow, MachineRow.machine)
                              .join(TaskRow, TaskRow.id == RecordRow.task_id)
-                             .join(TargetRow, TargetRow.id == RecordRow.target_id)).all()
+                             .join(TargetRow, TargetRow.id == RecordRow.target_id)
+                             .outerjoin(MachineRow, MachineRow.record_id == RecordRow.id)).all()
             tasks: dict[int, Task] = {}
             targets: dict[int, Target] = {}
             out = []
-            for row, task_row, target_row in rows:
+            for row, task_row, target_row, machine in rows:
                 if task_row.id not in tasks:
                     tasks[task_row.id] = _task(task_row)
                 if target_row.id not in targets:
                     targets[target_row.id] = _target(target_row)
-                out.append(_record_of(row, tasks[task_row.id], targets[target_row.id]))
+                out.append(_record_of(row, tasks[task_row.id], targets[target_row.id],
+                                      machine or ""))
             return out
 
     # ------------------------------------------------------------------ writing
@@ -293,7 +295,13 @@ class RecordStore:
                 ClaimRow.owner == owner_key(),
                 ClaimRow.schedule_hash.in_([row.schedule_hash for row in rows])))
             s.flush()
-            return [_record_of(row, task, target) for row in rows]
+            machines = [MachineRow(record_id=row.id, machine=e.result.machine[:128])
+                        for row, e in zip(rows, entries) if e.result.machine]
+            if machines:
+                s.add_all(machines)
+                s.flush()
+            return [_record_of(row, task, target, e.result.machine[:128])
+                    for row, e in zip(rows, entries)]
 
     def _lock_pair(self, s: Session, task: Task, target: Target) -> tuple[int, int]:
         """The pair's ids, with the task's row locked to the end of the transaction on a
@@ -374,6 +382,9 @@ class RecordStore:
                     continue
                 row.task_id, row.target_id = ids
                 s.add(row)
+                if r.result.machine:
+                    s.flush()
+                    s.add(MachineRow(record_id=row.id, machine=r.result.machine[:128]))
                 seen[ids].add(row.schedule_hash)
                 added += 1
         return added, present
@@ -497,6 +508,21 @@ class RecordStore:
         return [(_task(tk), _target(tg), n, int(bad), best.get((tk.key, tg.key)))
                 for tk, tg, n, bad in rows]
 
+    def machines(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(task key, target key) -> cluster worker -> records it measured, for the pairs
+        that cluster workers measured (`tune show`)."""
+        with self._session() as s:
+            rows = s.execute(select(TaskRow.key, TargetRow.key, MachineRow.machine,
+                                    func.count(RecordRow.id))
+                             .join(RecordRow, RecordRow.id == MachineRow.record_id)
+                             .join(TaskRow, TaskRow.id == RecordRow.task_id)
+                             .join(TargetRow, TargetRow.id == RecordRow.target_id)
+                             .group_by(TaskRow.key, TargetRow.key, MachineRow.machine)).all()
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for task_key, target_key, machine, count in rows:
+            out.setdefault((task_key, target_key), {})[machine] = count
+        return out
+
     # ------------------------------------------------------------------ the JSON file
     def export_best(self, path: str | Path, target: Target | None = None,
                     usable: Callable[[Record], bool] | None = None) -> int:
@@ -542,9 +568,9 @@ def _target(row: TargetRow) -> Target:
     return Target(row.triple, row.cpu, row.features, row.threads)
 
 
-def _record_of(row: RecordRow, task: Task, target: Target) -> Record:
+def _record_of(row: RecordRow, task: Task, target: Target, machine: str = "") -> Record:
     result = MeasureResult(ErrorKind(row.error_kind), row.error_detail,
                            tuple(json.loads(row.costs_json)), row.number, row.compile_s,
-                           row.timestamp)
+                           row.timestamp, machine)
     return Record(row.id, task, target, row.schedule_json, result, row.flops,
                   row.tuner_version, row.predicted, row.strategy, row.trial)

@@ -92,6 +92,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, worker
             killer.cancel()
         history = store.history(TASK, target)
     assert result.trials_run == 12 and len(history) == 12
+    assert {r.result.machine for r in history} <= {"0", "1"}  # LocalCluster's worker names
     assert len({r.schedule_json for r in history}) == 12
     assert sorted(r.trial for r in history) == list(range(12))
     assert all(r.result.ok for r in history), [r.result.detail for r in history]
@@ -152,6 +153,10 @@ def test_tune_worker_joins_a_scheduler_and_measures_for_tune_cluster(tmp_path, c
             with RecordStore(f"sqlite:///{db}") as store:
                 history = store.history(TASK, host_target(1))
             assert len(history) == 6 and all(r.result.ok for r in history)
+            assert {r.result.machine for r in history} == {"target-machine"}
+            capsys.readouterr()
+            assert cli.main(["show", "--db", str(db)]) == cli.EXIT_OK
+            assert "measured by target-machine (6)" in capsys.readouterr().out
         finally:
             worker.send_signal(signal.SIGTERM)
             _, err = worker.communicate(timeout=60)

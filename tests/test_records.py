@@ -427,6 +427,45 @@ def test_a_log_of_schema_version_1_is_upgraded_in_place(tmp_path):
     con.close()
 
 
+def test_a_log_of_schema_version_2_gets_the_machines_table_in_place(tmp_path):
+    """Version 2 did not say which cluster worker measured a record: opening such a log adds
+    the table and keeps every record; a record measured here has no machine."""
+    path = tmp_path / "v2.db"
+    with RecordStore(resolve_db_url(str(path))) as s:
+        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE tuner_record_machines")
+    con.execute("UPDATE tuner_meta SET value = '2' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with RecordStore(resolve_db_url(str(path))) as s:
+        assert [r.result.machine for r in s.history(h.MATMUL, h.TARGET)] == [""]
+        add(s, h.MATMUL, 2, dataclasses.replace(h.ok(2e-3), machine="w1"), 1)
+        assert s.machines() == {(h.MATMUL.key, h.TARGET.key): {"w1": 1}}
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM tuner_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    con.close()
+
+
+def test_the_machine_that_measured_a_record_is_kept_through_export_and_import(store, tmp_path):
+    measured = [NewRecord(h.schedule(i), dataclasses.replace(h.ok(1e-3 * (i + 1)),
+                                                             machine=m), i)
+                for i, m in enumerate(["node-a", "", "node-b", "node-a"])]
+    store.add_many(h.MATMUL, h.TARGET, measured, flops=h.flops(h.MATMUL),
+                   tuner_version=h.VERSION)
+    history = store.history(h.MATMUL, h.TARGET)
+    assert [r.result.machine for r in history] == ["node-a", "", "node-b", "node-a"]
+    assert store.machines() == {(h.MATMUL.key, h.TARGET.key): {"node-a": 2, "node-b": 1}}
+    assert store.best(h.MATMUL, h.TARGET).result.machine == "node-a"
+    path = tmp_path / "best.json"
+    store.export_best(path)
+    (record,) = read_best(path)
+    assert record.result.machine == "node-a"
+    with RecordStore(resolve_db_url(str(tmp_path / "other.db"))) as other:
+        assert other.import_records([record]) == (1, 0)
+        assert other.machines() == {(h.MATMUL.key, h.TARGET.key): {"node-a": 1}}
+
+
 def test_a_new_file_gets_our_schema_in_wal_mode(tmp_path):
     path = tmp_path / "new.db"
     with RecordStore(resolve_db_url(str(path))) as s:

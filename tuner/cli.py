@@ -406,11 +406,16 @@ def _cmd_tune(args) -> int:
 def _cmd_show(args) -> int:
     with _open_store(args.db) as store:
         rows = store.summary()
+        machines = store.machines()
         print(f"{store.display_url}: {store.count()} records")
     for task, target, n, failed, best in rows:
         gflops = f"{best.gflops:8.1f} GFLOPS" if best else "   no valid record"
         print(f"{task.key:70s} {target.cpu:>12s} x{target.threads}  {n:5d} records "
               f"({failed} failed)  best {gflops}")
+        by = machines.get((task.key, target.key))
+        if by:  # measured on cluster workers (tune --cluster)
+            print("    measured by " + ", ".join(f"{m} ({k})" for m, k in sorted(by.items()))
+                  + (f", this machine ({n - sum(by.values())})" if n > sum(by.values()) else ""))
     return EXIT_OK
 
 

@@ -20,9 +20,10 @@ out and for tests: its workers time side by side on the same cores).
   does locally, and never the Dask worker.
 - **What travels is data.** A chunk is the task's, the target's and the options' JSON and the
   schedules' JSON; a result comes back as a dict of numbers and strings, checked here into a
-  `MeasureResult`. No records URL (no password) goes to a worker: the tuner commits every
-  result itself, once, in the batch it measured, so a result reaches the store exactly once
-  however Dask retried its chunk.
+  `MeasureResult`, with the name of the worker that measured it (stored beside the record:
+  `tune show` lists them). No records URL (no password) goes to a worker: the tuner commits
+  every result itself, once, in the batch it measured, so a result reaches the store exactly
+  once however Dask retried its chunk.
 - **A worker that dies mid-batch** (killed, or its network gone): Dask runs its chunk again on a
   worker that remains (up to its `allowed-failures`), and the tuner says in one line which
   workers left. With none left for the target, the batch's unfinished candidates are released
@@ -80,12 +81,20 @@ def measure_chunk(task_json: dict, target_json: dict, options_json: dict,
     if measurer is None:
         measurer = _MEASURERS[key] = Measurer(target, options)
     inputs = [MeasureInput(task, schedule_from_json(s)) for s in schedules]
-    return [_result_to_json(r) for r in measurer.measure(inputs)]
+    machine = str(get_worker_name())
+    return [_result_to_json(r, machine) for r in measurer.measure(inputs)]
 
 
-def _result_to_json(r: MeasureResult) -> dict:
+def get_worker_name() -> str:
+    from distributed import get_worker
+
+    return get_worker().name
+
+
+def _result_to_json(r: MeasureResult, machine: str) -> dict:
     return {"error": r.error.value, "detail": r.detail, "costs_s": list(r.costs_s),
-            "number": r.number, "compile_s": r.compile_s, "timestamp": r.timestamp}
+            "number": r.number, "compile_s": r.compile_s, "timestamp": r.timestamp,
+            "machine": machine}
 
 
 def _result_from_json(data) -> MeasureResult:
@@ -94,7 +103,7 @@ def _result_from_json(data) -> MeasureResult:
         costs = tuple(float(c) for c in data["costs_s"])
         return MeasureResult(ErrorKind(data["error"]), str(data["detail"]), costs,
                              int(data["number"]), float(data["compile_s"]),
-                             float(data["timestamp"]))
+                             float(data["timestamp"]), str(data["machine"])[:128])
     except (KeyError, TypeError, ValueError) as err:
         return MeasureResult(ErrorKind.CRASH, f"a worker answered a malformed result: {err}",
                              timestamp=time.time())

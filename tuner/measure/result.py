@@ -32,6 +32,7 @@ class MeasureResult:
     number: int = 0                  # calls per sample
     compile_s: float = 0.0
     timestamp: float = 0.0           # wall-clock seconds since the epoch when measured
+    machine: str = ""                # the cluster worker that measured it; "" for this machine
 
     @property
     def ok(self) -> bool:
