@@ -15,6 +15,7 @@ repository root is on sys.path.
     bench/model.py         the model report: tuned packages vs onnxruntime, end to end and per layer
     bench/tune_rounds.py   `tune model`'s own overhead per round, apart from compile and timing
     bench/ir_hashes.py     hashes of the IR emitted for random kernels, compared across two trees
+    bench/distributed.py   tune model's trials per second on local:1, local:2 against local
 
 Benchmarks print numbers; nothing here asserts on time (tests/ only checks that they run).
 """

@@ -8,7 +8,7 @@ stands in for the local `Measurer` and nothing above it changes. Dask distribute
 (`distributed` on the package index, the `cluster` extra) is the engine: a scheduler the user
 runs (`dask scheduler`), and on each target machine one `tune worker SCHEDULER` (serve_worker
 below), or `local:N` for a `LocalCluster` of N worker processes on this machine (for trying it
-out and for tests: its workers time side by side on the same cores).
+out and for tests), each on its own share of the cores when there are enough.
 
 - **Only machines of the target time its candidates.** A worker advertises the target it
   measures for as a Dask resource (`target_resource`: CPU name, threads and a digest of the
@@ -69,9 +69,11 @@ _MEASURERS: dict[tuple[str, str], Measurer] = {}
 
 
 def measure_chunk(task_json: dict, target_json: dict, options_json: dict,
-                  schedules: list[str]) -> list[dict]:
+                  schedules: list[str], local_workers: int = 0) -> list[dict]:
     """Runs in a Dask worker: measures schedules of one task with the worker's own Measurer
-    (made at its first chunk, kept for the worker's life)."""
+    (made at its first chunk, kept for the worker's life). `local_workers`: the size of a
+    `local:N` cluster, whose workers share this machine and each take a share of its cores
+    first, so that no two time on the same core."""
     from tuner.ir.schedule import schedule_from_json
 
     task, target = Task.from_json(task_json), Target.from_json(target_json)
@@ -79,10 +81,22 @@ def measure_chunk(task_json: dict, target_json: dict, options_json: dict,
     key = (target.key, repr(sorted(options_json.items())))
     measurer = _MEASURERS.get(key)
     if measurer is None:
+        if local_workers and not _MEASURERS:
+            _take_share_of_cores(int(get_worker_name()), local_workers)
         measurer = _MEASURERS[key] = Measurer(target, options)
     inputs = [MeasureInput(task, schedule_from_json(s)) for s in schedules]
     machine = str(get_worker_name())
     return [_result_to_json(r, machine) for r in measurer.measure(inputs)]
+
+
+def _take_share_of_cores(index: int, workers: int) -> None:
+    """Worker `index` of `workers` on one machine keeps its share of the cores this process
+    may use (its Measurer then builds and times there); with more workers than cores, all
+    share them."""
+    cores = sorted(os.sched_getaffinity(0))
+    if workers <= len(cores):
+        share = len(cores) // workers
+        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
 
 
 def get_worker_name() -> str:
@@ -125,6 +139,7 @@ class ClusterMeasurer:
         self.resource = target_resource(target)
         self.say = say or (lambda line: print(f"tune: {line}", file=sys.stderr, flush=True))
         self._cluster = None
+        self._local_workers = 0
         try:
             if address.startswith(LOCAL):
                 count = address[len(LOCAL):]
@@ -136,6 +151,7 @@ class ClusterMeasurer:
                     resources={self.resource: 1}, dashboard_address=None,
                     silence_logs=40)
                 self.client = Client(self._cluster)
+                self._local_workers = int(count)
             else:
                 self.client = Client(address, timeout=30)
         except TunerError:
@@ -197,7 +213,7 @@ class ClusterMeasurer:
         options = asdict(self.options)
         futures = [self.client.submit(
             measure_chunk, task.to_json(), self.target.to_json(), options,
-            [schedule_to_json(inputs[i].steps) for i in chunk],
+            [schedule_to_json(inputs[i].steps) for i in chunk], self._local_workers,
             resources={self.resource: 1}, pure=False) for chunk in chunks]
         alone_since = None
         try:
