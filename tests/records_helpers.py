@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import uuid
 
@@ -84,7 +85,10 @@ def write_one_at_a_time(url: str, writer: int, count: int, start) -> None:
 
 def write_batches_until_stopped(url: str, conn) -> None:
     """Batches of BATCH records, reporting the number committed after each, until a signal
-    stops the process; Ctrl-C ends it with the shell's exit status 130."""
+    stops the process; Ctrl-C ends it with the shell's exit status 130. SIGINT raises
+    KeyboardInterrupt here even where the test runs with it ignored (a shell ignores it in
+    background jobs, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with RecordStore(url) as store:
             trial = 0
