@@ -12,6 +12,10 @@ to one worker, and where the wall time went:
   scheduling and transfer for the cluster runs; workers measure their chunks in parallel);
 - compile: the sum of the records' compile times (inside "measure"; overlapped across
   workers, and with timing in a local run with spare cores);
+- timing: the sum of the timed calls (samples x calls x their cost; inside "measure");
+- other: measure minus (compile + timing) / workers: the numpy checks, warm-up calls, worker
+  start-up, scheduling and transfer, if the work split evenly (negative where a worker
+  overlaps builds with timing);
 - store: committing the batches;
 - tuner: the rest (proposals: lowering, features, cost-model fits; warm start; resume).
 
@@ -78,10 +82,17 @@ def run(model: str, trials: int, threads: int, cluster: str | None) -> dict:
     if status != 0:
         raise SystemExit(f"tune model exited with {status}")
     compile_s = sum(r.result.compile_s for r in records)
+    # the timed calls themselves: each sample is `number` calls of its cost
+    timing_s = sum(sum(r.result.costs_s) * r.result.number for r in records)
+    workers = int(cluster.split(":")[1]) if cluster and cluster.startswith("local:") else 1
     return {"cluster": cluster or "local", "trials": len(records), "wall_s": wall,
             "trials_per_s": len(records) / wall, "measure_s": spent["measure"],
-            "compile_s": compile_s, "store_s": spent["store"],
-            "tuner_s": wall - spent["measure"] - spent["store"],
+            "compile_s": compile_s, "timing_s": timing_s,
+            # what waiting on the workers cost beyond their compile and timing, if these
+            # split evenly over the workers and did not overlap: checks against numpy, worker
+            # start-up, scheduling and transfer (negative where a worker overlaps them)
+            "other_s": spent["measure"] - (compile_s + timing_s) / workers,
+            "store_s": spent["store"], "tuner_s": wall - spent["measure"] - spent["store"],
             "machines": sorted({r.result.machine for r in records if r.result.machine})}
 
 
@@ -102,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     results += [run(args.model, args.trials, args.threads, f"local:{n}") for n in args.workers]
     one = next((r for r in results if r["cluster"] == "local:1"), None)
     print(f"{'measured by':>12s} {'trials/s':>9s} {'x 1 worker':>10s} {'wall s':>7s} "
-          f"{'measure':>8s} {'compile':>8s} {'store':>6s} {'tuner':>6s}")
+          f"{'measure':>8s} {'compile':>8s} {'timing':>7s} {'other':>6s} {'store':>6s} "
+          f"{'tuner':>6s}")
     for r in results:
         ratio = f"{r['trials_per_s'] / one['trials_per_s']:.2f}" if one else "-"
         print(f"{r['cluster']:>12s} {r['trials_per_s']:9.2f} {ratio:>10s} {r['wall_s']:7.1f} "
-              f"{r['measure_s']:8.1f} {r['compile_s']:8.1f} {r['store_s']:6.1f} "
-              f"{r['tuner_s']:6.1f}")
+              f"{r['measure_s']:8.1f} {r['compile_s']:8.1f} {r['timing_s']:7.1f} "
+              f"{r['other_s']:6.1f} {r['store_s']:6.1f} {r['tuner_s']:6.1f}")
     if args.out:
         with open(args.out, "a") as f:
             for r in results:
