@@ -409,42 +409,46 @@ def test_another_schema_version_is_refused(tmp_path, version, message):
     assert _snapshot(tmp_path) == before
 
 
-def test_a_log_of_schema_version_1_is_upgraded_in_place(tmp_path):
-    """Version 1 had no claims table: opening such a log adds it and keeps every record."""
-    path = tmp_path / "v1.db"
+def _older_log(path: Path, version: int, missing: tuple[str, ...]) -> None:
+    """A log with one record as schema `version` wrote it: without the `missing` tables."""
     with RecordStore(resolve_db_url(str(path))) as s:
         add(s, h.MATMUL, 1, h.ok(1e-3), 0)
     con = sqlite3.connect(path)
-    con.execute("DROP TABLE tuner_claims")
-    con.execute("UPDATE tuner_meta SET value = '1' WHERE key = 'schema_version'")
+    for table in missing:
+        con.execute(f"DROP TABLE {table}")
+    con.execute(f"UPDATE tuner_meta SET value = '{version}' WHERE key = 'schema_version'")
     con.commit()
     con.close()
+
+
+def _schema_version(path: Path) -> list:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT value FROM tuner_meta").fetchall()
+    finally:
+        con.close()
+
+
+def test_a_log_of_schema_version_1_is_upgraded_in_place(tmp_path):
+    """Version 1 had no claims table: opening such a log adds it and keeps every record."""
+    path = tmp_path / "v1.db"
+    _older_log(path, 1, ("tuner_claims", "tuner_record_machines"))
     with RecordStore(resolve_db_url(str(path))) as s:
         assert s.count() == 1
         assert s.claim(h.MATMUL, h.TARGET, [h.schedule(2)], lease_s=60) == [True]
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT value FROM tuner_meta").fetchall() == [(str(SCHEMA_VERSION),)]
-    con.close()
+    assert _schema_version(path) == [(str(SCHEMA_VERSION),)]
 
 
 def test_a_log_of_schema_version_2_gets_the_machines_table_in_place(tmp_path):
     """Version 2 did not say which cluster worker measured a record: opening such a log adds
     the table and keeps every record; a record measured here has no machine."""
     path = tmp_path / "v2.db"
-    with RecordStore(resolve_db_url(str(path))) as s:
-        add(s, h.MATMUL, 1, h.ok(1e-3), 0)
-    con = sqlite3.connect(path)
-    con.execute("DROP TABLE tuner_record_machines")
-    con.execute("UPDATE tuner_meta SET value = '2' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    _older_log(path, 2, ("tuner_record_machines",))
     with RecordStore(resolve_db_url(str(path))) as s:
         assert [r.result.machine for r in s.history(h.MATMUL, h.TARGET)] == [""]
         add(s, h.MATMUL, 2, dataclasses.replace(h.ok(2e-3), machine="w1"), 1)
         assert s.machines() == {(h.MATMUL.key, h.TARGET.key): {"w1": 1}}
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT value FROM tuner_meta").fetchall() == [(str(SCHEMA_VERSION),)]
-    con.close()
+    assert _schema_version(path) == [(str(SCHEMA_VERSION),)]
 
 
 def test_the_machine_that_measured_a_record_is_kept_through_export_and_import(store, tmp_path):
