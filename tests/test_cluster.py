@@ -179,3 +179,16 @@ def test_with_no_worker_left_for_the_target_the_batch_stops_in_one_line(worker_p
         retire.join()
     assert time.monotonic() - start < 60 and "\n" not in str(raised.value)
     assert any("left; going on with 0" in line for line in said), said
+
+
+def test_a_malformed_worker_answer_is_a_failed_candidate_not_a_stored_number():
+    from tuner.measure.cluster import _result_from_json
+
+    good = {"error": "none", "detail": "", "costs_s": [1e-4, 2e-4], "number": 3,
+            "compile_s": 0.1, "timestamp": 1.7e9, "machine": "w"}
+    assert _result_from_json(good).ok and _result_from_json(good).machine == "w"
+    for bad in ({**good, "costs_s": []}, {**good, "costs_s": [-1.0]},
+                {**good, "costs_s": ["nan"]}, {**good, "number": 0},
+                {**good, "error": "exploded"}, {"error": "none"}, ["not", "a", "dict"]):
+        result = _result_from_json(bad)
+        assert result.error is ErrorKind.CRASH and "malformed" in result.detail, bad

@@ -36,6 +36,7 @@ overlaps builds with timings as it does locally.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import time
@@ -82,10 +83,10 @@ def measure_chunk(task_json: dict, target_json: dict, options_json: dict,
     measurer = _MEASURERS.get(key)
     if measurer is None:
         if local_workers and not _MEASURERS:
-            _take_share_of_cores(int(get_worker_name()), local_workers)
+            _take_share_of_cores(int(_worker_name()), local_workers)
         measurer = _MEASURERS[key] = Measurer(target, options)
     inputs = [MeasureInput(task, schedule_from_json(s)) for s in schedules]
-    machine = str(get_worker_name())
+    machine = str(_worker_name())
     return [_result_to_json(r, machine) for r in measurer.measure(inputs)]
 
 
@@ -99,7 +100,7 @@ def _take_share_of_cores(index: int, workers: int) -> None:
         os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
 
 
-def get_worker_name() -> str:
+def _worker_name() -> str:
     from distributed import get_worker
 
     return get_worker().name
@@ -115,9 +116,14 @@ def _result_from_json(data) -> MeasureResult:
     """A worker's answer, checked field by field (a worker is another machine)."""
     try:
         costs = tuple(float(c) for c in data["costs_s"])
-        return MeasureResult(ErrorKind(data["error"]), str(data["detail"]), costs,
-                             int(data["number"]), float(data["compile_s"]),
-                             float(data["timestamp"]), str(data["machine"])[:128])
+        result = MeasureResult(ErrorKind(data["error"]), str(data["detail"]), costs,
+                               int(data["number"]), float(data["compile_s"]),
+                               float(data["timestamp"]), str(data["machine"])[:128])
+        if result.ok and not (costs and all(0 < c < math.inf for c in costs)
+                              and result.number >= 1):
+            raise ValueError(f"a success needs positive finite costs, got {costs[:3]} x "
+                             f"{result.number}")
+        return result
     except (KeyError, TypeError, ValueError) as err:
         return MeasureResult(ErrorKind.CRASH, f"a worker answered a malformed result: {err}",
                              timestamp=time.time())
