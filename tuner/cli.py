@@ -304,9 +304,9 @@ def _measure_options(args):
     return MeasureOptions(cold_weights=args.weights == "cold")
 
 
-def _workers(measurers) -> str:
+def _workers(measurer) -> str:
     """The progress bar's note of the cluster workers in use (none for local measurement)."""
-    describe = getattr(measurers[0], "describe", None) if measurers else None
+    describe = getattr(measurer, "describe", None)
     return f", {describe()}" if describe else ""
 
 
@@ -356,17 +356,15 @@ def _cmd_tune(args) -> int:
     config = _tune_config(args)
     store = _open_store(args.db)
     bar = _progress_bar(args, args.trials, f"tuning {task.op}")
-    measurers = []
 
-    def progress(p) -> None:
+    def progress(p) -> None:  # called inside the `with` below, where `measurer` is bound
         if bar is not None:
             bar.update(p.trials_done - bar.n)
             bar.set_postfix_str(f"best {p.best_gflops:.1f} GFLOPS, {p.errors} failed"
-                                + _workers(measurers))
+                                + _workers(measurer))
 
     try:
         with store, _measurer(args, target) as measurer:
-            measurers.append(measurer)
             result = tuner_factory(target, store, measurer, config)(task).run(
                 on_progress=progress)
     finally:
@@ -671,17 +669,15 @@ def _cmd_model(args) -> int:
     target = named_target(args.cpu, args.threads)
     store = _open_store(args.db)
     bar = _progress_bar(args, args.trials, "tuning model")
-    measurers = []
 
-    def progress(p) -> None:
+    def progress(p) -> None:  # called inside the `with` below, where `measurer` is bound
         if bar is not None:
             bar.update(p.trials_done - bar.n)
             latency = "-" if p.latency_s is None else f"{p.latency_s * 1e3:.3f} ms"
-            bar.set_postfix_str(f"model ~{latency}" + _workers(measurers))
+            bar.set_postfix_str(f"model ~{latency}" + _workers(measurer))
 
     try:
         with store, _measurer(args, target) as measurer:
-            measurers.append(measurer)
             config = _tune_config(args)
             result = tune_model(extraction.tasks, target, store, config,
                                 tuner_factory(target, store, measurer, config), progress)

@@ -18,14 +18,22 @@ from tuner.ir.schedule import LoopNest, apply_steps, schedule_from_json
 from tuner.ir.task import Task
 
 
-# a nest is tens of kB: enough for every task of a large model, bounded for a long process
-@functools.lru_cache(maxsize=256)
-def lowered(task: Task, schedule_json: str) -> LoopNest | None:
-    """The loop nest of a stored schedule on its task, or None if it no longer applies."""
+def lower_stored(task: Task, schedule_json: str) -> LoopNest | None:
+    """The loop nest of a stored schedule on its task, or None if it no longer applies;
+    built anew (warm start lowers thousands of records once each: caching them would only
+    evict the nests builds keep)."""
     try:
         return apply_steps(task.dag(), schedule_from_json(schedule_json))
     except (TunerError, KeyError, TypeError, ValueError):  # as `tune import` checks them
         return None
+
+
+# a candidate with its nest holds ~9 kB: enough for every task of a large model, bounded
+# for a long process
+@functools.lru_cache(maxsize=256)
+def lowered(task: Task, schedule_json: str) -> LoopNest | None:
+    """`lower_stored`, kept: a build checks a record's schedule, then uses its nest."""
+    return lower_stored(task, schedule_json)
 
 
 def schedule_applies(record) -> bool:

@@ -169,22 +169,23 @@ class ClusterMeasurer:
                              f"{' '.join(str(err).split())}") from None
         self._known = set(self.workers())
 
-    def workers(self) -> dict[str, str]:
-        """Address -> name of the workers that measure for this target."""
+    def _all_workers(self) -> dict[str, dict]:
+        """Address -> the scheduler's description of every worker of the cluster."""
         try:
             info = self.client.scheduler_info(n_workers=-1)
         except TypeError:  # an older distributed lists every worker without being asked
             info = self.client.scheduler_info()
-        return {address: str(w.get("name", address)) for address, w in info["workers"].items()
+        return info["workers"]
+
+    def workers(self) -> dict[str, str]:
+        """Address -> name of the workers that measure for this target."""
+        return {address: str(w.get("name", address))
+                for address, w in self._all_workers().items()
                 if w.get("resources", {}).get(self.resource, 0) >= 1}
 
     def served_targets(self) -> list[str]:
         """The tuner targets (resources) the cluster's workers advertise, for messages."""
-        try:
-            info = self.client.scheduler_info(n_workers=-1)
-        except TypeError:
-            info = self.client.scheduler_info()
-        return sorted({r for w in info["workers"].values() for r in w.get("resources", {})
+        return sorted({r for w in self._all_workers().values() for r in w.get("resources", {})
                        if r.startswith("tuner-")})
 
     def describe(self) -> str:

@@ -149,13 +149,12 @@ class EvolutionarySearch(RandomSearch):
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         super().__init__(dag, target, rng)
         self.cost_model, self.featurize, self.config = cost_model, featurize, config
-        # (candidate, gflops) of this task, without their loop nests, and their features
+        # (candidate, gflops) of this task, without their loop nests
         self.measured: list[tuple[Candidate, float]] = []
-        self._measured_features: list[np.ndarray] = []
         # measurements of other tasks on this target: the cost model starts from them
         self.history = history
         self._feature_cache: dict[str, np.ndarray] = {}
-        self._measured_rows: dict[str, np.ndarray] = {}  # by key, as _measured_features
+        self._measured_rows: dict[str, np.ndarray] = {}  # the features of `measured`
         # the cost model is fitted before a proposal when it has data it was not fitted on
         self._unfitted = True
         seeds = expert_seeds(dag, self.sketches, target) if config.use_seed else []
@@ -200,7 +199,7 @@ class EvolutionarySearch(RandomSearch):
             gflops.append(self.history[1])
             groups.append(self.history[2])
         if self.measured:
-            feats.append(np.stack(self._measured_features))
+            feats.append(np.stack([self._measured_rows[c.key] for c, _ in self.measured]))
             gflops.append(np.array([g for _, g in self.measured]))
             groups.append(np.array(["this task"] * len(self.measured)))
         if not feats or sum(len(f) for f in feats) < self.config.model_after:
@@ -213,9 +212,8 @@ class EvolutionarySearch(RandomSearch):
 
     def observe(self, candidates, results) -> None:
         flops = self.dag.flops
-        # a nest is tens of kB: kept for every trial, it made a long run grow without end
+        # nests are dropped: kept for every trial, they made a long run grow without end
         rows = list(self.features(candidates)) if candidates else []
-        self._measured_features += rows
         self._measured_rows.update((c.key, row) for c, row in zip(candidates, rows))
         kept = [replace(c, nest=None) for c in candidates]
         self._kept.update(((c.sketch, c.annotation), c) for c in kept)

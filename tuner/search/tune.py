@@ -39,9 +39,8 @@ from typing import Callable
 import numpy as np
 
 from tuner.version import __version__
-from tuner.errors import TunerError
-from tuner.ir.lowered import schedule_applies
-from tuner.ir.schedule import apply_steps, schedule_from_json, schedule_to_json
+from tuner.ir.lowered import lower_stored, schedule_applies
+from tuner.ir.schedule import schedule_from_json, schedule_to_json
 from tuner.ir.target import Target
 from tuner.ir.task import Task
 from tuner.measure.measurer import MeasureInput, Measurer, check_task_fits_memory
@@ -115,9 +114,8 @@ class WarmStart:
             self._read_up_to = max(self._read_up_to, r.id)
             if r.id in self._rows:
                 continue
-            try:
-                nest = apply_steps(r.task.dag(), schedule_from_json(r.schedule_json))
-            except (TunerError, KeyError, TypeError, ValueError):
+            nest = lower_stored(r.task, r.schedule_json)
+            if nest is None:
                 continue  # written for an older compute definition: nothing to learn from it
             self._rows[r.id] = (r.task.key, self.featurize(nest, self.target), r.gflops)
             added += 1
