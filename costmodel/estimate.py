@@ -191,6 +191,9 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
     chunks = vector_chunks(nest, machine.lanes)
     padded = math.prod(l.extent for l in loops)
     fma_instructions = padded / width * chunks
+    if loops[-1].kind == "dot":  # an int8 group: one vpdpbusd, or two vpmaddwd (pairs)
+        fma_instructions *= (1 if machine.dot_instruction == "vpdpbusd" else 2) / \
+            loops[-1].extent
     compute = fma_instructions / _fma_rate(nest, machine)
     cycles = max(compute, _memory_cycles(nest, machine))
     if nest.cache_write_at is None:  # separate init (and epilogue) passes over the output

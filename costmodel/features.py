@@ -25,13 +25,13 @@ import numpy as np
 
 from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
 from tuner.ir.layout import (access_class, inline_guards, local_pad_bytes, root_pad_bytes,
-                          tile_operand_registers, vector_chunks)
+                          tile_operand_registers, vector_chunks, vector_loop)
 from tuner.ir.schedule import LoopNest
 from tuner.ir.target import Target
 
-FEATURE_VERSION = 6
+FEATURE_VERSION = 7
 LEVELS = 10
-KINDS = ("serial", "parallel", "unroll", "vectorize")
+KINDS = ("serial", "parallel", "unroll", "vectorize", "dot")
 GLOBAL_FEATURES = (
     ("flops", "log2 floating-point operations of the whole program"),
     ("loops", "number of loops in the compute nest"),
@@ -69,6 +69,9 @@ GLOBAL_FEATURES = (
     ("output_bytes", "log2 bytes of the output"),
     ("epilogue_passes", "extra passes over the output (bias, residual and ReLU without "
                         "cache_write)"),
+    ("int8", "1 for an int8 kernel (uint8 x int8 summed in int32), 0 for float32"),
+    ("machine_int8_macs_per_cycle", "int8 multiply-accumulates per cycle per core of the "
+                                    "machine's dot instruction (vpdpbusd or vpmaddwd)"),
 )
 LEVEL_FEATURES = (
     ("extent", "log2 trips of this loop"),
@@ -100,7 +103,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
     out: list[float] = []
 
     inner = loops[-1]
-    vec = inner if inner.kind == "vectorize" else None
+    vec = vector_loop(nest)
     unrolled = math.prod(l.extent for l in loops if l.kind == "unroll")
     tile_loops = nest.tile_loops
     tile = math.prod(l.extent for l in tile_loops if not l.reduce) if tile_loops else 0
@@ -148,6 +151,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         float(access_class(nest, dag.lhs) == "gather"),
         float(access_class(nest, dag.rhs) == "gather"), out_scatter,
         _lg(4 * dag.output.size), epilogue,
+        float(dag.quant is not None), machine.int8_macs_per_cycle,
     ]
 
     ranges: dict[str, int] = {}

@@ -31,7 +31,8 @@ GELU_VALUES = {0: "none", 1: "erf", 2: "tanh"}
 # Attributes added after task keys were first stored: a task's key names them only when they
 # differ from the template's default, so that records made before they existed still name the
 # same tasks.
-KEYED_WHEN_SET = frozenset({"residual", "gelu", "a_order", "b_order", "out_order"})
+KEYED_WHEN_SET = frozenset({"residual", "gelu", "a_order", "b_order", "out_order",
+                            "out_type"})
 
 
 def key_attrs(full: dict, defaults: dict) -> dict:
@@ -106,3 +107,79 @@ def relu_reference(values, relu: int):
     if relu == 6:
         return np.clip(values, 0, 6)
     return np.maximum(values, 0) if relu else values
+
+
+# ------------------------------------------------------------------------------- int8
+
+# What an int8 contraction writes (tuner.ir.dag.Quantization): its int32 sum, the sum
+# requantized to uint8, or dequantized to float32.
+OUT_TYPE_VALUES = {0: "int32", 1: "uint8", 2: "float32"}
+DTYPES = ("float32", "int8")
+
+
+def check_dtype(op: str, dtype: str, full: dict) -> None:
+    """The dtype and the attributes only one dtype takes: int8 kernels have the int32 bias,
+    ReLU and an output type (`out_type`), not GELU, ReLU6 or a residual."""
+    if dtype not in DTYPES:
+        raise ShapeError(f"{op} dtype expects one of {', '.join(DTYPES)}, got {dtype!r}")
+    out_type = full.get("out_type", 0)
+    if out_type not in OUT_TYPE_VALUES:
+        choices = ", ".join(f"{v} ({kind})" for v, kind in OUT_TYPE_VALUES.items())
+        raise ShapeError(f"{op} attribute out_type expects one of {choices}, got {out_type!r}")
+    if dtype == "float32":
+        if out_type:
+            raise ShapeError(f"{op} attribute out_type is for int8 kernels; this one is "
+                             f"float32")
+        return
+    for name, value, why in (("gelu", full.get("gelu", 0), "GELU"),
+                             ("residual", full.get("residual", False), "a residual")):
+        if value:
+            raise ShapeError(f"int8 {op} takes no {why} ({name}={int(value)}): only bias, "
+                             f"relu=1 and out_type")
+    if full.get("relu") == 6:
+        raise ShapeError(f"int8 {op} takes relu=0 or relu=1, got relu=6 (ReLU6 needs the "
+                         f"output's scale: quantize its clip into the output range instead)")
+
+
+def dot_split(channel_base, extent: int, axis: str) -> tuple[list, object, bool]:
+    """An int8 reduction of `extent` lanes split for the dot-product instructions into
+    `axis` (ceil(extent / DOT_GROUP)) and `axis`i (DOT_GROUP lanes): (the two axes, the
+    index `channel_base` + DOT_GROUP*axis + axis`i`, whether the last group overhangs the
+    extent, so that operands read past it must be padded)."""
+    from tuner.ir.dag import DOT_GROUP, Affine, Axis
+
+    groups = -(-extent // DOT_GROUP)
+    axes = [Axis(axis, groups, True), Axis(f"{axis}i", DOT_GROUP, True)]
+    index = Affine(tuple(channel_base.terms) + ((axis, DOT_GROUP), (f"{axis}i", 1)),
+                   channel_base.const)
+    return axes, index, extent % DOT_GROUP != 0
+
+
+def quantization(out_type: int, out_channel, channels: int):
+    """The epilogue operands of an int8 task writing `out_type` (OUT_TYPE_VALUES), whose
+    per-channel scale is read at `out_channel` (an index over `channels` output channels)."""
+    from tuner.ir.dag import Operand, Quantization, aff
+
+    kind = OUT_TYPE_VALUES[out_type]
+    scale = None if kind == "int32" else \
+        Operand("scale", (channels,), (out_channel,), dtype="float32")
+    zero_points = Operand("zero_points", (2,), (aff(),), dtype="int32")
+    return Quantization(kind, scale, zero_points)
+
+
+def quantized_reference(acc, relu: int, out_type: int, bias=None, scale=None,
+                        zero_points=None, channel_shape=None):
+    """The int8 epilogue (tuner.ir.dag.Quantization) on exact int64 sums `acc`; `bias` and
+    `scale` are per output channel, reshaped to `channel_shape` to broadcast."""
+    acc = np.asarray(acc, dtype=np.int64)
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int64).reshape(channel_shape)
+    kind = OUT_TYPE_VALUES[out_type]
+    if kind == "int32":
+        return (np.maximum(acc, 0) if relu else acc).astype(np.int32)
+    product = acc.astype(np.float32) * np.asarray(scale, np.float32).reshape(channel_shape)
+    if kind == "float32":
+        return np.maximum(product, np.float32(0)) if relu else product
+    zero = int(zero_points[1])
+    low = zero if relu else 0
+    return np.clip(np.rint(product).astype(np.int64) + zero, low, 255).astype(np.uint8)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from templates._common import check_shape, fill_attrs, relu_reference
+from templates._common import check_dtype, check_shape, fill_attrs, relu_reference
 from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
@@ -28,8 +28,11 @@ DEFAULTS = {"bias": False, "relu": 0, "a_order": DEFAULT_ORDER, "b_order": DEFAU
             "out_order": DEFAULT_ORDER}
 
 
-def normalize_attrs(shape, attrs: dict) -> dict:
+def normalize_attrs(shape, attrs: dict, dtype: str = "float32") -> dict:
     full = fill_attrs(NAME, attrs, DEFAULTS)
+    check_dtype(NAME, dtype, full)
+    if dtype != "float32":
+        raise ShapeError(f"{NAME} has no {dtype} kernels yet (conv2d and matmul have)")
     for name in ("a_order", "b_order", "out_order"):
         if full[name] not in ORDERS:
             raise ShapeError(f"{NAME} attribute {name} expects one of "

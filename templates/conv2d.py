@@ -10,13 +10,21 @@ as N,C,H*W), so the vector axis can take full vectors where OW alone leaves a ta
 schedule rewrites its layout); reads of the input outside its bounds are the zero padding. With
 `residual`, an array of the output's shape is added after the bias (a ResNet block's skip
 connection, fused with the ReLU that follows it).
+
+dtype int8: uint8 data, int8 weight, int32 bias and sums, and the epilogue `out_type` names
+(templates/_common.OUT_TYPE_VALUES, tuner.ir.dag.Quantization). Where a group has two input
+channels or more, they are reduced in groups of four (`c` and `ci`, tuner.ir.dag.DOT_GROUP)
+for the dot-product instructions; a last group that overhangs reads zero weights (and the
+input's zero point, which they multiply to nothing). Depthwise convolutions have no channel
+reduction and multiply lane by lane.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from templates._common import (check_shape, epilogue_reference, fill_attrs, residual_operand,
+from templates._common import (check_dtype, check_shape, dot_split, epilogue_reference,
+                              fill_attrs, quantization, quantized_reference, residual_operand,
                               split_inputs)
 from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
@@ -24,11 +32,13 @@ from tuner.errors import ShapeError
 NAME = "conv2d"
 SHAPE_FORM = "N,C,H,W,K,R,S"
 DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0,
-            "residual": False, "gelu": 0}
+            "residual": False, "gelu": 0, "out_type": 0}
 
 
-def normalize_attrs(shape, attrs: dict) -> dict:
-    return fill_attrs(NAME, attrs, DEFAULTS)
+def normalize_attrs(shape, attrs: dict, dtype: str = "float32") -> dict:
+    full = fill_attrs(NAME, attrs, DEFAULTS)
+    check_dtype(NAME, dtype, full)
+    return full
 
 
 def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: int):
@@ -39,7 +49,7 @@ def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: i
 
 def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
                bias: bool = False, relu: int = 0, residual: bool = False,
-               gelu: int = 0) -> ComputeDAG:
+               gelu: int = 0, out_type: int = 0, dtype: str = "float32") -> ComputeDAG:
     n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
     for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
                              ("groups", groups, 1), ("pad", pad, 0)):
@@ -53,33 +63,76 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                          f"dilation={dilation} has an empty output ({oh}x{ow})")
     cg, kg = c // groups, k // groups
     pointwise = r == s == stride == 1 and pad == 0
+    int8 = dtype == "int8"
     axes = [Axis("n", n)]
     if groups > 1:
         axes.append(Axis("g", groups))
     out_channel = aff(("g", kg), ("k", 1)) if groups > 1 else aff(("k", 1))
     in_channel = aff(("g", cg), ("c", 1)) if groups > 1 else aff(("c", 1))
+    weight_channel = aff(("c", 1))
+    reduction = [Axis("c", cg, True)]
+    overhang = False
+    if int8 and cg > 1:
+        reduction, in_channel, overhang = dot_split(aff(("g", cg)) if groups > 1 else aff(),
+                                                    cg, "c")
+        weight_channel = dot_split(aff(), cg, "c")[1]
+    types = dict(data="uint8", weight="int8", bias="int32",
+                 out=("int32", "uint8", "float32")[out_type]) if int8 else \
+        dict(data="float32", weight="float32", bias="float32", out="float32")
     if pointwise:
-        axes += [Axis("k", kg), Axis("p", oh * ow), Axis("c", cg, True)]
+        axes += [Axis("k", kg), Axis("p", oh * ow)] + reduction
         data = Operand("data", (n, c, h * w), (aff(("n", 1)), in_channel, aff(("p", 1))),
-                       reshaped_from=(n, c, h, w))
-        weight = Operand("weight", (k, cg, 1, 1), (out_channel, aff(("c", 1)), aff(), aff()),
-                         constant=True)
+                       reshaped_from=(n, c, h, w), padded=overhang, dtype=types["data"],
+                       fill_zero_point=int8)
+        weight = Operand("weight", (k, cg, 1, 1), (out_channel, weight_channel, aff(), aff()),
+                         constant=True, padded=overhang, dtype=types["weight"])
         out = Operand("out", (n, k, oh * ow), (aff(("n", 1)), out_channel, aff(("p", 1))),
-                      reshaped_from=(n, k, oh, ow))
+                      reshaped_from=(n, k, oh, ow), dtype=types["out"])
     else:
-        axes += [Axis("k", kg), Axis("oh", oh), Axis("ow", ow),
-                 Axis("c", cg, True), Axis("kh", r, True), Axis("kw", s, True)]
+        axes += [Axis("k", kg), Axis("oh", oh), Axis("ow", ow)] + reduction[:1] + \
+            [Axis("kh", r, True), Axis("kw", s, True)] + reduction[1:]
         data = Operand("data", (n, c, h, w),
                        (aff(("n", 1)), in_channel,
                         aff(("oh", stride), ("kh", dilation), const=-pad),
                         aff(("ow", stride), ("kw", dilation), const=-pad)),
-                       padded=True)
+                       padded=True, dtype=types["data"], fill_zero_point=int8)
         weight = Operand("weight", (k, cg, r, s),
-                         (out_channel, aff(("c", 1)), aff(("kh", 1)), aff(("kw", 1))),
-                         constant=True)
+                         (out_channel, weight_channel, aff(("kh", 1)), aff(("kw", 1))),
+                         constant=True, padded=overhang, dtype=types["weight"])
         out = Operand("out", (n, k, oh, ow), (aff(("n", 1)), out_channel, aff(("oh", 1)),
-                                              aff(("ow", 1))))
-    bias_op = Operand("bias", (k,), (out_channel,), constant=True) if bias else None
+                                              aff(("ow", 1))), dtype=types["out"])
+    bias_op = Operand("bias", (k,), (out_channel,), constant=True,
+                      dtype=types["bias"]) if bias else None
+    flops = 2.0 * n * k * oh * ow * cg * r * s
+    if int8:
+        def quantized(data_val, weight_val, *rest):
+            rest = list(rest)
+            bias_val = rest.pop(0) if bias else None
+            scale_val = rest.pop(0) if out_type else None
+            zero_points = rest[0]
+            x = np.pad(data_val.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                       constant_values=int(zero_points[0]))
+            return quantized_reference(_accumulate(x, weight_val.astype(np.int64)), relu,
+                                       out_type, bias_val, scale_val, zero_points,
+                                       (1, k, 1, 1))
+
+        def _accumulate(x, wt):
+            res = np.zeros((n, k, oh, ow), dtype=np.int64)
+            for gi in range(groups):
+                xg = x[:, gi * cg:(gi + 1) * cg]
+                wg = wt[gi * kg:(gi + 1) * kg]
+                for ri in range(r):
+                    for si in range(s):
+                        h0, w0 = ri * dilation, si * dilation
+                        win = xg[:, :, h0:h0 + stride * (oh - 1) + 1:stride,
+                                 w0:w0 + stride * (ow - 1) + 1:stride]
+                        res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
+                                                                    wg[:, :, ri, si])
+            return res
+
+        return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops,
+                          quantized, quant=quantization(out_type, out_channel, k),
+                          dot_axis="ci" if len(reduction) > 1 else None)
 
     def reference(data_val, weight_val, *rest):
         bias_val, residual_val = split_inputs(rest, bias, residual)
@@ -99,6 +152,5 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
         return epilogue_reference(res, relu, None if bias_val is None else
                                   bias_val[None, :, None, None], residual_val, gelu)
 
-    flops = 2.0 * n * k * oh * ow * cg * r * s
     return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops, reference,
                       residual_operand(out) if residual else None, gelu)

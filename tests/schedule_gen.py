@@ -17,6 +17,32 @@ from tuner.ir.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, Layo
 from tuner.ir.task import Task
 
 
+def random_int8_task(rng: np.random.Generator, op: str | None = None) -> Task:
+    """An int8 conv2d or matmul: any output type, bias and ReLU or not, channel counts and
+    K of every residue modulo the dot group (overhanging groups), depthwise and grouped."""
+    op = op or str(rng.choice(["conv2d", "matmul"]))
+    epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.integers(2)),
+                "out_type": int(rng.integers(3))}
+    if op == "matmul":
+        shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
+        return Task.create(op, shape, "int8", out_order=int(rng.choice([12, 12, 21])),
+                           **epilogue)
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c = groups * int(rng.integers(1, 10))
+    k = groups * int(rng.integers(1, 6))
+    if rng.random() < 0.2:  # depthwise
+        groups = c = k
+    r, s = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    stride, dilation, pad = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+    if rng.random() < 0.2:
+        r = s = stride = 1
+        pad = 0
+    h = int(rng.integers(dilation * (r - 1) + 1, 14))
+    w = int(rng.integers(dilation * (s - 1) + 1, 14))
+    return Task.create(op, (int(rng.integers(1, 3)), c, h, w, k, r, s), "int8", stride=stride,
+                       pad=pad, dilation=dilation, groups=groups, **epilogue)
+
+
 def random_task(rng: np.random.Generator, op: str | None = None) -> Task:
     op = op or str(rng.choice(["conv2d", "matmul", "batch_matmul"]))
     epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.choice([0, 1, 6]))}
@@ -60,26 +86,35 @@ def _factors(rng: np.random.Generator, extent: int) -> tuple[int, ...]:
 
 
 def random_schedule(rng: np.random.Generator, task: Task):
+    """A random valid schedule. An int8 task's always accumulates locally (cache_write), and
+    mostly sums its dot axis, unsplit and innermost, with the dot instruction."""
     dag = task.dag()
+    int8 = dag.quant is not None
+    dot = dag.dot_axis if dag.dot_axis and rng.random() < 0.8 else None
     steps = []
     levels: dict[str, list[str]] = {}
     for axis in dag.axes:
-        if axis.extent > 1 and rng.random() < 0.7:
+        if axis.extent > 1 and axis.name != dot and rng.random() < 0.7:
             factors = _factors(rng, axis.extent)
             steps.append(Split(axis.name, factors))
             levels[axis.name] = [f"{axis.name}.{i}" for i in range(len(factors) + 1)]
         else:
             levels[axis.name] = [axis.name]
-    # a random interleaving that keeps each axis's levels in order
-    pending = {a: list(names) for a, names in levels.items()}
-    order = []
-    while pending:
-        axis = str(rng.choice(sorted(pending)))
-        order.append(pending[axis].pop(0))
-        if not pending[axis]:
-            del pending[axis]
+    while True:  # an int8 nest needs a spatial loop outside every reduction (cache_write)
+        # a random interleaving that keeps each axis's levels in order
+        pending = {a: list(names) for a, names in levels.items() if a != dot}
+        order = []
+        while pending:
+            axis = str(rng.choice(sorted(pending)))
+            order.append(pending[axis].pop(0))
+            if not pending[axis]:
+                del pending[axis]
+        order += [dot] if dot else []
+        first = order[0].split(".")[0]
+        if not int8 or not dag.axis(first).reduce:
+            break
     steps.append(Reorder(tuple(order)))
-    nest = apply_steps(dag, steps)
+    nest = apply_steps(dag, steps, check=False)
     loops = list(nest.loops)
     reduce_of = {l.name: l.reduce for l in loops}
     extent_of = {l.name: l.extent for l in loops}
@@ -95,12 +130,14 @@ def random_schedule(rng: np.random.Generator, task: Task):
             reduce_of[names[0]] = False
             extent_of[names[0]] = math.prod(extent_of[n] for n in names[0].split("+"))
         steps.append(Annotate(names[0], "parallel"))
-    inner = names[-1]
+    inner = names[-2] if dot else names[-1]
     if not reduce_of[inner] and "+" not in inner and extent_of[inner] <= 64 \
-            and rng.random() < 0.7 and len(names) > 1:
+            and rng.random() < 0.7 and len(names) > 1 + bool(dot):
         steps.append(Annotate(inner, "vectorize"))
+    if dot:
+        steps.append(Annotate(dot, "dot"))
     unrolled = 1
-    for name in names[1:-1]:
+    for name in names[1:-1 - bool(dot)]:
         if "+" not in name and extent_of[name] <= 8 and unrolled * extent_of[name] <= 64 \
                 and rng.random() < 0.3:
             steps.append(Annotate(name, "unroll"))
@@ -112,7 +149,9 @@ def random_schedule(rng: np.random.Generator, task: Task):
         tile = math.prod(extent_of[n] for n in names[i + 1:] if not reduce_of[n])
         if tile <= MAX_TILE_FLOATS:
             legal.append(name)
-    if legal and rng.random() < 0.7:
+    if int8 and not legal:  # no local tile fits: another schedule
+        return random_schedule(rng, task)
+    if legal and (int8 or rng.random() < 0.7):
         steps.append(CacheWrite(str(rng.choice(legal))))
     for op in dag.inputs:
         if op.padded and rng.random() < 0.6:

@@ -39,14 +39,17 @@ def select_schedule(task, target, db: str | None = None, allow_foreign_target: b
 
 
 def build(op: str, shape, *, db: str | None = None, threads: int | None = None,
-          cpu: str | None = None, allow_foreign_target: bool = False, **attrs):
+          cpu: str | None = None, allow_foreign_target: bool = False, dtype: str = "float32",
+          **attrs):
     """The best stored kernel for a task on this CPU (or the LLVM CPU `cpu`, as `tune --cpu`
-    tuned it), callable on numpy arrays (tuner/replay/kernel.py)."""
+    tuned it), callable on numpy arrays (tuner/replay/kernel.py). `dtype="int8"`: the
+    uint8 x int8 kernel, whose inputs end with its [scale,] zero_points
+    (tuner.ir.dag.Quantization)."""
     from tuner.ir.target import named_target
     from tuner.ir.task import Task
     from tuner.replay.kernel import build_choice
 
-    task = Task.create(op, shape, **attrs)
+    task = Task.create(op, shape, dtype, **attrs)
     target = named_target(cpu, threads)
     return build_choice(select_schedule(task, target, db, allow_foreign_target))
 

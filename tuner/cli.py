@@ -3,6 +3,7 @@
     tune conv2d --shape N,C,H,W,K,R,S [--stride S] [--pad P] [--dilation D] [--groups G]
     tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
         [--bias] [--relu | --relu6] [--residual] [--trials N] [--db URL] [--threads T] [--seed S]
+        [--dtype int8 [--out-type int32|uint8|float32]]  (conv2d and matmul)
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
         [--cpu NAME] [--no-seed]
     tune show     what the database holds: tasks, targets, records, best GFLOPS
@@ -33,6 +34,7 @@ import sys
 from tuner.errors import TunerError
 
 OPS = ("conv2d", "matmul", "batch_matmul")
+OUT_TYPES = ("int32", "uint8", "float32")  # templates/_common.OUT_TYPE_VALUES, in order
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool whose reader went away
 
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--residual", action="store_true",
                            help="add an input of the output's shape before the ReLU (a skip "
                            "connection)")
+            _add_dtype(p)
         _add_tuning_options(p, "candidates to measure in this run (default 200)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("show", help="list the tasks and targets in the database")
@@ -184,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relu", action="store_const", const=1, default=0)
     p.add_argument("--relu6", dest="relu", action="store_const", const=6)
     p.add_argument("--residual", action="store_true")
+    _add_dtype(p)
     p.add_argument("--task", action="append", default=[],
-                   help="OP:SHAPE[:k=v,...], e.g. conv2d:1,64,56,56,64,3,3:pad=1; repeatable")
+                   help="OP:SHAPE[:k=v,...], e.g. conv2d:1,64,56,56,64,3,3:pad=1 "
+                   "(dtype=int8 for an int8 task); repeatable")
     p.add_argument("--all", action="store_true",
                    help="every task with a record for this target in --db")
     p.add_argument("--model", help="an ONNX file: write a package of the whole model (its "
@@ -272,6 +277,14 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
     return dims
 
 
+def _add_dtype(p) -> None:
+    p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="int8: uint8 inputs times int8 weights summed in int32 (default float32)")
+    p.add_argument("--out-type", choices=OUT_TYPES, default=None,
+                   help="with --dtype int8: write the int32 sums (default), requantize them "
+                   "to uint8 or dequantize them to float32 (scale and zero points are inputs)")
+
+
 def _task_from_args(op: str, args):
     from tuner.ir.task import Task
 
@@ -281,7 +294,13 @@ def _task_from_args(op: str, args):
     if op == "conv2d":
         attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
                      groups=args.groups)
-    return Task.create(op, parse_shape(op, args.shape), **attrs)
+    dtype = getattr(args, "dtype", "float32")
+    out_type = getattr(args, "out_type", None)
+    if out_type is not None:
+        if dtype != "int8":
+            raise UsageError(f"--out-type {out_type} is for --dtype int8")
+        attrs["out_type"] = OUT_TYPES.index(out_type)
+    return Task.create(op, parse_shape(op, args.shape), dtype, **attrs)
 
 
 def _open_store(db: str | None):

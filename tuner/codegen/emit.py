@@ -29,11 +29,12 @@ from dataclasses import dataclass, field, replace
 from llvmlite import ir
 
 from tuner.ir.dag import Affine, Operand
-from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, ceil_div, elem_ptr,
-                                  fma, gomp_parallel, intrinsic, lane_offsets, masked_load,
-                                  masked_store, materialize, outlined_function, relu, runtime_loop,
-                                  shared_pointers, smin, splat, static_block, transpose,
-                                  transpose_shuffles, var, vec_type)
+from tuner.codegen.irutil import (F32, I1, I8, I32, I64, PTR, VOID, Lin, as_value, byte_size,
+                                  ceil_div, elem_ptr, fma, gomp_parallel, intrinsic, lane_offsets,
+                                  masked_load, masked_store, materialize, outlined_function, relu,
+                                  runtime_loop, shared_pointers, smin, splat, static_block,
+                                  transpose, transpose_shuffles, var, vec_type)
+from tuner.codegen import quantized
 from tuner.ir.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
                           padding, prefetch_panel, region_start, row_major, strided_load)
 from tuner.ir.machine import Machine
@@ -52,6 +53,8 @@ class Access:
     # a packed operand: also sized for full tiles, zero where a tile overhangs, so read whole
     # in a partial vector (only the output's lanes are masked)
     packed: bool = False
+    etype: ir.Type = F32   # the element type in memory
+    fill: bool = False     # padded reads return the input zero point (an int8 task's data)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Ctx:
     vec_rem: ir.Value | None = None                      # active lanes, when not all are
     partition: bool = False                              # peel constant tails from here on
     acc: Access | None = None
+    dot: LoopPart | None = None                          # an int8 task's dot loop, entered
 
     def enter(self, part: LoopPart, value: Lin, rem, vec=None, vec_rem=None) -> "Ctx":
         return replace(self, vars={**self.vars, (part.axis, part.level): (value, part.step)},
@@ -113,6 +117,8 @@ class _Emitter:
     def __init__(self, nest: LoopNest, threads: int, name: str, machine: Machine):
         self.nest, self.dag, self.threads, self.name = nest, nest.dag, threads, name
         self.lanes, self.line_bytes = machine.lanes, machine.cache_line_bytes
+        self.machine = machine
+        self.acc_type = F32 if self.dag.quant is None else I32
         self.prefetch = {op.name: plan for op in nest.dag.inputs
                          if (plan := prefetch_panel(nest, op)) is not None}
         self.part_extents = {(p.axis, p.level): p.extent for loop in nest.loops
@@ -120,7 +126,8 @@ class _Emitter:
         self.module = ir.Module(name=name)
         self.extents = self.dag.extents
         self.accesses = {op.name: self._access(op) for op in self.dag.inputs}
-        self.accesses["out"] = Access("out", self.dag.output.flat())
+        self.accesses["out"] = Access("out", self.dag.output.flat(),
+                                      etype=quantized.IR_TYPES[self.dag.output.dtype])
         self.n_parallel = 0
         for op in self.dag.inputs:
             if op.name in nest.layout_rewrite:
@@ -129,16 +136,24 @@ class _Emitter:
 
     # ------------------------------------------------------------------ accesses
     def _access(self, op: Operand) -> Access:
+        typed = dict(etype=quantized.IR_TYPES[op.dtype], fill=op.fill_zero_point)
         if op.name in self.nest.layout_rewrite:
-            return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True)
+            return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True,
+                          **typed)
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
         if self.nest.pad_mode(op.name) in ("root", "local") and any(lo or hi for lo, hi in pads):
             shifted = Operand(op.name, padded_shape(op, self.extents),
                               tuple(Affine(e.terms, e.const + lo)
                                     for e, (lo, _) in zip(op.index, pads)))
-            return Access(op.name, shifted.flat())
+            return Access(op.name, shifted.flat(), **typed)
         guards = tuple((e, s) for e, s, (lo, hi) in zip(op.index, op.shape, pads) if lo or hi)
-        return Access(op.name, op.flat(), guards)
+        return Access(op.name, op.flat(), guards, **typed)
+
+    def _fill(self, fn: Fn, acc: Access) -> ir.Value:
+        """What a padded read of `acc` returns: zero, or the input zero point."""
+        if not acc.fill:
+            return ir.Constant(acc.etype, None)
+        return quantized.input_zero_point(fn.b, fn.ptrs["zero_points"], acc.etype)
 
     def _offset(self, ctx: Ctx, acc: Access) -> Lin:
         if acc.strides is not None:
@@ -186,11 +201,15 @@ class _Emitter:
         ok = self._guard(fn, replace(ctx, vec=None), acc, None) if acc.guards else None
         if extra is not None:
             ok = extra if ok is None else b.and_(ok, extra)
+        size = byte_size(acc.etype)
         if ok is None:
-            return b.load(elem_ptr(b, fn.ptrs[acc.ptr], off), typ=F32, align=4)
+            return b.load(elem_ptr(b, fn.ptrs[acc.ptr], off, acc.etype), typ=acc.etype,
+                          align=size)
         safe = b.select(ok, off, ir.Constant(I64, 0))  # element 0 is always readable
-        value = b.load(elem_ptr(b, fn.ptrs[acc.ptr], safe), typ=F32, align=4)
-        return b.select(ok, value, ir.Constant(F32, 0.0))
+        value = b.load(elem_ptr(b, fn.ptrs[acc.ptr], safe, acc.etype), typ=acc.etype,
+                       align=size)
+        return b.select(ok, value, self._fill(fn, acc) if acc.fill
+                        else ir.Constant(acc.etype, 0.0 if acc.etype == F32 else 0))
 
     def _active(self, fn: Fn, ctx: Ctx, lane: int | None = None):
         """Which lanes of a partial vector are real: a mask, or one lane's i1."""
@@ -212,18 +231,19 @@ class _Emitter:
         if stride == 0:  # lane 0 is always active
             return splat(b, self._load_scalar(fn, ctx, acc, offset), width)
         if stride == 1:
-            ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
+            ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset), acc.etype)
             mask = self._guard(fn, ctx, acc, width) if acc.guards else None
             active = None if acc.local or acc.packed else self._active(fn, ctx)
             if active is not None:
                 mask = active if mask is None else b.and_(mask, active)
             if mask is None:
-                return b.load(ptr, typ=vec_type(width), align=4)
-            return masked_load(b, ptr, mask, width)
+                return b.load(ptr, typ=vec_type(width, acc.etype), align=byte_size(acc.etype))
+            fill = splat(b, self._fill(fn, acc), width) if acc.fill else None
+            return masked_load(b, ptr, mask, width, acc.etype, fill)
         if strided_load(stride, len(acc.guards)):
             rem = None if acc.packed else ctx.vec_rem
             return self._load_strided(fn, acc, materialize(b, offset), width, stride, rem)
-        lanes = ir.Constant(vec_type(width), ir.Undefined)
+        lanes = ir.Constant(vec_type(width, acc.etype), ir.Undefined)
         for lane in range(width):
             lane_ctx = self._lane_ctx(ctx, lane)
             extra = None if acc.local or acc.packed else self._active(fn, ctx, lane)
@@ -245,8 +265,9 @@ class _Emitter:
             reach = splat(b, b.add(b.mul(rem, ir.Constant(I64, stride)),
                                    ir.Constant(I64, 1 - stride)), width)
         parts = []
+        etype, size = acc.etype, byte_size(acc.etype)
         for start in range(0, span, width):
-            ptr = elem_ptr(b, fn.ptrs[acc.ptr], b.add(first, ir.Constant(I64, start)))
+            ptr = elem_ptr(b, fn.ptrs[acc.ptr], b.add(first, ir.Constant(I64, start)), etype)
             count = min(width, span - start)
             mask = None if count == width else \
                 ir.Constant(ir.VectorType(I1, width), [i < count for i in range(width)])
@@ -255,8 +276,8 @@ class _Emitter:
                                       [start + i for i in range(width)])
                 active = b.icmp_signed("<", offsets, reach)
                 mask = active if mask is None else b.and_(mask, active)
-            parts.append(b.load(ptr, typ=vec_type(width), align=4) if mask is None
-                         else masked_load(b, ptr, mask, width))
+            parts.append(b.load(ptr, typ=vec_type(width, etype), align=size) if mask is None
+                         else masked_load(b, ptr, mask, width, etype))
         while len(parts) > 1:  # pairwise concatenation: shuffles take two equal vectors
             if len(parts) % 2:
                 parts.append(ir.Constant(parts[0].type, None))
@@ -270,23 +291,24 @@ class _Emitter:
         b = fn.b
         offset = self._offset(ctx, acc)
         partial = ctx.vec is not None and ctx.vec_rem is not None and not acc.local
+        size = byte_size(acc.etype)
         if ctx.vec is not None and self._lane_stride(ctx, acc) != 1:
             for lane in range(ctx.vec[2]):
                 lane_ctx = self._lane_ctx(ctx, lane)
                 ptr = elem_ptr(b, fn.ptrs[acc.ptr],
-                               materialize(b, self._offset(lane_ctx, acc)))
+                               materialize(b, self._offset(lane_ctx, acc)), acc.etype)
                 item = b.extract_element(value, ir.Constant(I32, lane))
                 if partial:
                     with b.if_then(self._active(fn, ctx, lane)):
-                        b.store(item, ptr, align=4)
+                        b.store(item, ptr, align=size)
                 else:
-                    b.store(item, ptr, align=4)
+                    b.store(item, ptr, align=size)
             return
-        ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset))
+        ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, offset), acc.etype)
         if partial:
             masked_store(b, value, ptr, self._active(fn, ctx))
         else:
-            b.store(value, ptr, align=4)
+            b.store(value, ptr, align=size)
 
     @staticmethod
     def _lane_ctx(ctx: Ctx, lane: int) -> Ctx:
@@ -297,7 +319,8 @@ class _Emitter:
 
     # ------------------------------------------------------------------ leaves
     def _zero(self, ctx: Ctx) -> ir.Value:
-        return ir.Constant(vec_type(ctx.vec[2]) if ctx.vec else F32, None)
+        return ir.Constant(vec_type(ctx.vec[2], self.acc_type) if ctx.vec else self.acc_type,
+                           None)
 
     def _prefetch_next_panels(self, fn: Fn, ctx: Ctx, loop: Loop) -> None:
         """In each step through a packed operand's panel (an iteration of the innermost loop
@@ -313,14 +336,15 @@ class _Emitter:
                 continue
             pass_, passes = self._mixed_radix(ctx, plan.reuse)
             step, steps = self._mixed_radix(ctx, plan.steps)
-            lines = -(-4 * plan.stride // self.line_bytes)
+            esize = byte_size(self.accesses[name].etype)
+            lines = -(-esize * plan.stride // self.line_bytes)
             share = -(-lines // (passes * steps))
             execution = pass_.scale(steps) + step
             b = fn.b
             first = materialize(b, execution.scale(share))
             # integer arithmetic: the last panel's next is outside the buffer, which a
             # prefetch may name (it never faults) but an inbounds GEP may not
-            panel = materialize(b, (ctx.vars[plan.part][0] + 1).scale(4 * plan.stride))
+            panel = materialize(b, (ctx.vars[plan.part][0] + 1).scale(esize * plan.stride))
             base = b.add(b.ptrtoint(fn.ptrs[name], I64), panel)
             prefetch = intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
             for i in range(share):
@@ -340,8 +364,18 @@ class _Emitter:
 
     def leaf_compute(self, fn: Fn, ctx: Ctx) -> None:
         target = ctx.acc or self.accesses["out"]
-        x = self.load(fn, ctx, self.accesses[self.dag.lhs.name])
-        w = self.load(fn, ctx, self.accesses[self.dag.rhs.name])
+        lhs, rhs = self.accesses[self.dag.lhs.name], self.accesses[self.dag.rhs.name]
+        if self.dag.quant is not None:
+            total = self.load(fn, ctx, target)
+            if ctx.dot is not None:
+                total = quantized.dot(self, fn, ctx, lhs, rhs, total)
+            else:
+                total = quantized.multiply_add(fn.b, self.load(fn, ctx, lhs),
+                                               self.load(fn, ctx, rhs), total)
+            self.store(fn, ctx, target, total)
+            return
+        x = self.load(fn, ctx, lhs)
+        w = self.load(fn, ctx, rhs)
         self.store(fn, ctx, target, fma(fn.b, x, w, self.load(fn, ctx, target)))
 
     def leaf_init_acc(self, fn: Fn, ctx: Ctx) -> None:
@@ -352,14 +386,23 @@ class _Emitter:
         them."""
         for op in self.dag.addends:
             term = self.load(fn, ctx, self.accesses[op.name])
-            value = term if value is None else fn.b.fadd(value, term)
+            value = term if value is None else \
+                fn.b.fadd(value, term) if self.acc_type == F32 else fn.b.add(value, term)
         return self._zero(ctx) if value is None else value
 
     def leaf_writeback(self, fn: Fn, ctx: Ctx) -> None:
         self._write_out(fn, ctx, self.load(fn, ctx, ctx.acc))
 
     def _write_out(self, fn: Fn, ctx: Ctx, value: ir.Value) -> None:
-        """The epilogue: `value` from the local tile plus bias and residual, ReLU, stored."""
+        """The epilogue: `value` from the local tile plus bias and residual, ReLU, stored;
+        an int8 task's sum plus bias through its Quantization."""
+        if self.dag.quant is not None:
+            scale = self.load(fn, ctx, self.accesses["scale"]) \
+                if self.dag.quant.scale is not None else None
+            self.store(fn, ctx, self.accesses["out"],
+                       quantized.epilogue(fn.b, self.dag, self._addends(fn, ctx, value), scale,
+                                          fn.ptrs["zero_points"]))
+            return
         self.store(fn, ctx, self.accesses["out"],
                    self._activate(fn, self._addends(fn, ctx, value)))
 
@@ -437,6 +480,9 @@ class _Emitter:
         rem, step = ctx.rem[part.axis], part.step
         if loop.kind == "vectorize":
             self.emit_vector(fn, part, ctx, inner)
+            return
+        if loop.kind == "dot":  # the leaf reads the whole group (quantized.dot)
+            inner(fn, replace(ctx.enter(part, Lin(), rem), dot=part))
             return
         if loop.kind == "unroll" and isinstance(rem, int):
             for t in range(-(-rem // step)):
@@ -587,9 +633,10 @@ class _Emitter:
         size = math.prod(p.extent for p in tile_parts)
 
         def body(fn: Fn, ctx: Ctx) -> None:
-            slot = fn.alloca(ir.ArrayType(F32, size))
+            slot = fn.alloca(ir.ArrayType(self.acc_type, size))
             fn.ptrs = {**fn.ptrs, f"acc{id(slot)}": slot}
-            acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts), local=True)
+            acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts), local=True,
+                         etype=self.acc_type)
             c = replace(ctx, acc=acc)
             self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
             self.emit_loops(fn, tile, c, self.leaf_compute, compute=True)
@@ -623,7 +670,7 @@ class _Emitter:
         if any(len(loop.parts) != 1 for loop in loops):
             return None
         vecs = [loop for loop in loops if loop.kind == "vectorize"]
-        if len(vecs) != 1:
+        if len(vecs) != 1 or self.dag.quant is not None:
             return None
         vec, out = vecs[0], self.dag.output.flat()
 
@@ -682,14 +729,16 @@ class _Emitter:
         shape = padded_shape(op, self.extents)
         rows = math.prod(shape[:-1])
         b = fn.b
+        esize = byte_size(self.accesses[op.name].etype)
         dst = b.call(self._extern("malloc", PTR, [I64]),
-                     [ir.Constant(I64, 4 * rows * shape[-1])])
+                     [ir.Constant(I64, esize * rows * shape[-1])])
         fn.ptrs = {**fn.ptrs, f"pad.{op.name}": dst}
 
         def row(sub: Fn, r: ir.Value) -> None:
             out_row = elem_ptr(sub.b, sub.ptrs[f"pad.{op.name}"],
-                               sub.b.mul(r, ir.Constant(I64, shape[-1])))
-            self._pad_row(sub.b, op, sub.ptrs[op.name], out_row, r)
+                               sub.b.mul(r, ir.Constant(I64, shape[-1])),
+                               self.accesses[op.name].etype)
+            self._pad_row(sub, op, sub.ptrs[op.name], out_row, r)
 
         if self.threads > 1 and rows > 1:
             self.parallel_for(fn, rows, f"pad.{op.name}", row)
@@ -711,8 +760,9 @@ class _Emitter:
             pads = padding(op, self.extents)
             shape = plan.padded_shape
             buffer = fn.local_pad_buffers.get(op.name)
+            etype = self.accesses[op.name].etype
             if buffer is None:
-                buffer = fn.alloca(ir.ArrayType(F32, plan.rows * shape[-1]))
+                buffer = fn.alloca(ir.ArrayType(etype, plan.rows * shape[-1]))
                 fn.local_pad_buffers[op.name] = buffer
             first = Lin()  # the run's first padded row: the box's lowest corner
             stride = 1
@@ -726,22 +776,26 @@ class _Emitter:
             count = smin(b, plan.rows, b.sub(total, first))
             src = saved[op.name]
 
-            def row(i: ir.Value, buffer=buffer, first=first, src=src, op=op) -> None:
-                out_row = elem_ptr(b, buffer, b.mul(i, ir.Constant(I64, shape[-1])))
-                self._pad_row(b, op, src, out_row, b.add(first, i))
+            def row(i: ir.Value, buffer=buffer, first=first, src=src, op=op,
+                    etype=etype) -> None:
+                out_row = elem_ptr(b, buffer, b.mul(i, ir.Constant(I64, shape[-1])), etype)
+                self._pad_row(fn, op, src, out_row, b.add(first, i))
 
             runtime_loop(b, 0, count, row, f"pad.{op.name}")
-            moved[op.name] = elem_ptr(b, buffer, b.mul(first, ir.Constant(I64, -shape[-1])))
+            moved[op.name] = elem_ptr(b, buffer, b.mul(first, ir.Constant(I64, -shape[-1])),
+                                      etype)
         fn.ptrs = {**saved, **moved}
         then(fn, ctx)
         fn.ptrs = saved
 
-    def _pad_row(self, b: ir.IRBuilder, op: Operand, src: ir.Value, out_row: ir.Value,
+    def _pad_row(self, fn: Fn, op: Operand, src: ir.Value, out_row: ir.Value,
                  r: ir.Value) -> None:
         """Row `r` of the zero-padded form of `op` (every dimension but the last, row-major)
         into `out_row`: a row of zeros where the row lies in the padding, else zeros, a
         memcpy of the source row, zeros (a select per element would keep LLVM from
-        vectorizing the copy, and depthwise layers are copy-bound)."""
+        vectorizing the copy, and depthwise layers are copy-bound). An int8 task's data is
+        padded with its zero point (a byte, so memset still fills it)."""
+        b = fn.b
         pads = padding(op, self.extents)
         shape = padded_shape(op, self.extents)
         (left, right), width = pads[-1], op.shape[-1]
@@ -750,10 +804,13 @@ class _Emitter:
         memcpy = intrinsic(self.module, "llvm.memcpy.p0.p0.i64", VOID,
                            [PTR, PTR, I64, ir.IntType(1)])
         no = ir.Constant(ir.IntType(1), 0)
+        access = self.accesses[op.name]
+        esize = byte_size(access.etype)
+        byte = self._fill(fn, access) if access.fill else ir.Constant(i8, 0)
 
         def zero(at, floats: int) -> None:
             if floats:
-                b.call(memset, [at, ir.Constant(i8, 0), ir.Constant(I64, 4 * floats), no])
+                b.call(memset, [at, byte, ir.Constant(I64, esize * floats), no])
 
         inside, src_off, v = None, ir.Constant(I64, 0), r
         for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
@@ -769,9 +826,10 @@ class _Emitter:
         with b.if_else(inside) as (copy, blank):
             with copy:
                 zero(out_row, left)
-                b.call(memcpy, [elem_ptr(b, out_row, ir.Constant(I64, left)),
-                                elem_ptr(b, src, src_off), ir.Constant(I64, 4 * width), no])
-                zero(elem_ptr(b, out_row, ir.Constant(I64, left + width)), right)
+                b.call(memcpy, [elem_ptr(b, out_row, ir.Constant(I64, left), access.etype),
+                                elem_ptr(b, src, src_off, access.etype),
+                                ir.Constant(I64, esize * width), no])
+                zero(elem_ptr(b, out_row, ir.Constant(I64, left + width), access.etype), right)
             with blank:
                 zero(out_row, shape[-1])
 
@@ -785,8 +843,12 @@ class _Emitter:
         axes = sorted({p.axis for p in parts})
         ctx = Ctx()
         guards = tuple((Affine(((a, 1),)), self.extents[a]) for a in axes)
-        src = Access("src", op.flat(), guards)
-        dst = Access("dst", strides=row_major(parts))
+        if op.padded:  # an int8 weight's last channel group overhangs: zeros there
+            guards += tuple((e, size) for e, size, (lo, hi) in
+                            zip(op.index, op.shape, padding(op, self.extents)) if lo or hi)
+        etype = quantized.IR_TYPES[op.dtype]
+        src = Access("src", op.flat(), guards, etype=etype)
+        dst = Access("dst", strides=row_major(parts), etype=etype)
 
         def go(i: int, ctx: Ctx) -> None:
             if i == len(parts):

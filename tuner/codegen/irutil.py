@@ -15,6 +15,8 @@ from llvmlite import ir
 
 F32 = ir.FloatType()
 I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -100,8 +102,20 @@ def runtime_loop(b: ir.IRBuilder, start, stop, body, name: str = "l") -> None:
     b.position_at_end(done)
 
 
-def vec_type(width: int) -> ir.VectorType:
-    return ir.VectorType(F32, width)
+def vec_type(width: int, etype: ir.Type = F32) -> ir.VectorType:
+    return ir.VectorType(etype, width)
+
+
+def type_name(t: ir.Type) -> str:
+    """The suffix LLVM's overloaded intrinsics use for `t`: f32, i8, v8f32, v16i8."""
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{type_name(t.element)}"
+    return "f32" if t == F32 else f"i{t.width}"
+
+
+def byte_size(t: ir.Type) -> int:
+    """Bytes of one element of type `t` (a scalar)."""
+    return 4 if t == F32 else t.width // 8
 
 
 def splat(b: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
@@ -115,8 +129,9 @@ def lane_offsets(width: int, stride: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I64, width), [stride * lane for lane in range(width)])
 
 
-def elem_ptr(b: ir.IRBuilder, base: ir.Value, offset: ir.Value) -> ir.Value:
-    return b.gep(base, [offset], source_etype=F32)
+def elem_ptr(b: ir.IRBuilder, base: ir.Value, offset: ir.Value,
+             etype: ir.Type = F32) -> ir.Value:
+    return b.gep(base, [offset], source_etype=etype)
 
 
 def intrinsic(module: ir.Module, name: str, ret, args) -> ir.Function:
@@ -189,7 +204,7 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value], width: int) -> list[ir.Valu
         return b.shuffle_vector(v, v, mask)
 
     square = [resize(v, width, n) for v in rows]
-    square += [ir.Constant(vec_type(n), ir.Undefined)] * (n - count)
+    square += [ir.Constant(ir.VectorType(rows[0].type.element, n), ir.Undefined)] * (n - count)
     d = n // 2
     while d:
         low = ir.Constant(ir.VectorType(I32, n), [c if not c & d else n + c - d for c in range(n)])
@@ -208,18 +223,21 @@ def fma(b: ir.IRBuilder, x, y, z) -> ir.Value:
     return b.call(intrinsic(b.module, f"llvm.fma.{suffix}", t, [t, t, t]), [x, y, z])
 
 
-def masked_load(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, width: int) -> ir.Value:
-    vt = vec_type(width)
-    fn = intrinsic(b.module, f"llvm.masked.load.v{width}f32.p0", vt,
+def masked_load(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, width: int,
+                etype: ir.Type = F32, passthru: ir.Value | None = None) -> ir.Value:
+    """A vector load of the lanes `mask` selects; the others are `passthru` (zeros)."""
+    vt = vec_type(width, etype)
+    fn = intrinsic(b.module, f"llvm.masked.load.{type_name(vt)}.p0", vt,
                    [PTR, I32, ir.VectorType(I1, width), vt])
-    return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vt, None)])
+    fill = ir.Constant(vt, None) if passthru is None else passthru
+    return b.call(fn, [ptr, ir.Constant(I32, byte_size(etype)), mask, fill])
 
 
 def masked_store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
-    width = value.type.count
-    fn = intrinsic(b.module, f"llvm.masked.store.v{width}f32.p0", VOID,
-                   [vec_type(width), PTR, I32, ir.VectorType(I1, width)])
-    b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+    vt = value.type
+    fn = intrinsic(b.module, f"llvm.masked.store.{type_name(vt)}.p0", VOID,
+                   [vt, PTR, I32, ir.VectorType(I1, vt.count)])
+    b.call(fn, [value, ptr, ir.Constant(I32, byte_size(vt.element)), mask])
 
 
 def relu(b: ir.IRBuilder, x: ir.Value, kind: int = 1) -> ir.Value:

@@ -21,6 +21,7 @@ import numpy as np
 from tuner.codegen.emit import emit_llvm, pack_function_name
 from tuner.errors import ScheduleError
 from tuner.ir.layout import ir_instructions, packed_parts
+from tuner.ir.dag import DTYPES
 from tuner.errors import CodegenError, TunerError
 from tuner.ir.llvm_init import llvm
 from tuner.ir.schedule import LoopNest
@@ -105,6 +106,23 @@ def compile_ir_object(ir_text: str, target: Target) -> bytes:
     return tm.emit_object(optimize(ir_text, target, tm))
 
 
+def as_operand_type(op, array) -> np.ndarray:
+    """`array` as operand `op`'s element type. Anything converts to float32; an integer
+    operand takes integers that fit its type, and refuses the rest with a message that names
+    them (a float activation handed to a uint8 kernel is a quantization the caller forgot)."""
+    want = DTYPES[op.dtype]
+    arr = np.asarray(array)
+    if arr.dtype == want or want == np.float32:
+        return arr.astype(want, copy=False)
+    info = np.iinfo(want)
+    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
+        raise TunerError(f"{op.name} must be a {op.dtype} array (integers in "
+                         f"[{info.min}, {info.max}]), got {arr.dtype}"
+                         + (f" values in [{arr.min()}, {arr.max()}]" if arr.size and
+                            arr.dtype.kind in "iufb" else ""))
+    return arr.astype(want)
+
+
 class CompiledKernel:
     """A compiled schedule: `kernel(*inputs) -> out`, or `run(out, *args)` on packed args.
 
@@ -154,20 +172,21 @@ class CompiledKernel:
         return tuple(self.prepare(op.name, arr) for op, arr in zip(ops, inputs))
 
     def prepare(self, operand: str, array: np.ndarray) -> np.ndarray:
-        """One user input as the kernel takes it: float32, C-contiguous, packed if rewritten."""
+        """One user input as the kernel takes it: of the operand's type (float32 unless the
+        kernel is int8), C-contiguous, packed if rewritten."""
         op = self.dag.operand(operand)
-        arr = np.ascontiguousarray(array, dtype=np.float32)
+        arr = np.ascontiguousarray(as_operand_type(op, array))
         if arr.shape != op.array_shape:
             raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
         arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes
         if op.name in self._packers:
-            packed = np.empty(self.packed_shape(op.name), dtype=np.float32)
+            packed = np.empty(self.packed_shape(op.name), dtype=arr.dtype)
             self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
             arr = packed
         return arr
 
     def new_output(self) -> np.ndarray:
-        return np.empty(self.dag.output.array_shape, dtype=np.float32)
+        return np.empty(self.dag.output.array_shape, dtype=DTYPES[self.dag.output.dtype])
 
     def run(self, out: np.ndarray, *args: np.ndarray) -> None:
         """The timed call: no conversion, no packing, no allocation."""
@@ -224,11 +243,13 @@ class BoundKernel:
         self._packed = {name: kernel.prepare(name, arr) for name, arr in constants.items()}
         self._addresses = {name: arr.ctypes.data for name, arr in self._packed.items()}
         self._shapes = {op.name: op.array_shape for op in kernel.dag.inputs}
+        self._dtypes = {op.name: DTYPES[op.dtype] for op in kernel.dag.inputs}
+        self._out_dtype = DTYPES[kernel.dag.output.dtype]
         self._last: dict[str, tuple[np.ndarray, int]] = {}  # position -> (array, address)
 
     def _input_address(self, name: str, array, kept: list) -> int:
         last = self._last.get(name)
-        if last is not None and last[0] is array and array.dtype == np.float32 \
+        if last is not None and last[0] is array and array.dtype == self._dtypes[name] \
                 and array.shape == self._shapes[name] and array.flags.c_contiguous:
             return last[1]
         prepared = self.kernel.prepare(name, array)
@@ -240,14 +261,15 @@ class BoundKernel:
 
     def _output_address(self, out) -> int:
         last = self._last.get("out")
-        if last is not None and last[0] is out and out.dtype == np.float32 \
+        if last is not None and last[0] is out and out.dtype == self._out_dtype \
                 and out.shape == self.kernel.dag.output.array_shape \
                 and out.flags.c_contiguous and out.flags.writeable:
             return last[1]
-        if (not isinstance(out, np.ndarray) or out.dtype != np.float32
+        if (not isinstance(out, np.ndarray) or out.dtype != self._out_dtype
                 or out.shape != self.kernel.dag.output.array_shape
                 or not out.flags.c_contiguous or not out.flags.writeable):
-            raise TunerError(f"out must be a writeable C-contiguous float32 array of shape "
+            raise TunerError(f"out must be a writeable C-contiguous "
+                             f"{self.kernel.dag.output.dtype} array of shape "
                              f"{self.kernel.dag.output.array_shape}, got "
                              f"{getattr(out, 'dtype', type(out).__name__)} "
                              f"{getattr(out, 'shape', '')}")
@@ -256,8 +278,8 @@ class BoundKernel:
         return address
 
     def __call__(self, *inputs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The output, written into `out` if given (float32, C-contiguous, the output's
-        shape): a caller that reuses one buffer saves the allocation and the page faults of a
+        """The output, written into `out` if given (of the output's type, C-contiguous, the
+        output's shape): a caller that reuses one buffer saves the allocation and the page faults of a
         fresh output on every call."""
         if len(inputs) != len(self._free):
             raise TunerError(f"this kernel takes {len(self._free)} arrays "

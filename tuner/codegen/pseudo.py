@@ -50,6 +50,8 @@ def pseudo_code(nest: LoopNest) -> str:
                   or {1: "gelu", 2: "gelu_tanh"}.get(dag.gelu))
     if activation:
         epilogue = f"{activation}({epilogue})"
+    if dag.quant is not None and dag.quant.out_type != "int32":
+        epilogue = f"{dag.quant.out_type}(({epilogue}) * scale)"
     depth = 0
     target = out
     if nest.cache_write_at is None:
@@ -59,7 +61,7 @@ def pseudo_code(nest: LoopNest) -> str:
         detail = " * ".join(f"{p.axis}.{p.level}:{p.extent}" for p in loop.parts) \
             if len(loop.parts) > 1 else str(loop.extent)
         keyword = {"serial": "for", "parallel": "parallel for", "unroll": "unroll",
-                   "vectorize": "vectorize"}[loop.kind]
+                   "vectorize": "vectorize", "dot": "dot product over"}[loop.kind]
         lines.append("  " * depth + f"{keyword} {loop.name} in 0..{detail}:")
         depth += 1
         lines += ["  " * depth + text for text in _local_pad_lines(nest, i + 1)]

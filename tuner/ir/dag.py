@@ -10,6 +10,14 @@ that is not a contraction needs a new body kind here, not a new code path elsewh
 
 Index expressions are affine in the iteration axes: conv2d's input row is
 `oh*stride + kh*dilation - pad`; grouped convolution gets there by giving the group its own axis.
+
+Quantized (int8) contractions are the same form over integers: uint8 activations times int8
+weights summed in int32, then an epilogue that keeps the int32 sum, requantizes it to uint8 or
+dequantizes it to float32 (`Quantization`). Their channel reduction is split by the template
+into groups of `DOT_GROUP` (`ComputeDAG.dot_axis`), the lanes the CPU's integer dot-product
+instructions sum into one int32 (`vpdpbusd`: 4 u8 x s8 products; AVX2's `vpmaddwd`: 2 int16
+products, twice). The group is fixed at 4 whatever the target, so that a task's key and its
+loops are the same on every machine; the code generator picks the instruction.
 """
 
 from __future__ import annotations
@@ -61,6 +69,9 @@ class Operand:
     # bytes in C order): a 1x1 convolution reads N,C,H,W as N,C,H*W, so that one pixel axis
     # can be split into full vectors where W alone cannot (56 = 3*16 + 8).
     reshaped_from: tuple[int, ...] | None = None
+    dtype: str = "float32"     # element type (DTYPES)
+    # padded reads return the input zero point (Quantization), the quantized 0.0, not 0
+    fill_zero_point: bool = False
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -92,6 +103,34 @@ class Operand:
         return int(np.prod(self.shape))
 
 
+# Element types of operands, as numpy names them.
+DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8, "int32": np.int32}
+
+# The reduction lanes summed into one int32 by the dot-product instructions: vpdpbusd's 4.
+DOT_GROUP = 4
+
+# What a quantized contraction writes: its int32 sum (ONNX MatMulInteger, ConvInteger), the
+# sum requantized to uint8 (QLinearConv, QLinearMatMul, a QDQ pair), or dequantized to float32
+# (a dynamically quantized MatMul followed by its scale).
+OUT_TYPES = ("int32", "uint8", "float32")
+
+
+@dataclass(frozen=True, slots=True)
+class Quantization:
+    """The epilogue of an int8 contraction, on the int32 sum `acc` (+ the int32 bias):
+    - int32:   out = acc (ReLU: max(acc, 0));
+    - uint8:   out = clamp(round_half_even(float32(acc) * scale[k]) + zero_points[1], lo, 255),
+               lo = zero_points[1] with ReLU, else 0 (ONNX QuantizeLinear; onnxruntime's
+               requantization multiplies in float32 the same way);
+    - float32: out = float32(acc) * scale[k] (ReLU: max(out, 0)).
+    `zero_points` is int32[2]: the input's zero point, which padded reads of the input return
+    (the quantized zero), and the output's. A nonzero input zero point z is the caller's to
+    fold into the bias: sum((x - z) * w) = sum(x * w) - z * sum(w)."""
+    out_type: str                 # OUT_TYPES
+    scale: Operand | None         # float32 per output channel; None for int32 output
+    zero_points: Operand
+
+
 @dataclass(frozen=True, slots=True)
 class ComputeDAG:
     """out[output.index] = act(bias[...] + residual[output.index] + sum_reduce lhs[...] *
@@ -110,11 +149,25 @@ class ComputeDAG:
     # read at the output's index, added after the bias and before the ReLU; not constant
     residual: Operand | None = None
     gelu: int = 0  # templates/_common.GELU_VALUES
+    quant: Quantization | None = None  # int8: the epilogue and its parameters
+    dot_axis: str | None = None        # int8: the reduce axis of DOT_GROUP lanes, if any
 
     @property
     def inputs(self) -> tuple[Operand, ...]:
-        """The operands in kernel argument order: lhs, rhs[, bias][, residual]."""
-        return (self.lhs, self.rhs) + self.addends
+        """The operands in kernel argument order: lhs, rhs[, bias][, residual], then an int8
+        contraction's [scale,] zero_points."""
+        return (self.lhs, self.rhs) + self.addends + self.quant_operands
+
+    @property
+    def quant_operands(self) -> tuple[Operand, ...]:
+        if self.quant is None:
+            return ()
+        return tuple(op for op in (self.quant.scale, self.quant.zero_points) if op is not None)
+
+    @property
+    def dtype(self) -> str:
+        """'float32', or 'int8' for a quantized contraction."""
+        return "float32" if self.quant is None else "int8"
 
     @property
     def addends(self) -> tuple[Operand, ...]:
@@ -153,10 +206,31 @@ class ComputeDAG:
     def tolerance(self) -> tuple[float, float]:
         """(rtol, atol) against the float64 reference: rtol 1e-4 on float32, with an absolute
         floor that grows with the reduction length, since outputs that cancel to ~0 carry the
-        rounding of every term summed into them."""
+        rounding of every term summed into them. int8 kernels are exact: integer sums, and an
+        epilogue that rounds the same float32 products as the reference."""
+        if self.quant is not None:
+            return 0.0, 0.0
         reduction = int(np.prod([a.extent for a in self.reduce_axes]))
         return 1e-4, 4e-6 * max(1.0, reduction) ** 0.5
 
     def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return tuple(rng.uniform(-1.0, 1.0, size=op.array_shape).astype(np.float32)
-                     for op in self.inputs)
+        if self.quant is None:
+            return tuple(rng.uniform(-1.0, 1.0, size=op.array_shape).astype(np.float32)
+                         for op in self.inputs)
+        return tuple(self._random_quantized(rng, op) for op in self.inputs)
+
+    def _random_quantized(self, rng: np.random.Generator, op: Operand) -> np.ndarray:
+        """Values over the whole range of each type, and scales that spread the requantized
+        outputs over much of uint8 (a sum of R products of uniform uint8 and int8 values has
+        a spread of about 10900 sqrt(R))."""
+        if op.dtype in ("uint8", "int8"):
+            info = np.iinfo(DTYPES[op.dtype])
+            return rng.integers(info.min, info.max + 1, size=op.array_shape,
+                                dtype=DTYPES[op.dtype])
+        if self.quant is not None and op is self.quant.zero_points:
+            return rng.integers(0, 256, size=op.array_shape).astype(np.int32)
+        if op.dtype == "int32":  # the bias
+            return rng.integers(-1 << 14, 1 << 14, size=op.array_shape).astype(np.int32)
+        reduction = int(np.prod([a.extent for a in self.reduce_axes]))
+        return (rng.uniform(0.5, 2.0, size=op.array_shape)
+                / (300.0 * np.sqrt(reduction))).astype(np.float32)

@@ -144,7 +144,7 @@ def prefetch_panel(nest: LoopNest, operand: Operand) -> PrefetchPanel | None:
     strides = row_major(parts)
     order = [(p, loop.kind) for loop in nest.loops for p in loop.parts]
     inside = [p for p, kind in order[[(p.axis, p.level) for p, _ in order].index(panel) + 1:]
-              if p.extent > 1 and kind not in ("unroll", "vectorize")]
+              if p.extent > 1 and kind not in ("unroll", "vectorize", "dot")]
     steps = tuple((p.axis, p.level) for p in inside if operand.depends_on(p.axis))
     if not steps:
         return None
@@ -158,7 +158,11 @@ def prefetch_panel(nest: LoopNest, operand: Operand) -> PrefetchPanel | None:
 
 
 def vector_loop(nest: LoopNest) -> Loop | None:
+    """The vectorized loop: the innermost one, or the one just outside an int8 task's dot
+    loop."""
     loops = nest.loops
+    if loops and loops[-1].kind == "dot":
+        loops = loops[:-1]
     return loops[-1] if loops and loops[-1].kind == "vectorize" else None
 
 
@@ -207,10 +211,10 @@ def inline_guards(nest: LoopNest, operand: Operand) -> int:
 
 
 def region_start(loops) -> int | None:
-    """First loop of the innermost run of unrolled / vectorized loops."""
+    """First loop of the innermost run of unrolled / vectorized (and dot) loops."""
     start = None
     for i in range(len(loops) - 1, -1, -1):
-        if loops[i].kind in ("unroll", "vectorize"):
+        if loops[i].kind in ("unroll", "vectorize", "dot"):
             start = i
         else:
             break
@@ -488,6 +492,10 @@ def operand_registers(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: st
     reduction_unrolled = any(unrolled.get(a.name, 1) > 1 for a in dag.reduce_axes)
     lookahead = reduction_unrolled and machine.vector_registers >= 32
     loaded = 2 * chunks if lookahead else chunks
+    if dag.dot_axis is not None and machine.dot_instruction == "pmaddwd":
+        # a group of 4 is two vectors of int16 pairs, and each vpmaddwd's product is a
+        # register of its own before it is added
+        loaded = 2 * loaded + 1
     return loaded + max(SPARE_REGISTERS, window_broadcasts(dag, unrolled, vector_axis))
 
 

@@ -12,6 +12,9 @@ registers have all been seen). They live here and nowhere else, and are passed d
   needs to keep the FMA pipes busy (rate x latency) and the peak per cycle. They are
   micro-architecture facts LLVM does not expose, so they come from the table below by CPU
   name; an unknown name gets the common case, two pipes of latency 4.
+- **the integer dot product** for int8 kernels: `vpdpbusd` where the CPU has AVX512-VNNI or
+  AVX-VNNI (4 uint8 x int8 products summed into each int32 lane), else `vpmaddwd` (2 int16
+  products per int32 lane, the bytes widened first); tuner/codegen/quantized.py.
 - **cache sizes** are read from sysfs (the host's: code tuned for another CPU is still
   measured here), with typical sizes when sysfs is missing.
 
@@ -54,6 +57,7 @@ class Machine:
     l3_bytes: int             # shared
     cores: int                # cores this process may use
     cache_line_bytes: int = CACHE_LINE_BYTES
+    dot_instruction: str = "pmaddwd"  # "vpdpbusd" (VNNI) or "pmaddwd": int8 dot products
 
     @property
     def lanes(self) -> int:
@@ -70,6 +74,14 @@ class Machine:
         """FP32 peak per core per cycle: two flops per lane per FMA."""
         return 2 * self.lanes * (self.fma_per_cycle if self.has_fma else 1)
 
+    @property
+    def int8_macs_per_cycle(self) -> int:
+        """int8 multiply-accumulates per core per cycle at the dot instruction's issue rate,
+        taken as the FMA's: vpdpbusd sums 4 products per int32 lane, vpmaddwd 2 (and needs an
+        add beside it)."""
+        per_lane = 4 if self.dot_instruction == "vpdpbusd" else 2
+        return per_lane * self.lanes * self.fma_per_cycle
+
     def accumulator_budget(self, operand_vectors: int) -> int:
         """Accumulator vectors a register tile may hold next to `operand_vectors` live
         operands (the loaded vectors of one reduction step and a broadcast)."""
@@ -77,6 +89,12 @@ class Machine:
 
     def to_json(self) -> dict:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+def dot_instruction_of(features: str) -> str:
+    """The int8 dot-product instruction code for `features` can use."""
+    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    return "vpdpbusd" if enabled & {"avx512vnni", "avxvnni"} else "pmaddwd"
 
 
 def isa_of(features: str) -> tuple[int, int, bool]:
@@ -136,5 +154,5 @@ def describe(cpu: str, features: str) -> Machine:
                    fma_per_cycle=FMA_PER_CYCLE.get(cpu, DEFAULT_FMA_PER_CYCLE),
                    fma_latency=FMA_LATENCY_CYCLES, loads_per_cycle=LOADS_PER_CYCLE,
                    l1d_bytes=l1, l2_bytes=l2, l3_bytes=l3,
-                   cores=usable_cores())
+                   cores=usable_cores(), dot_instruction=dot_instruction_of(features))
 

@@ -11,7 +11,9 @@ Steps (loops are named `axis` before a split, `axis.0 .. axis.m` after it, `a+b`
     Reorder(order)            the new order of all loops, outermost first
     Fuse(loops)               consecutive loops -> one (to parallelise several outer loops)
     Annotate(loop, annotation) parallel (outermost, spatial), vectorize (innermost, spatial,
-                              explicit LLVM vectors), unroll (fully, by the generator)
+                              explicit LLVM vectors), unroll (fully, by the generator), dot
+                              (an int8 task's dot axis, unsplit and innermost, inside the
+                              vectorized loop: summed by the CPU's dot-product instruction)
     CacheWrite(at)            accumulate the output tile below loop `at` in a local buffer
                               (registers when the tile is unrolled); all reduction loops must be
                               inside; bias and ReLU are applied on write-back (epilogue fusion)
@@ -30,7 +32,7 @@ from dataclasses import dataclass, fields, replace
 from tuner.ir.dag import ComputeDAG
 from tuner.errors import ScheduleError
 
-ANNOTATIONS = ("parallel", "vectorize", "unroll")
+ANNOTATIONS = ("parallel", "vectorize", "unroll", "dot")
 PAD_MODES = ("inline", "root", "local")
 MAX_VECTOR_LANES = 64        # a format limit: the search asks for at most 4 native vectors
 MAX_TILE_FLOATS = 1 << 16    # a 256 KiB local accumulator still fits any thread's stack
@@ -249,6 +251,9 @@ def _annotate(nest: LoopNest, step: Annotate) -> LoopNest:
         raise ScheduleError(f"cannot parallelise reduction loop {loop.name!r}")
     if step.annotation == "vectorize" and loop.reduce:
         raise ScheduleError(f"cannot vectorize reduction loop {loop.name!r}")
+    if step.annotation == "dot" and (loop.name != nest.dag.dot_axis or len(loop.parts) > 1):
+        raise ScheduleError(f"dot: loop {loop.name!r} is not the unsplit dot axis "
+                            f"({nest.dag.dot_axis or 'this task has none'})")
     if step.annotation in ("vectorize", "unroll") and len(loop.parts) > 1:
         raise ScheduleError(f"cannot {step.annotation} fused loop {loop.name!r}")
     return replace(nest, loops=nest.loops[:i] + (replace(loop, kind=step.annotation),)
@@ -302,15 +307,21 @@ def check_nest(nest: LoopNest) -> None:
                 raise ScheduleError(f"loop {part.axis}.{part.level} must stay inside the outer "
                                     f"loops of axis {part.axis!r} (the order of its tiles)")
             last_level[part.axis] = part.level
+    dotted = bool(loops) and loops[-1].kind == "dot"
     for i, loop in enumerate(loops):
         if loop.kind == "parallel" and i != 0:
             raise ScheduleError(f"parallel loop {loop.name!r} must be the outermost loop")
+        if loop.kind == "dot" and i != len(loops) - 1:
+            raise ScheduleError(f"dot loop {loop.name!r} must be the innermost loop")
         if loop.kind == "vectorize":
-            if i != len(loops) - 1:
-                raise ScheduleError(f"vectorized loop {loop.name!r} must be the innermost loop")
+            if i != len(loops) - 1 - dotted:
+                raise ScheduleError(f"vectorized loop {loop.name!r} must be the innermost loop"
+                                    + (" outside the dot loop" if dotted else ""))
             if loop.extent > MAX_VECTOR_LANES:
                 raise ScheduleError(f"vectorized loop {loop.name!r} has {loop.extent} lanes; "
                                     f"at most {MAX_VECTOR_LANES}")
+    if nest.dag.quant is not None and nest.cache_write_at is None:
+        raise ScheduleError("an int8 kernel sums in a local int32 tile: it needs cache_write")
     if nest.cache_write_at is not None:
         at = nest.cache_write_at
         outside_reduce = [l.name for l in loops[:at + 1] if l.reduce]

@@ -30,7 +30,7 @@ class Task:
 
         template = get_template(op)
         shape = tuple(int(x) for x in shape)
-        full = key_attrs(template.normalize_attrs(shape, attrs), template.DEFAULTS)
+        full = key_attrs(template.normalize_attrs(shape, attrs, dtype), template.DEFAULTS)
         task = Task(op, shape, tuple(sorted(full.items())), dtype)
         task.dag()  # validates shape and attributes with a clear ShapeError
         return task
@@ -67,13 +67,15 @@ class Task:
                            **data.get("attrs", {}))
 
     def dag(self):
-        return _definition(self.op, self.shape, self.attrs)
+        return _definition(self.op, self.shape, self.attrs, self.dtype)
 
 
 # A definition is frozen data of a few kB; a process meets a few hundred tasks at most (a
 # model's, and those of the records a cost model warm-starts from).
 @functools.lru_cache(maxsize=4096)
-def _definition(op: str, shape: tuple[int, ...], attrs: tuple[tuple[str, AttrValue], ...]):
+def _definition(op: str, shape: tuple[int, ...], attrs: tuple[tuple[str, AttrValue], ...],
+                dtype: str):
     from templates import get_template
 
-    return get_template(op).definition(shape, **dict(attrs))
+    extra = {} if dtype == "float32" else {"dtype": dtype}
+    return get_template(op).definition(shape, **dict(attrs), **extra)

@@ -20,6 +20,7 @@ import numpy as np
 
 from tuner.errors import CodegenError, ScheduleError, ShapeError
 from tuner.measure.result import ErrorKind
+from tuner.ir.dag import DTYPES
 
 _INPUTS: dict[str, tuple] = {}  # runner: per task, random inputs and the reference output
 # Copies of the weights a cold-weight timing rotates through: together twice the L3, so that
@@ -58,7 +59,8 @@ def _task_data(task, seed: int):
         dag = task.dag()
         inputs = dag.random_inputs(np.random.default_rng(seed))
         _INPUTS.clear()  # one task at a time: inputs of large layers are hundreds of MB
-        _INPUTS[key] = (inputs, dag.reference(*inputs).astype(np.float32))
+        expected = dag.reference(*inputs).astype(DTYPES[dag.output.dtype])
+        _INPUTS[key] = (inputs, expected)
     return _INPUTS[key]
 
 
@@ -82,7 +84,12 @@ def run(request: dict) -> dict:
         args = kernel.pack(*inputs)
         out = kernel.new_output()
         if request["check"]:
-            out.fill(np.nan)  # an output element the kernel never writes cannot pass
+            # an output element the kernel never writes cannot pass: NaN, or for an int8
+            # kernel's integers the expected value with its lowest bit flipped
+            if out.dtype == np.float32:
+                out.fill(np.nan)
+            else:
+                np.bitwise_xor(expected, 1, out=out)
             kernel.run(out, *args)
             rtol, atol = dag.tolerance()
             if not np.allclose(out, expected, rtol=rtol, atol=atol):

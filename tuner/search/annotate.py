@@ -63,7 +63,9 @@ class Annotation:
 
 
 def split_axes(dag: ComputeDAG) -> list[str]:
-    return [a.name for a in dag.axes if a.extent > 1]
+    """The axes an annotation tiles: all but those of extent 1 and an int8 task's dot axis
+    (a group of the dot instruction, never split: `lower` puts it innermost)."""
+    return [a.name for a in dag.axes if a.extent > 1 and a.name != dag.dot_axis]
 
 
 def _levels(dag: ComputeDAG, axis: str) -> int:
@@ -267,7 +269,7 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
     against the whole-nest limits: `tuner.ir.schedule.check_nest` does that."""
     steps: list[Step] = [Split(a, ann.tile(a)) for a in split_axes(dag)]
     spatial = [a.name for a in dag.spatial_axes if a.extent > 1]
-    reduce = [a.name for a in dag.reduce_axes if a.extent > 1]
+    reduce = [a.name for a in dag.reduce_axes if a.extent > 1 and a.name != dag.dot_axis]
     s0 = outer_loops(dag, ann.outer_axis)
     s1 = [f"{a}.1" for a in spatial]
     r0 = [f"{a}.0" for a in reduce] + [a.name for a in dag.reduce_axes if a.extent == 1]
@@ -276,7 +278,8 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
     s3 = [f"{a}.3" for a in spatial if a != ann.vector_axis]
     if ann.vector_axis is not None:
         s3.append(f"{ann.vector_axis}.3")
-    order = s0 + s1 + r0 + s2 + r1 + s3
+    dot = [dag.dot_axis] if dag.dot_axis else []
+    order = s0 + s1 + r0 + s2 + r1 + s3 + dot
     steps.append(Reorder(tuple(order)))
 
     depth = min(ann.parallel_depth, len(s0)) if target.threads > 1 else 0
@@ -304,6 +307,7 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
             break
         unrolled.append(name)
     steps += [Annotate(name, "unroll") for name in unrolled]
+    steps += [Annotate(name, "dot") for name in dot]
 
     if sketch.cache_write == "S0" or (sketch.cache_write == "S1" and not s1):
         steps.append(CacheWrite(outer[-1]))

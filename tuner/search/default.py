@@ -124,7 +124,7 @@ def register_tile(dag: ComputeDAG, target: Target) -> RegisterTile | None:
     if others:
         lhs_stride = {a.name: abs(dag.lhs.flat().coef(a.name)) or 1 << 30 for a in others}
         unrolled = max(others, key=lambda a: (min(a.extent, 8), -lhs_stride[a.name]))
-    reduce_axes = list(dag.reduce_axes)
+    reduce_axes = [r for r in dag.reduce_axes if r.name != dag.dot_axis]
     window = None
     if unrolled is not None:
         sharing = [r for r in reduce_axes if shares_input_dimension(dag, unrolled.name, r.name)]
@@ -244,7 +244,8 @@ def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple
     outer = first + [name for name in outer if name not in first]
 
     # every reduction loop in order, the last one split by the tile's reduction unroll
-    reduce_loops = [r.name for r in dag.reduce_axes if r.name != tile.reduce_axis]
+    reduce_loops = [r.name for r in dag.reduce_axes
+                    if r.name not in (tile.reduce_axis, dag.dot_axis)]
     unroll_reduce = None
     if tile.reduce_axis is not None:
         last = dag.axis(tile.reduce_axis)
@@ -255,7 +256,8 @@ def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple
             steps.append(Split(last.name, (tile.reduce_unroll,)))
             reduce_loops += [f"{last.name}.0", f"{last.name}.1"]
             unroll_reduce = f"{last.name}.1"
-    steps.append(Reorder(tuple(outer + reduce_loops + inner)))
+    dot = [dag.dot_axis] if dag.dot_axis else []  # an int8 task's group, innermost
+    steps.append(Reorder(tuple(outer + reduce_loops + inner + dot)))
 
     at = outer[-1]
     if target.threads > 1 and len(outer) > 1:
@@ -269,6 +271,7 @@ def tiled_schedule(dag: ComputeDAG, target: Target, tile: RegisterTile) -> tuple
         steps.append(Annotate(inner[0], "unroll"))
     if width > 1:
         steps.append(Annotate(inner[-1], "vectorize"))
+    steps += [Annotate(name, "dot") for name in dot]
     steps.append(CacheWrite(at))
     for op in dag.inputs:
         if op.padded:

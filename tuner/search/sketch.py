@@ -66,9 +66,11 @@ RULES: tuple[SketchRule, ...] = (
     SketchRule("multi_level_tiling", lambda dag: True,
                lambda dag, s: [_named(s, "multi_level_tiling")]),
     # local accumulation of the output tile, at the cache level or the parallel level, or none
+    # (an int8 kernel always sums in a local int32 tile)
     SketchRule("cache_write", lambda dag: True,
                lambda dag, s: [_named(s, "cache_write_S1", cache_write="S1"),
-                               _named(s, "cache_write_S0", cache_write="S0"), s]),
+                               _named(s, "cache_write_S0", cache_write="S0")]
+               + ([s] if dag.quant is None else [])),
     # bias, residual and ReLU are applied on write-back of the local tile instead of in
     # separate passes
     SketchRule("fuse_epilogue", lambda dag: bool(dag.addends or dag.activated),

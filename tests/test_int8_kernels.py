@@ -1,0 +1,64 @@
+"""int8 kernels against the exact integer reference, over random valid schedules and shapes.
+
+uint8 x int8 sums in int32 are exact, and the epilogues round the same float32 products as
+the reference (tuner.ir.dag.Quantization), so every output must equal the reference bit for
+bit: int32 sums, requantized uint8 and dequantized float32 alike. The dot product is emitted
+for the target's instruction (tuner/codegen/quantized.py): vpmaddwd pairs on x86-64-v3 (no
+VNNI), vpdpbusd on x86-64-v4 with AVX512-VNNI (run where the host has it, else compiled
+and its instruction checked).
+"""
+
+import numpy as np
+import pytest
+
+from conftest import generated_target, skip_unless_host_runs
+from schedule_gen import random_int8_task, random_schedule
+from tuner.codegen.jit import CompiledKernel
+from tuner.ir.schedule import apply_steps, schedule_from_json, schedule_to_json
+
+CASES = 120
+
+
+def _check(dag, steps, target, rng):
+    kernel = CompiledKernel(apply_steps(dag, steps), target)
+    inputs = dag.random_inputs(rng)
+    out = kernel(*inputs)
+    expected = dag.reference(*inputs)
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(out, expected)
+    return kernel
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_random_int8_schedule_is_exact(seed, target1, target2):
+    rng = np.random.default_rng(1000 + seed)
+    task = random_int8_task(rng, ["conv2d", "matmul"][seed % 2])
+    steps = random_schedule(rng, task)
+    assert schedule_from_json(schedule_to_json(steps)) == steps
+    dag = task.dag()
+    target = [target1, target2, generated_target("x86-64-v3", 1)][seed % 3]
+    _check(dag, steps, target, rng)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_vnni_int8_schedule_is_exact(seed):
+    """vpdpbusd code: one instruction per group and lane vector, exact where it runs."""
+    rng = np.random.default_rng(5000 + seed)
+    task = random_int8_task(rng, ["conv2d", "matmul"][seed % 2])
+    dag = task.dag()
+    while dag.dot_axis is None:
+        task = random_int8_task(rng, ["conv2d", "matmul"][seed % 2])
+        dag = task.dag()
+    from tuner.search.default import default_lowered
+    target = generated_target("x86-64-v4", 1)
+    target = type(target)(target.triple, target.cpu,
+                          ",".join(sorted(set(target.features.split(",")) - {"-avx512vnni"}
+                                          | {"+avx512vnni"})), 1)
+    assert target.machine.dot_instruction == "vpdpbusd"
+    steps, nest = default_lowered(dag, target)
+    from tuner.codegen.jit import compile_object, target_machine, optimize
+    from tuner.codegen.emit import emit_llvm
+    asm = target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
+    assert "vpdpbusd" in asm
+    skip_unless_host_runs(target)
+    _check(dag, steps, target, rng)

@@ -1,0 +1,143 @@
+"""int8 tasks through the whole kernel pipeline: tuning from the command line, the records,
+replay with `tuner.build`, the C library and header, and the errors of bad input."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import tuner
+from records import RecordStore
+from tuner.cli import main
+from tuner.errors import ShapeError, TunerError
+from tuner.ir.target import host_target
+from tuner.ir.task import Task
+from tuner.replay.aot import build_library, c_name, task_from_spec
+
+MATMUL = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1)
+CONV = Task.create("conv2d", (1, 6, 9, 10, 8, 3, 3), "int8", pad=1, relu=1, out_type=2)
+
+
+@pytest.fixture(scope="module")
+def tuned_db(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('int8') / 'records.db'}"
+    base = ["--trials", "6", "--batch-size", "6", "--threads", "1", "--db", url]
+    assert main(["matmul", "--shape", "12,24,30", "--dtype", "int8", "--out-type", "uint8",
+                 "--bias"] + base) == 0
+    assert main(["conv2d", "--shape", "1,6,9,10,8,3,3", "--pad", "1", "--relu", "--dtype",
+                 "int8", "--out-type", "float32"] + base) == 0
+    return url
+
+
+def test_int8_records_are_their_own_tasks(tuned_db, capsys):
+    with RecordStore(tuned_db) as store:
+        tasks = {t.key for t, *_ in store.summary()}
+    assert tasks == {MATMUL.key, CONV.key}
+    assert MATMUL.key.endswith("/int8") and "out_type=1" in MATMUL.key
+    # a float32 task's key is as it always was: no out_type, float32 last
+    assert Task.create("matmul", (12, 24, 30), bias=True).key == \
+        "matmul/12x24x30/bias=1,relu=0/float32"
+    assert main(["best", "--db", tuned_db]) == 0
+    out = capsys.readouterr().out
+    assert "dot product over" in out and "uint8((acc + bias[j]) * scale)" in out
+
+
+def test_build_replays_the_best_int8_kernel_exactly(tuned_db):
+    for task in (MATMUL, CONV):
+        kernel = tuner.build(task.op, task.shape, dtype="int8", db=tuned_db, threads=1,
+                             **task.attr_dict)
+        assert kernel.tuned
+        dag = task.dag()
+        inputs = dag.random_inputs(np.random.default_rng(3))
+        np.testing.assert_array_equal(kernel(*inputs), dag.reference(*inputs))
+
+
+def test_an_int8_kernel_refuses_floats_and_out_of_range_values(tuned_db):
+    kernel = tuner.build("matmul", (12, 24, 30), dtype="int8", db=tuned_db, threads=1,
+                         bias=True, out_type=1)
+    a, b, bias, scale, zero_points = MATMUL.dag().random_inputs(np.random.default_rng(0))
+    with pytest.raises(TunerError, match="a must be a uint8 array .* got float32"):
+        kernel(a.astype(np.float32), b, bias, scale, zero_points)
+    with pytest.raises(TunerError, match=r"b must be a int8 array .*values in \[-200"):
+        kernel(a, np.full(b.shape, -200), bias, scale, zero_points)
+    # integers that fit are taken as they come (a list of zero points, an int64 bias)
+    same = kernel(a, b, bias.astype(np.int64), scale, [int(v) for v in zero_points])
+    np.testing.assert_array_equal(same, kernel(a, b, bias, scale, zero_points))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_a_c_program_calls_the_int8_library(tuned_db, tmp_path):
+    choice = tuner.select_schedule(MATMUL, host_target(1), tuned_db)
+    lib = build_library([choice], tmp_path)
+    header = lib.header.read_text()
+    name = c_name(MATMUL)
+    assert name == "tuner_matmul_12x24x30_bias_int8_u8out"
+    assert f"void {name}(uint8_t *restrict out, const uint8_t *restrict a" in header
+    assert "#include <stdint.h>" in header
+    packed = f"{name.upper()}_B_PACKED_ELEMENTS"
+    dag = MATMUL.dag()
+    a, b, bias, scale, zero_points = dag.random_inputs(np.random.default_rng(5))
+    for label, arr in (("a", a), ("b", b), ("bias", bias), ("scale", scale),
+                       ("zp", zero_points)):
+        arr.tofile(tmp_path / f"{label}.bin")
+    pack = f"{name}_pack_b(b_packed, b);" if packed in header else "memcpy(b_packed, b, 720);"
+    size = packed if packed in header else "720"
+    (tmp_path / "main.c").write_text(f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tuner_kernels.h"
+static void *load(const char *path, size_t bytes) {{
+    void *p = malloc(bytes); FILE *f = fopen(path, "rb");
+    if (!f || fread(p, 1, bytes, f) != bytes) exit(3);
+    fclose(f); return p;
+}}
+int main(void) {{
+    uint8_t *a = load("a.bin", 12 * 30);
+    int8_t *b = load("b.bin", 30 * 24);
+    int32_t *bias = load("bias.bin", 4 * 24);
+    float *scale = load("scale.bin", 4 * 24);
+    int32_t *zp = load("zp.bin", 8);
+    int8_t *b_packed = malloc({size});
+    {pack}
+    uint8_t out[12 * 24];
+    {name}(out, a, b_packed, bias, scale, zp);
+    FILE *f = fopen("out.bin", "wb"); fwrite(out, 1, sizeof out, f); fclose(f);
+    return 0;
+}}
+""")
+    subprocess.run(["cc", "-O2", "-std=c99", "-o", "main", "main.c", "-I.", "-L.",
+                    "-ltuner_kernels", "-Wl,-rpath,$ORIGIN"], cwd=tmp_path, check=True)
+    subprocess.run(["./main"], cwd=tmp_path, check=True)
+    out = np.fromfile(tmp_path / "out.bin", dtype=np.uint8).reshape(12, 24)
+    np.testing.assert_array_equal(out, dag.reference(a, b, bias, scale, zero_points))
+
+
+def test_int8_task_specs():
+    task = task_from_spec("matmul:12,24,30:dtype=int8,bias=1,out_type=1")
+    assert task == MATMUL
+    with pytest.raises(ShapeError, match="dtype expects one of float32, int8, got 'int4'"):
+        task_from_spec("matmul:12,24,30:dtype=int4")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["matmul", "--shape", "8,8,8", "--out-type", "uint8"],
+     "--out-type uint8 is for --dtype int8"),
+    (["matmul", "--shape", "8,8,8", "--dtype", "int8", "--residual"],
+     "int8 matmul takes no a residual"),
+    (["conv2d", "--shape", "1,8,8,8,8,3,3", "--dtype", "int8", "--relu6"],
+     "int8 conv2d takes relu=0 or relu=1, got relu=6"),
+    (["batch_matmul", "--shape", "2,8,8,8", "--dtype", "int8"],
+     "unrecognized arguments: --dtype"),
+])
+def test_bad_int8_input_is_one_line(argv, message, tmp_path, capsys):
+    code = main(argv + ["--trials", "1", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_batch_matmul_has_no_int8_kernels_yet():
+    with pytest.raises(ShapeError, match="batch_matmul has no int8 kernels yet"):
+        Task.create("batch_matmul", (2, 8, 8, 8), "int8")

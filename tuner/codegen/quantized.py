@@ -1,0 +1,236 @@
+"""Code generation for int8 contractions: the dot product, the lane-wise product, the epilogue.
+
+An int8 task (tuner.ir.dag.Quantization) multiplies uint8 activations by int8 weights and sums in
+int32. Its dot axis (DOT_GROUP = 4 reduction lanes, innermost, annotated `dot`) is summed by the
+integer dot-product instruction of the target, chosen from the machine model
+(`Machine.dot_instruction`):
+
+- `vpdpbusd` (AVX512-VNNI, AVX-VNNI): each int32 lane adds the 4 products of 4 uint8 and 4
+  int8 bytes, exactly. Both operands are vectors of 4-byte groups, one group per output lane.
+- `pmaddwd` (AVX2, AVX-512 without VNNI): each int32 lane adds 2 products of int16 values,
+  exactly. The bytes are widened to int16 and the group is summed as two pairs: (0, 1) and
+  (2, 3). AVX2's `vpmaddubsw` would take the bytes unwidened, but it saturates a pair's sum to
+  int16 (255 x 127 x 2 > 32767), which onnxruntime meets with 7-bit weights (`reduce_range`);
+  kernels here stay exact instead.
+
+How an operand's group is read follows from its layout along the vector axis and the dot axis,
+as for float32 reads: a broadcast (the group's 4 bytes, one int32 for all lanes), a packed
+weight (the group innermost, so one contiguous load of lanes x 4 bytes) or 4 vector loads, one
+per group element, interleaved by shuffles (activations along the output's pixels: 4 channel
+planes). Partial vectors are padded to the nearest width the instruction has and cut after it.
+
+The epilogue (`epilogue`) rounds as ONNX's QuantizeLinear does (half to even, `llvm.roundeven`)
+after clamping in float32, where the clamp bounds are integers, so clamping first changes no
+result and keeps the float-to-int conversion in range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from llvmlite import ir
+
+from tuner.codegen.irutil import (F32, I8, I16, I32, I64, Lin, elem_ptr, intrinsic, materialize,
+                                  splat, type_name)
+
+IR_TYPES = {"float32": F32, "uint8": I8, "int8": I8, "int32": I32}
+
+# The instruction's intrinsic by the int32 lanes it has: vpdpbusd(acc, u8 groups, s8 groups),
+# pmaddwd(int16 pairs, int16 pairs).
+VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256",
+            4: "llvm.x86.avx512.vpdpbusd.128"}
+PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd",
+           4: "llvm.x86.sse2.pmadd.wd"}
+
+
+def input_zero_point(b: ir.IRBuilder, zero_points: ir.Value, etype: ir.Type) -> ir.Value:
+    """The input's zero point (zero_points[0]) as an element of type `etype`."""
+    value = b.load(zero_points, typ=I32, align=4)
+    return b.trunc(value, etype) if etype != I32 else value
+
+
+def _widen(b: ir.IRBuilder, value: ir.Value, signed: bool, to: ir.Type) -> ir.Value:
+    """uint8 (zero-extended) or int8 (sign-extended) values as `to` (lanes kept)."""
+    target = ir.VectorType(to, value.type.count) if isinstance(value.type, ir.VectorType) else to
+    return b.sext(value, target) if signed else b.zext(value, target)
+
+
+def multiply_add(b: ir.IRBuilder, x: ir.Value, w: ir.Value, total: ir.Value) -> ir.Value:
+    """total + x * w, lane by lane, for uint8 `x` and int8 `w`, in int32."""
+    return b.add(total, b.mul(_widen(b, x, False, I32), _widen(b, w, True, I32)))
+
+
+# ------------------------------------------------------------------------------ dot product
+
+def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
+    """`total` plus the dot product of the group `ctx.dot` of `lhs` (uint8) and `rhs` (int8),
+    for every lane of the vector `ctx` stands in (or one scalar)."""
+    b = fn.b
+    part = ctx.dot
+    group = part.extent
+    at = [ctx.enter(part, Lin((), g), 1) for g in range(group)]
+    if ctx.vec is None:
+        for g in range(group):
+            total = multiply_add(b, em.load(fn, at[g], lhs), em.load(fn, at[g], rhs), total)
+        return total
+    width = ctx.vec[2]
+    x, w = _Group(em, fn, ctx, at, lhs, False), _Group(em, fn, ctx, at, rhs, True)
+    if em.machine.dot_instruction == "vpdpbusd":
+        native = _native(width, VPDPBUSD, em.machine.lanes)
+        vt = ir.VectorType(I32, native)
+        fn_dot = intrinsic(b.module, VPDPBUSD[native], vt, [vt, vt, vt])
+        out = b.call(fn_dot, [_resize(b, total, native), _resize(b, x.quads(), native),
+                              _resize(b, w.quads(), native)])
+        return _resize(b, out, width)
+    native = _native(width, PMADDWD, em.machine.lanes)
+    pairs = ir.VectorType(I16, 2 * native)
+    fn_dot = intrinsic(b.module, PMADDWD[native], ir.VectorType(I32, native), [pairs, pairs])
+    for (xp, wp) in zip(x.pairs(), w.pairs()):
+        sums = b.call(fn_dot, [_resize(b, xp, 2 * native), _resize(b, wp, 2 * native)])
+        total = b.add(total, _resize(b, sums, width))
+    return total
+
+
+def _native(width: int, table: dict[int, str], lanes: int) -> int:
+    """The narrowest width of the instruction that holds `width` int32 lanes."""
+    return min(n for n in table if n >= width and n <= max(lanes, 4))
+
+
+def _resize(b: ir.IRBuilder, v: ir.Value, count: int) -> ir.Value:
+    """`v` cut or padded with zero lanes to `count` lanes."""
+    have = v.type.count
+    if have == count:
+        return v
+    zero = ir.Constant(v.type, None)
+    mask = ir.Constant(ir.VectorType(I32, count), [i if i < have else have for i in range(count)])
+    return b.shuffle_vector(v, zero, mask)
+
+
+def _interleave(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """[x0, y0, x1, y1, ...] from two vectors of equal lanes."""
+    n = x.type.count
+    mask = ir.Constant(ir.VectorType(I32, 2 * n), [k // 2 + (n if k % 2 else 0)
+                                                   for k in range(2 * n)])
+    return b.shuffle_vector(x, y, mask)
+
+
+class _Group:
+    """One operand's group of 4 elements per lane, read the way its layout allows, and
+    given in the form each instruction takes."""
+
+    def __init__(self, em, fn, ctx, at, acc, signed: bool):
+        self.b, self.signed, self.width = fn.b, signed, ctx.vec[2]
+        group = len(at)
+        lane_stride = em._lane_stride(ctx, acc)
+        dot_stride = _dot_stride(ctx, acc)
+        self.group = self.packed = self.vectors = None
+        if lane_stride == 0:
+            scalar = [replace(c, vec=None, vec_rem=None) for c in at]
+            self.group = _read_group(em, fn, scalar, acc, dot_stride)
+        elif acc.packed and dot_stride == 1 and lane_stride == group:
+            ptr = elem_ptr(self.b, fn.ptrs[acc.ptr], materialize(self.b, em._offset(at[0], acc)),
+                           acc.etype)
+            self.packed = self.b.load(ptr, typ=ir.VectorType(I8, group * self.width), align=1)
+        else:
+            self.vectors = [em.load(fn, c, acc) for c in at]
+
+    def quads(self) -> ir.Value:
+        """vpdpbusd's form: <W x i32>, each lane the 4 bytes of its group."""
+        b, width = self.b, self.width
+        if self.group is not None:
+            return splat(b, b.bitcast(self.group, I32), width)
+        if self.packed is not None:
+            return b.bitcast(self.packed, ir.VectorType(I32, width))
+        v = self.vectors
+        low, high = _interleave(b, v[0], v[1]), _interleave(b, v[2], v[3])
+        as16 = ir.VectorType(I16, width)
+        quads = _interleave(b, b.bitcast(low, as16), b.bitcast(high, as16))
+        return b.bitcast(quads, ir.VectorType(I32, width))
+
+    def pairs(self) -> list[ir.Value]:
+        """pmaddwd's form: two <2W x i16>, the group's elements (0, 1) and (2, 3) of every
+        lane, widened."""
+        b, width = self.b, self.width
+        if self.group is not None:  # widened once, each pair broadcast as one int32
+            words = b.bitcast(_widen(b, self.group, self.signed, I16), ir.VectorType(I32, 2))
+            none = ir.Constant(words.type, ir.Undefined)
+            return [b.bitcast(b.shuffle_vector(words, none, ir.Constant(
+                        ir.VectorType(I32, width), [first] * width)),
+                              ir.VectorType(I16, 2 * width)) for first in (0, 1)]
+        if self.packed is not None:
+            wide = b.bitcast(_widen(b, self.packed, self.signed, I16),
+                             ir.VectorType(I32, 2 * width))
+            out = []
+            for first in (0, 1):
+                pick = ir.Constant(ir.VectorType(I32, width), [2 * l + first
+                                                               for l in range(width)])
+                half = b.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), pick)
+                out.append(b.bitcast(half, ir.VectorType(I16, 2 * width)))
+            return out
+        v = [_widen(b, x, self.signed, I16) for x in self.vectors]
+        return [_interleave(b, v[0], v[1]), _interleave(b, v[2], v[3])]
+
+
+def _read_group(em, fn, at, acc, dot_stride: int) -> ir.Value:
+    """A broadcast operand's group as <4 x i8>: one 4-byte load where the group is contiguous
+    and read without bounds checks, else a scalar read per element."""
+    b = fn.b
+    quad = ir.VectorType(I8, len(at))
+    if dot_stride == 1 and not acc.guards:
+        ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, em._offset(at[0], acc)), acc.etype)
+        return b.load(ptr, typ=quad, align=1)
+    group = ir.Constant(quad, ir.Undefined)
+    for g, c in enumerate(at):
+        value = em._load_scalar(fn, c, acc, em._offset(c, acc))
+        group = b.insert_element(group, value, ir.Constant(I32, g))
+    return group
+
+
+def _dot_stride(ctx, acc) -> int:
+    """Elements between neighbouring elements of the group in `acc`'s buffer."""
+    axis, level = ctx.dot.axis, ctx.dot.level
+    if acc.strides is not None:
+        return acc.strides.get((axis, level), 0)
+    return acc.flat.coef(axis)
+
+
+# -------------------------------------------------------------------------------- epilogue
+
+def epilogue(b: ir.IRBuilder, dag, value: ir.Value, scale: ir.Value | None,
+             zero_points: ir.Value) -> ir.Value:
+    """The Quantization of `dag` on `value`, the int32 sum plus bias (a vector or a
+    scalar): the values to store, of the output's type."""
+    quant = dag.quant
+    vector = isinstance(value.type, ir.VectorType)
+    count = value.type.count if vector else None
+
+    def const(t, x):
+        return ir.Constant(ir.VectorType(t, count), [x] * count) if vector else ir.Constant(t, x)
+
+    def spread(x):
+        return splat(b, x, count) if vector else x
+
+    if quant.out_type == "int32":
+        if dag.relu:
+            zero = const(I32, 0)
+            value = b.select(b.icmp_signed(">", value, zero), value, zero)
+        return value
+    f32 = ir.VectorType(F32, count) if vector else F32
+    real = b.fmul(b.sitofp(value, f32), scale)
+    if quant.out_type == "float32":
+        if dag.relu:
+            zero = const(F32, 0.0)
+            real = b.select(b.fcmp_ordered(">", real, zero), real, zero)
+        return real
+    zp_ptr = b.gep(zero_points, [ir.Constant(I64, 1)], source_etype=I32)
+    zp = b.load(zp_ptr, typ=I32, align=4)
+    zp_real = b.sitofp(zp, F32)
+    high = spread(b.fsub(ir.Constant(F32, 255.0), zp_real))
+    low = const(F32, 0.0) if dag.relu else spread(b.fneg(zp_real))
+    real = b.select(b.fcmp_ordered("<", real, low), low, real)
+    real = b.select(b.fcmp_ordered(">", real, high), high, real)
+    rounded = b.call(intrinsic(b.module, f"llvm.roundeven.{type_name(f32)}", f32, [f32]),
+                     [real])
+    i32 = ir.VectorType(I32, count) if vector else I32
+    quantized = b.add(b.fptosi(rounded, i32), spread(zp))
+    return b.trunc(quantized, ir.VectorType(I8, count) if vector else I8)
