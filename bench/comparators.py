@@ -146,6 +146,81 @@ def onnxruntime_matmul(m: int, n: int, k: int, threads: int, batch: int | None =
                          min_sample_s=min_sample_s)
 
 
+def _quantized_model(node, inputs: list, initializers: list, output_type: int):
+    onnx, _ = _onnxruntime()
+    from onnx import helper
+
+    graph = helper.make_graph([node], "int8", inputs,
+                              [helper.make_tensor_value_info("y", output_type, None)],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> TimingResult:
+    """onnxruntime's int8 operator for an int8 task: QLinearConv (uint8 out) or ConvInteger
+    (int32 out) for conv2d, QLinearMatMul or MatMulInteger for matmul; uint8 activations with
+    a zero point, int8 weights (zero point 0, per-output-channel scales where the operator
+    takes them), the int32 bias where QLinearConv takes one. A dequantized float32 output
+    has no single onnxruntime operator: no comparator."""
+    onnx, _ = _onnxruntime()
+    from onnx import TensorProto, helper, numpy_helper
+
+    dag, attrs = task.dag(), task.attr_dict
+    kind = ("int32", "uint8", "float32")[attrs.get("out_type", 0)]
+    if kind == "float32" or attrs.get("relu"):
+        raise TunerError(f"no onnxruntime operator computes {task.key} in one node")
+    rng = _rng()
+    inputs = dag.random_inputs(rng)
+    x, w = inputs[0], inputs[1]
+    channels = dag.output.array_shape[1] if task.op == "conv2d" else dag.output.shape[-1]
+    x_zp = np.array(int(inputs[-1][0]), dtype=np.uint8)
+    init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(x_zp, "x_zp")]
+    out_type = TensorProto.UINT8 if kind == "uint8" else TensorProto.INT32
+    x_info = helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))
+    if task.op == "conv2d":
+        conv = dict(strides=[attrs["stride"]] * 2, pads=[attrs["pad"]] * 4,
+                    dilations=[attrs["dilation"]] * 2, group=attrs["groups"])
+        if kind == "int32":
+            node = helper.make_node("ConvInteger", ["x", "w", "x_zp"], ["y"], **conv)
+        else:
+            init += [numpy_helper.from_array(np.float32(0.02), "x_scale"),
+                     numpy_helper.from_array(rng.uniform(0.001, 0.01, channels)
+                                             .astype(np.float32), "w_scale"),
+                     numpy_helper.from_array(np.zeros(channels, np.int8), "w_zp"),
+                     numpy_helper.from_array(np.float32(0.5), "y_scale"),
+                     numpy_helper.from_array(np.uint8(128), "y_zp")]
+            names = ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp"]
+            if attrs.get("bias"):
+                init.append(numpy_helper.from_array(inputs[2], "bias"))
+                names.append("bias")
+            node = helper.make_node("QLinearConv", names, ["y"], **conv)
+    else:
+        if attrs.get("bias"):
+            raise TunerError(f"no onnxruntime operator computes {task.key} in one node")
+        if kind == "int32":
+            node = helper.make_node("MatMulInteger", ["x", "w", "x_zp"], ["y"])
+        else:
+            init += [numpy_helper.from_array(np.float32(0.02), "x_scale"),
+                     numpy_helper.from_array(np.float32(0.005), "w_scale"),
+                     numpy_helper.from_array(np.int8(0), "w_zp"),
+                     numpy_helper.from_array(np.float32(0.5), "y_scale"),
+                     numpy_helper.from_array(np.uint8(128), "y_zp")]
+            node = helper.make_node("QLinearMatMul", ["x", "x_scale", "x_zp", "w", "w_scale",
+                                                      "w_zp", "y_scale", "y_zp"], ["y"])
+    sess = session(_quantized_model(node, [x_info], init, out_type), threads)
+    binding = sess.io_binding()
+    binding.bind_cpu_input("x", x)
+    y = np.empty(dag.output.array_shape, dtype=np.uint8 if kind == "uint8" else np.int32)
+    binding.bind_output("y", "cpu", 0, y.dtype, list(y.shape), y.ctypes.data)
+
+    def run():
+        sess.run_with_iobinding(binding)
+        return y
+    return time_callable(run, min_sample_s=min_sample_s)
+
+
 def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
                  min_sample_s: float = 0.01) -> TimingResult:
     """Our kernel as a user gets it: `tuner.build` from the records in `db`, constant
@@ -160,19 +235,22 @@ def tuned_kernel(task: Task, threads: int, db: str, cpu: str | None,
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoRecordWarning)  # no record: nothing tuned to time
         built = tuner.build(task.op, task.shape, db=db, threads=threads, cpu=cpu,
-                            **task.attr_dict)
+                            dtype=task.dtype, **task.attr_dict)
     dag = task.dag()
     inputs = dag.random_inputs(_rng())
     constants = {op.name: arr for op, arr in zip(dag.inputs, inputs) if op.constant}
     free = [arr for op, arr in zip(dag.inputs, inputs) if not op.constant]
     bound = built.bind(**constants)
-    out = np.empty(dag.output.array_shape, dtype=np.float32)
+    out = built.kernel.new_output()
     return time_callable(lambda: bound(*free, out=out), min_sample_s=min_sample_s)
 
 
 def kinds_for(task: Task) -> tuple[str, ...]:
     """The comparators that implement `task`: numpy has no convolution, and batch matmul's
-    second operand is an activation, not a weight onnxruntime could take as an initializer."""
+    second operand is an activation, not a weight onnxruntime could take as an initializer.
+    An int8 task is compared with onnxruntime's int8 operators (`onnxruntime_int8`)."""
+    if task.dtype == "int8":
+        return ("onnxruntime",)
     return {"conv2d": ("onnxruntime",), "matmul": ("numpy", "onnxruntime"),
             "batch_matmul": ("numpy",)}.get(task.op, ())
 
@@ -182,6 +260,8 @@ def time_comparator(kind: str, task: Task, threads: int) -> TimingResult:
     s, attrs = task.shape, task.attr_dict
     if kind not in kinds_for(task):
         raise TunerError(f"no {kind} comparator for {task.op}")
+    if task.dtype == "int8":
+        return onnxruntime_int8(task, threads)
     if task.op == "conv2d":
         return onnxruntime_conv2d(s, attrs["stride"], attrs["pad"], attrs["dilation"],
                                   attrs["groups"], threads)

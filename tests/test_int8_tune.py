@@ -82,7 +82,7 @@ def test_a_c_program_calls_the_int8_library(tuned_db, tmp_path):
                        ("zp", zero_points)):
         arr.tofile(tmp_path / f"{label}.bin")
     pack = f"{name}_pack_b(b_packed, b);" if packed in header else "memcpy(b_packed, b, 720);"
-    size = packed if packed in header else "720"
+    size = f"{name.upper()}_B_PACKED_BYTES" if packed in header else "720"
     (tmp_path / "main.c").write_text(f"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,7 +99,7 @@ int main(void) {{
     int32_t *bias = load("bias.bin", 4 * 24);
     float *scale = load("scale.bin", 4 * 24);
     int32_t *zp = load("zp.bin", 8);
-    int8_t *b_packed = malloc({size});
+    void *b_packed = malloc({size});
     {pack}
     uint8_t out[12 * 24];
     {name}(out, a, b_packed, bias, scale, zp);

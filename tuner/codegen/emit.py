@@ -35,7 +35,8 @@ from tuner.codegen.irutil import (F32, I1, I8, I32, I64, PTR, VOID, Lin, as_valu
                                   runtime_loop, shared_pointers, smin, splat, static_block,
                                   transpose, transpose_shuffles, var, vec_type)
 from tuner.codegen import quantized
-from tuner.ir.layout import (LocalPad, PartKey, local_pad_plans, packed_parts, padded_shape,
+from tuner.ir.layout import (PAIR_LEVEL, LocalPad, PartKey, local_pad_plans, packed_dtype,
+                          packed_layout, padded_shape,
                           padding, prefetch_panel, region_start, row_major, strided_load)
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import Loop, LoopNest, LoopPart
@@ -138,8 +139,9 @@ class _Emitter:
     def _access(self, op: Operand) -> Access:
         typed = dict(etype=quantized.IR_TYPES[op.dtype], fill=op.fill_zero_point)
         if op.name in self.nest.layout_rewrite:
-            return Access(op.name, strides=row_major(packed_parts(self.nest, op)), packed=True,
-                          **typed)
+            return Access(op.name, strides=row_major(packed_layout(self.nest, op, self.machine)),
+                          packed=True,
+                          etype=quantized.IR_TYPES[packed_dtype(self.nest, op, self.machine)])
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
         if self.nest.pad_mode(op.name) in ("root", "local") and any(lo or hi for lo, hi in pads):
             shifted = Operand(op.name, padded_shape(op, self.extents),
@@ -159,7 +161,10 @@ class _Emitter:
         if acc.strides is not None:
             total = Lin()
             for key, stride in acc.strides.items():
-                total = total + ctx.vars[key][0].scale(stride)
+                # a pair's element (layout.packed_layout): entered by the packing loops;
+                # the kernel's dot leaf reads whole pairs, from its first element
+                if key[1] != PAIR_LEVEL or key in ctx.vars:
+                    total = total + ctx.vars[key][0].scale(stride)
             return total
         return self._affine(ctx, acc.flat)
 
@@ -839,7 +844,7 @@ class _Emitter:
         func = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR]),
                            name=pack_function_name(self.name, op.name))
         fn = Fn(func, {"dst": func.args[0], "src": func.args[1]})
-        parts = packed_parts(self.nest, op)
+        parts = packed_layout(self.nest, op, self.machine)
         axes = sorted({p.axis for p in parts})
         ctx = Ctx()
         guards = tuple((Affine(((a, 1),)), self.extents[a]) for a in axes)
@@ -848,11 +853,15 @@ class _Emitter:
                             zip(op.index, op.shape, padding(op, self.extents)) if lo or hi)
         etype = quantized.IR_TYPES[op.dtype]
         src = Access("src", op.flat(), guards, etype=etype)
-        dst = Access("dst", strides=row_major(parts), etype=etype)
+        dst = Access("dst", strides=row_major(parts),
+                     etype=quantized.IR_TYPES[packed_dtype(self.nest, op, self.machine)])
 
         def go(i: int, ctx: Ctx) -> None:
             if i == len(parts):
-                self.store(fn, ctx, dst, self.load(fn, ctx, src))
+                value = self.load(fn, ctx, src)
+                if dst.etype != etype:  # int8 weights widened for vpmaddwd
+                    value = fn.b.sext(value, dst.etype)
+                self.store(fn, ctx, dst, value)
                 return
             p = parts[i]
             runtime_loop(fn.b, 0, p.extent,

@@ -20,7 +20,7 @@ import numpy as np
 
 from tuner.codegen.emit import emit_llvm, pack_function_name
 from tuner.errors import ScheduleError
-from tuner.ir.layout import ir_instructions, packed_parts
+from tuner.ir.layout import ir_instructions, packed_dtype, packed_layout
 from tuner.ir.dag import DTYPES
 from tuner.errors import CodegenError, TunerError
 from tuner.ir.llvm_init import llvm
@@ -160,8 +160,11 @@ class CompiledKernel:
         return address
 
     def packed_shape(self, operand: str) -> tuple[int, ...]:
-        parts = packed_parts(self.nest, self.dag.operand(operand))
+        parts = packed_layout(self.nest, self.dag.operand(operand), self.target.machine)
         return tuple(p.extent for p in parts)
+
+    def packed_dtype(self, operand: str) -> np.dtype:
+        return DTYPES[packed_dtype(self.nest, self.dag.operand(operand), self.target.machine)]
 
     def pack(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """User inputs -> kernel arguments: float32, C-contiguous, constants packed."""
@@ -180,7 +183,7 @@ class CompiledKernel:
             raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
         arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes
         if op.name in self._packers:
-            packed = np.empty(self.packed_shape(op.name), dtype=arr.dtype)
+            packed = np.empty(self.packed_shape(op.name), dtype=self.packed_dtype(op.name))
             self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
             arr = packed
         return arr

@@ -30,10 +30,11 @@ from dataclasses import replace
 
 from llvmlite import ir
 
+from tuner.ir.layout import PAIR_LEVEL
 from tuner.codegen.irutil import (F32, I8, I16, I32, I64, Lin, elem_ptr, intrinsic, materialize,
                                   splat, type_name)
 
-IR_TYPES = {"float32": F32, "uint8": I8, "int8": I8, "int32": I32}
+IR_TYPES = {"float32": F32, "uint8": I8, "int8": I8, "int32": I32, "int16": I16}
 
 # The instruction's intrinsic by the int32 lanes it has: vpdpbusd(acc, u8 groups, s8 groups),
 # pmaddwd(int16 pairs, int16 pairs).
@@ -71,7 +72,8 @@ def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
     at = [ctx.enter(part, Lin((), g), 1) for g in range(group)]
     if ctx.vec is None:
         for g in range(group):
-            total = multiply_add(b, em.load(fn, at[g], lhs), em.load(fn, at[g], rhs), total)
+            total = multiply_add(b, _element(em, fn, at, g, lhs), _element(em, fn, at, g, rhs),
+                                 total)
         return total
     width = ctx.vec[2]
     x, w = _Group(em, fn, ctx, at, lhs, False), _Group(em, fn, ctx, at, rhs, True)
@@ -89,6 +91,18 @@ def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
         sums = b.call(fn_dot, [_resize(b, xp, 2 * native), _resize(b, wp, 2 * native)])
         total = b.add(total, _resize(b, sums, width))
     return total
+
+
+def _element(em, fn, at, g: int, acc) -> ir.Value:
+    """Element `g` of the group, scalar: from a pair-major layout (layout.packed_layout) at
+    pair g // 2, element g % 2."""
+    pair = next((key for key in acc.strides or () if key[1] == PAIR_LEVEL), None)
+    if pair is None:
+        return em.load(fn, at[g], acc)
+    b = fn.b
+    offset = b.add(materialize(b, em._offset(at[0], acc)), ir.Constant(
+        I64, (g // 2) * acc.strides[(pair[0], at[0].dot.level)] + g % 2))
+    return b.load(elem_ptr(b, fn.ptrs[acc.ptr], offset, acc.etype), typ=acc.etype, align=2)
 
 
 def _native(width: int, table: dict[int, str], lanes: int) -> int:
@@ -119,18 +133,33 @@ class _Group:
     given in the form each instruction takes."""
 
     def __init__(self, em, fn, ctx, at, acc, signed: bool):
-        self.b, self.signed, self.width = fn.b, signed, ctx.vec[2]
+        b = self.b = fn.b
+        self.signed, self.width = signed, ctx.vec[2]
         group = len(at)
         lane_stride = em._lane_stride(ctx, acc)
         dot_stride = _dot_stride(ctx, acc)
-        self.group = self.packed = self.vectors = None
-        if lane_stride == 0:
+        self.group = self.packed = self.vectors = self.wide_pairs = None
+        wide = acc.etype == I16  # a weight packed as int16 pairs (layout.packed_dtype)
+        base = None
+        if acc.packed:
+            base = materialize(b, em._offset(at[0], acc))
+        if wide and lane_stride == 0:  # each pair one int32, broadcast
+            pairs = [b.load(elem_ptr(b, fn.ptrs[acc.ptr], b.add(base, ir.Constant(I64, 2 * p)),
+                                     I16), typ=I32, align=2) for p in range(group // 2)]
+            self.wide_pairs = [b.bitcast(splat(b, pair, self.width),
+                                         ir.VectorType(I16, 2 * self.width)) for pair in pairs]
+        elif wide:  # pair-major: each pair's lanes one vector
+            stride = acc.strides[(ctx.dot.axis, ctx.dot.level)]
+            self.wide_pairs = [b.load(elem_ptr(b, fn.ptrs[acc.ptr],
+                                               b.add(base, ir.Constant(I64, p * stride)), I16),
+                                      typ=ir.VectorType(I16, 2 * self.width), align=2)
+                               for p in range(group // 2)]
+        elif lane_stride == 0:
             scalar = [replace(c, vec=None, vec_rem=None) for c in at]
             self.group = _read_group(em, fn, scalar, acc, dot_stride)
         elif acc.packed and dot_stride == 1 and lane_stride == group:
-            ptr = elem_ptr(self.b, fn.ptrs[acc.ptr], materialize(self.b, em._offset(at[0], acc)),
-                           acc.etype)
-            self.packed = self.b.load(ptr, typ=ir.VectorType(I8, group * self.width), align=1)
+            ptr = elem_ptr(b, fn.ptrs[acc.ptr], base, acc.etype)
+            self.packed = b.load(ptr, typ=ir.VectorType(I8, group * self.width), align=1)
         else:
             self.vectors = [em.load(fn, c, acc) for c in at]
 
@@ -138,7 +167,7 @@ class _Group:
         """vpdpbusd's form: <W x i32>, each lane the 4 bytes of its group."""
         b, width = self.b, self.width
         if self.group is not None:
-            return splat(b, b.bitcast(self.group, I32), width)
+            return splat(b, self.group, width)
         if self.packed is not None:
             return b.bitcast(self.packed, ir.VectorType(I32, width))
         v = self.vectors
@@ -151,8 +180,21 @@ class _Group:
         """pmaddwd's form: two <2W x i16>, the group's elements (0, 1) and (2, 3) of every
         lane, widened."""
         b, width = self.b, self.width
+        if self.wide_pairs is not None:
+            return self.wide_pairs
+        if self.group is not None and not self.signed:
+            # the group's 4 bytes broadcast as one int32, each pair's two bytes then spread
+            # to int16 lanes with zero bytes above them by one shuffle (vpshufb)
+            quads = b.bitcast(splat(b, self.group, width), ir.VectorType(I8, 4 * width))
+            zero = ir.Constant(quads.type, None)
+            return [b.bitcast(b.shuffle_vector(quads, zero, ir.Constant(
+                        ir.VectorType(I32, 4 * width),
+                        [4 * (k // 4) + first + (k % 4) // 2 if k % 2 == 0 else 4 * width
+                         for k in range(4 * width)])), ir.VectorType(I16, 2 * width))
+                    for first in (0, 2)]
         if self.group is not None:  # widened once, each pair broadcast as one int32
-            words = b.bitcast(_widen(b, self.group, self.signed, I16), ir.VectorType(I32, 2))
+            quad = b.bitcast(self.group, ir.VectorType(I8, 4))
+            words = b.bitcast(_widen(b, quad, self.signed, I16), ir.VectorType(I32, 2))
             none = ir.Constant(words.type, ir.Undefined)
             return [b.bitcast(b.shuffle_vector(words, none, ir.Constant(
                         ir.VectorType(I32, width), [first] * width)),
@@ -172,17 +214,20 @@ class _Group:
 
 
 def _read_group(em, fn, at, acc, dot_stride: int) -> ir.Value:
-    """A broadcast operand's group as <4 x i8>: one 4-byte load where the group is contiguous
-    and read without bounds checks, else a scalar read per element."""
+    """A broadcast operand's group of 4 bytes as one int32 (the first in its low byte): one
+    load where the group is contiguous and read without bounds checks, else a scalar read
+    per element, put together with shifts (LLVM turns a vector built by inserts and then
+    broadcast into an insert per lane of the broadcast)."""
     b = fn.b
-    quad = ir.VectorType(I8, len(at))
     if dot_stride == 1 and not acc.guards:
         ptr = elem_ptr(b, fn.ptrs[acc.ptr], materialize(b, em._offset(at[0], acc)), acc.etype)
-        return b.load(ptr, typ=quad, align=1)
-    group = ir.Constant(quad, ir.Undefined)
+        return b.load(ptr, typ=I32, align=1)
+    group = None
     for g, c in enumerate(at):
-        value = em._load_scalar(fn, c, acc, em._offset(c, acc))
-        group = b.insert_element(group, value, ir.Constant(I32, g))
+        value = b.zext(em._load_scalar(fn, c, acc, em._offset(c, acc)), I32)
+        if g:
+            value = b.shl(value, ir.Constant(I32, 8 * g))
+        group = value if group is None else b.or_(group, value)
     return group
 
 

@@ -104,7 +104,8 @@ class Operand:
 
 
 # Element types of operands, as numpy names them.
-DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8, "int32": np.int32}
+DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8, "int32": np.int32,
+          "int16": np.int16}  # int16: only an int8 weight packed for vpmaddwd (layout.py)
 
 # The reduction lanes summed into one int32 by the dot-product instructions: vpdpbusd's 4.
 DOT_GROUP = 4

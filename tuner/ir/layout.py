@@ -93,6 +93,39 @@ def packed_parts(nest: LoopNest, operand: Operand) -> list[LoopPart]:
     return [p for loop in nest.loops for p in loop.parts if operand.depends_on(p.axis)]
 
 
+# The level of the virtual loop part that `packed_layout` makes of a dot group's low pair.
+PAIR_LEVEL = 1000
+
+
+def packed_dtype(nest: LoopNest, operand: Operand, machine: Machine) -> str:
+    """The element type of a packed operand: its own, except an int8 task's weight packed for
+    a vpmaddwd machine with a dot loop, which is stored widened to int16 (tuner/codegen/
+    quantized.py): the kernel then feeds it to vpmaddwd as it is loaded, where int8 would be
+    sign-extended and shuffled into pairs on every reduction step."""
+    if (operand.dtype == "int8" and machine.dot_instruction == "pmaddwd" and nest.loops
+            and nest.loops[-1].kind == "dot" and operand.name in nest.layout_rewrite):
+        return "int16"
+    return operand.dtype
+
+
+def packed_layout(nest: LoopNest, operand: Operand, machine: Machine) -> list[LoopPart]:
+    """The loop parts of a packed operand's layout, outermost first: `packed_parts`, except
+    for an int16-packed weight (`packed_dtype`) read along the vector loop, whose dot group
+    of 4 is stored as two pairs, the pair index outside the vector's lanes and the pair's two
+    elements inside them (pair-major): one vector load is then one vpmaddwd operand. The
+    pair index is the group's own part with step 2; the element in the pair a part of level
+    PAIR_LEVEL and step 1, which the kernel's loops never enter (the dot leaf reads pairs)."""
+    parts = packed_parts(nest, operand)
+    vec = vector_loop(nest)
+    if (packed_dtype(nest, operand, machine) != "int16" or vec is None or len(parts) < 2
+            or (parts[-2].axis, parts[-2].level) != (vec.parts[0].axis, vec.parts[0].level)):
+        return parts
+    dot = parts[-1]
+    pair = LoopPart(dot.axis, dot.level, dot.extent // 2, 2)
+    element = LoopPart(dot.axis, PAIR_LEVEL, 2, 1)
+    return parts[:-2] + [pair, parts[-2], element]
+
+
 def row_major(parts: list[LoopPart]) -> dict[PartKey, int]:
     strides, acc = {}, 1
     for p in reversed(parts):

@@ -22,7 +22,8 @@ from pathlib import Path
 from tuner.version import __version__
 from tuner.replay.source import Choice
 from tuner.codegen.emit import pack_function_name
-from tuner.ir.layout import packed_parts
+from tuner.ir.dag import DTYPES
+from tuner.ir.layout import packed_dtype, packed_parts
 from tuner.errors import TunerError
 from tuner.codegen.jit import compile_object
 from tuner.ir.schedule import schedule_to_json
@@ -48,7 +49,8 @@ class Library:
 
 
 # The C type of each operand element type (tuner.ir.dag.DTYPES).
-C_TYPES = {"float32": "float", "uint8": "uint8_t", "int8": "int8_t", "int32": "int32_t"}
+C_TYPES = {"float32": "float", "uint8": "uint8_t", "int8": "int8_t", "int32": "int32_t",
+           "int16": "int16_t"}
 
 
 def c_name(task: Task) -> str:
@@ -91,10 +93,16 @@ def _declarations(choice: Choice, symbol: str) -> str:
         if packed:
             size = math.prod(p.extent for p in packed_parts(nest, op))
             shape = "x".join(map(str, op.array_shape))
+            packed_type = C_TYPES[packed_dtype(nest, op, choice.target.machine)]
             lines.append(f"#define {upper}_{op.name.upper()}_PACKED_{unit} {size}")
-            lines.append(f"/* {op.name}[{shape}] -> its packed layout, once per weight */")
-            lines.append(f"void {pack_function_name(symbol, op.name)}({ctype} *restrict dst, "
-                         f"const {ctype} *restrict {op.name});")
+            if dag.quant is not None:  # elements of the packed type, which may be wider
+                width = DTYPES[packed_dtype(nest, op, choice.target.machine)]().itemsize
+                lines.append(f"#define {upper}_{op.name.upper()}_PACKED_BYTES {size * width}")
+            lines.append(f"/* {op.name}[{shape}] -> its packed layout ({packed_type}), once "
+                         f"per weight */")
+            lines.append(f"void {pack_function_name(symbol, op.name)}({packed_type} "
+                         f"*restrict dst, const {ctype} *restrict {op.name});")
+            ctype = packed_type
         params.append(f"const {ctype} *restrict {op.name}{'_packed' if packed else ''}")
     lines.append(f"void {symbol}({', '.join(params)});")
     return "\n".join(lines)
