@@ -3,9 +3,11 @@
     graph.py     load_model: ONNX -> Graph (plain dataclasses), static shapes, constant folding
     ops.py       OPS: op_type -> numpy function (elementwise and tensor ops), run_node
     ops_nn.py    the layers in numpy: convolution, pooling, normalisation, softmax, Gemm, MatMul
+    quant_ops.py the quantization operators in numpy: Q/DQ, QLinearConv, MatMulInteger, ...
     runtime.py   run_graph and the unsupported-operator check made before any tuning
     patterns.py  GELU, LayerNorm and Softmax written as several nodes, recognised as one
     attention.py attention's scale folded into a projection; Q/K/V and context head views
+    quantized.py QDQ layers (quantize_static's) -> int8 tasks, int8 activations as uint8
     tasks.py     extract_tasks: Conv / MatMul / Gemm (+ BatchNorm, bias, ReLU, GELU) -> Task,
                  products of two activations -> batch_matmul, fused nodes
     fused.py     numpy implementations of the fused task nodes (the reference a kernel replaces)

@@ -38,7 +38,10 @@ from tuner.network.runtime import GraphRunner, check_supported
 from tuner.network.segments import Segment, kernel_input, kernel_runs
 
 FORMAT = "tuner-package"
-FORMAT_VERSION = 1  # bump when graph.json's meaning changes; old packages are then refused
+FORMAT_VERSION = 2  # bump when graph.json's meaning changes; old packages are then refused
+# Version 2 names each kernel operand's and output's element type (int8 kernels); a version 1
+# package, whose kernels are all float32, reads the same.
+READABLE_VERSIONS = (1, 2)
 GRAPH_FILE = "graph.json"
 WEIGHTS_FILE = "weights.npz"
 LIBRARY_NAME = "tuner_kernels"  # libtuner_kernels.so, tuner_kernels.h
@@ -92,19 +95,23 @@ class _BoundKernel:
     the node's runtime inputs (the activations) go among its arguments."""
 
     def __init__(self, function, arguments: list, input_shapes: list[tuple[int, ...]],
-                 output_shape: tuple[int, ...], result_shape: tuple[int, ...]):
+                 output_shape: tuple[int, ...], result_shape: tuple[int, ...],
+                 input_dtypes: list[str] | None = None, output_dtype: str = "float32"):
         self.function = function
         # Per kernel operand: the address of a bound constant (held in `constants` so that
         # it stays valid), or None where the next runtime input goes.
         self.constants = [a for a in arguments if a is not None]
         self.arguments = [None if a is None else a.ctypes.data for a in arguments]
         self.input_shapes = input_shapes
+        self.input_dtypes = input_dtypes or ["float32"] * len(input_shapes)
         self.output_shape, self.result_shape = output_shape, result_shape
+        self.output_dtype = output_dtype
 
     def __call__(self, node: Node, args: list) -> list[np.ndarray]:
-        given = iter([kernel_input(node.name, value, shape)
-                      for value, shape in zip(args, self.input_shapes)])
-        out = np.empty(self.output_shape, dtype=np.float32)
+        given = iter([kernel_input(node.name, value, shape, dtype)
+                      for value, shape, dtype in zip(args, self.input_shapes,
+                                                     self.input_dtypes)])
+        out = np.empty(self.output_shape, dtype=self.output_dtype)
         self.function(out.ctypes.data, *(next(given).ctypes.data if a is None else a
                                          for a in self.arguments))
         return [out.reshape(self.result_shape)]
@@ -243,9 +250,10 @@ def _read_document(path: Path) -> dict:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise TunerError(f"'{path}' is not a tuner model package graph (no \"format\": "
                          f"\"{FORMAT}\")")
-    if document.get("version") != FORMAT_VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise TunerError(f"'{path}' is package format version {document.get('version')!r}; "
-                         f"this tuner reads version {FORMAT_VERSION}: rebuild it with "
+                         f"this tuner reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}: rebuild it with "
                          f"`tune build --model`")
     return document
 
@@ -292,29 +300,33 @@ def _bind(spec: dict, node: Node, initializers: dict, library, weights_file: Pat
         raise TunerError(f"'{weights_file.parent / GRAPH_FILE}' is malformed: node "
                          f"'{node.name}' has {len(node.inputs)} inputs for "
                          f"{len(operands)} kernel operands")
-    arguments, runtime, input_shapes = [], [], []
+    arguments, runtime, input_shapes, input_dtypes = [], [], [], []
     for operand, source in zip(operands, node.inputs):
         shape = tuple(int(d) for d in operand["shape"])
+        dtype = operand.get("dtype", "float32")  # packages of float32 kernels name none
         if not operand["constant"]:
             arguments.append(None)
             runtime.append(source)
             input_shapes.append(shape)
+            input_dtypes.append(dtype)
             continue
         array = initializers[source]
         if array.shape != shape:
             raise TunerError(f"'{weights_file}': '{source}' has shape {array.shape}, the "
                              f"kernel {spec['symbol']} takes {shape}")
-        array = np.ascontiguousarray(array, dtype=np.float32)
+        array = kernel_input(node.name, array, shape, dtype).reshape(shape)
         if operand["packed"]:
             pack = _function(library, operand["packed"]["function"], [ctypes.c_void_p] * 2)
-            dst = np.empty(tuple(int(d) for d in operand["packed"]["shape"]), np.float32)
+            dst = np.empty(tuple(int(d) for d in operand["packed"]["shape"]),
+                           operand["packed"].get("dtype", dtype))
             pack(dst.ctypes.data, array.ctypes.data)
             array = dst
         arguments.append(array)
     function = _function(library, spec["symbol"], [ctypes.c_void_p] * (1 + len(operands)))
     kernel = _BoundKernel(function, arguments, input_shapes,
                           tuple(int(d) for d in spec["output_shape"]),
-                          tuple(int(d) for d in spec["result_shape"]))
+                          tuple(int(d) for d in spec["result_shape"]), input_dtypes,
+                          spec.get("output_dtype", "float32"))
     return kernel, tuple(runtime)
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from templates._common import gelu_reference, relu_reference, split_inputs
+from tuner.ir.dag import DTYPES
 from tuner.network import ops_nn
 
 
 def tuner_conv(node, args):
+    if node.attributes["task"].dtype == "int8":  # exact integer sums: the template's own
+        return _reference(node, args)
     a = node.attributes["task"].attr_dict
     x, weight = args[0], args[1]
     bias, residual = split_inputs(args[2:], a["bias"], a.get("residual", False))
@@ -35,6 +38,8 @@ def _activation(values, attrs: dict):
 
 
 def tuner_matmul(node, args):
+    if node.attributes["task"].dtype == "int8":
+        return _reference(node, args)
     a = node.attributes["task"].attr_dict
     x, weight = args[0], args[1]
     bias, residual = split_inputs(args[2:], a["bias"], a.get("residual", False))
@@ -55,7 +60,8 @@ def _reference(node, args):
     rows = (lambda a: a.reshape(-1, a.shape[-1])) if task.op == "matmul" else (lambda a: a)
     residual = task.attr_dict.get("residual", False)
     rest = list(args[1:-1]) + [rows(args[-1])] if residual else list(args[1:])
-    out = task.dag().reference(rows(x), *rest).astype(np.float32)
+    dag = task.dag()
+    out = dag.reference(rows(x), *rest).astype(DTYPES[dag.output.dtype])
     if "result_shape" in node.attributes:
         return [out.reshape(node.attributes["result_shape"])]
     return [out.reshape(x.shape[:-1] + (out.shape[-1],)) if task.op == "matmul" else out]
@@ -68,6 +74,10 @@ def tuner_batch_matmul(node, args):
     out = dag.reference(args[0].reshape(dag.lhs.shape), args[1].reshape(dag.rhs.shape))
     return [out.astype(np.float32).reshape(node.attributes["result_shape"])]
 
+
+# The fused node type of each template's tasks (tasks.py and quantized.py make them).
+FUSED_OP_TYPES = {"conv2d": "TunerConv", "matmul": "TunerMatMul",
+                  "batch_matmul": "TunerBatchMatMul"}
 
 FUSED_OPS = {"TunerConv": tuner_conv, "TunerMatMul": tuner_matmul,
              "TunerBatchMatMul": tuner_batch_matmul}

@@ -64,11 +64,11 @@ def load_model(model, inputs: dict[str, tuple[int, ...]] | None = None) -> Graph
     for _ in range(MAX_FOLD_ROUNDS):
         proto = _infer_shapes(proto)
         graph = _to_graph(proto, held)
-        folded = fold_constants(graph)
+        folded = fold_constants(graph, KEPT_ON_LOAD)
         if len(folded.nodes) == len(graph.nodes):
             return folded
         proto, held = _replace_graph(proto, folded)
-    return fold_constants(_to_graph(_infer_shapes(proto), held))
+    return fold_constants(_to_graph(_infer_shapes(proto), held), KEPT_ON_LOAD)
 
 
 def _read(path) -> "onnx.ModelProto":
@@ -209,16 +209,23 @@ def topological_order(nodes, available: set[str]) -> tuple[Node, ...]:
     return tuple(ordered)
 
 
-def fold_constants(graph: Graph) -> Graph:
+# Kept when a model is loaded, though their inputs are constant: a quantized weight's
+# DequantizeLinear, which tasks.extract_tasks reads to make an int8 task of its layer (and then
+# folds where it makes none).
+KEPT_ON_LOAD = frozenset({"DequantizeLinear"})
+
+
+def fold_constants(graph: Graph, kept_types=frozenset()) -> Graph:
     """Runs, once, every node whose inputs are all constants (and `Shape` of any tensor whose
-    shape is static), and keeps its outputs as initializers."""
+    shape is static), but those of `kept_types`, and keeps its outputs as initializers."""
     from tuner.network.ops import OPS, run_node, shape_of
 
     constants = dict(graph.initializers)
     kept = []
     for node in graph.nodes:
         static_shape = node.op_type == "Shape" and node.inputs[0] in graph.shapes
-        foldable = node.op_type in OPS and node.domain in ("", "ai.onnx") and (
+        foldable = node.op_type in OPS and node.op_type not in kept_types and \
+            node.domain in ("", "ai.onnx") and (
             static_shape or all(i in constants or i == "" for i in node.inputs))
         if not foldable:
             kept.append(node)

@@ -18,6 +18,7 @@ import numpy as np
 from tuner.errors import TunerError
 from tuner.ir.reference import erf, gelu
 from tuner.network import ops_nn
+from tuner.network.quant_ops import QUANT_OPS
 
 # TensorProto.DataType codes -> numpy, for Cast and ConstantOfShape (no onnx import needed).
 ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
@@ -318,6 +319,9 @@ OPS = {
     "Tile": tile,
     "Range": range_,
 }
+
+
+OPS.update(QUANT_OPS)
 
 
 def run_node(node, values, opset: int) -> list[np.ndarray]:

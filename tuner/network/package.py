@@ -255,7 +255,9 @@ def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
     from tuner.replay.aot import LinkedFunction
     from tuner.codegen.jit import compile_ir_object
 
-    made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS}
+    # the float32 tensors kernels write (an int8 layer's uint8 output is pooled in numpy)
+    made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS
+                       and node.attributes["task"].dag().output.dtype == "float32"}
     made, served, functions = {}, {}, []
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx") or any(node.outputs[1:]) \
@@ -379,7 +381,7 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
     is M x N, the node's keeps the activation's leading dimensions)."""
     from tuner.replay.aot import c_name
     from tuner.codegen.emit import pack_function_name
-    from tuner.ir.layout import packed_parts
+    from tuner.ir.layout import packed_dtype, packed_layout
     task = choice.task
     dag = task.dag()
     nest = choice.nest
@@ -388,10 +390,15 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
     for op, source in zip(dag.inputs, node.inputs):
         packed = None
         if op.name in nest.layout_rewrite:
+            machine = choice.target.machine
             packed = {"function": pack_function_name(symbol, op.name),
-                      "shape": [p.extent for p in packed_parts(nest, op)]}
+                      "shape": [p.extent for p in packed_layout(nest, op, machine)],
+                      "dtype": packed_dtype(nest, op, machine)}
+        # an int8 layer's scale and zero points are initializers too (a dynamically
+        # quantized one's are computed at run time)
+        constant = op.constant or (op in dag.quant_operands and source in graph.initializers)
         operands.append({"name": op.name, "input": source, "shape": list(op.array_shape),
-                         "constant": op.constant, "packed": packed})
+                         "constant": constant, "packed": packed, "dtype": op.dtype})
     out_shape = dag.output.array_shape
     result_shape = out_shape
     if "result_shape" in node.attributes:  # a view's, whose nodes the kernel replaced
@@ -400,7 +407,8 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
         result_shape = graph.shapes[node.inputs[0]][:-1] + out_shape[-1:]
     return {"symbol": symbol, "task": task.key, "tuned": choice.tuned,
             "threads": choice.target.threads, "operands": operands,
-            "output_shape": list(out_shape), "result_shape": list(result_shape)}
+            "output_shape": list(out_shape), "result_shape": list(result_shape),
+            "output_dtype": dag.output.dtype}
 
 
 def _attribute_json(value, arrays: _ArrayStore, node: Node, name: str):

@@ -46,7 +46,6 @@ from tuner.errors import TunerError
 from tuner.network.graph import Node
 
 ALIGN = 64  # bytes: a cache line, and a 512-bit vector
-FLOAT_BYTES = 4
 
 
 def group_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]) -> list[Node]:
@@ -149,10 +148,20 @@ def _first_fit(blocks: list[tuple[int, int]], size: int) -> int:
     return cursor
 
 
-def kernel_input(reader: str, value, shape: tuple[int, ...]) -> np.ndarray:
-    """`value` as the contiguous float32 array a kernel reads as an operand of `shape`, or the
-    one-line error naming the node `reader` when its size is not that shape's."""
-    array = np.ascontiguousarray(value, dtype=np.float32)
+def kernel_input(reader: str, value, shape: tuple[int, ...],
+                 dtype: str = "float32") -> np.ndarray:
+    """`value` as the contiguous array of `dtype` a kernel reads as an operand of `shape`, or
+    the one-line error naming the node `reader` when its size is not that shape's, or when
+    an int8 kernel's integer operand gets values its type does not hold."""
+    want = np.dtype(dtype)
+    array = np.asarray(value)
+    if want != np.float32 and array.dtype != want:
+        info = np.iinfo(want)
+        if array.dtype.kind not in "iub" or (array.size and (array.min() < info.min or
+                                                              array.max() > info.max)):
+            raise TunerError(f"node '{reader}' got {array.dtype} values; its kernel takes "
+                             f"{dtype} (integers in [{info.min}, {info.max}])")
+    array = np.ascontiguousarray(array, dtype=want)
     if array.size != math.prod(shape):
         raise TunerError(f"node '{reader}' got an input of shape {array.shape}; its kernel "
                          f"takes {shape}")
@@ -188,22 +197,25 @@ class Segment:
         self.slot_count = bases[-1] + 1 + len(kernels[-1].arguments)
         self.constants: list[tuple[int, int]] = []  # (slot, address)
         self.value_slots: dict[str, list[int]] = {}
-        self.input_shapes: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        self.input_shapes: dict[str, list[tuple[str, tuple[int, ...], str]]] = {}
         self.shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # out, result
+        self.dtypes: dict[str, str] = {}  # of the values the kernels write
         for node, kernel, base in zip(nodes, kernels, bases):
             self.value_slots.setdefault(node.outputs[0], []).append(base)
             self.shapes[node.outputs[0]] = (kernel.output_shape, kernel.result_shape)
-            runtime = iter(zip(node.inputs, kernel.input_shapes))
+            self.dtypes[node.outputs[0]] = kernel.output_dtype
+            runtime = iter(zip(node.inputs, kernel.input_shapes, kernel.input_dtypes))
             for position, address in enumerate(kernel.arguments, start=base + 1):
                 if address is not None:
                     self.constants.append((position, address))
                     continue
-                name, shape = next(runtime)
+                name, shape, dtype = next(runtime)
                 self.value_slots.setdefault(name, []).append(position)
                 if name in self.inputs:
-                    self.input_shapes.setdefault(name, []).append((node.name, shape))
+                    self.input_shapes.setdefault(name, []).append((node.name, shape, dtype))
         self._kernels = list(kernels)  # they hold the constants the slots point to
-        sizes = {name: math.prod(out) * FLOAT_BYTES for name, (out, _) in self.shapes.items()}
+        sizes = {name: math.prod(out) * np.dtype(self.dtypes[name]).itemsize
+                 for name, (out, _) in self.shapes.items()}
         # a value read after the run, itself or through a view, gets a new array each call
         returned = {self.views[name][0] if name in self.views else name
                     for name in self.outputs}
@@ -231,14 +243,14 @@ class Segment:
         held = []  # the inputs' arrays live until the call returns
         for name, value in zip(self.inputs, args):
             array = value
-            for reader, shape in self.input_shapes[name]:
-                array = kernel_input(reader, array, shape)
+            for reader, shape, dtype in self.input_shapes[name]:
+                array = kernel_input(reader, array, shape, dtype)
             held.append(array)
             for slot in self.value_slots[name]:
                 slots[slot] = array.ctypes.data
         arrays = {}
         for name in self._returned:
-            out = np.empty(self.shapes[name][0], np.float32)
+            out = np.empty(self.shapes[name][0], self.dtypes[name])
             for slot in self.value_slots[name]:
                 slots[slot] = out.ctypes.data
             arrays[name] = out

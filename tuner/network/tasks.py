@@ -31,7 +31,10 @@ import numpy as np
 
 from tuner.network.attention import (fold_attention_scale, stored_operand, stored_result,
                                    transposed_heads)
-from tuner.network.graph import Graph, Node, consumers_of, producers_of, rewritten
+from tuner.network.graph import (Graph, Node, consumers_of, fold_constants, producers_of,
+                                 rewritten)
+from tuner.network.fused import FUSED_OP_TYPES
+from tuner.network.quantized import fuse_quantized
 from tuner.network.ops import legacy_broadcast
 from tuner.network.ops_nn import spatial_pads
 from tuner.network.patterns import fuse_decomposed, match_gelu
@@ -80,7 +83,10 @@ class _Layer:
 
 def extract_tasks(graph: Graph) -> Extraction:
     """Finds the tasks of `graph` and returns it rewritten with one node per fused layer."""
-    graph, notes = fuse_decomposed(graph)
+    graph, notes = fuse_quantized(graph)
+    graph = fold_constants(graph)  # the dequantized weights of layers left in float
+    graph, decomposed = fuse_decomposed(graph)
+    notes += decomposed
     graph, folds = fold_attention_scale(graph, consumers_of(graph.nodes))
     notes += folds
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
@@ -130,9 +136,6 @@ def extract_tasks(graph: Graph) -> Extraction:
     return Extraction(result, _task_table(result.nodes), tuple(notes))
 
 
-# The fused node type of each template's tasks.
-FUSED_OP_TYPES = {"conv2d": "TunerConv", "matmul": "TunerMatMul",
-                  "batch_matmul": "TunerBatchMatMul"}
 
 
 def _task_table(nodes) -> tuple[TaskUse, ...]:

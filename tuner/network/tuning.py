@@ -61,13 +61,14 @@ class ModelTuneResult:
 def similarity_group(task: Task) -> tuple:
     """Tasks expected to reach similar FLOP rates (Ansor's similarity groups): the same
     operator, epilogue aside, and for convolutions the same window, stride, dilation and
-    kind of grouping (dense, depthwise or grouped)."""
+    kind of grouping (dense, depthwise or grouped); an int8 task only with int8 ones."""
     a = task.attr_dict
     if task.op != "conv2d":
-        return (task.op,)
+        return (task.op, task.dtype)
     groups = a["groups"]
     kind = "dense" if groups == 1 else "depthwise" if groups == task.shape[1] else "grouped"
-    return ("conv2d", task.shape[5], task.shape[6], a["stride"], a["dilation"], kind)
+    return ("conv2d", task.shape[5], task.shape[6], a["stride"], a["dilation"], kind,
+            task.dtype)
 
 
 def _latency_s(use: TaskUse, gflops: float) -> float:

@@ -1,0 +1,134 @@
+"""numpy implementations of ONNX's quantization operators, for the nodes no int8 kernel runs.
+
+QuantizeLinear and DequantizeLinear (per tensor, or per axis with `axis`), DynamicQuantizeLinear,
+and the integer operator forms QLinearConv, QLinearMatMul, ConvInteger and MatMulInteger. The
+integer products are computed exactly (in float64 on the zero-point-shifted integers, whose
+sums stay far below 2^53) and requantized as ONNX defines it: the product times the scales in
+float32, rounded half to even, plus the zero point, saturated to the output type. Blocked
+quantization (opset 21's `block_size`) and float8 types are refused with one line naming them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuner.errors import TunerError
+from tuner.network import ops_nn
+
+QUANTIZED_TYPES = (np.uint8, np.int8)
+
+
+def _per_axis(value, rank: int, axis: int) -> np.ndarray:
+    """A scale or zero point shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    value = np.asarray(value)
+    if value.ndim == 0 or value.size == 1:
+        return value.reshape(())
+    shape = [1] * rank
+    shape[axis % rank] = value.size
+    return value.reshape(shape)
+
+
+def _check_plain(a: dict, op: str) -> None:
+    if a.get("block_size", 0):
+        raise TunerError(f"{op} with block_size={a['block_size']} (blocked quantization) is "
+                         f"not supported")
+
+
+def quantize(real, scale, zero_point, dtype) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_even(real / scale) + zero_point)."""
+    info = np.iinfo(dtype)
+    q = np.rint(np.asarray(real, np.float32) / np.asarray(scale, np.float32))
+    return np.clip(q + np.asarray(zero_point, np.float64), info.min, info.max).astype(dtype)
+
+
+def quantize_linear(x, a, opset):
+    _check_plain(a, "QuantizeLinear")
+    data, scale = x[0], x[1]
+    zero = x[2] if len(x) > 2 and x[2] is not None else np.uint8(0)
+    dtype = np.asarray(zero).dtype.type
+    if dtype not in QUANTIZED_TYPES:
+        raise TunerError(f"QuantizeLinear to {np.dtype(dtype).name} is not supported (uint8 "
+                         f"and int8 are)")
+    axis = a.get("axis", 1)
+    return [quantize(data, _per_axis(scale, data.ndim, axis),
+                     _per_axis(zero, data.ndim, axis), dtype)]
+
+
+def dequantize_linear(x, a, opset):
+    _check_plain(a, "DequantizeLinear")
+    data, scale = x[0], x[1]
+    zero = x[2] if len(x) > 2 and x[2] is not None else 0
+    axis = a.get("axis", 1)
+    shifted = data.astype(np.int64) - _per_axis(zero, data.ndim, axis).astype(np.int64)
+    return [(shifted.astype(np.float32) * _per_axis(scale, data.ndim, axis).astype(np.float32))
+            .astype(np.float32)]
+
+
+def dynamic_quantize_linear(x, a, opset):
+    """uint8 with the scale and zero point of the data's range (widened to include 0)."""
+    data = np.asarray(x[0], np.float32)
+    low = min(0.0, float(data.min())) if data.size else 0.0
+    high = max(0.0, float(data.max())) if data.size else 0.0
+    scale = np.float32((high - low) / 255.0) if high > low else np.float32(1.0)
+    zero = np.uint8(np.clip(np.rint(np.float32(0.0 - low) / scale), 0, 255))
+    return [quantize(data, scale, zero, np.uint8), np.array(scale, np.float32),
+            np.array(zero, np.uint8)]
+
+
+def _shifted(value, zero, axis: int | None = None) -> np.ndarray:
+    value = np.asarray(value, np.float64)
+    if zero is None:
+        return value
+    zero = np.asarray(zero, np.float64)
+    if axis is not None and zero.size > 1:
+        zero = _per_axis(zero, value.ndim, axis)
+    return value - zero
+
+
+def conv_integer(x, a, opset):
+    """ConvInteger: int32 sums of (x - x_zp) * (w - w_zp), zero-padded in that domain."""
+    data = _shifted(x[0], x[2] if len(x) > 2 else None)
+    weight = _shifted(x[1], x[3] if len(x) > 3 else None, 0)
+    return [np.rint(ops_nn.conv([data, weight], a, opset)[0]).astype(np.int32)]
+
+
+def matmul_integer(x, a, opset):
+    left = _shifted(x[0], x[2] if len(x) > 2 else None)
+    right = _shifted(x[1], x[3] if len(x) > 3 else None, -1)
+    return [np.rint(np.matmul(left, right)).astype(np.int32)]
+
+
+def qlinear_conv(x, a, opset):
+    """QLinearConv: x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B]."""
+    sums = conv_integer([x[0], x[3], x[2], x[5]], a, opset)[0].astype(np.int64)
+    if len(x) > 8 and x[8] is not None:
+        sums = sums + np.asarray(x[8], np.int64).reshape(1, -1, *([1] * (sums.ndim - 2)))
+    scale = (np.float32(x[1]) * _per_axis(x[4], sums.ndim, 1).astype(np.float32)
+             / np.float32(x[6])).astype(np.float32)
+    return [_requantize(sums, scale, x[7])]
+
+
+def qlinear_matmul(x, a, opset):
+    """QLinearMatMul: a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp."""
+    sums = matmul_integer([x[0], x[3], x[2], x[5]], a, opset)[0].astype(np.int64)
+    scale = (np.float32(x[1]) * _per_axis(x[4], sums.ndim, -1).astype(np.float32)
+             / np.float32(x[6])).astype(np.float32)
+    return [_requantize(sums, scale, x[7])]
+
+
+def _requantize(sums, scale, zero_point) -> np.ndarray:
+    dtype = np.asarray(zero_point).dtype.type
+    info = np.iinfo(dtype)
+    real = sums.astype(np.float32) * scale
+    return np.clip(np.rint(real) + np.float64(zero_point), info.min, info.max).astype(dtype)
+
+
+QUANT_OPS = {
+    "QuantizeLinear": quantize_linear,
+    "DequantizeLinear": dequantize_linear,
+    "DynamicQuantizeLinear": dynamic_quantize_linear,
+    "ConvInteger": conv_integer,
+    "MatMulInteger": matmul_integer,
+    "QLinearConv": qlinear_conv,
+    "QLinearMatMul": qlinear_matmul,
+}

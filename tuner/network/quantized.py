@@ -1,0 +1,258 @@
+"""Quantized models: the QDQ layers of a graph fused into int8 tasks.
+
+`onnxruntime.quantization.quantize_static` (QDQ format, its default) writes each quantized
+layer as DequantizeLinear nodes in front of a float Conv / MatMul / Gemm (of the activation,
+of the int8 weight initializer, of the int32 bias) and a QuantizeLinear after it, sometimes
+with the Relu between. `fuse_quantized` replaces each such chain by one `TunerConv` /
+`TunerMatMul` node of an int8 task (tuner.ir.dag.Quantization), which reads the quantized
+activation and writes the quantized output (out_type uint8), or the float output where no
+QuantizeLinear follows (out_type float32), with its constants computed here:
+
+- the weight as stored (int8, zero point 0: a nonzero weight zero point leaves the layer in
+  float, with a note);
+- the int32 bias: the stored one (whose scale ONNX fixes at x_scale * w_scale), minus the
+  input zero point times the weight's sum per output channel, since the kernel multiplies
+  the stored activation and pads it with its zero point;
+- the scale per output channel in float32, x_scale * w_scale[k] / y_scale as onnxruntime's
+  QLinearConv computes it (x_scale * w_scale[k] for a float output);
+- the zero points (input, output).
+
+int8 activations (quantize_static's default activation type) are first re-typed as uint8: a
+QuantizeLinear to int8 whose every reader is a DequantizeLinear quantizes to uint8 with zero
+point + 128 instead, and those readers dequantize with it: the same real values, exactly
+(`unsigned_activations`). The kernels multiply uint8 activations by int8 weights.
+
+What stays: Q/DQ pairs around other operators (a residual Add, a pooling) run in numpy
+(quant_ops.py), and a layer whose quantization this does not take (per-axis activations,
+uint8 weights, a bias of another scale) is dequantized and runs as a float layer, noted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tuner.ir.task import Task
+from tuner.network.fused import FUSED_OP_TYPES
+from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
+from tuner.network.ops_nn import spatial_pads
+
+
+def unsigned_activations(graph: Graph) -> Graph:
+    """`graph` with its int8 activations re-typed as uint8 (see the module docstring)."""
+    consumers = consumers_of(graph.nodes)
+    initializers = dict(graph.initializers)
+    renamed: dict[int, Node] = {}
+    for node in graph.nodes:
+        if node.op_type != "QuantizeLinear" or len(node.inputs) < 3:
+            continue
+        zero = graph.initializers.get(node.inputs[2])
+        readers = consumers.get(node.outputs[0], [])
+        if zero is None or zero.dtype != np.int8 or zero.size != 1 or not readers or \
+                node.outputs[0] in graph.outputs or \
+                any(r.op_type != "DequantizeLinear" or len(r.inputs) < 3 or
+                    r.inputs[0] != node.outputs[0] for r in readers):
+            continue
+        if any(graph.initializers.get(r.inputs[2]) is None for r in readers):
+            continue
+        for user in [node] + readers:
+            name = user.inputs[2] + "::uint8"
+            initializers[name] = (graph.initializers[user.inputs[2]].astype(np.int16)
+                                  + 128).astype(np.uint8)
+            inputs = user.inputs[:2] + (name,) + user.inputs[3:]
+            renamed[id(user)] = Node(user.op_type, user.name, inputs, user.outputs,
+                                     user.attributes, user.domain)
+    if not renamed:
+        return graph
+    return rewritten(graph, renamed, set(), initializers)
+
+
+def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
+    """The graph with its QDQ layers fused into int8 task nodes, and notes on the quantized
+    layers left in float."""
+    graph = unsigned_activations(graph)
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    notes: list[str] = []
+    initializers = dict(graph.initializers)
+    replaced: dict[int, Node] = {}
+    absorbed: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or id(node) in absorbed:
+            continue
+        layer = _QuantizedLayer.match(node, graph, consumers, producers)
+        if layer is None:
+            continue
+        if isinstance(layer, str):
+            notes.append(f"{node.op_type} '{node.name}' runs in float: {layer}")
+            continue
+        task, constants = layer.task(graph)
+        names = []
+        for label, value in constants:
+            name = f"{node.name}::{label}"
+            initializers[name] = value
+            names.append(name)
+        fused = Node(FUSED_OP_TYPES[task.op], node.name, (layer.x,) + tuple(names),
+                     (layer.nodes[-1].outputs[0],), {"task": task})
+        replaced[id(layer.nodes[-1])] = fused
+        absorbed.update(id(n) for n in layer.nodes)
+        absorbed.update(id(n) for n in layer.constant_nodes)
+        x_dq = producers[node.inputs[0]]
+        # a dequantized activation that other nodes read too stays for them
+        if all(id(r) in absorbed for r in consumers.get(x_dq.outputs[0], [])):
+            absorbed.add(id(x_dq))
+    # constant dequantizations nothing reads any more go with their layers
+    result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers)
+    return result, notes
+
+
+class _QuantizedLayer:
+    """A matched QDQ chain: the quantized input, the float layer, its dequantized constants
+    and what follows it (Relu, QuantizeLinear)."""
+
+    def __init__(self):
+        self.nodes: list[Node] = []           # the layer, then Relu and QuantizeLinear
+        self.constant_nodes: list[Node] = []  # the weight's and the bias's DequantizeLinear
+        self.x = ""
+        self.relu = 0
+
+    @staticmethod
+    def match(node: Node, graph: Graph, consumers, producers):
+        """The layer, None where `node` is no quantized layer, or the reason (a str) it is
+        one this does not fuse."""
+        consts = graph.initializers
+        x_dq, w_dq = producers.get(node.inputs[0]), producers.get(node.inputs[1])
+        if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or \
+                w_dq.op_type != "DequantizeLinear":
+            return None
+        layer = _QuantizedLayer()
+        layer.node, layer.x = node, x_dq.inputs[0]
+        x_scale, x_zero = _scalar(x_dq, 1, consts), _scalar(x_dq, 2, consts)
+        if x_scale is None or x_zero is None:
+            return "its input's scale and zero point are not one constant each"
+        x_zero_type = consts[x_dq.inputs[2]].dtype if len(x_dq.inputs) > 2 and \
+            x_dq.inputs[2] else np.dtype(np.uint8)
+        if x_zero_type != np.uint8:
+            return "its input is int8 and read as such by other nodes (the kernels take uint8)"
+        layer.x_scale, layer.x_zero = np.float32(x_scale), int(x_zero)
+        weight = consts.get(w_dq.inputs[0])
+        if weight is None or weight.dtype != np.int8:
+            return "its weight is not an int8 constant"
+        w_scale = consts.get(w_dq.inputs[1])
+        w_zero = consts.get(w_dq.inputs[2]) if len(w_dq.inputs) > 2 else None
+        if w_scale is None or (len(w_dq.inputs) > 2 and w_zero is None):
+            return "its weight's scale or zero point is not constant"
+        if w_zero is not None and np.any(w_zero != 0):
+            return "its weight's zero point is not 0"
+        layer.constant_nodes.append(w_dq)
+        gemm = node.op_type == "Gemm"
+        if gemm and (node.attributes.get("transA", 0) or node.attributes.get("alpha", 1.0) != 1
+                     or node.attributes.get("beta", 1.0) != 1):
+            return "the Gemm transposes its input or scales its terms"
+        out_axis = 0 if node.op_type == "Conv" or (gemm and node.attributes.get("transB", 0)) \
+            else 1
+        channels = weight.shape[out_axis]
+        if w_scale.size not in (1, channels) or (w_scale.size > 1 and
+                                                 w_dq.attributes.get("axis", 1) % weight.ndim
+                                                 != out_axis):
+            return "its weight is quantized along an axis other than its output channels"
+        layer.weight = weight.T if out_axis == 0 and node.op_type != "Conv" else weight
+        layer.w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
+        layer.bias = None
+        bias_input = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+        if bias_input is not None:
+            b_dq = producers.get(bias_input)
+            stored = consts.get(b_dq.inputs[0]) if b_dq is not None and \
+                b_dq.op_type == "DequantizeLinear" else None
+            if stored is None or stored.dtype != np.int32 or stored.size != channels:
+                return "its bias is not a quantized int32 constant"
+            b_scale = consts.get(b_dq.inputs[1])
+            expected = layer.x_scale * layer.w_scale
+            if b_scale is None or not np.allclose(np.broadcast_to(b_scale.reshape(-1),
+                                                                  (channels,)),
+                                                  expected, rtol=1e-6, atol=0):
+                return "its bias is not quantized with the input's times the weight's scale"
+            layer.bias = stored.reshape(-1).astype(np.int64)
+            layer.constant_nodes.append(b_dq)
+        layer.nodes = [node]
+        current = node.outputs[0]
+        relu = only_reader(current, graph, consumers, ("Relu",))
+        if relu is not None:
+            layer.relu = 1
+            layer.nodes.append(relu)
+            current = relu.outputs[0]
+        q = only_reader(current, graph, consumers, ("QuantizeLinear",))
+        layer.y_scale = layer.y_zero = None
+        if q is not None:
+            y_scale, y_zero = _scalar(q, 1, consts), _scalar(q, 2, consts)
+            zero_type = consts[q.inputs[2]].dtype if len(q.inputs) > 2 and \
+                q.inputs[2] in consts else np.dtype(np.uint8)
+            if y_scale is not None and y_zero is not None and zero_type == np.uint8:
+                layer.y_scale, layer.y_zero = np.float32(y_scale), int(y_zero)
+                layer.nodes.append(q)
+        layer.shape = graph.shapes.get(node.inputs[0])
+        if layer.shape is None:
+            return "its input shape is not static"
+        if node.op_type == "Conv":
+            reason = layer._conv_attributes()
+            if reason:
+                return reason
+        elif len(layer.shape) < 2:
+            return "its input is not a matrix"
+        return layer
+
+    def _conv_attributes(self) -> str | None:
+        a, shape = self.node.attributes, self.shape
+        if len(shape) != 4 or self.weight.ndim != 4:
+            return "it is not a 2-D convolution"
+        kernel = list(a.get("kernel_shape", self.weight.shape[2:]))
+        strides = list(a.get("strides", [1, 1]))
+        dilations = list(a.get("dilations", [1, 1]))
+        begin, end = spatial_pads(shape, kernel, strides, dilations, a)
+        pads = begin + end
+        if len(set(strides)) > 1 or len(set(dilations)) > 1 or len(set(pads)) > 1:
+            return (f"the conv2d template takes one stride, dilation and symmetric pad "
+                    f"(strides {strides}, dilations {dilations}, pads {pads})")
+        self.conv = dict(stride=strides[0], pad=pads[0], dilation=dilations[0],
+                         groups=int(a.get("group", 1)))
+        return None
+
+    def task(self, graph: Graph) -> tuple[Task, list[tuple[str, np.ndarray]]]:
+        """The int8 task and its constants after the activation, in operand order."""
+        conv = self.node.op_type == "Conv"
+        weight = np.ascontiguousarray(self.weight)
+        # the sum of the weights each output channel multiplies an input's zero point by
+        sums = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1) if conv \
+            else weight.astype(np.int64).sum(axis=0)
+        bias = (self.bias if self.bias is not None else 0) - self.x_zero * sums
+        has_bias = self.bias is not None or self.x_zero != 0
+        if self.y_scale is not None:
+            out_type = 1
+            scale = (self.x_scale * self.w_scale / self.y_scale).astype(np.float32)
+        else:
+            out_type = 2
+            scale = (self.x_scale * self.w_scale).astype(np.float32)
+        zero_points = np.array([self.x_zero, self.y_zero or 0], dtype=np.int32)
+        if conv:
+            n, c, h, w = self.shape
+            k, _, r, s = weight.shape
+            task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=has_bias,
+                               relu=self.relu, out_type=out_type, **self.conv)
+        else:
+            task = Task.create("matmul", (math.prod(self.shape[:-1]), weight.shape[1],
+                                          weight.shape[0]), "int8", bias=has_bias,
+                               relu=self.relu, out_type=out_type)
+        constants = [("weight", weight)]
+        if has_bias:
+            constants.append(("bias", np.asarray(bias, np.int64).astype(np.int32)))
+        constants += [("scale", scale), ("zero_points", zero_points)]
+        return task, constants
+
+
+def _scalar(node: Node, index: int, consts) -> float | None:
+    """The one value of the node's constant input `index`; None if not that (a missing zero
+    point is 0)."""
+    if index >= len(node.inputs) or not node.inputs[index]:
+        return 0 if index == 2 else None
+    value = consts.get(node.inputs[index])
+    return None if value is None or value.size != 1 else value.reshape(()).item()
