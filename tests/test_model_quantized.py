@@ -193,3 +193,97 @@ def test_a_layer_this_does_not_quantize_runs_in_float_with_a_note(tmp_path):
     x = rng.uniform(-1, 1, (1, 3, 6, 5)).astype(np.float32)
     ours = run_graph(extraction.graph, {"x": x}, impls=FUSED_OPS)[0]
     np.testing.assert_allclose(ours, _onnxruntime(path, x), atol=0.05 + 1e-6)
+
+
+def conv_chain(rng):
+    """Convolutions only (3x3 + ReLU, depthwise stride 2, 1x1 with an odd channel count), so
+    that the operator form has no com.microsoft operators."""
+    w = {"w1": randn(rng, 8, 3, 3, 3) * 0.3, "b1": randn(rng, 8) * 0.1,
+         "w2": randn(rng, 8, 1, 3, 3) * 0.3, "w3": randn(rng, 7, 8, 1, 1) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1],
+                              strides=[2, 2], group=8),
+             helper.make_node("Conv", ["c2", "w3"], ["y"])]
+    return make_model(nodes, {"x": (1, 3, 12, 10)}, "y", w, opset=13)
+
+
+def _operator_form(model, folder):
+    import onnx
+    float_path, path = folder / "model.onnx", folder / "model.qoperator.onnx"
+    onnx.save(model, float_path)
+    quantization.quantize_static(str(float_path), str(path),
+                                 _Reader(np.random.default_rng(1)),
+                                 quant_format=quantization.QuantFormat.QOperator,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 per_channel=True)
+    return path
+
+
+def test_qlinear_operators_become_int8_tasks_computing_what_onnx_defines(tmp_path):
+    """QLinearConv nodes become int8 tasks; the fused graph gives what the unfused one
+    computes with ONNX's definitions of the operators (quant_ops.py, exact), bit for bit."""
+    path = _operator_form(conv_chain(np.random.default_rng(4)), tmp_path)
+    graph = load_model(str(path))
+    assert [n.op_type for n in graph.nodes].count("QLinearConv") == 3
+    extraction = extract_tasks(graph)
+    assert [u.task.dtype for u in extraction.tasks] == ["int8"] * 3
+    assert not [n for n in extraction.graph.nodes if n.op_type == "QLinearConv"]
+    for x in _inputs(2):
+        np.testing.assert_array_equal(
+            run_graph(extraction.graph, {"x": x}, impls=FUSED_OPS)[0],
+            run_graph(graph, {"x": x})[0])
+
+
+def test_an_operator_form_with_contrib_operators_is_refused_in_one_line(tmp_path, capsys):
+    """quantize_static's operator form of a residual network writes com.microsoft operators
+    (QLinearAdd, QGemm, QLinearGlobalAveragePool): refused with one line naming one."""
+    from tuner.cli import main
+
+    path = _operator_form(small_cnn(np.random.default_rng(4)), tmp_path)
+    assert main(["model", str(path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported ONNX operator 'QLinearAdd' from domain 'com.microsoft'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("op", ["QLinearConv", "QLinearMatMul", "ConvInteger",
+                                "MatMulInteger"])
+def test_quant_ops_equal_onnxruntime(op):
+    """The numpy operators against onnxruntime's, with 7-bit weights (which no saturation
+    of onnxruntime's AVX2 kernels reaches): equal bit for bit."""
+    from onnx import TensorProto, numpy_helper
+    from tuner.network.quant_ops import QUANT_OPS
+
+    rng = np.random.default_rng(2)
+    conv = "Conv" in op
+    x = rng.integers(0, 256, (1, 6, 7, 5) if conv else (5, 12)).astype(np.uint8)
+    w = rng.integers(-64, 64, (4, 6, 3, 3) if conv else (12, 7)).astype(np.int8)
+    channels = w.shape[0] if conv else w.shape[1]
+    if op.startswith("QLinear"):
+        consts = [np.float32(0.02), np.uint8(131), w,
+                  rng.uniform(0.001, 0.01, channels).astype(np.float32) if conv
+                  else np.float32(0.004), np.int8(0) if not conv else np.zeros(channels,
+                                                                              np.int8),
+                  np.float32(0.3), np.uint8(100)]
+        names = ["xs", "xz", "w", "ws", "wz", "ys", "yz"]
+        inputs = ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"]
+        out_type = TensorProto.UINT8
+    else:
+        consts, names = [w, np.uint8(131)], ["w", "xz"]
+        inputs = ["x", "w", "xz"]
+        out_type = TensorProto.INT32
+    attrs = {"pads": [1, 1, 1, 1]} if conv else {}
+    node = helper.make_node(op, inputs, ["y"], **attrs)
+    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info(
+        "x", TensorProto.UINT8, list(x.shape))], [helper.make_tensor_value_info(
+            "y", out_type, None)], [numpy_helper.from_array(np.asarray(v), k)
+                                    for k, v in zip(names, consts)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              ir_version=8)
+    theirs = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    values = {"x": x, **dict(zip(names, consts))}
+    ours = QUANT_OPS[op]([values[i] for i in inputs], attrs, 13)[0]
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)

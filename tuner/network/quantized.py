@@ -22,6 +22,10 @@ QuantizeLinear to int8 whose every reader is a DequantizeLinear quantizes to uin
 point + 128 instead, and those readers dequantize with it: the same real values, exactly
 (`unsigned_activations`). The kernels multiply uint8 activations by int8 weights.
 
+The operator form (`quant_format=QOperator`) is taken too: a QLinearConv or QLinearMatMul with
+uint8 activations becomes the same int8 task (its int8 activations would need its neighbours
+re-typed with it, which this does not do: it then runs in numpy, noted).
+
 What stays: Q/DQ pairs around other operators (a residual Add, a pooling) run in numpy
 (quant_ops.py), and a layer whose quantization this does not take (per-axis activations,
 uint8 weights, a bias of another scale) is dequantized and runs as a float layer, noted.
@@ -78,13 +82,19 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     replaced: dict[int, Node] = {}
     absorbed: set[int] = set()
     for node in graph.nodes:
-        if node.op_type not in ("Conv", "MatMul", "Gemm") or id(node) in absorbed:
+        if id(node) in absorbed:
             continue
-        layer = _QuantizedLayer.match(node, graph, consumers, producers)
+        if node.op_type in ("Conv", "MatMul", "Gemm"):
+            layer = _QuantizedLayer.match(node, graph, consumers, producers)
+        elif node.op_type in ("QLinearConv", "QLinearMatMul"):
+            layer = _QuantizedLayer.operator(node, graph)
+        else:
+            continue
         if layer is None:
             continue
         if isinstance(layer, str):
-            notes.append(f"{node.op_type} '{node.name}' runs in float: {layer}")
+            where = "in float" if node.op_type in ("Conv", "MatMul", "Gemm") else "in numpy"
+            notes.append(f"{node.op_type} '{node.name}' runs {where}: {layer}")
             continue
         task, constants = layer.task(graph)
         names = []
@@ -97,9 +107,10 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
         replaced[id(layer.nodes[-1])] = fused
         absorbed.update(id(n) for n in layer.nodes)
         absorbed.update(id(n) for n in layer.constant_nodes)
-        x_dq = producers[node.inputs[0]]
+        x_dq = producers.get(node.inputs[0])
         # a dequantized activation that other nodes read too stays for them
-        if all(id(r) in absorbed for r in consumers.get(x_dq.outputs[0], [])):
+        if x_dq is not None and x_dq.op_type == "DequantizeLinear" and layer.constant_nodes \
+                and all(id(r) in absorbed for r in consumers.get(x_dq.outputs[0], [])):
             absorbed.add(id(x_dq))
     # constant dequantizations nothing reads any more go with their layers
     result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers)
@@ -201,6 +212,49 @@ class _QuantizedLayer:
             return "its input is not a matrix"
         return layer
 
+    @staticmethod
+    def operator(node: Node, graph: Graph):
+        """The layer of a QLinearConv (x, x_scale, x_zero_point, w, w_scale, w_zero_point,
+        y_scale, y_zero_point[, B]) or QLinearMatMul (the same without B), or the reason it
+        stays a numpy node."""
+        consts = graph.initializers
+        layer = _QuantizedLayer()
+        layer.node, layer.x, layer.nodes = node, node.inputs[0], [node]
+        values = [_scalar(node, i, consts) for i in (1, 2, 6, 7)]
+        if any(v is None for v in values):
+            return "its input's and output's scales and zero points are not constants"
+        zero_types = {consts[node.inputs[i]].dtype for i in (2, 7)
+                      if len(node.inputs) > i and node.inputs[i] in consts}
+        if zero_types - {np.dtype(np.uint8)}:
+            return "its activations are int8 (the kernels take uint8: quantize them as uint8)"
+        layer.x_scale, layer.x_zero = np.float32(values[0]), int(values[1])
+        layer.y_scale, layer.y_zero = np.float32(values[2]), int(values[3])
+        weight = consts.get(node.inputs[3])
+        w_zero = consts.get(node.inputs[5]) if node.inputs[5] else None
+        w_scale = consts.get(node.inputs[4])
+        if weight is None or weight.dtype != np.int8 or w_scale is None:
+            return "its weight is not an int8 constant with a constant scale"
+        if w_zero is not None and np.any(w_zero != 0):
+            return "its weight's zero point is not 0"
+        conv = node.op_type == "QLinearConv"
+        channels = weight.shape[0] if conv else weight.shape[-1]
+        if weight.ndim != (4 if conv else 2) or w_scale.size not in (1, channels):
+            return "its weight is not a 2-D kernel or matrix quantized per output channel"
+        layer.weight = weight
+        layer.w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
+        layer.bias = None
+        if conv and len(node.inputs) > 8 and node.inputs[8]:
+            bias = consts.get(node.inputs[8])
+            if bias is None or bias.dtype != np.int32:
+                return "its bias is not an int32 constant"
+            layer.bias = bias.reshape(-1).astype(np.int64)
+        layer.shape = graph.shapes.get(node.inputs[0])
+        if layer.shape is None:
+            return "its input shape is not static"
+        if conv:
+            return layer._conv_attributes() or layer
+        return layer if len(layer.shape) >= 2 else "its input is not a matrix"
+
     def _conv_attributes(self) -> str | None:
         a, shape = self.node.attributes, self.shape
         if len(shape) != 4 or self.weight.ndim != 4:
@@ -219,7 +273,7 @@ class _QuantizedLayer:
 
     def task(self, graph: Graph) -> tuple[Task, list[tuple[str, np.ndarray]]]:
         """The int8 task and its constants after the activation, in operand order."""
-        conv = self.node.op_type == "Conv"
+        conv = self.node.op_type in ("Conv", "QLinearConv")
         weight = np.ascontiguousarray(self.weight)
         # the sum of the weights each output channel multiplies an input's zero point by
         sums = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1) if conv \

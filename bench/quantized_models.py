@@ -1,0 +1,74 @@
+"""Quantized versions of bench/models.py's models, as onnxruntime.quantization writes them.
+
+`quant_pre_process` (onnxruntime's recommended first step: shape inference and BatchNormalization
+folded into the convolutions), then `quantize_static` (QDQ format, its default: int8
+activations and weights, per tensor unless `--per-channel`), calibrated on `--calibration` random inputs of the model's shape (uniform in
+[-1, 1]: the weights are random too, so no real data would calibrate them better), for the
+convnets; `quantize_dynamic` (MatMulInteger with DynamicQuantizeLinear) for the BERT layer, as
+onnxruntime's guide recommends for transformers. Each file goes to `--out/<name>.int8.onnx`;
+then `python bench/model.py --onnx FILE` tunes, packages and times it against onnxruntime on
+the same file.
+
+    python bench/quantized_models.py --out /tmp/qmodels [--models resnet50 mobilenetv2]
+                                     [--per-channel] [--calibration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.models import MODELS, write_models  # noqa: E402
+
+
+def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
+             calibration: int) -> Path:
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_suffix(".prepared.onnx")
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    if name == "bert_layer":
+        quantize_dynamic(str(prepared), str(out))
+        return out
+    graph_input = model.graph.input[0]
+    shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{graph_input.name: rng.uniform(-1, 1, shape)
+                                  .astype(np.float32)} for _ in range(calibration)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(prepared), str(out), Reader(), per_channel=per_channel)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        default=["resnet50", "mobilenetv2"])
+    parser.add_argument("--per-channel", action="store_true")
+    parser.add_argument("--calibration", type=int, default=8)
+    args = parser.parse_args(argv)
+    for name, path in write_models(args.out, args.models).items():
+        quantized = quantize(path, args.out / f"{name}.int8.onnx", name, args.per_channel,
+                             args.calibration)
+        print(f"{name}: {quantized}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
