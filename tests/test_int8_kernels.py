@@ -56,9 +56,58 @@ def test_vnni_int8_schedule_is_exact(seed):
                                           | {"+avx512vnni"})), 1)
     assert target.machine.dot_instruction == "vpdpbusd"
     steps, nest = default_lowered(dag, target)
-    from tuner.codegen.jit import compile_object, target_machine, optimize
+    from tuner.codegen.jit import target_machine, optimize
     from tuner.codegen.emit import emit_llvm
     asm = target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
     assert "vpdpbusd" in asm
     skip_unless_host_runs(target)
     _check(dag, steps, target, rng)
+
+
+def _vnni_target(cpu: str):
+    """`cpu`'s target with VNNI: x86-64-v4 plus AVX512-VNNI, or alderlake (AVX-VNNI, 256-bit
+    vectors, no AVX-512)."""
+    target = generated_target(cpu, 1)
+    if cpu == "x86-64-v4":
+        features = sorted(set(target.features.split(",")) - {"-avx512vnni"} | {"+avx512vnni"})
+        target = type(target)(target.triple, target.cpu, ",".join(features), 1)
+    return target
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4", "alderlake"])
+@pytest.mark.parametrize("seed", range(16))
+def test_random_vnni_schedules_compile_to_vpdpbusd(cpu, seed):
+    """Random schedules (broadcast, packed and interleaved groups, partial vectors) for the
+    512-bit and the 256-bit (AVX-VNNI) instruction: valid IR, and vpdpbusd wherever a dot
+    loop sits inside a vector loop; run and checked where this host has the ISA."""
+    from tuner.codegen.emit import emit_llvm
+    from tuner.codegen.jit import optimize, target_machine
+    from tuner.ir.layout import vector_loop
+
+    target = _vnni_target(cpu)
+    assert target.machine.dot_instruction == "vpdpbusd"
+    rng = np.random.default_rng(7000 + seed)
+    task = random_int8_task(rng, ["conv2d", "matmul"][seed % 2])
+    steps = random_schedule(rng, task)
+    nest = apply_steps(task.dag(), steps)
+    asm = target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
+    vec = vector_loop(nest)
+    if nest.loops[-1].kind == "dot" and vec is not None and vec.extent > 1:
+        assert "vpdpbusd" in asm
+    skip_unless_host_runs(target)
+    _check(task.dag(), steps, target, rng)
+
+
+@pytest.mark.parametrize("cpu, flag", [("znver4", "+avx512vnni"), ("icelake-server",
+                                                                   "+avx512vnni"),
+                                       ("alderlake", "+avxvnni"), ("znver3", None),
+                                       ("skylake-avx512", None)])
+def test_a_named_cpu_knows_its_dot_instruction(cpu, flag):
+    """The features read off a named CPU's code include VNNI where it has it (and nothing
+    new where it has not, so that those CPUs' target keys stay as they were)."""
+    from tuner.ir.cpu_probe import probe
+    from tuner.ir.machine import dot_instruction_of
+
+    features = probe(cpu)
+    assert [f for f in features if "vnni" in f] == ([flag] if flag else [])
+    assert dot_instruction_of(",".join(features)) == ("vpdpbusd" if flag else "pmaddwd")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from llvmlite import ir
 
 from tuner.ir.dag import Affine, Operand
-from tuner.codegen.irutil import (F32, I1, I8, I32, I64, PTR, VOID, Lin, as_value, byte_size,
+from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, byte_size,
                                   ceil_div, elem_ptr, fma, gomp_parallel, intrinsic, lane_offsets,
                                   masked_load, masked_store, materialize, outlined_function, relu,
                                   runtime_loop, shared_pointers, smin, splat, static_block,

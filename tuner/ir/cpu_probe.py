@@ -5,7 +5,10 @@
 llvmlite exposes no query for the features of a CPU name, so a small function that would use
 each feature is compiled for that CPU and its assembly is read: a 16-lane float add on zmm
 registers means AVX-512, an 8-lane float add on ymm means AVX, an 8-lane integer add on ymm
-means AVX2, a vfmadd instruction means FMA. Run as its own process: LLVM ends the process on
+means AVX2, a vfmadd instruction means FMA, and a sum of uint8 x int8 products that LLVM
+turns into `vpdpbusd` means VNNI: AVX512-VNNI, or AVX-VNNI where it is VEX-encoded
+(`{vex} vpdpbusd`). The VNNI flags are listed only where present, so that the feature string,
+and with it the target key of the records, of every CPU without VNNI stays what it was. Run as its own process: LLVM ends the process on
 a CPU name it does not know ("64-bit code requested on a subtarget that doesn't support it"),
 and prints a warning to the C stderr first; the parent treats any failure as an unknown name.
 """
@@ -36,6 +39,18 @@ define void @probe(ptr noalias %p, ptr noalias %q, ptr noalias %r, ptr noalias %
   ret void
 }
 declare <4 x float> @llvm.fma.v4f32(<4 x float>, <4 x float>, <4 x float>)
+
+define void @dot(ptr noalias %p, ptr noalias %q, ptr noalias %r) {
+  %a = load <32 x i8>, ptr %p
+  %b = load <32 x i8>, ptr %q
+  %za = zext <32 x i8> %a to <32 x i32>
+  %sb = sext <32 x i8> %b to <32 x i32>
+  %m = mul <32 x i32> %za, %sb
+  %s = call i32 @llvm.vector.reduce.add.v32i32(<32 x i32> %m)
+  store i32 %s, ptr %r
+  ret void
+}
+declare i32 @llvm.vector.reduce.add.v32i32(<32 x i32>)
 """
 
 
@@ -57,7 +72,11 @@ def probe(cpu: str) -> list[str]:
                     for op, args in ops),
         "fma": any(op.startswith("vfmadd") for op, _ in ops),
     }
-    return sorted(("+" if on else "-") + name for name, on in has.items())
+    features = [("+" if on else "-") + name for name, on in has.items()]
+    dot = [line for line in asm.splitlines() if "vpdpbusd" in line]
+    if dot:
+        features.append("+avxvnni" if any("{vex}" in line for line in dot) else "+avx512vnni")
+    return sorted(features)
 
 
 if __name__ == "__main__":
