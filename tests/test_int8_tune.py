@@ -141,3 +141,17 @@ def test_bad_int8_input_is_one_line(argv, message, tmp_path, capsys):
 def test_batch_matmul_has_no_int8_kernels_yet():
     with pytest.raises(ShapeError, match="batch_matmul has no int8 kernels yet"):
         Task.create("batch_matmul", (2, 8, 8, 8), "int8")
+
+
+def test_int8_records_export_import_and_replay_from_the_json(tuned_db, tmp_path):
+    exported = tmp_path / "best.json"
+    assert main(["export", "--db", tuned_db, "-o", str(exported)]) == 0
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["import", str(exported), "--db", other]) == 0
+    with RecordStore(other) as store:
+        assert {t.key for t in store.tasks()} == {MATMUL.key, CONV.key}
+    kernel = tuner.build("matmul", (12, 24, 30), dtype="int8", db=str(exported), threads=1,
+                         bias=True, out_type=1)
+    assert kernel.tuned
+    inputs = MATMUL.dag().random_inputs(np.random.default_rng(8))
+    np.testing.assert_array_equal(kernel(*inputs), MATMUL.dag().reference(*inputs))
