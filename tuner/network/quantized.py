@@ -34,6 +34,7 @@ uint8 weights, a bias of another scale) is dequantized and runs as a float layer
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -117,15 +118,27 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     return result, notes
 
 
+@dataclass(slots=True)
 class _QuantizedLayer:
-    """A matched QDQ chain: the quantized input, the float layer, its dequantized constants
-    and what follows it (Relu, QuantizeLinear)."""
+    """A matched quantized layer, filled in as it is matched: the quantized input and its
+    quantization, the int8 weight (KCRS for a convolution, K x N for a product) with its scale
+    per output channel, the int32 bias, the Relu, the output's quantization (None: a float
+    output), and the nodes it replaces."""
 
-    def __init__(self):
-        self.nodes: list[Node] = []           # the layer, then Relu and QuantizeLinear
-        self.constant_nodes: list[Node] = []  # the weight's and the bias's DequantizeLinear
-        self.x = ""
-        self.relu = 0
+    node: Node
+    x: str                                   # the quantized (uint8) input value
+    x_scale: np.float32 = np.float32(1)
+    x_zero: int = 0
+    weight: np.ndarray | None = None
+    w_scale: np.ndarray | None = None
+    bias: np.ndarray | None = None           # int64, at x_scale * w_scale
+    relu: int = 0
+    y_scale: np.float32 | None = None
+    y_zero: int | None = None
+    shape: tuple[int, ...] | None = None     # of the input
+    conv: dict | None = None                 # stride, pad, dilation, groups
+    nodes: list[Node] = field(default_factory=list)           # the layer, Relu, QuantizeLinear
+    constant_nodes: list[Node] = field(default_factory=list)  # its constants' DequantizeLinear
 
     @staticmethod
     def match(node: Node, graph: Graph, consumers, producers):
@@ -136,8 +149,7 @@ class _QuantizedLayer:
         if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or \
                 w_dq.op_type != "DequantizeLinear":
             return None
-        layer = _QuantizedLayer()
-        layer.node, layer.x = node, x_dq.inputs[0]
+        layer = _QuantizedLayer(node, x_dq.inputs[0])
         x_scale, x_zero = _scalar(x_dq, 1, consts), _scalar(x_dq, 2, consts)
         if x_scale is None or x_zero is None:
             return "its input's scale and zero point are not one constant each"
@@ -169,7 +181,6 @@ class _QuantizedLayer:
             return "its weight is quantized along an axis other than its output channels"
         layer.weight = weight.T if out_axis == 0 and node.op_type != "Conv" else weight
         layer.w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
-        layer.bias = None
         bias_input = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
         if bias_input is not None:
             b_dq = producers.get(bias_input)
@@ -193,7 +204,6 @@ class _QuantizedLayer:
             layer.nodes.append(relu)
             current = relu.outputs[0]
         q = only_reader(current, graph, consumers, ("QuantizeLinear",))
-        layer.y_scale = layer.y_zero = None
         if q is not None:
             y_scale, y_zero = _scalar(q, 1, consts), _scalar(q, 2, consts)
             zero_type = consts[q.inputs[2]].dtype if len(q.inputs) > 2 and \
@@ -218,8 +228,7 @@ class _QuantizedLayer:
         y_scale, y_zero_point[, B]) or QLinearMatMul (the same without B), or the reason it
         stays a numpy node."""
         consts = graph.initializers
-        layer = _QuantizedLayer()
-        layer.node, layer.x, layer.nodes = node, node.inputs[0], [node]
+        layer = _QuantizedLayer(node, node.inputs[0], nodes=[node])
         values = [_scalar(node, i, consts) for i in (1, 2, 6, 7)]
         if any(v is None for v in values):
             return "its input's and output's scales and zero points are not constants"
@@ -242,7 +251,6 @@ class _QuantizedLayer:
             return "its weight is not a 2-D kernel or matrix quantized per output channel"
         layer.weight = weight
         layer.w_scale = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (channels,))
-        layer.bias = None
         if conv and len(node.inputs) > 8 and node.inputs[8]:
             bias = consts.get(node.inputs[8])
             if bias is None or bias.dtype != np.int32:
