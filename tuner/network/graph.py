@@ -302,10 +302,13 @@ def scalar_constant(name: str, graph: Graph) -> float | None:
 
 
 def rewritten(graph: Graph, replaced: dict[int, Node], dropped: set[int],
-              initializers: dict[str, np.ndarray]) -> Graph:
-    """`graph` with nodes replaced (by the id of the node they replace) and dropped (ids), and
-    of `initializers` those still read."""
-    nodes = tuple(replaced.get(id(n), n) for n in graph.nodes if id(n) not in dropped)
+              initializers: dict[str, np.ndarray],
+              inserted: dict[int, tuple[Node, ...]] | None = None) -> Graph:
+    """`graph` with nodes replaced (by the id of the node they replace) and dropped (ids),
+    nodes `inserted` before the node of an id, and of `initializers` those still read."""
+    inserted = inserted or {}
+    nodes = tuple(new for n in graph.nodes if id(n) not in dropped
+                  for new in inserted.get(id(n), ()) + (replaced.get(id(n), n),))
     used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
     return Graph(graph.inputs, graph.outputs, nodes,
                  {k: v for k, v in initializers.items() if k in used},

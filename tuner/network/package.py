@@ -396,7 +396,8 @@ def _kernel_json(node: Node, graph: Graph, choice) -> dict:
                       "dtype": packed_dtype(nest, op, machine)}
         # an int8 layer's scale and zero points are initializers too (a dynamically
         # quantized one's are computed at run time)
-        constant = op.constant or (op in dag.quant_operands and source in graph.initializers)
+        # (a dynamically quantized layer's bias is computed at run time too)
+        constant = source in graph.initializers and (op.constant or op in dag.quant_operands)
         operands.append({"name": op.name, "input": source, "shape": list(op.array_shape),
                          "constant": constant, "packed": packed, "dtype": op.dtype})
     out_shape = dag.output.array_shape

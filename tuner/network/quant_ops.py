@@ -78,12 +78,17 @@ def dequantize_linear(x, a, opset):
 
 
 def dynamic_quantize_linear(x, a, opset):
-    """uint8 with the scale and zero point of the data's range (widened to include 0)."""
+    """uint8 with the scale and zero point of the data's range (widened to include 0), in
+    float32 as ONNX writes it: scale = (max - min) / 255, zero point = round(0 - min / scale)
+    (computing the scale in float64 and rounding it once made the zero point differ by one
+    from onnxruntime's on some inputs)."""
     data = np.asarray(x[0], np.float32)
-    low = min(0.0, float(data.min())) if data.size else 0.0
-    high = max(0.0, float(data.max())) if data.size else 0.0
-    scale = np.float32((high - low) / 255.0) if high > low else np.float32(1.0)
-    zero = np.uint8(np.clip(np.rint(np.float32(0.0 - low) / scale), 0, 255))
+    low = np.minimum(np.float32(0), data.min()) if data.size else np.float32(0)
+    high = np.maximum(np.float32(0), data.max()) if data.size else np.float32(0)
+    scale = (high - low) / np.float32(255)
+    if scale == 0:
+        scale = np.float32(1)
+    zero = np.uint8(np.clip(np.rint(np.float32(0) - low / scale), 0, 255))
     return [quantize(data, scale, zero, np.uint8), np.array(scale, np.float32),
             np.array(zero, np.uint8)]
 

@@ -26,6 +26,10 @@ The operator form (`quant_format=QOperator`) is taken too: a QLinearConv or QLin
 uint8 activations becomes the same int8 task (its int8 activations would need its neighbours
 re-typed with it, which this does not do: it then runs in numpy, noted).
 
+`quantize_dynamic`'s MatMulInteger, whose activation DynamicQuantizeLinear quantizes at run
+time, becomes an int8 matmul writing its int32 sums (`_matmul_integer`); the Cast and Mul after
+it stay numpy nodes.
+
 What stays: Q/DQ pairs around other operators (a residual Add, a pooling) run in numpy
 (quant_ops.py), and a layer whose quantization this does not take (per-axis activations,
 uint8 weights, a bias of another scale) is dequantized and runs as a float layer, noted.
@@ -82,8 +86,15 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     initializers = dict(graph.initializers)
     replaced: dict[int, Node] = {}
     absorbed: set[int] = set()
+    inserted: dict[int, tuple[Node, ...]] = {}
+    shapes = dict(graph.shapes)
     for node in graph.nodes:
         if id(node) in absorbed:
+            continue
+        if node.op_type == "MatMulInteger":
+            fused = _matmul_integer(node, graph, producers, initializers, shapes, notes)
+            if fused is not None:
+                replaced[id(node)], inserted[id(node)] = fused[0], fused[1]
             continue
         if node.op_type in ("Conv", "MatMul", "Gemm"):
             layer = _QuantizedLayer.match(node, graph, consumers, producers)
@@ -114,8 +125,72 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
                 and all(id(r) in absorbed for r in consumers.get(x_dq.outputs[0], [])):
             absorbed.add(id(x_dq))
     # constant dequantizations nothing reads any more go with their layers
-    result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers)
-    return result, notes
+    result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers, inserted)
+    return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
+                 result.opset, result.name), notes
+
+
+def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, shapes: dict,
+                    notes: list[str]):
+    """A MatMulInteger (quantize_dynamic's: a uint8 activation quantized at run time by
+    DynamicQuantizeLinear, an int8 weight with zero point 0) as an int8 matmul writing its
+    int32 sums: (the fused node, the nodes before it that make its run-time operands), or
+    None with a note. The input's zero point is known at run time only, so the bias that
+    folds it (-zero_point x the weight's column sums) and the zero points operand are made by
+    three small numpy nodes (Cast, Mul, Concat) in front of the kernel."""
+    from tuner.network.fused import FUSED_OP_TYPES
+
+    consts = graph.initializers
+    a, b = node.inputs[0], node.inputs[1]
+    a_zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    b_zero = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+    weight, shape = consts.get(b), graph.shapes.get(a)
+    maker = producers.get(a_zero) if a_zero else None
+    unsigned = a_zero is None or (a_zero in consts and consts[a_zero].dtype == np.uint8) or \
+        (maker is not None and maker.op_type == "DynamicQuantizeLinear")
+    reason = None
+    if weight is None or weight.dtype != np.int8 or weight.ndim != 2:
+        reason = "its weight is not an int8 constant matrix"
+    elif b_zero is not None and (b_zero not in consts or np.any(consts[b_zero] != 0)):
+        reason = "its weight's zero point is not 0"
+    elif shape is None or len(shape) < 2 or shape[-1] != weight.shape[0]:
+        reason = "its input is not a static stack of rows"
+    elif not unsigned or (a_zero is not None and a_zero not in consts and
+                          graph.shapes.get(a_zero, ()) != ()):
+        reason = "its input is not uint8 with one zero point"
+    if reason is not None:
+        notes.append(f"MatMulInteger '{node.name}' runs in numpy: {reason}")
+        return None
+    k, n = weight.shape
+    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True, out_type=0)
+    name = node.name
+    column_sums = weight.astype(np.int64).sum(axis=0)
+    initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
+    before: tuple[Node, ...] = ()
+    if a_zero is None or a_zero in consts:
+        zero = int(consts[a_zero].reshape(())) if a_zero else 0
+        initializers[f"{name}::bias"] = (-zero * column_sums).astype(np.int32)
+        initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
+    else:
+        initializers[f"{name}::negated_sums"] = (-column_sums).astype(np.int32)
+        initializers[f"{name}::one"] = np.array([1], np.int64)
+        initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
+        before = (Node("Cast", f"{name}::zero_int32", (a_zero,), (f"{name}::zero",),
+                       {"to": 6}),
+                  Node("Mul", f"{name}::bias_of_zero", (f"{name}::zero",
+                                                        f"{name}::negated_sums"),
+                       (f"{name}::bias",)),
+                  Node("Reshape", f"{name}::zero_vector", (f"{name}::zero", f"{name}::one"),
+                       (f"{name}::zero_1",)),
+                  Node("Concat", f"{name}::zero_points", (f"{name}::zero_1",
+                                                          f"{name}::no_output_zero"),
+                       (f"{name}::zero_points",), {"axis": 0}))
+        shapes.update({f"{name}::zero": (), f"{name}::bias": (n,), f"{name}::zero_1": (1,),
+                       f"{name}::zero_points": (2,)})
+    fused = Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::bias",
+                                                f"{name}::zero_points"),
+                 node.outputs, {"task": task})
+    return fused, before
 
 
 @dataclass(slots=True)
