@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuner.ir.dag import Operand
+from tuner.ir.dag import OUT_TYPES, Operand
 from tuner.errors import ShapeError
 
 
@@ -111,17 +111,18 @@ def relu_reference(values, relu: int):
 
 # ------------------------------------------------------------------------------- int8
 
-# What an int8 contraction writes (tuner.ir.dag.Quantization): its int32 sum, the sum
-# requantized to uint8, or dequantized to float32.
-OUT_TYPE_VALUES = {0: "int32", 1: "uint8", 2: "float32"}
-DTYPES = ("float32", "int8")
+# What an int8 contraction writes (tuner.ir.dag.Quantization), by the value of its `out_type`
+# attribute: its int32 sum, the sum requantized to uint8, or dequantized to float32.
+OUT_TYPE_VALUES = dict(enumerate(OUT_TYPES))
+# A task's dtype: of its computation, where tuner.ir.dag.DTYPES are its operands' element types.
+TASK_DTYPES = ("float32", "int8")
 
 
 def check_dtype(op: str, dtype: str, full: dict) -> None:
     """The dtype and the attributes only one dtype takes: int8 kernels have the int32 bias,
     ReLU and an output type (`out_type`), not GELU, ReLU6 or a residual."""
-    if dtype not in DTYPES:
-        raise ShapeError(f"{op} dtype expects one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in TASK_DTYPES:
+        raise ShapeError(f"{op} dtype expects one of {', '.join(TASK_DTYPES)}, got {dtype!r}")
     out_type = full.get("out_type", 0)
     if out_type not in OUT_TYPE_VALUES:
         choices = ", ".join(f"{v} ({kind})" for v, kind in OUT_TYPE_VALUES.items())

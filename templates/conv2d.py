@@ -26,7 +26,7 @@ import numpy as np
 from templates._common import (check_dtype, check_shape, dot_split, epilogue_reference,
                               fill_attrs, quantization, quantized_reference, residual_operand,
                               split_inputs)
-from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import OUT_TYPES, Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "conv2d"
@@ -76,8 +76,7 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
         reduction, in_channel, overhang = dot_split(aff(("g", cg)) if groups > 1 else aff(),
                                                     cg, "c")
         weight_channel = dot_split(aff(), cg, "c")[1]
-    types = dict(data="uint8", weight="int8", bias="int32",
-                 out=("int32", "uint8", "float32")[out_type]) if int8 else \
+    types = dict(data="uint8", weight="int8", bias="int32", out=OUT_TYPES[out_type]) if int8 else \
         dict(data="float32", weight="float32", bias="float32", out="float32")
     if pointwise:
         axes += [Axis("k", kg), Axis("p", oh * ow)] + reduction
@@ -104,41 +103,11 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
     bias_op = Operand("bias", (k,), (out_channel,), constant=True,
                       dtype=types["bias"]) if bias else None
     flops = 2.0 * n * k * oh * ow * cg * r * s
-    if int8:
-        def quantized(data_val, weight_val, *rest):
-            rest = list(rest)
-            bias_val = rest.pop(0) if bias else None
-            scale_val = rest.pop(0) if out_type else None
-            zero_points = rest[0]
-            x = np.pad(data_val.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)),
-                       constant_values=int(zero_points[0]))
-            return quantized_reference(_accumulate(x, weight_val.astype(np.int64)), relu,
-                                       out_type, bias_val, scale_val, zero_points,
-                                       (1, k, 1, 1))
 
-        def _accumulate(x, wt):
-            res = np.zeros((n, k, oh, ow), dtype=np.int64)
-            for gi in range(groups):
-                xg = x[:, gi * cg:(gi + 1) * cg]
-                wg = wt[gi * kg:(gi + 1) * kg]
-                for ri in range(r):
-                    for si in range(s):
-                        h0, w0 = ri * dilation, si * dilation
-                        win = xg[:, :, h0:h0 + stride * (oh - 1) + 1:stride,
-                                 w0:w0 + stride * (ow - 1) + 1:stride]
-                        res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
-                                                                    wg[:, :, ri, si])
-            return res
-
-        return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops,
-                          quantized, quant=quantization(out_type, out_channel, k),
-                          dot_axis="ci" if len(reduction) > 1 else None)
-
-    def reference(data_val, weight_val, *rest):
-        bias_val, residual_val = split_inputs(rest, bias, residual)
-        x = np.pad(data_val.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        wt = weight_val.astype(np.float64)
-        res = np.zeros((n, k, oh, ow))
+    def window_sums(x, wt):
+        """The convolution's sums over the padded input `x` and weight `wt`, in their dtype
+        (float64 for the float reference, int64 for the exact int8 one)."""
+        res = np.zeros((n, k, oh, ow), dtype=x.dtype)
         for gi in range(groups):
             xg = x[:, gi * cg:(gi + 1) * cg]
             wg = wt[gi * kg:(gi + 1) * kg]
@@ -149,6 +118,28 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                              w0:w0 + stride * (ow - 1) + 1:stride]
                     res[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", win,
                                                                 wg[:, :, ri, si])
+        return res
+
+    if int8:
+        def quantized(data_val, weight_val, *rest):
+            rest = list(rest)
+            bias_val = rest.pop(0) if bias else None
+            scale_val = rest.pop(0) if out_type else None
+            zero_points = rest[0]
+            x = np.pad(data_val.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                       constant_values=int(zero_points[0]))
+            return quantized_reference(window_sums(x, weight_val.astype(np.int64)), relu,
+                                       out_type, bias_val, scale_val, zero_points,
+                                       (1, k, 1, 1))
+
+        return ComputeDAG(NAME, tuple(axes), out, data, weight, bias_op, relu, flops,
+                          quantized, quant=quantization(out_type, out_channel, k),
+                          dot_axis="ci" if len(reduction) > 1 else None)
+
+    def reference(data_val, weight_val, *rest):
+        bias_val, residual_val = split_inputs(rest, bias, residual)
+        x = np.pad(data_val.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        res = window_sums(x, weight_val.astype(np.float64))
         return epilogue_reference(res, relu, None if bias_val is None else
                                   bias_val[None, :, None, None], residual_val, gelu)
 

@@ -19,7 +19,7 @@ import numpy as np
 from templates._common import (check_dtype, check_shape, dot_split, epilogue_reference,
                               fill_attrs, quantization, quantized_reference, residual_operand,
                               split_inputs)
-from tuner.ir.dag import Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import OUT_TYPES, Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "matmul"
@@ -71,7 +71,7 @@ def _int8(m: int, n: int, k: int, bias: bool, relu: int, out_order: int,
     a = Operand("a", (m, k), (aff(("i", 1)), kk), padded=overhang, dtype="uint8",
                 fill_zero_point=True)
     b = Operand("b", (k, n), (kk, aff(("j", 1))), constant=True, padded=overhang, dtype="int8")
-    out_dtype = ("int32", "uint8", "float32")[out_type]
+    out_dtype = OUT_TYPES[out_type]
     out = Operand("out", (m, n), (aff(("i", 1)), aff(("j", 1))), dtype=out_dtype) \
         if out_order == 12 else Operand("out", (n, m), (aff(("j", 1)), aff(("i", 1))),
                                         dtype=out_dtype)

@@ -34,7 +34,6 @@ import sys
 from tuner.errors import TunerError
 
 OPS = ("conv2d", "matmul", "batch_matmul")
-OUT_TYPES = ("int32", "uint8", "float32")  # templates/_common.OUT_TYPE_VALUES, in order
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool whose reader went away
 
@@ -278,6 +277,8 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
 
 
 def _add_dtype(p) -> None:
+    from tuner.ir.dag import OUT_TYPES
+
     p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="int8: uint8 inputs times int8 weights summed in int32 (default float32)")
     p.add_argument("--out-type", choices=OUT_TYPES, default=None,
@@ -295,6 +296,8 @@ def _task_from_args(op: str, args):
         attrs.update(stride=args.stride, pad=args.pad, dilation=args.dilation,
                      groups=args.groups)
     dtype = getattr(args, "dtype", "float32")
+    from tuner.ir.dag import OUT_TYPES
+
     out_type = getattr(args, "out_type", None)
     if out_type is not None:
         if dtype != "int8":
