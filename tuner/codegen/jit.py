@@ -21,7 +21,7 @@ import numpy as np
 from tuner.codegen.emit import emit_llvm, pack_function_name
 from tuner.errors import ScheduleError
 from tuner.ir.layout import ir_instructions, packed_dtype, packed_layout
-from tuner.ir.dag import DTYPES
+from tuner.ir.dag import DTYPES, as_element_type
 from tuner.errors import CodegenError, TunerError
 from tuner.ir.llvm_init import llvm
 from tuner.ir.schedule import LoopNest
@@ -106,23 +106,6 @@ def compile_ir_object(ir_text: str, target: Target) -> bytes:
     return tm.emit_object(optimize(ir_text, target, tm))
 
 
-def as_operand_type(op, array) -> np.ndarray:
-    """`array` as operand `op`'s element type. Anything converts to float32; an integer
-    operand takes integers that fit its type, and refuses the rest with a message that names
-    them (a float activation handed to a uint8 kernel is a quantization the caller forgot)."""
-    want = DTYPES[op.dtype]
-    arr = np.asarray(array)
-    if arr.dtype == want or want == np.float32:
-        return arr.astype(want, copy=False)
-    info = np.iinfo(want)
-    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
-        raise TunerError(f"{op.name} must be a {op.dtype} array (integers in "
-                         f"[{info.min}, {info.max}]), got {arr.dtype}"
-                         + (f" values in [{arr.min()}, {arr.max()}]" if arr.size and
-                            arr.dtype.kind in "iufb" else ""))
-    return arr.astype(want)
-
-
 class CompiledKernel:
     """A compiled schedule: `kernel(*inputs) -> out`, or `run(out, *args)` on packed args.
 
@@ -178,7 +161,7 @@ class CompiledKernel:
         """One user input as the kernel takes it: of the operand's type (float32 unless the
         kernel is int8), C-contiguous, packed if rewritten."""
         op = self.dag.operand(operand)
-        arr = np.ascontiguousarray(as_operand_type(op, array))
+        arr = np.ascontiguousarray(as_element_type(array, op.dtype, op.name))
         if arr.shape != op.array_shape:
             raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
         arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from tuner.errors import TunerError
+
 
 @dataclass(frozen=True, slots=True)
 class Axis:
@@ -106,6 +108,23 @@ class Operand:
 # Element types of operands, as numpy names them.
 DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8, "int32": np.int32,
           "int16": np.int16}  # int16: only an int8 weight packed for vpmaddwd (layout.py)
+
+def as_element_type(array, dtype: str, name: str) -> np.ndarray:
+    """`array` as elements of `dtype` (DTYPES). Anything converts to float32; an integer type
+    takes integers that fit it and refuses the rest with one line naming `name` (a float
+    activation handed to a uint8 kernel is a quantization the caller forgot)."""
+    want = DTYPES[dtype]
+    arr = np.asarray(array)
+    if arr.dtype == want or want == np.float32:
+        return arr.astype(want, copy=False)
+    info = np.iinfo(want)
+    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
+        raise TunerError(f"{name} must be a {dtype} array (integers in "
+                         f"[{info.min}, {info.max}]), got {arr.dtype}"
+                         + (f" values in [{arr.min()}, {arr.max()}]" if arr.size and
+                            arr.dtype.kind in "iufb" else ""))
+    return arr.astype(want)
+
 
 # The reduction lanes summed into one int32 by the dot-product instructions: vpdpbusd's 4.
 DOT_GROUP = 4

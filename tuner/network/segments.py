@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuner.errors import TunerError
+from tuner.ir.dag import as_element_type
 from tuner.network.graph import Node
 
 ALIGN = 64  # bytes: a cache line, and a 512-bit vector
@@ -153,15 +154,8 @@ def kernel_input(reader: str, value, shape: tuple[int, ...],
     """`value` as the contiguous array of `dtype` a kernel reads as an operand of `shape`, or
     the one-line error naming the node `reader` when its size is not that shape's, or when
     an int8 kernel's integer operand gets values its type does not hold."""
-    want = np.dtype(dtype)
-    array = np.asarray(value)
-    if want != np.float32 and array.dtype != want:
-        info = np.iinfo(want)
-        if array.dtype.kind not in "iub" or (array.size and (array.min() < info.min or
-                                                              array.max() > info.max)):
-            raise TunerError(f"node '{reader}' got {array.dtype} values; its kernel takes "
-                             f"{dtype} (integers in [{info.min}, {info.max}])")
-    array = np.ascontiguousarray(array, dtype=want)
+    array = np.ascontiguousarray(as_element_type(value, dtype, f"the input of node "
+                                                                f"'{reader}'"))
     if array.size != math.prod(shape):
         raise TunerError(f"node '{reader}' got an input of shape {array.shape}; its kernel "
                          f"takes {shape}")
