@@ -39,9 +39,15 @@ def quantize(real, scale, zero_point, dtype) -> np.ndarray:
     and in place after the division (a quantized model runs these on every activation its
     kernels do not: float64 temporaries tripled their time). Adding an integer zero point to
     an integer-valued float32 is exact, and so is clipping to the type's bounds."""
-    info = np.iinfo(dtype)
     q = np.divide(np.asarray(real, np.float32), np.asarray(scale, np.float32),
                   dtype=np.float32)
+    return _saturate(q, zero_point, dtype)
+
+
+def _saturate(q: np.ndarray, zero_point, dtype) -> np.ndarray:
+    """float32 `q` (overwritten) rounded half to even, plus `zero_point`, saturated to
+    `dtype`. Where |q| reaches 2^24 the addition may round, but such values saturate alike."""
+    info = np.iinfo(dtype)
     np.rint(q, out=q)
     q += np.asarray(zero_point).astype(np.float32)
     np.clip(q, info.min, info.max, out=q)
@@ -135,10 +141,8 @@ def qlinear_matmul(x, a, opset):
 
 
 def _requantize(sums, scale, zero_point) -> np.ndarray:
-    dtype = np.asarray(zero_point).dtype.type
-    info = np.iinfo(dtype)
     real = sums.astype(np.float32) * scale
-    return np.clip(np.rint(real) + np.float64(zero_point), info.min, info.max).astype(dtype)
+    return _saturate(real, zero_point, np.asarray(zero_point).dtype.type)
 
 
 QUANT_OPS = {

@@ -138,8 +138,6 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
     None with a note. The input's zero point is known at run time only, so the bias that
     folds it (-zero_point x the weight's column sums) and the zero points operand are made by
     three small numpy nodes (Cast, Mul, Concat) in front of the kernel."""
-    from tuner.network.fused import FUSED_OP_TYPES
-
     consts = graph.initializers
     a, b = node.inputs[0], node.inputs[1]
     a_zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
@@ -228,9 +226,7 @@ class _QuantizedLayer:
         x_scale, x_zero = _scalar(x_dq, 1, consts), _scalar(x_dq, 2, consts)
         if x_scale is None or x_zero is None:
             return "its input's scale and zero point are not one constant each"
-        x_zero_type = consts[x_dq.inputs[2]].dtype if len(x_dq.inputs) > 2 and \
-            x_dq.inputs[2] else np.dtype(np.uint8)
-        if x_zero_type != np.uint8:
+        if _zero_type(x_dq, 2, consts) != np.uint8:
             return "its input is int8 and read as such by other nodes (the kernels take uint8)"
         layer.x_scale, layer.x_zero = np.float32(x_scale), int(x_zero)
         weight = consts.get(w_dq.inputs[0])
@@ -281,9 +277,8 @@ class _QuantizedLayer:
         q = only_reader(current, graph, consumers, ("QuantizeLinear",))
         if q is not None:
             y_scale, y_zero = _scalar(q, 1, consts), _scalar(q, 2, consts)
-            zero_type = consts[q.inputs[2]].dtype if len(q.inputs) > 2 and \
-                q.inputs[2] in consts else np.dtype(np.uint8)
-            if y_scale is not None and y_zero is not None and zero_type == np.uint8:
+            if y_scale is not None and y_zero is not None and \
+                    _zero_type(q, 2, consts) == np.uint8:
                 layer.y_scale, layer.y_zero = np.float32(y_scale), int(y_zero)
                 layer.nodes.append(q)
         layer.shape = graph.shapes.get(node.inputs[0])
@@ -307,9 +302,7 @@ class _QuantizedLayer:
         values = [_scalar(node, i, consts) for i in (1, 2, 6, 7)]
         if any(v is None for v in values):
             return "its input's and output's scales and zero points are not constants"
-        zero_types = {consts[node.inputs[i]].dtype for i in (2, 7)
-                      if len(node.inputs) > i and node.inputs[i] in consts}
-        if zero_types - {np.dtype(np.uint8)}:
+        if any(_zero_type(node, i, consts) != np.uint8 for i in (2, 7)):
             return "its activations are int8 (the kernels take uint8: quantize them as uint8)"
         layer.x_scale, layer.x_zero = np.float32(values[0]), int(values[1])
         layer.y_scale, layer.y_zero = np.float32(values[2]), int(values[3])
@@ -384,6 +377,15 @@ class _QuantizedLayer:
             constants.append(("bias", np.asarray(bias, np.int64).astype(np.int32)))
         constants += [("scale", scale), ("zero_points", zero_points)]
         return task, constants
+
+
+def _zero_type(node: Node, index: int, consts) -> np.dtype | None:
+    """The element type of the node's constant zero point at input `index`: uint8 where it
+    has none (ONNX's default), None where it is not a constant."""
+    if index >= len(node.inputs) or not node.inputs[index]:
+        return np.dtype(np.uint8)
+    value = consts.get(node.inputs[index])
+    return None if value is None else value.dtype
 
 
 def _scalar(node: Node, index: int, consts) -> float | None:
