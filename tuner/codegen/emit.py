@@ -154,7 +154,7 @@ class _Emitter:
     def _fill(self, fn: Fn, acc: Access) -> ir.Value:
         """What a padded read of `acc` returns: zero, or the input zero point."""
         if not acc.fill:
-            return ir.Constant(acc.etype, None)
+            return ir.Constant(acc.etype, 0.0 if acc.etype == F32 else 0)
         return quantized.input_zero_point(fn.b, fn.ptrs["zero_points"], acc.etype)
 
     def _offset(self, ctx: Ctx, acc: Access) -> Lin:
@@ -213,8 +213,7 @@ class _Emitter:
         safe = b.select(ok, off, ir.Constant(I64, 0))  # element 0 is always readable
         value = b.load(elem_ptr(b, fn.ptrs[acc.ptr], safe, acc.etype), typ=acc.etype,
                        align=size)
-        return b.select(ok, value, self._fill(fn, acc) if acc.fill
-                        else ir.Constant(acc.etype, 0.0 if acc.etype == F32 else 0))
+        return b.select(ok, value, self._fill(fn, acc))
 
     def _active(self, fn: Fn, ctx: Ctx, lane: int | None = None):
         """Which lanes of a partial vector are real: a mask, or one lane's i1."""
