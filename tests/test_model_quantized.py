@@ -4,6 +4,8 @@ quantized file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -136,6 +138,11 @@ def test_compiled_package_matches_onnxruntime(quantized, tmp_path):
     with open_schedules(db) as schedules:
         built = write_package(str(quantized), tmp_path / "pkg", schedules, target)
     assert sum(k.task_key.endswith("/int8") for k in built.tasks) == 6
+    # the residual block's Add with its DequantizeLinear / QuantizeLinear nodes is one
+    # generated function (tests/test_model_quantized_add.py)
+    nodes = json.loads(built.graph_file.read_text())["nodes"]
+    assert [n["op_type"] for n in nodes].count("TunerQuantizedAdd") == 1
+    assert "Add" not in [n["op_type"] for n in nodes]
     package = load_package(tmp_path / "pkg")
     from tuner.replay.source import NoRecordWarning
     with pytest.warns(NoRecordWarning, match="6 of the 6 tasks"):

@@ -36,6 +36,7 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
                                rewritten)
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
+from tuner.network.quantized_add import QUANTIZED_ADD, fuse_quantized_adds
 from tuner.network.tasks import extract_tasks
 from tuner.ir.target import Target
 from tuner.replay.source import NoRecordWarning, ScheduleSource
@@ -95,7 +96,7 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    graph = _masked_softmaxes(extraction.graph)
+    graph = fuse_quantized_adds(_masked_softmaxes(extraction.graph))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in graph.nodes:
@@ -238,21 +239,22 @@ def _views(graph: Graph) -> dict[str, tuple[int, ...]]:
 @dataclass(frozen=True, slots=True)
 class _NodeFunction:
     """A generated function serving a node the numpy runtime would run: its symbol, its
-    operands in argument order as (operand name, the node's input, shape, constant), and the
-    shape of its output."""
+    operands in argument order as (operand name, the node's input, shape, constant, element
+    type), and the shape and element type of its output."""
 
     symbol: str
-    operands: tuple[tuple[str, str, tuple[int, ...], bool], ...]
+    operands: tuple[tuple[str, str, tuple[int, ...], bool, str], ...]
     out_shape: tuple[int, ...]
+    out_dtype: str
 
 
 def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
     """Generated functions for the nodes that have one: MaxPool and GlobalAveragePool after a
     kernel (pool_codegen.py; a float32 tensor, with the kernels in a segment), and
-    LayerNormalization with constant scale and bias, and Softmax, over rows (row_codegen.py).
-    One function per distinct node; returns the function by node output, and the compiled
-    functions."""
-    from tuner.replay.aot import LinkedFunction
+    LayerNormalization with constant scale and bias, and Softmax, over rows (row_codegen.py);
+    a quantized residual Add (quantized_add.py). One function per distinct node; returns the
+    function by node output, and the compiled functions."""
+    from tuner.replay.aot import C_TYPES, LinkedFunction
     from tuner.codegen.jit import compile_ir_object
 
     # the float32 tensors kernels write (an int8 layer's uint8 output is pooled in numpy)
@@ -266,31 +268,43 @@ def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
         plan = _generation_plan(node, graph, made_by_kernels)
         if plan is None:
             continue
-        key, operands, out_shape, generate, comment = plan
+        key, operands, out_shape, out_dtype, generate, comment = plan
         if key not in made:
             symbol = f"{name}_{node.op_type.lower()}{len(made)}"
-            arguments = ", ".join(f"const float *restrict {operand[0]}"
-                                  for operand in operands)
+            arguments = ", ".join(f"const {C_TYPES[dtype]} *restrict {role}"
+                                  for role, _, _, _, dtype in operands)
             declaration = (f"/* {node.op_type}: {comment} */\n"
-                           f"void {symbol}(float *restrict out, {arguments});")
+                           f"void {symbol}({C_TYPES[out_dtype]} *restrict out, {arguments});")
             functions.append(LinkedFunction(
                 symbol, compile_ir_object(generate(symbol, target.machine, target.threads),
                                           target), declaration))
             made[key] = symbol
-        served[node.outputs[0]] = _NodeFunction(made[key], operands, out_shape)
+        served[node.outputs[0]] = _NodeFunction(made[key], operands, out_shape, out_dtype)
     return served, functions
 
 
 def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
-    """(key, operands, output shape, generate(symbol, machine, threads) -> IR, comment) for
-    a node that a generated function can serve, else None. Nodes with the same key share a
-    function."""
+    """(key, operands, output shape, output element type, generate(symbol, machine, threads)
+    -> IR, comment) for a node that a generated function can serve, else None. Nodes with the
+    same key share a function."""
     from tuner.network.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
+    from tuner.network.quantized_add import QuantizedAdd, quantized_add_ir
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
     shape = tuple(graph.shapes[node.inputs[0]])
     text = "x".join(map(str, shape))
-    x = (("x", node.inputs[0], shape, False),)
+    x = (("x", node.inputs[0], shape, False, "float32"),)
+    if node.op_type == QUANTIZED_ADD:
+        add = QuantizedAdd.of(node)
+        count = math.prod(shape)
+        operands = tuple((role, source, shape, source in graph.initializers, dtype)
+                         for role, source, dtype in zip("ab", node.inputs,
+                                                        (add.a_type, add.b_type)))
+        relu = " max(., 0)," if add.relu else ""
+        return ((add, count), operands, shape, add.y_type,
+                lambda s, m, t: quantized_add_ir(s, count, add, m, t),
+                f"out[{text}] = quantize(dequantize(a) + dequantize(b)),{relu} as ONNX's "
+                f"DequantizeLinear, Add, QuantizeLinear compute it")
     if node.op_type in ("MaxPool", "GlobalAveragePool"):
         if node.inputs[0] not in made_by_kernels:
             return None
@@ -299,19 +313,21 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
             if windows is None:
                 return None
             out = windows.out_shape
-            return (windows, x, out, lambda s, m, t: maxpool_ir(s, windows, m, t),
+            return (windows, x, out, "float32",
+                    lambda s, m, t: maxpool_ir(s, windows, m, t),
                     f"out[{'x'.join(map(str, out))}] from x[{text}]")
         if len(shape) < 3:
             return None
         out = shape[:2] + (1,) * (len(shape) - 2)
-        return (("GlobalAveragePool", shape), x, out,
+        return (("GlobalAveragePool", shape), x, out, "float32",
                 lambda s, m, t: global_average_pool_ir(s, shape, m, t),
                 f"out[{'x'.join(map(str, out))}] from x[{text}]")
     if node.op_type == MASKED_SOFTMAX:
         rows, width = row_view("Softmax", node.attributes, shape, graph.opset)
         mask = node.inputs[1]
-        operands = x + (("mask", mask, _shape_of(mask, graph), mask in graph.initializers),)
-        return (("Softmax", rows, width, "mask"), operands, shape,
+        operands = x + (("mask", mask, _shape_of(mask, graph), mask in graph.initializers,
+                         "float32"),)
+        return (("Softmax", rows, width, "mask"), operands, shape, "float32",
                 lambda s, m, t: softmax_ir(s, rows, width, m, t, mask=True),
                 f"out, x[{rows}x{width}], each row plus mask[{width}] normalised")
     view = row_view(node.op_type, node.attributes, shape, graph.opset)
@@ -319,7 +335,7 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return None
     rows, width = view
     if node.op_type == "Softmax":
-        return (("Softmax", rows, width), x, shape,
+        return (("Softmax", rows, width), x, shape, "float32",
                 lambda s, m, t: softmax_ir(s, rows, width, m, t),
                 f"out, x[{rows}x{width}], each row normalised")
     constants = [name for name in node.inputs[1:3] if name]
@@ -328,9 +344,9 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return None
     epsilon = float(node.attributes.get("epsilon", 1e-5))
     bias = len(constants) == 2
-    operands = x + tuple((role, name, graph.initializers[name].shape, True)
+    operands = x + tuple((role, name, graph.initializers[name].shape, True, "float32")
                          for role, name in zip(("scale", "bias"), constants))
-    return (("LayerNormalization", rows, width, epsilon, bias), operands, shape,
+    return (("LayerNormalization", rows, width, epsilon, bias), operands, shape, "float32",
             lambda s, m, t: layer_norm_ir(s, rows, width, epsilon, True, bias, m, t),
             f"out, x[{rows}x{width}] normalised per row (epsilon {epsilon:g}), scale, "
             f"bias [{width}]")
@@ -368,9 +384,10 @@ def _node_json(node: Node, graph: Graph, by_task, generated: dict,
         function = generated[node.outputs[0]]
         entry["kernel"] = {"symbol": function.symbol, "operands": [
             {"name": role, "input": source, "shape": list(shape), "constant": constant,
-             "packed": None} for role, source, shape, constant in function.operands],
+             "packed": None, "dtype": dtype}
+            for role, source, shape, constant, dtype in function.operands],
             "output_shape": list(function.out_shape),
-            "result_shape": list(function.out_shape)}
+            "result_shape": list(function.out_shape), "output_dtype": function.out_dtype}
     return entry
 
 

@@ -126,7 +126,7 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
             return s
         _over_row(b, width, lanes, 1, (), normalize)
 
-    return _over_rows(module, symbol, 2 + scale + bias, rows, threads, row)
+    return over_rows(module, symbol, 2 + scale + bias, rows, threads, row)
 
 
 def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: int,
@@ -171,32 +171,35 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
             return s
         _over_row(b, width, lanes, 1, (), normalize)
 
-    return _over_rows(module, symbol, 2 + mask, rows, threads, row)
+    return over_rows(module, symbol, 2 + mask, rows, threads, row)
 
 
-def _over_rows(module: ir.Module, symbol: str, pointers: int, rows: int, threads: int,
-               row: Callable[[ir.IRBuilder, list[ir.Value], ir.Value], None]) -> str:
+def over_rows(module: ir.Module, symbol: str, pointers: int, rows: int, threads: int,
+              row: Callable[[ir.IRBuilder, list[ir.Value], ir.Value], None],
+              after: Callable[[ir.IRBuilder, list[ir.Value]], None] | None = None) -> str:
     """`void symbol(ptr noalias, ...)` (`pointers` of them) that runs `row(builder, pointers,
     r)` for r in range(rows), shared among `threads` in static blocks (irutil's gomp_parallel
-    and static_block, as pool_codegen._over_planes does for two pointers)."""
+    and static_block, as pool_codegen._over_planes does for two pointers), then
+    `after(builder, pointers)` on the calling thread."""
     function = ir.Function(module, ir.FunctionType(VOID, [PTR] * pointers), name=symbol)
     for arg in function.args:
         arg.add_attribute("noalias")
     b = ir.IRBuilder(function.append_basic_block("entry"))
-    if threads <= 1 or rows == 1:
+    if threads <= 1 or rows <= 1:
         runtime_loop(b, 0, rows, lambda r: row(b, list(function.args), r), "row")
-        b.ret_void()
-        return str(module)
-    body = outlined_function(module, f"{symbol}.par")
-    data = b.alloca(ir.ArrayType(PTR, pointers))
-    data.type = PTR
-    gomp_parallel(b, body, data, list(function.args), threads)
+    else:
+        body = outlined_function(module, f"{symbol}.par")
+        data = b.alloca(ir.ArrayType(PTR, pointers))
+        data.type = PTR
+        gomp_parallel(b, body, data, list(function.args), threads)
+        sb = ir.IRBuilder(body.append_basic_block("entry"))
+        args = shared_pointers(sb, body, pointers)
+        lo, hi = static_block(sb, rows)
+        runtime_loop(sb, lo, hi, lambda r: row(sb, args, r), "row")
+        sb.ret_void()
+    if after is not None:
+        after(b, list(function.args))
     b.ret_void()
-    sb = ir.IRBuilder(body.append_basic_block("entry"))
-    args = shared_pointers(sb, body, pointers)
-    lo, hi = static_block(sb, rows)
-    runtime_loop(sb, lo, hi, lambda r: row(sb, args, r), "row")
-    sb.ret_void()
     return str(module)
 
 

@@ -1,0 +1,145 @@
+"""A quantized residual Add as one generated function (tuner/network/quantized_add.py): which
+DequantizeLinear / Add / [Relu] / QuantizeLinear chains `fuse_quantized_adds` takes, and the
+compiled function against the numpy nodes it replaces, bit for bit, over random scales, zero
+points and 8-bit types (saturating outputs included), element counts around the vector width
+and past the parallel threshold, 1 and 2 threads, the host's vectors and AVX2's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_model_rows import Compiled
+from tuner.ir.target import named_target
+from tuner.network.graph import Graph, Node
+from tuner.network.ops import run_node
+from tuner.network.quantized_add import (PARALLEL_ELEMENTS, QUANTIZED_ADD, QuantizedAdd,
+                                         fuse_quantized_adds, quantized_add_ir)
+
+TYPES = {"uint8": np.uint8, "int8": np.int8}
+COUNTS = (1, 5, 8, 16, 23, 1000, PARALLEL_ELEMENTS + 13)
+
+
+def _numpy_nodes(a, b, add: QuantizedAdd) -> np.ndarray:
+    """What the five ONNX nodes compute, through the numpy runtime's own implementations."""
+    def constant(value, dtype):
+        return np.asarray(value, dtype)
+
+    def dequantize(x, scale, zero, etype):
+        node = Node("DequantizeLinear", "dq", ("x", "s", "z"), ("y",), {})
+        return run_node(node, [x, constant(scale, np.float32), constant(zero, TYPES[etype])],
+                        17)[0]
+
+    total = run_node(Node("Add", "add", ("a", "b"), ("s",), {}),
+                     [dequantize(a, add.a_scale, add.a_zero, add.a_type),
+                      dequantize(b, add.b_scale, add.b_zero, add.b_type)], 17)[0]
+    if add.relu:
+        total = run_node(Node("Relu", "relu", ("s",), ("r",), {}), [total], 17)[0]
+    quantize = Node("QuantizeLinear", "q", ("x", "s", "z"), ("y",), {})
+    return run_node(quantize, [total, constant(add.y_scale, np.float32),
+                               constant(add.y_zero, TYPES[add.y_type])], 17)[0]
+
+
+def _random_add(rng) -> QuantizedAdd:
+    def quantization():
+        etype = str(rng.choice(list(TYPES)))
+        info = np.iinfo(TYPES[etype])
+        scale = float(np.float32(10 ** rng.uniform(-3, 0)))
+        return scale, int(rng.integers(info.min, info.max + 1)), etype
+
+    a, b, y = quantization(), quantization(), quantization()
+    return QuantizedAdd(*a, *b, *y, relu=int(rng.integers(2)))
+
+
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"], ids=["host", "256-bit"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_generated_function_equals_the_numpy_nodes(cpu, threads):
+    rng = np.random.default_rng(threads + (cpu is None))
+    target = named_target(cpu, threads)
+    saturated = 0
+    for count in COUNTS:
+        for trial in range(4):
+            add = _random_add(rng)
+            if trial == 2:  # a small output step: most sums saturate
+                add = QuantizedAdd(**{**add.attributes(), "y_scale": add.y_scale / 64})
+            a, b = (rng.integers(np.iinfo(TYPES[t]).min, np.iinfo(TYPES[t]).max + 1, count)
+                    .astype(TYPES[t]) for t in (add.a_type, add.b_type))
+            if trial == 3:  # b at its zero point and twice a's step out: every odd a - a_zero
+                # is a tie, rounded to even only by a true division
+                add = QuantizedAdd(**{**add.attributes(), "relu": 0,
+                                      "y_scale": float(np.float32(add.a_scale) * 2)})
+                b[:] = add.b_zero
+            out = np.full(count, 77, TYPES[add.y_type])
+            Compiled(quantized_add_ir("qadd", count, add, target.machine, threads), "qadd",
+                     target, 3)(out, a, b)
+            expected = _numpy_nodes(a, b, add)
+            assert out.dtype == expected.dtype
+            np.testing.assert_array_equal(out, expected, err_msg=f"{count} elements, {add}")
+            info = np.iinfo(out.dtype)
+            saturated += int(np.sum((out == info.min) | (out == info.max)))
+    assert saturated > 0
+
+
+# ------------------------------------------------------------------ which chains are fused
+SHAPE = (1, 4, 3, 3)
+
+
+def _graph(nodes, initializers=None, shapes=None, outputs=("y",)) -> Graph:
+    consts = {"sa": np.float32(0.05), "za": np.uint8(128), "sb": np.float32(0.1),
+              "zb": np.uint8(3), "sy": np.float32(0.2), "zy": np.int8(-5)}
+    consts.update(initializers or {})
+    known = {name: SHAPE for name in ("a", "b", "da", "db", "s", "r", "y")}
+    known.update(shapes or {})
+    return Graph({"a": SHAPE, "b": SHAPE}, outputs, tuple(nodes),
+                 {k: np.asarray(v) for k, v in consts.items()}, known, 17, "g")
+
+
+def _chain(relu=False, b_zero="zb"):
+    nodes = [Node("DequantizeLinear", "dqa", ("a", "sa", "za"), ("da",), {}),
+             Node("DequantizeLinear", "dqb", ("b", "sb", b_zero), ("db",), {}),
+             Node("Add", "add", ("da", "db"), ("s",), {})]
+    if relu:
+        nodes.append(Node("Relu", "relu", ("s",), ("r",), {}))
+    nodes.append(Node("QuantizeLinear", "q", ("r" if relu else "s", "sy", "zy"), ("y",), {}))
+    return nodes
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_chain_becomes_one_node_computing_the_same(relu):
+    graph = _graph(_chain(relu))
+    fused = fuse_quantized_adds(graph)
+    assert [n.op_type for n in fused.nodes] == [QUANTIZED_ADD]
+    node = fused.nodes[0]
+    assert node.inputs == ("a", "b") and node.outputs == ("y",)
+    assert QuantizedAdd.of(node) == QuantizedAdd(np.float32(0.05), 128, "uint8",
+                                                 np.float32(0.1), 3, "uint8",
+                                                 np.float32(0.2), -5, "int8", int(relu))
+    assert set(fused.initializers) == set()
+
+
+def test_a_dequantized_value_read_elsewhere_stays_for_its_other_reader():
+    nodes = _chain() + [Node("Relu", "other", ("da",), ("o",), {})]
+    fused = fuse_quantized_adds(_graph(nodes, outputs=("y", "o")))
+    assert [n.op_type for n in fused.nodes] == ["DequantizeLinear", QUANTIZED_ADD, "Relu"]
+    assert fused.nodes[0].outputs == ("da",)
+
+
+@pytest.mark.parametrize("case", ["broadcast", "per-axis scale", "int32 zero point",
+                                  "no zero point", "sum read elsewhere", "float operand"])
+def test_chains_it_cannot_run_stay_numpy_nodes(case):
+    nodes, initializers, shapes, outputs = _chain(), {}, {}, ("y",)
+    if case == "broadcast":
+        shapes = {"b": (1, 4, 1, 1), "db": (1, 4, 1, 1)}
+    elif case == "per-axis scale":
+        initializers = {"sb": np.full(4, 0.1, np.float32)}
+    elif case == "int32 zero point":
+        initializers = {"zi": np.int32(0)}
+        nodes = _chain(b_zero="zi")
+    elif case == "no zero point":
+        nodes[1] = Node("DequantizeLinear", "dqb", ("b", "sb"), ("db",), {})
+    elif case == "sum read elsewhere":
+        outputs = ("y", "s")
+    else:
+        nodes[1] = Node("Relu", "dqb", ("b",), ("db",), {})
+    graph = _graph(nodes, initializers, shapes, outputs)
+    assert fuse_quantized_adds(graph) is graph
