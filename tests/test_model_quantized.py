@@ -139,7 +139,7 @@ def test_compiled_package_matches_onnxruntime(quantized, tmp_path):
         built = write_package(str(quantized), tmp_path / "pkg", schedules, target)
     assert sum(k.task_key.endswith("/int8") for k in built.tasks) == 6
     # the residual block's Add with its DequantizeLinear / QuantizeLinear nodes is one
-    # generated function (tests/test_model_quantized_add.py)
+    # generated function (tests/test_model_quantized_codegen.py)
     nodes = json.loads(built.graph_file.read_text())["nodes"]
     assert [n["op_type"] for n in nodes].count("TunerQuantizedAdd") == 1
     assert "Add" not in [n["op_type"] for n in nodes]
@@ -298,16 +298,25 @@ def test_quant_ops_equal_onnxruntime(op):
     np.testing.assert_array_equal(ours, theirs)
 
 
-def _dynamic_mlp(tmp_path):
-    """Two MatMuls (rows of a 3-D activation) with a bias and ReLU between, quantized by
-    quantize_dynamic: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul per layer."""
+def _dynamic_mlp(tmp_path, activation: str = "relu"):
+    """Two MatMuls (rows of a 3-D activation) with a bias and ReLU (or GELU, as PyTorch
+    exports it: Div, Erf, Add, Mul, Mul) between, quantized by quantize_dynamic:
+    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul per layer."""
     import onnx
     rng = np.random.default_rng(6)
     w = {"w1": randn(rng, 16, 33) * 0.2, "b1": randn(rng, 33) * 0.1,
-         "w2": randn(rng, 33, 15) * 0.2}
+         "w2": randn(rng, 33, 15) * 0.2, "sqrt2": np.float32(np.sqrt(2)),
+         "one": np.float32(1), "half": np.float32(0.5)}
+    if activation == "relu":
+        between = [helper.make_node("Relu", ["a1"], ["r1"])]
+    else:
+        between = [helper.make_node("Div", ["a1", "sqrt2"], ["g1"]),
+                   helper.make_node("Erf", ["g1"], ["g2"]),
+                   helper.make_node("Add", ["g2", "one"], ["g3"]),
+                   helper.make_node("Mul", ["a1", "g3"], ["g4"]),
+                   helper.make_node("Mul", ["g4", "half"], ["r1"])]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]),
-             helper.make_node("Add", ["m1", "b1"], ["a1"]),
-             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Add", ["m1", "b1"], ["a1"]), *between,
              helper.make_node("MatMul", ["r1", "w2"], ["y"])]
     float_path, path = tmp_path / "mlp.onnx", tmp_path / "mlp.dynamic.onnx"
     onnx.save(make_model(nodes, {"x": (1, 7, 16)}, "y", w, opset=13), float_path)
@@ -328,7 +337,12 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(tmp_path):
     db = str(tmp_path / "empty.db")
     RecordStore(f"sqlite:///{db}").close()
     with open_schedules(db) as schedules:
-        write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+    # each product's Cast, Mul by the run-time scale and bias Add: one generated function
+    # (tuner/network/quantized_codegen.py), exact as the nodes it replaces
+    nodes = json.loads(built.graph_file.read_text())["nodes"]
+    assert [n["op_type"] for n in nodes].count("TunerDequantizedProduct") == 2
+    assert not [n for n in nodes if n["op_type"] == "Cast" and n["attributes"]["to"] == 1]
     package = load_package(tmp_path / "pkg")
     rng = np.random.default_rng(9)
     for _ in range(3):
@@ -344,3 +358,27 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(tmp_path):
             theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
                 None, {"x": x})[0]
             np.testing.assert_allclose(exact, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dynamically_quantized_product_takes_its_gelu_into_its_function(tmp_path):
+    """The FFN's GELU after a dequantized product (bias, then the Erf chain) runs in the
+    product's generated function: the package equals the ONNX graph but for the GELU's float32
+    evaluation (tuner.codegen.vmath) against numpy's float64 Erf."""
+    path = _dynamic_mlp(tmp_path, "gelu")
+    graph = load_model(str(path))
+    db = str(tmp_path / "empty.db")
+    RecordStore(f"sqlite:///{db}").close()
+    with open_schedules(db) as schedules:
+        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(1))
+    nodes = json.loads(built.graph_file.read_text())["nodes"]
+    products = [n for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
+    assert [p["attributes"]["gelu"] for p in products] == [1, 0]
+    assert not {"Erf", "Div"} & {n["op_type"] for n in nodes}
+    assert not [n for n in nodes if n["op_type"] == "Cast" and n["attributes"]["to"] == 1]
+    package = load_package(tmp_path / "pkg")
+    rng = np.random.default_rng(10)
+    for _ in range(3):
+        x = rng.uniform(-1, 1, (1, 7, 16)).astype(np.float32)
+        np.testing.assert_allclose(package(x)[0], run_graph(graph, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)
+

@@ -17,7 +17,7 @@
     package.py   write_package: a model -> kernels' shared library + graph.json + weights.npz
     pool_codegen.py  a package's MaxPool and GlobalAveragePool as generated functions
     row_codegen.py   a package's LayerNormalization and Softmax as generated functions
-    quantized_add.py a package's quantized residual Add (DQ, DQ, Add, Q) as a generated function
+    quantized_codegen.py a package's quantized residual Add (DQ, DQ, Add, Q) as a generated function
     segments.py  a package's runs of consecutive kernel nodes, each run one call into the library
     deploy.py    load_package: run such a package with numpy and ctypes alone (no LLVM, no db)
     plot.py      model_curves: estimated model latency against trials and time, a panel per task

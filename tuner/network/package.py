@@ -36,7 +36,8 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
                                rewritten)
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
-from tuner.network.quantized_add import QUANTIZED_ADD, fuse_quantized_adds
+from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, QUANTIZED_ADD,
+                                             fuse_dequantized_products, fuse_quantized_adds)
 from tuner.network.tasks import extract_tasks
 from tuner.ir.target import Target
 from tuner.replay.source import NoRecordWarning, ScheduleSource
@@ -96,7 +97,7 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    graph = fuse_quantized_adds(_masked_softmaxes(extraction.graph))
+    graph = fuse_dequantized_products(fuse_quantized_adds(_masked_softmaxes(extraction.graph)))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in graph.nodes:
@@ -252,8 +253,8 @@ def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
     """Generated functions for the nodes that have one: MaxPool and GlobalAveragePool after a
     kernel (pool_codegen.py; a float32 tensor, with the kernels in a segment), and
     LayerNormalization with constant scale and bias, and Softmax, over rows (row_codegen.py);
-    a quantized residual Add (quantized_add.py). One function per distinct node; returns the
-    function by node output, and the compiled functions."""
+    a quantized residual Add and a dequantized product (quantized_codegen.py). One function
+    per distinct node; returns the function by node output, and the compiled functions."""
     from tuner.replay.aot import C_TYPES, LinkedFunction
     from tuner.codegen.jit import compile_ir_object
 
@@ -287,8 +288,10 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     """(key, operands, output shape, output element type, generate(symbol, machine, threads)
     -> IR, comment) for a node that a generated function can serve, else None. Nodes with the
     same key share a function."""
+    from templates._common import GELU_VALUES
     from tuner.network.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
-    from tuner.network.quantized_add import QuantizedAdd, quantized_add_ir
+    from tuner.network.quantized_codegen import (DequantizedProduct, QuantizedAdd,
+                                                 dequantized_product_ir, quantized_add_ir)
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
     shape = tuple(graph.shapes[node.inputs[0]])
@@ -305,6 +308,18 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
                 lambda s, m, t: quantized_add_ir(s, count, add, m, t),
                 f"out[{text}] = quantize(dequantize(a) + dequantize(b)),{relu} as ONNX's "
                 f"DequantizeLinear, Add, QuantizeLinear compute it")
+    if node.op_type == DEQUANTIZED_PRODUCT:
+        product = DequantizedProduct(**node.attributes)
+        roles = ("sums", "scale", "bias")
+        operands = tuple((role, source, _shape_of(source, graph),
+                          source in graph.initializers, "int32" if role == "sums" else "float32")
+                         for role, source in zip(roles, node.inputs))
+        out = tuple(graph.shapes[node.outputs[0]])
+        bias = " + bias[column]" if product.bias else ""
+        gelu = f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
+        return (product, operands, out, "float32",
+                lambda s, m, t: dequantized_product_ir(s, product, m, t),
+                f"out[{product.rows}x{product.width}] = float(sums) * scale[0]{bias}{gelu}")
     if node.op_type in ("MaxPool", "GlobalAveragePool"):
         if node.inputs[0] not in made_by_kernels:
             return None

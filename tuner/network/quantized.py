@@ -31,7 +31,7 @@ time, becomes an int8 matmul writing its int32 sums (`_matmul_integer`); the Cas
 it stay numpy nodes.
 
 What stays: Q/DQ pairs around other operators (a pooling) run in numpy (quant_ops.py), except
-a residual Add's, which a package runs as one generated function (quantized_add.py); and a layer whose quantization this does not take (per-axis activations,
+a residual Add's, which a package runs as one generated function (quantized_codegen.py); and a layer whose quantization this does not take (per-axis activations,
 uint8 weights, a bias of another scale) is dequantized and runs as a float layer, noted.
 """
 

@@ -1,4 +1,4 @@
-"""A quantized residual Add as one generated function (tuner/network/quantized_add.py): which
+"""A quantized residual Add as one generated function (tuner.network.quantized_codegen.py): which
 DequantizeLinear / Add / [Relu] / QuantizeLinear chains `fuse_quantized_adds` takes, and the
 compiled function against the numpy nodes it replaces, bit for bit, over random scales, zero
 points and 8-bit types (saturating outputs included), element counts around the vector width
@@ -13,8 +13,11 @@ from test_model_rows import Compiled
 from tuner.ir.target import named_target
 from tuner.network.graph import Graph, Node
 from tuner.network.ops import run_node
-from tuner.network.quantized_add import (PARALLEL_ELEMENTS, QUANTIZED_ADD, QuantizedAdd,
-                                         fuse_quantized_adds, quantized_add_ir)
+from tuner.network.quantized_codegen import (PARALLEL_ELEMENTS, QUANTIZED_ADD,
+                                             DequantizedProduct, QuantizedAdd,
+                                             dequantized_product_ir, fuse_quantized_adds,
+                                             quantized_add_ir)
+from tuner.ir.reference import gelu as gelu_values
 
 TYPES = {"uint8": np.uint8, "int8": np.int8}
 COUNTS = (1, 5, 8, 16, 23, 1000, PARALLEL_ELEMENTS + 13)
@@ -143,3 +146,37 @@ def test_chains_it_cannot_run_stay_numpy_nodes(case):
         nodes[1] = Node("Relu", "dqb", ("b",), ("db",), {})
     graph = _graph(nodes, initializers, shapes, outputs)
     assert fuse_quantized_adds(graph) is graph
+
+
+# ------------------------------------------------------------------ dequantized products
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"], ids=["host", "256-bit"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dequantized_product_equals_the_numpy_nodes(cpu, threads):
+    rng = np.random.default_rng(5 + threads)
+    target = named_target(cpu, threads)
+    shapes = [(1, 1), (3, 5), (2, 8), (4, 13), (7, 771), (PARALLEL_ELEMENTS // 24 + 1, 24)]
+    for (rows, width), bias, gelu in zip(shapes * 3, [True, False] * 9,
+                                          [0] * 6 + [1] * 6 + [2] * 6):
+        # past 2^24 a sum's conversion to float32 rounds: both round to nearest even
+        sums = rng.integers(-(1 << 26), 1 << 26, (rows, width)).astype(np.int32)
+        sums[:, ::2] //= 1 << 10
+        scale = np.float32(10 ** rng.uniform(-8, -6.5)).reshape(())  # sums to about +-20
+        row = rng.standard_normal(width).astype(np.float32)
+        product = DequantizedProduct(rows, width, bias, gelu)
+        out = np.full((rows, width), np.nan, np.float32)
+        arrays = [out, sums, np.asarray(scale).reshape(1)] + ([row] if bias else [])
+        Compiled(dequantized_product_ir("dq", product, target.machine, threads), "dq",
+                 target, len(arrays))(*arrays)
+        expected = run_node(Node("Mul", "mul", ("c", "s"), ("m",), {}),
+                            [run_node(Node("Cast", "cast", ("x",), ("c",), {"to": 1}),
+                                      [sums], 17)[0], scale], 17)[0]
+        if bias:
+            expected = run_node(Node("Add", "add", ("m", "b"), ("a",), {}),
+                                [expected, row], 17)[0]
+        what = f"{rows}x{width}, bias {bias}, gelu {gelu}"
+        if not gelu:
+            np.testing.assert_array_equal(out, expected, err_msg=what)
+        else:
+            want = gelu_values(expected.astype(np.float64), {1: "none", 2: "tanh"}[gelu])
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=what)
+

@@ -1,0 +1,337 @@
+"""A quantized model's elementwise chains as generated functions of its package's library.
+
+Between its int8 kernels, a quantized model is chains of elementwise nodes that numpy would
+run one pass each, with float temporaries between them, outside the package's runs of kernels.
+Two chains matter, and each becomes one node here, which a package runs with one generated
+function, in one pass, inside its segment and on the kernels' threads.
+
+**A residual Add** (`quantize_static`, QDQ): two DequantizeLinear nodes, a float Add
+(sometimes a Relu after it) and a QuantizeLinear:
+
+    a (uint8) -> DequantizeLinear --\
+                                     Add -> [Relu] -> QuantizeLinear -> y (uint8)
+    b (uint8) -> DequantizeLinear --/
+
+In numpy that is five passes over the tensor with float32 temporaries between them: on Zen 3
+the 16 residual blocks of a quantized ResNet-50 took 25 ms of its 119 ms at one thread, more
+than any of its layers, and each split the package's run of kernels in two. `fuse_quantized_adds`
+makes each such chain one `TunerQuantizedAdd` node of (a, b), and `quantized_add_ir` the
+function a package runs it with, inside its segment, in one pass and on the kernels' threads:
+
+    void <symbol>(uint8_t *restrict out, const uint8_t *restrict a, const uint8_t *restrict b);
+
+(`int8_t` for an operand or output whose zero point is int8.) It computes what the five nodes
+compute, in the same float32 operations in the same order, so its output equals theirs bit
+for bit:
+
+    real = (float(a) - a_zero) * a_scale + (float(b) - b_zero) * b_scale
+    real = max(real, 0)                                         (with a Relu)
+    y    = saturate(round_half_even(real / y_scale) + y_zero)   (ONNX QuantizeLinear)
+
+No fused multiply-add: the product is rounded to float32 before the sum, as numpy rounds it;
+the division stays a division (LLVM keeps both without fast-math flags).
+
+Only per-tensor scales and zero points that are initializers, operands of the same static
+shape (no broadcasting) and 8-bit types are taken; any other such chain stays numpy nodes.
+The node exists only in packages (write_package rewrites the graph when it generates the
+functions): the numpy runtime has no implementation of it.
+
+**A dequantized product** (`quantize_dynamic`): the int32 sums of a MatMulInteger (an int8
+kernel here) cast to float, times the run-time scale (the activation's, from its
+DynamicQuantizeLinear, times the weight's), plus the float bias, and often a GELU (the FFN's
+first layer, as an Erf chain or a Gelu node: patterns.match_gelu):
+
+    void <symbol>(float *restrict out, const int32_t *restrict sums,
+                  const float *restrict scale, const float *restrict bias);
+    out = gelu(float(sums) * scale[0] + bias[column])      (bias and gelu where the model has them)
+
+The cast, product and sum are numpy's float32 operations in the same order, so without GELU
+the output is numpy's bit for bit; the GELU is tuner.codegen.vmath's, as in the float kernels'
+epilogue (within a few float32 roundings of numpy's float64 Erf). On Zen 3 at one thread, the
+BERT-base layer quantized by quantize_dynamic spent 11.9 ms of its 32.6 in the GELU's five
+numpy nodes alone (`fuse_dequantized_products`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from tuner.codegen import vmath
+from tuner.codegen.irutil import (F32, I1, I8, I32, I64, elem_ptr, intrinsic, masked_load,
+                                  masked_store, runtime_loop, splat, type_name, vec_type)
+from tuner.ir.machine import Machine
+from tuner.network.fused import FUSED_OPS
+from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
+from tuner.network.patterns import match_gelu
+from tuner.network.row_codegen import over_rows
+
+QUANTIZED_ADD = "TunerQuantizedAdd"
+DEQUANTIZED_PRODUCT = "TunerDequantizedProduct"
+FLOAT = 1  # ONNX's TensorProto.FLOAT, a Cast's `to`
+EIGHT_BIT = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8"}
+# Below this many elements a call is a few microseconds on one thread, about what waking the
+# other threads (GOMP_parallel) costs, so it stays on the calling thread.
+PARALLEL_ELEMENTS = 1 << 15
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedAdd:
+    """What a TunerQuantizedAdd node computes (module docstring): the scales and zero points
+    of its operands a and b and of its output y, their types ('uint8' or 'int8'), and
+    whether a Relu follows the sum. Stored as the node's attributes (`attributes`)."""
+
+    a_scale: float
+    a_zero: int
+    a_type: str
+    b_scale: float
+    b_zero: int
+    b_type: str
+    y_scale: float
+    y_zero: int
+    y_type: str
+    relu: int
+
+    def attributes(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, node: Node) -> "QuantizedAdd":
+        return cls(**{name: node.attributes[name] for name in cls.__slots__})
+
+
+def fuse_quantized_adds(graph: Graph) -> Graph:
+    """`graph` with each DequantizeLinear pair -> Add -> [Relu] -> QuantizeLinear chain (module
+    docstring) made one QUANTIZED_ADD node; a DequantizeLinear that other nodes read too
+    stays for them."""
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    replaced: dict[int, Node] = {}
+    absorbed: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        y = _quantization(node, graph)
+        before = producers.get(node.inputs[0])
+        relu = before is not None and before.op_type == "Relu"
+        add = producers.get(before.inputs[0]) if relu else before
+        if y is None or add is None or add.op_type != "Add" or len(add.inputs) != 2 \
+                or only_reader(add.outputs[0], graph, consumers) is not (before if relu
+                                                                          else node) \
+                or (relu and only_reader(before.outputs[0], graph, consumers) is not node):
+            continue
+        dequantized = [producers.get(name) for name in add.inputs]
+        operands = [_dequantized_operand(dq, graph) for dq in dequantized]
+        shape = graph.shapes.get(add.outputs[0])
+        if None in operands or shape is None \
+                or any(graph.shapes.get(source) != shape for source, _ in operands):
+            continue
+        (a, (a_scale, a_zero, a_type)), (b, (b_scale, b_zero, b_type)) = operands
+        params = QuantizedAdd(a_scale, a_zero, a_type, b_scale, b_zero, b_type, *y, int(relu))
+        replaced[id(node)] = Node(QUANTIZED_ADD, add.name, (a, b), node.outputs,
+                                  params.attributes())
+        absorbed.update({id(add), id(before)})
+        for dq in dequantized:
+            if all(id(reader) in absorbed for reader in consumers[dq.outputs[0]]) \
+                    and dq.outputs[0] not in graph.outputs:
+                absorbed.add(id(dq))
+    if not replaced:
+        return graph
+    return rewritten(graph, replaced, absorbed, dict(graph.initializers))
+
+
+def _quantization(node: Node, graph: Graph) -> tuple[float, int, str] | None:
+    """(scale, zero point, type) of a Quantize- or DequantizeLinear node whose scale and zero
+    point are one-element initializers of an 8-bit type; else None."""
+    if len(node.inputs) < 3 or node.attributes.get("block_size", 0):
+        return None
+    scale, zero = (graph.initializers.get(name) for name in node.inputs[1:3])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 \
+            or zero.dtype not in EIGHT_BIT or scale.dtype != np.float32:
+        return None
+    value = float(scale.reshape(()))
+    if not (value > 0 and math.isfinite(value)):
+        return None
+    return value, int(zero.reshape(())), EIGHT_BIT[zero.dtype]
+
+
+def _dequantized_operand(dq: Node | None, graph: Graph):
+    """(the quantized input, its quantization) of a DequantizeLinear node, else None."""
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+        return None
+    quantization = _quantization(dq, graph)
+    return None if quantization is None else (dq.inputs[0], quantization)
+
+
+def quantized_add_ir(symbol: str, count: int, add: QuantizedAdd, machine: Machine,
+                     threads: int) -> str:
+    """The LLVM IR of `void symbol(out, a, b)` over `count` elements of each (module
+    docstring), in vectors of the machine's float lanes, shared among `threads` in static
+    blocks of vectors; the last partial vector on the calling thread."""
+    lanes = machine.lanes
+    vectors, tail = divmod(count, lanes)
+    module = ir.Module(name=symbol)
+
+    def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
+        f32 = vec_type(lanes)
+
+        def const(value: float) -> ir.Constant:
+            return ir.Constant(f32, [float(value)] * lanes)
+
+        def real(pointer: ir.Value, scale: float, zero: int, etype: str) -> ir.Value:
+            loaded = _load(b, elem_ptr(b, pointer, at, I8), n, lanes, I8)
+            widen = b.sext if etype == "int8" else b.zext
+            value = b.sitofp(widen(loaded, vec_type(lanes, I32)), f32)
+            return b.fmul(b.fsub(value, const(zero)), const(scale))
+
+        total = b.fadd(real(args[1], add.a_scale, add.a_zero, add.a_type),
+                       real(args[2], add.b_scale, add.b_zero, add.b_type))
+        if add.relu:
+            total = b.select(b.fcmp_ordered(">", total, const(0)), total, const(0))
+        q = b.fdiv(total, const(add.y_scale))
+        q = b.call(intrinsic(module, f"llvm.roundeven.{type_name(f32)}", f32, [f32]), [q])
+        q = b.fadd(q, const(add.y_zero))
+        info = np.iinfo(add.y_type)
+        q = b.select(b.fcmp_ordered("<", q, const(info.min)), const(info.min), q)
+        q = b.select(b.fcmp_ordered(">", q, const(info.max)), const(info.max), q)
+        out = b.trunc(b.fptosi(q, vec_type(lanes, I32)), vec_type(lanes, I8))
+        _store(b, out, elem_ptr(b, args[0], at, I8), n)
+
+    def full(b: ir.IRBuilder, args: list[ir.Value], v: ir.Value) -> None:
+        vector(b, args, b.mul(v, ir.Constant(I64, lanes)), lanes)
+
+    def last(b: ir.IRBuilder, args: list[ir.Value]) -> None:
+        if tail:
+            vector(b, args, ir.Constant(I64, vectors * lanes), tail)
+
+    return over_rows(module, symbol, 3, vectors,
+                     threads if count >= PARALLEL_ELEMENTS else 1, full, last)
+
+
+def _load(b: ir.IRBuilder, pointer: ir.Value, n: int, lanes: int, etype: ir.Type) -> ir.Value:
+    """`lanes` elements from `pointer`, of which only the first `n` are read (a row's last
+    partial vector, through a masked load: nothing past the buffer is touched)."""
+    if n == lanes:
+        return b.load(pointer, typ=vec_type(lanes, etype), align=1)
+    return masked_load(b, pointer, _first(n, lanes), lanes, etype)
+
+
+def _store(b: ir.IRBuilder, value: ir.Value, pointer: ir.Value, n: int) -> None:
+    """The first `n` lanes of `value` to `pointer`."""
+    if n == value.type.count:
+        b.store(value, pointer, align=1)
+    else:
+        masked_store(b, value, pointer, _first(n, value.type.count))
+
+
+def _first(n: int, lanes: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I1, lanes), [int(i < n) for i in range(lanes)])
+
+
+# ------------------------------------------------------------------ dequantized products
+@dataclass(frozen=True, slots=True)
+class DequantizedProduct:
+    """What a TunerDequantizedProduct node computes (module docstring) over `rows` x
+    `width` int32 sums: with a bias of `width` floats or not, and the GELU form
+    (templates/_common.GELU_VALUES: 0 none, 1 erf, 2 tanh)."""
+
+    rows: int
+    width: int
+    bias: bool
+    gelu: int
+
+
+def fuse_dequantized_products(graph: Graph) -> Graph:
+    """`graph` with each int32 kernel output's Cast -> Mul (a one-element scale) -> [Add of a
+    constant bias row] -> [GELU] chain (module docstring) made one DEQUANTIZED_PRODUCT node of
+    (sums, scale[, bias]); a Reshape that keeps the last dimension may stand before the GELU."""
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
+    replaced: dict[int, Node] = {}
+    absorbed: set[int] = set()
+    for cast in graph.nodes:
+        if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") \
+                or int(cast.attributes.get("to", 0)) != FLOAT or id(cast) in absorbed:
+            continue
+        kernel = producers.get(cast.inputs[0])
+        shape = graph.shapes.get(cast.inputs[0])
+        if kernel is None or kernel.op_type not in FUSED_OPS or not shape \
+                or kernel.attributes["task"].dag().output.dtype != "int32":
+            continue
+        mul = only_reader(cast.outputs[0], graph, consumers, ("Mul",))
+        scale = _other_operand(mul, cast.outputs[0])
+        if scale is None or _size(scale, graph) != 1:
+            continue
+        chain, value, bias = [cast, mul], mul.outputs[0], None
+        add = only_reader(value, graph, consumers, ("Add",))
+        row = _other_operand(add, value)
+        if row is not None and row in graph.initializers \
+                and graph.initializers[row].dtype == np.float32 \
+                and graph.initializers[row].shape == (shape[-1],):
+            chain, value, bias = chain + [add], add.outputs[0], row
+        gelu = 0
+        view = only_reader(value, graph, consumers, ("Reshape",))
+        for start, nodes in ((value, chain), (view and view.outputs[0], chain + [view])):
+            if start is None or graph.shapes.get(start, ())[-1:] != shape[-1:]:
+                continue
+            found = match_gelu(start, position[id(nodes[-1])] + 1, graph, consumers)
+            if found is not None:
+                gelu, chain = found[0], nodes + found[1]
+                break
+        params = DequantizedProduct(math.prod(shape[:-1]), shape[-1], bias is not None, gelu)
+        inputs = (cast.inputs[0], scale) + ((bias,) if bias else ())
+        replaced[id(chain[-1])] = Node(DEQUANTIZED_PRODUCT, chain[-1].name, inputs,
+                                       chain[-1].outputs[:1], asdict(params))
+        absorbed.update(id(node) for node in chain)
+    if not replaced:
+        return graph
+    return rewritten(graph, replaced, absorbed - replaced.keys(), dict(graph.initializers))
+
+
+def _other_operand(node: Node | None, value: str) -> str | None:
+    """The operand of a two-input node besides `value`, which it reads once."""
+    if node is None or len(node.inputs) != 2 or node.inputs.count(value) != 1 \
+            or len(node.outputs) != 1:
+        return None
+    return node.inputs[1] if node.inputs[0] == value else node.inputs[0]
+
+
+def _size(name: str, graph: Graph) -> int | None:
+    if name in graph.initializers:
+        return graph.initializers[name].size
+    shape = graph.shapes.get(name)
+    return None if shape is None else math.prod(shape)
+
+
+def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Machine,
+                           threads: int) -> str:
+    """The LLVM IR of `void symbol(out, sums, scale[, bias])` (module docstring): rows shared
+    among `threads` in static blocks, each in vectors of the machine's float lanes."""
+    lanes, width = machine.lanes, product.width
+    full, tail = divmod(width, lanes)
+    module = ir.Module(name=symbol)
+
+    def row(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
+        start = b.mul(r, ir.Constant(I64, width))
+        scale = splat(b, b.load(args[2], typ=F32, align=4), lanes)
+
+        def vector(at: ir.Value, n: int) -> None:
+            sums = _load(b, elem_ptr(b, args[1], b.add(start, at), I32), n, lanes, I32)
+            value = b.fmul(b.sitofp(sums, vec_type(lanes)), scale)
+            if product.bias:
+                value = b.fadd(value, _load(b, elem_ptr(b, args[3], at), n, lanes, F32))
+            if product.gelu:
+                value = vmath.gelu(b, value, product.gelu)
+            _store(b, value, elem_ptr(b, args[0], b.add(start, at)), n)
+
+        runtime_loop(b, 0, full, lambda v: vector(b.mul(v, ir.Constant(I64, lanes)), lanes),
+                     "column")
+        if tail:
+            vector(ir.Constant(I64, full * lanes), tail)
+
+    elements = product.rows * width
+    return over_rows(module, symbol, 3 + product.bias, product.rows,
+                     threads if elements >= PARALLEL_ELEMENTS else 1, row)
+
