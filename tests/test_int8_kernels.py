@@ -111,3 +111,20 @@ def test_a_named_cpu_knows_its_dot_instruction(cpu, flag):
     features = probe(cpu)
     assert [f for f in features if "vnni" in f] == ([flag] if flag else [])
     assert dot_instruction_of(",".join(features)) == ("vpdpbusd" if flag else "pmaddwd")
+
+
+def test_a_default_tile_the_builder_would_refuse_is_not_taken():
+    """The default's own check agrees with the builder's: a tile whose code-size estimate is
+    past the limit does not build (tuner.search.default._builds), whatever its emitted IR."""
+    from dataclasses import replace
+
+    from tuner.ir.layout import MAX_CODE_SIZE, code_size
+    from tuner.ir.task import Task
+    from tuner.search.default import _builds, register_tile, tiled_schedule
+    target = generated_target("x86-64-v3", 1)
+    dag = Task.create("conv2d", (1, 1024, 13, 13, 255, 1, 1), "int8", bias=True,
+                      out_type=1).dag()
+    wide = replace(register_tile(dag, target), width=32, count=3)
+    nest = apply_steps(dag, tiled_schedule(dag, target, wide))
+    assert code_size(nest, target.machine.lanes) > MAX_CODE_SIZE
+    assert not _builds(nest, target)
