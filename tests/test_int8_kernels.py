@@ -40,6 +40,38 @@ def test_random_int8_schedule_is_exact(seed, target1, target2):
     _check(dag, steps, target, rng)
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_regrouped_activation_is_exact(seed, target1, target2):
+    """Convolutions whose activation is read from its regrouped copy (channels in groups of 4
+    innermost, with the padding: tuner.ir.layout.regroup_dim), random schedules padded at the
+    root: rows wider and narrower than the copy's 16-byte step, channel counts of every
+    residue modulo 4 (the last group part zero point), grouped convolutions whose groups
+    hold whole channel groups, strides, dilation, 1 and 2 threads."""
+    from tuner.ir.layout import regroup_dim
+    from tuner.ir.schedule import Pad
+    from tuner.ir.task import Task
+
+    rng = np.random.default_rng(7000 + seed)
+    groups = int(rng.choice([1, 1, 1, 2]))
+    c = groups * (4 * int(rng.integers(1, 4)) if groups > 1 else int(rng.integers(1, 14)))
+    r = int(rng.choice([1, 3]))
+    stride, dilation = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    pad = int(rng.integers(0, 3)) if r > 1 else 0
+    low = dilation * (r - 1) + 1
+    h, w = int(rng.integers(low, 12)), int(rng.integers(low, 45))
+    shape = (int(rng.integers(1, 3)), c, h, w, groups * int(rng.integers(1, 9)), r, r)
+    task = Task.create("conv2d", shape, "int8", stride=stride, pad=pad, dilation=dilation,
+                       groups=groups, bias=bool(rng.integers(2)), out_type=int(rng.integers(3)))
+    dag = task.dag()
+    steps = tuple(s for s in random_schedule(rng, task)
+                  if not (isinstance(s, Pad) and s.operand == "data"))
+    if dag.inputs[0].padded:
+        steps += (Pad("data", "root"),)
+    assert regroup_dim(apply_steps(dag, steps), dag.inputs[0]) == 1
+    target = [target1, target2, generated_target("x86-64-v3", 2)][seed % 3]
+    _check(dag, steps, target, rng)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_vnni_int8_schedule_is_exact(seed):
     """vpdpbusd code: one instruction per group and lane vector, exact where it runs."""

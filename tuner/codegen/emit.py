@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from llvmlite import ir
 
-from tuner.ir.dag import Affine, Operand
+from tuner.ir.dag import DOT_GROUP, Affine, Operand
 from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, byte_size,
                                   ceil_div, elem_ptr, fma, gomp_parallel, intrinsic, lane_offsets,
                                   masked_load, masked_store, materialize, outlined_function, relu,
@@ -36,8 +36,9 @@ from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, b
                                   transpose, transpose_shuffles, var, vec_type)
 from tuner.codegen import quantized
 from tuner.ir.layout import (PAIR_LEVEL, LocalPad, PartKey, local_pad_plans, packed_dtype,
-                          packed_layout, padded_shape,
-                          padding, prefetch_panel, region_start, row_major, strided_load)
+                          packed_layout, padded_shape, padding, prefetch_panel, regroup_dim,
+                          regrouped_flat, regrouped_shape, region_start, row_major,
+                          strided_load)
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import Loop, LoopNest, LoopPart
 from tuner.ir.target import Target
@@ -142,6 +143,10 @@ class _Emitter:
             return Access(op.name, strides=row_major(packed_layout(self.nest, op, self.machine)),
                           packed=True,
                           etype=quantized.IR_TYPES[packed_dtype(self.nest, op, self.machine)])
+        dim = regroup_dim(self.nest, op)
+        if dim is not None:  # read from its regrouped copy (_emit_regroup)
+            return Access(op.name, regrouped_flat(op, self.extents, dim, self.dag.dot_axis),
+                          **typed)
         pads = padding(op, self.extents) if op.padded else [(0, 0)] * len(op.shape)
         if self.nest.pad_mode(op.name) in ("root", "local") and any(lo or hi for lo, hi in pads):
             shifted = Operand(op.name, padded_shape(op, self.extents),
@@ -608,9 +613,12 @@ class _Emitter:
             arg.name = name
             arg.add_attribute("noalias")
         fn = Fn(func, dict(zip(names, func.args)))
-        frees = [self._emit_root_pad(fn, op) for op in self.dag.inputs
-                 if op.padded and self.nest.pad_mode(op.name) == "root"
-                 and op.name not in self.nest.layout_rewrite]
+        frees = [self._emit_regroup(fn, op, dim)
+                 if (dim := regroup_dim(self.nest, op)) is not None
+                 else self._emit_root_pad(fn, op) for op in self.dag.inputs
+                 if regroup_dim(self.nest, op) is not None
+                 or (op.padded and self.nest.pad_mode(op.name) == "root"
+                     and op.name not in self.nest.layout_rewrite)]
         spatial = self._plain_loops(LoopPart(a.name, 0, a.extent, 1)
                                     for a in self.dag.spatial_axes)
         nest = self.nest
@@ -749,6 +757,60 @@ class _Emitter:
         else:
             runtime_loop(b, 0, rows, lambda r: row(fn, r), f"pad.{op.name}")
         fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"pad.{op.name}"}, op.name: dst}
+        return dst
+
+    def _emit_regroup(self, fn: Fn, op: Operand, dim: int):
+        """The regrouped copy of the int8 activation `op` (tuner.ir.layout.regroup_dim),
+        with its padding, written once per call: per row of the copy (every dimension of
+        `regrouped_shape` but the last two), the DOT_GROUP source rows of its group
+        interleaved (quantized.regroup_row), the input zero point where a row lies in the
+        padding; rows shared among the threads as the padded copy's are."""
+        shape = regrouped_shape(op, self.extents, dim)
+        pads = padding(op, self.extents)
+        rows, row_bytes = math.prod(shape[:-2]), shape[-2] * shape[-1]
+        b = fn.b
+        dst = b.call(self._extern("malloc", PTR, [I64]),
+                     [ir.Constant(I64, rows * row_bytes + quantized.REGROUP_SLACK)])
+        fn.ptrs = {**fn.ptrs, f"regroup.{op.name}": dst}
+        i8 = ir.IntType(8)
+        memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
+        strides = op.strides()
+
+        def row(sub: Fn, r: ir.Value) -> None:
+            sb = sub.b
+            fill = self._fill(sub, self.accesses[op.name])
+            out = elem_ptr(sb, sub.ptrs[f"regroup.{op.name}"],
+                           sb.mul(r, ir.Constant(I64, row_bytes)), i8)
+            sb.call(memset, [out, fill, ir.Constant(I64, row_bytes), ir.Constant(ir.IntType(1), 0)])
+            inside, base, first, v = ir.Constant(I1, 1), ir.Constant(I64, 0), None, r
+            for d in reversed(range(len(shape) - 2)):
+                index = sb.urem(v, ir.Constant(I64, shape[d])) if d else v
+                v = sb.udiv(v, ir.Constant(I64, shape[d])) if d else v
+                if d == dim:  # the group: its first channel
+                    first = sb.mul(index, ir.Constant(I64, DOT_GROUP))
+                    continue
+                source = sb.sub(index, ir.Constant(I64, pads[d][0]))
+                inside = sb.and_(inside, sb.icmp_unsigned("<", source,
+                                                          ir.Constant(I64, op.shape[d])))
+                base = sb.add(base, sb.mul(source, ir.Constant(I64, strides[d])))
+            with sb.if_then(inside):
+                rows_of_group, present = [], []
+                for g in range(DOT_GROUP):
+                    channel = sb.add(first, ir.Constant(I64, g))
+                    ok = sb.icmp_unsigned("<", channel, ir.Constant(I64, op.shape[dim]))
+                    present.append(ok)
+                    channel = sb.select(ok, channel, ir.Constant(I64, 0))
+                    rows_of_group.append(elem_ptr(sb, sub.ptrs[op.name], sb.add(
+                        base, sb.mul(channel, ir.Constant(I64, strides[dim]))), i8))
+                left = elem_ptr(sb, out, ir.Constant(I64, pads[-1][0] * shape[-1]), i8)
+                quantized.regroup_row(sb, rows_of_group, present, fill, left, op.shape[-1])
+
+        if self.threads > 1 and rows > 1:
+            self.parallel_for(fn, rows, f"regroup.{op.name}", row)
+        else:
+            runtime_loop(b, 0, rows, lambda r: row(fn, r), f"regroup.{op.name}")
+        fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"regroup.{op.name}"},
+                   op.name: dst}
         return dst
 
     def _emit_local_pads(self, fn: Fn, ctx: Ctx, plans: list[LocalPad], then) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tuner.ir.dag import Affine
+from tuner.ir.dag import DOT_GROUP, Affine
 from tuner.errors import ScheduleError
-from tuner.ir.layout import local_pad_plans, packed_parts
+from tuner.ir.layout import local_pad_plans, packed_parts, regroup_dim
 from tuner.ir.schedule import LoopNest
 
 
@@ -21,6 +21,8 @@ def _access_text(nest: LoopNest, name: str) -> str:
         idx = ", ".join(f"{p.axis}.{p.level}" for p in packed_parts(nest, op))
         return f"{name}_packed[{idx}]"
     idx = ", ".join(_affine_text(e) for e in op.index)
+    if regroup_dim(nest, op) is not None:
+        return f"{name}_grouped[{idx}]"
     suffix = "_padded" if op.padded and nest.pad_mode(name) in ("root", "local") else ""
     return f"{name}{suffix}[{idx}]"
 
@@ -39,7 +41,10 @@ def pseudo_code(nest: LoopNest) -> str:
     dag = nest.dag
     lines: list[str] = []
     for op in dag.inputs:
-        if op.padded and nest.pad_mode(op.name) == "root":
+        if regroup_dim(nest, op) is not None:
+            lines.append(f"{op.name}_grouped = regroup({op.name})  # channels in groups of "
+                         f"{DOT_GROUP} innermost, padded, once per call")
+        elif op.padded and nest.pad_mode(op.name) == "root":
             lines.append(f"{op.name}_padded = pad({op.name})  # zeros around, once per call")
     for name in nest.layout_rewrite:
         lines.append(f"{name}_packed = pack({name})  # once, when the kernel is built")

@@ -32,7 +32,7 @@ from llvmlite import ir
 
 from tuner.ir.layout import PAIR_LEVEL
 from tuner.codegen.irutil import (F32, I8, I16, I32, I64, Lin, elem_ptr, intrinsic, materialize,
-                                  splat, type_name)
+                                  runtime_loop, splat, type_name)
 
 IR_TYPES = {"float32": F32, "uint8": I8, "int8": I8, "int32": I32, "int16": I16}
 
@@ -159,7 +159,11 @@ class _Group:
         elif lane_stride == 0:
             scalar = [replace(c, vec=None, vec_rem=None) for c in at]
             self.group = _read_group(em, fn, scalar, acc, dot_stride)
-        elif acc.packed and dot_stride == 1 and lane_stride == group:
+        elif dot_stride == 1 and lane_stride == group and (acc.packed or not acc.guards):
+            # a packed weight, or a regrouped activation (tuner.ir.layout.regroup_dim): the
+            # lanes' groups are one contiguous run, read whole in a partial vector too (both
+            # buffers have room past their last group; only the output's lanes are kept)
+            base = base if base is not None else materialize(b, em._offset(at[0], acc))
             ptr = elem_ptr(b, fn.ptrs[acc.ptr], base, acc.etype)
             self.packed = b.load(ptr, typ=ir.VectorType(I8, group * self.width), align=1)
         else:
@@ -239,6 +243,46 @@ def _dot_stride(ctx, acc) -> int:
     if acc.strides is not None:
         return acc.strides.get((axis, level), 0)
     return acc.flat.coef(axis)
+
+
+# --------------------------------------------------------------------- the regrouped copy
+
+REGROUP_CHUNK = 16  # bytes of each of the group's rows per step: 64 bytes stored
+# Bytes allocated past a regrouped copy's end: a partial vector of groups is read whole (the
+# widest, 16 lanes of 4 bytes, reaches 60 bytes past the last group it needs).
+REGROUP_SLACK = 64
+
+
+def regroup_row(b: ir.IRBuilder, rows: list[ir.Value], present: list[ir.Value],
+                fill: ir.Value, out: ir.Value, width: int) -> None:
+    """One row of a regrouped copy (tuner.ir.layout.regroup_dim): out[4 w + g] = rows[g][w]
+    for w < `width`, or `fill` (the input zero point) where `present[g]` (i1) is false,
+    `rows[g]` then pointing at any readable row. A step reads REGROUP_CHUNK bytes of each
+    row and interleaves them into one store (two shuffles deep, as `quads` does); the last
+    columns go one at a time."""
+    chunks, tail = divmod(width, REGROUP_CHUNK)
+    vec = ir.VectorType(I8, REGROUP_CHUNK)
+    fills = splat(b, fill, REGROUP_CHUNK)
+
+    def chunk(v: ir.Value) -> None:
+        at = b.mul(v, ir.Constant(I64, REGROUP_CHUNK))
+        loaded = [b.select(ok, b.load(elem_ptr(b, row, at, I8), typ=vec, align=1), fills)
+                  for row, ok in zip(rows, present)]
+        as16 = ir.VectorType(I16, REGROUP_CHUNK)
+        quads = _interleave(b, b.bitcast(_interleave(b, loaded[0], loaded[1]), as16),
+                            b.bitcast(_interleave(b, loaded[2], loaded[3]), as16))
+        b.store(quads, elem_ptr(b, out, b.mul(at, ir.Constant(I64, 4)), I8), align=1)
+
+    def column(w: ir.Value) -> None:
+        for g, (row, ok) in enumerate(zip(rows, present)):
+            value = b.select(ok, b.load(elem_ptr(b, row, w, I8), typ=I8), fill)
+            b.store(value, elem_ptr(b, out, b.add(b.mul(w, ir.Constant(I64, 4)),
+                                                 ir.Constant(I64, g)), I8))
+
+    if chunks:
+        runtime_loop(b, 0, chunks, chunk, "regroup")
+    if tail:
+        runtime_loop(b, chunks * REGROUP_CHUNK, width, column, "regroup.tail")
 
 
 # -------------------------------------------------------------------------------- epilogue

@@ -16,6 +16,8 @@ that keeps compile times predictable, the default schedule's choice of vector ax
 - `inline_guards`: the padded dimensions read with bounds checks (inline padding);
 - `region_start`: where the innermost run of unrolled / vectorized loops begins;
 - `root_pad_bytes`: the padded copies made per call (root padding);
+- `regroup_dim` / `regrouped_shape` / `regrouped_flat`: an int8 activation copied with its
+  channels in groups of DOT_GROUP innermost, so that each dot group is 4 contiguous bytes;
 - `local_pad_plan`: where a locally padded operand is copied, and how much (local padding);
 - `vector_chunks`: native vectors per vectorized iteration, for the target's lanes;
 - `operand_registers`: the vector registers one reduction step of a register tile needs
@@ -30,7 +32,7 @@ import math
 
 from dataclasses import dataclass, replace
 
-from tuner.ir.dag import ComputeDAG, Operand
+from tuner.ir.dag import DOT_GROUP, Affine, ComputeDAG, Operand
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import Loop, LoopNest, LoopPart, Pad, ScheduleError, Step
 
@@ -269,6 +271,58 @@ def root_pad_bytes(nest: LoopNest) -> int:
         if any(lo or hi for lo, hi in pads):
             total += 4 * math.prod(padded_shape(op, nest.dag.extents))
     return total
+
+
+def regroup_dim(nest: LoopNest, op: Operand) -> int | None:
+    """The dimension of an int8 activation `op` that the kernel reads from a regrouped copy:
+    a copy made once per call (with the padding, as root padding makes it) in which that
+    dimension, the one the dot axis indexes, is split into groups of DOT_GROUP stored
+    innermost (NCHW -> N, C/4, H, W, 4). A dot group of an NCHW activation is otherwise 4
+    bytes a plane apart, put together from 4 loads, 3 shifts and 3 ors per row of a register
+    tile (tuner/codegen/quantized.py), against one 4-byte load from the copy, which costs a
+    pass over the input. Taken where the dimension's index is DOT_GROUP x (other axes) + the
+    dot axis (a group never straddles an operand group of a grouped convolution), the
+    dimension is not already the innermost, and the operand is padded at the root or not at
+    all (inline and local padding keep their reads); None elsewhere."""
+    dag = nest.dag
+    if dag.quant is None or dag.dot_axis is None or op.constant \
+            or op.name in nest.layout_rewrite:
+        return None
+    dims = [d for d, expr in enumerate(op.index) if expr.coef(dag.dot_axis)]
+    if len(dims) != 1 or dims[0] == len(op.index) - 1:
+        return None
+    expr = op.index[dims[0]]
+    if expr.coef(dag.dot_axis) != 1 or expr.const % DOT_GROUP or any(
+            c % DOT_GROUP for a, c in expr.terms if a != dag.dot_axis):
+        return None
+    padded = op.padded and any(lo or hi for lo, hi in padding(op, dag.extents))
+    if padded and nest.pad_mode(op.name) != "root":
+        return None
+    return dims[0]
+
+
+def regrouped_shape(op: Operand, extents: dict[str, int], dim: int) -> tuple[int, ...]:
+    """The shape of the regrouped copy (`regroup_dim`): the padded shape with dimension `dim`
+    counted in groups, and the group's DOT_GROUP elements as a last dimension."""
+    shape = list(padded_shape(op, extents))
+    shape[dim] = -(-shape[dim] // DOT_GROUP)
+    return tuple(shape) + (DOT_GROUP,)
+
+
+def regrouped_flat(op: Operand, extents: dict[str, int], dim: int, dot_axis: str) -> Affine:
+    """The element offset of `op`'s index in its regrouped copy (`regrouped_shape`)."""
+    shape = regrouped_shape(op, extents, dim)
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    terms: dict[str, int] = {}
+    const = 0
+    for d, (expr, (lo, _)) in enumerate(zip(op.index, padding(op, extents))):
+        for axis, coef in expr.terms:
+            scaled = (1 if axis == dot_axis else coef // DOT_GROUP * strides[d]) if d == dim \
+                else coef * strides[d]
+            terms[axis] = terms.get(axis, 0) + scaled
+        const += (expr.const + lo) // DOT_GROUP * strides[d] if d == dim \
+            else (expr.const + lo) * strides[d]
+    return Affine(tuple((a, c) for a, c in terms.items() if c), const)
 
 
 @dataclass(frozen=True, slots=True)
