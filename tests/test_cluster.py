@@ -1,7 +1,8 @@
 """Measuring on a Dask cluster (tuner/measure/cluster.py) with real worker processes: results
 of the same kind as local measurement, crashing and hanging kernels survived, a worker killed
 with SIGKILL mid-batch losing and duplicating nothing, a target no worker serves refused in
-one line, and `tune worker` joining a scheduler for `tune --cluster`."""
+one line, and `tune worker` joining a scheduler for `tune --cluster`. The checks on workers'
+answers: tests/test_cluster_answers.py."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("distributed")
 
+from cluster_helpers import one_error_line  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
 from costmodel.xgb import XGBCostModel  # noqa: E402
 from records import RecordStore  # noqa: E402
@@ -32,21 +33,8 @@ from tuner.measure.result import ErrorKind  # noqa: E402
 from tuner.search.strategies import SearchConfig  # noqa: E402
 from tuner.search.tune import TaskTuner, TuneConfig  # noqa: E402
 
-TESTS = str(Path(__file__).resolve().parent)
 TASK = Task.create("matmul", (24, 24, 24))
 FAST = dict(min_sample_s=1e-4, samples=3, max_total_s=0.05, run_timeout_s=5.0)
-
-
-@pytest.fixture
-def worker_path(monkeypatch):
-    """Dask's worker processes import the tests' fault builders as measure workers do."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tune: error: ") and "\n" not in err, err
-    return err
 
 
 def test_faulty_kernels_on_cluster_workers_are_typed_errors_and_the_batch_goes_on(worker_path):
@@ -113,7 +101,7 @@ def test_a_target_no_worker_serves_is_refused_in_one_line(tmp_path, monkeypatch,
         status = cli.main(["matmul", "--shape", "24,24,24", "--trials", "4", "--threads", "1",
                            "--quiet", "--cluster", local.scheduler_address, "--db", str(db)])
         assert status == cli.EXIT_USAGE and time.monotonic() - start < 60
-        err = _one_line(capsys)
+        err = one_error_line(capsys)
         assert "no worker of the cluster" in err and target_resource(host_target(1)) in err
         assert target_resource(other) in err  # what the cluster serves instead
     with RecordStore(f"sqlite:///{db}") as store:
@@ -125,7 +113,7 @@ def test_an_unreachable_scheduler_and_a_bad_local_count_are_one_line(tmp_path, c
         status = cli.main(["matmul", "--shape", "8,8,8", "--trials", "2", "--threads", "1",
                            "--quiet", "--cluster", address, "--db", str(tmp_path / "r.db")])
         assert status == cli.EXIT_USAGE
-        assert address in _one_line(capsys)
+        assert address in one_error_line(capsys)
 
 
 def test_tune_worker_joins_a_scheduler_and_measures_for_tune_cluster(tmp_path, capsys):

@@ -724,7 +724,7 @@ def _cmd_model(args) -> int:
 def _cmd_worker(args) -> int:
     """`tune worker SCHEDULER`: a Dask worker measuring for this machine's target."""
     from tuner.ir.target import named_target
-    from tuner.measure.cluster import serve_worker, target_resource
+    from tuner.measure.cluster_worker import serve_worker, target_resource
 
     target = named_target(args.cpu, args.threads)
     print(f"tune: worker for {target.cpu}, {target.threads} thread(s) ({target_resource(target)}) "
