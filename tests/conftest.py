@@ -65,6 +65,20 @@ def assert_sampled_schedule_matches_reference(rng, target):
     assert_matches_reference(dag, kernel(*inputs), inputs)
 
 
+@pytest.fixture(scope="session")
+def cluster_certificates(tmp_path_factory):
+    """The folder of the README's cluster certificates (tests/cluster_tls.py)."""
+    from cluster_helpers import make_certificates
+    return make_certificates(tmp_path_factory.mktemp("cluster-ca"))
+
+
+@pytest.fixture(scope="session")
+def stranger_certificates(tmp_path_factory):
+    """The same recipe run again: a CA the cluster does not know, and its certificates."""
+    from cluster_helpers import make_certificates
+    return make_certificates(tmp_path_factory.mktemp("stranger-ca"))
+
+
 @pytest.fixture
 def worker_path(monkeypatch):
     """Dask's worker processes import the tests' helper modules (fault builders, forged

@@ -1,15 +1,13 @@
-"""Measuring on a Dask cluster (tuner/measure/cluster.py) with real worker processes: results
-of the same kind as local measurement, crashing and hanging kernels survived, a worker killed
-with SIGKILL mid-batch losing and duplicating nothing, a target no worker serves refused in
-one line, and `tune worker` joining a scheduler for `tune --cluster`. The checks on workers'
-answers: tests/test_cluster_answers.py."""
+"""Measuring on a Dask cluster (tuner/measure/cluster.py) with real worker processes (`local:N`
+clusters run over TLS): results of the same kind as local measurement, crashing and hanging
+kernels survived, a worker killed with SIGKILL mid-batch losing and duplicating nothing, and a
+target no worker serves refused in one line. TLS, `tune worker` and the checks on workers'
+answers: tests/test_cluster_tls.py."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -114,42 +112,6 @@ def test_an_unreachable_scheduler_and_a_bad_local_count_are_one_line(tmp_path, c
                            "--quiet", "--cluster", address, "--db", str(tmp_path / "r.db")])
         assert status == cli.EXIT_USAGE
         assert address in one_error_line(capsys)
-
-
-def test_tune_worker_joins_a_scheduler_and_measures_for_tune_cluster(tmp_path, capsys):
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=0, processes=True, dashboard_address=None,
-                      silence_logs=40) as scheduler:
-        address = scheduler.scheduler_address
-        worker = subprocess.Popen([sys.executable, "-m", "tuner.cli", "worker", address,
-                                   "--threads", "1", "--name", "target-machine"],
-                                  stderr=subprocess.PIPE, text=True)
-        try:
-            with Client(address) as client:
-                deadline = time.monotonic() + 60
-                while not client.scheduler_info()["workers"] and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                (info,) = client.scheduler_info()["workers"].values()
-                assert info["name"] == "target-machine"
-                assert info["resources"] == {target_resource(host_target(1)): 1}
-            db = tmp_path / "r.db"
-            status = cli.main(["matmul", "--shape", "24,24,24", "--trials", "6",
-                               "--batch-size", "3", "--threads", "1", "--quiet", "--cluster",
-                               address, "--db", str(db), "--json"])
-            assert status == cli.EXIT_OK, capsys.readouterr().err
-            with RecordStore(f"sqlite:///{db}") as store:
-                history = store.history(TASK, host_target(1))
-            assert len(history) == 6 and all(r.result.ok for r in history)
-            assert {r.result.machine for r in history} == {"target-machine"}
-            capsys.readouterr()
-            assert cli.main(["show", "--db", str(db)]) == cli.EXIT_OK
-            assert "measured by target-machine (6)" in capsys.readouterr().out
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            _, err = worker.communicate(timeout=60)
-        assert worker.returncode in (0, cli.EXIT_TERMINATED), err
-        assert "joining " + address in err
 
 
 def test_with_no_worker_left_for_the_target_the_batch_stops_in_one_line(worker_path,

@@ -1,5 +1,5 @@
 """Results are checked where they land (tuner/measure/cluster.py): through the real tuning
-loop on `local:N` clusters, a worker's answers for schedules the tuner never sent,
+loop on `local:N` clusters (over TLS), a worker's answers for schedules the tuner never sent,
 and a worker reporting another target than the resource it advertises (forged by
 tests/forged_workers.py in place of `measure_chunk`, or a plain Dask worker that was not
 started by `tune worker`), store nothing and are said in one line; tuning goes on with the
@@ -63,7 +63,7 @@ def test_a_worker_reporting_another_target_than_it_advertises_is_refused_in_one_
     assert result.trials_run == 8 and len(history) == 8
     assert {r.result.machine for r in history} == {"1"}
     (line,) = said
-    assert line.startswith("refused worker 0 (") and "reports target " in line, line
+    assert line.startswith("refused worker 0 (tls://") and "reports target " in line, line
     assert f"threads=2, not {host_target(1).key}" in line and "retired" in line
 
 

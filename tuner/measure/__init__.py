@@ -8,4 +8,5 @@ that a crash or a hang cannot take down.
     cluster.py     ClusterMeasurer: the same over Dask workers on other machines (--cluster);
                    answers checked where they land
     cluster_worker.py  the target machine's side: `tune worker`, measure_chunk
+    tls.py         Dask's TLS for the cluster: certificates checked at the boundary
 """

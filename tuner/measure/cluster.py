@@ -1,6 +1,7 @@
 """Measuring on many machines: a batch's candidates farmed out to Dask workers.
 
-    with ClusterMeasurer("tcp://HOST:8786", target, options) as measurer:   # or "local:N"
+    with ClusterMeasurer("tls://HOST:8786", target, options, tls=TlsFiles(ca, cert, key)) \
+            as measurer:                          # or "local:N", or "tcp://HOST:8786"
         results = measurer.measure(inputs)       # one result (or None: not measured) each
 
 The tuner keeps everything else (the search, the cost model, the records): a `ClusterMeasurer`
@@ -12,6 +13,12 @@ on each target machine one `tune worker SCHEDULER` (tuner/measure/cluster_worker
 `local:N` for a `LocalCluster` of N worker processes on this machine (for trying it out and
 for tests), each on its own share of the cores when there are enough.
 
+- **The cluster is a door; TLS shuts it.** A Dask worker runs whatever its scheduler sends
+  it, and Dask's peers exchange pickles, so whoever can join a scheduler can run code on every
+  target machine and feed the tuner timings. Over `tls://` (Dask's own TLS,
+  tuner/measure/tls.py) only holders of a certificate of the cluster's CA can join or submit;
+  plain `tcp://` is for a trusted network only. `local:N` always runs over TLS with a
+  certificate made for the run: its loopback port is open to every user of the machine.
 - **Only machines of the target time its candidates.** A worker advertises the target it
   measures for as a Dask resource (`target_resource`: CPU name, threads and a digest of the
   target key), with a count of 1 and one thread: a candidate is only ever sent to a worker of
@@ -58,6 +65,8 @@ from tuner.measure.cluster_worker import (TargetPlugin, measure_chunk, schedule_
                                           target_resource)
 from tuner.measure.measurer import MeasureInput, MeasureOptions
 from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.measure.tls import (TlsFiles, cluster_security, handshake_refused,
+                               temporary_security)
 
 LOCAL = "local:"
 # how long a batch waits with no worker left for its target before it gives up, and how long
@@ -121,12 +130,13 @@ def _names(item) -> tuple[str, str] | None:
 class ClusterMeasurer:
     """`Measurer`'s interface over a Dask cluster; use as a context manager or `close()`.
     `say` receives the one-line notes (workers gone, answers dropped, workers refused);
-    stderr by default."""
+    stderr by default. `tls`: the certificate for a tls:// scheduler (tuner/measure/tls.py)."""
 
     def __init__(self, address: str, target: Target, options: MeasureOptions = MeasureOptions(),
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, tls: TlsFiles = TlsFiles()):
         try:
             from distributed import Client
+            from distributed.comm.core import CommClosedError
         except ImportError:
             raise TunerError("--cluster needs Dask distributed: pip install -e \".[cluster]\"") \
                 from None
@@ -138,31 +148,39 @@ class ClusterMeasurer:
         self._refused: set[str] = set()  # addresses of workers refused (see the docstring)
         try:
             if address.startswith(LOCAL):
-                self._start_local_cluster(address)
+                self._start_local_cluster(address, tls)
                 self.client = Client(self._cluster)
             else:
-                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S,
+                                     security=cluster_security(address, tls, "client"))
         except TunerError:
             self.close()
             raise
+        except CommClosedError as err:  # TLS or Dask's handshake failed
+            self.close()
+            raise handshake_refused(address, "client", err) from None
         except (OSError, TimeoutError, ValueError) as err:
             self.close()
             raise TunerError(f"cannot reach the Dask scheduler at {address}: "
                              f"{one_line(err)}") from None
         self._known = set(self.workers())
 
-    def _start_local_cluster(self, address: str) -> None:
-        """`local:N`: N worker processes on this machine for this tuner's target."""
+    def _start_local_cluster(self, address: str, tls: TlsFiles) -> None:
+        """`local:N`: N worker processes on this machine for this tuner's target, over TLS
+        with a certificate made for the run (tuner/measure/tls.py says why)."""
         from distributed import LocalCluster
 
         count = address[len(LOCAL):]
         if not count.isdigit() or int(count) < 1:
             raise TunerError(f"--cluster local:N takes a positive worker count, got "
                              f"{address!r}")
+        if tls.flags():
+            raise TunerError(f"{', '.join(tls.flags())} are for a tls:// scheduler; "
+                             f"{address} makes its own certificate for the run")
         self._cluster = LocalCluster(
             n_workers=int(count), threads_per_worker=1, processes=True,
             resources={self.resource: 1}, plugins=(TargetPlugin(self.target),),
-            dashboard_address=None, silence_logs=40)
+            security=temporary_security(), dashboard_address=None, silence_logs=40)
         self._local_workers = int(count)
 
     def _all_workers(self) -> dict[str, dict]:

@@ -25,11 +25,16 @@ from tuner.ir.target import Target
 from tuner.ir.task import Task
 from tuner.measure.measurer import MeasureInput, Measurer, MeasureOptions
 from tuner.measure.result import MeasureResult
+from tuner.measure.tls import TlsFiles, check_accepted, cluster_security
 
 try:
     from distributed.diagnostics.plugin import WorkerPlugin
 except ImportError:  # no Dask, no worker: ClusterMeasurer and serve_worker say what to install
     WorkerPlugin = object
+
+# how long `tune worker` tries to reach its scheduler before it gives up in one line
+JOIN_TIMEOUT_S = 60.0
+
 
 def target_resource(target: Target) -> str:
     """The Dask resource a worker measuring for `target` advertises: readable, and exact
@@ -99,9 +104,12 @@ def _result_to_json(r: MeasureResult, task_key: str, schedule: str, machine: str
             "compile_s": r.compile_s, "timestamp": r.timestamp, "machine": machine}
 
 
-def serve_worker(scheduler: str, target: Target, name: str | None = None) -> None:
+def serve_worker(scheduler: str, target: Target, name: str | None = None,
+                 tls: TlsFiles = TlsFiles()) -> None:
     """`tune worker SCHEDULER`: a Dask worker on this machine that measures for `target`
-    (one thread, the target's resource), until it is stopped (Ctrl-C or SIGTERM)."""
+    (one thread, the target's resource), until it is stopped (Ctrl-C or SIGTERM). Over
+    tls:// it joins with `tls`'s certificate (tuner/measure/tls.py) and first checks, once,
+    that the scheduler accepts it: a refused worker is one line, not a wait for ever."""
     import asyncio
 
     try:
@@ -109,12 +117,14 @@ def serve_worker(scheduler: str, target: Target, name: str | None = None) -> Non
     except ImportError:
         raise TunerError("tune worker needs Dask distributed: pip install -e \".[cluster]\"") \
             from None
+    security = cluster_security(scheduler, tls, "worker")
 
     async def run() -> None:
+        await check_accepted(scheduler, security, "worker", JOIN_TIMEOUT_S)
         # the Nanny restarts the worker process if it dies, so one machine keeps serving
         async with Nanny(scheduler, nthreads=1, resources={target_resource(target): 1},
                          name=name or f"{os.uname().nodename}-{os.getpid()}",
-                         plugins=(TargetPlugin(target),)) as nanny:
+                         security=security, plugins=(TargetPlugin(target),)) as nanny:
             await nanny.finished()
 
     try:
