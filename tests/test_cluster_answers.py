@@ -7,6 +7,8 @@ honest workers. Matched by position, as before these checks, each forgery would 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 pytest.importorskip("distributed")
@@ -31,38 +33,48 @@ def _tune_with(measurer, store, trials: int = 8):
                      TuneConfig(trials=trials, batch_size=4, strategy="random")).run()
 
 
-def test_answers_for_schedules_the_tuner_never_sent_are_dropped_in_one_line(
-        tmp_path, worker_path, monkeypatch):
-    """Worker 0 answers its first chunk with timings of a trillionth of a second for
-    schedules nobody sent; matched by position, they would be stored as the best records."""
-    monkeypatch.setattr(cluster, "measure_chunk", forged_workers.answers_for_schedules_not_sent)
+@dataclass(frozen=True)
+class ForgedRun:
+    result: object            # the TuneResult
+    history: list             # the records stored
+    claims: list              # the claims left in the store
+    workers: list[str]        # names of the workers the measurer still uses at the end
+    said: list[str]           # the measurer's one-line notes
+
+
+def _tune_with_forgery(forgery, tmp_path, monkeypatch) -> ForgedRun:
+    """8 trials on `local:2`, with `forgery` run by the workers in place of measure_chunk."""
+    monkeypatch.setattr(cluster, "measure_chunk", forgery)
     said: list[str] = []
     with ClusterMeasurer("local:2", host_target(1), FAST, say=said.append) as measurer, \
             RecordStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
         result = _tune_with(measurer, store)
-        history = store.history(TASK, host_target(1))
-        claims = store.claims(TASK, host_target(1))
-    assert result.trials_run == 8 and len(history) == 8 and not claims
-    assert all(r.result.ok for r in history), [r.result.detail for r in history]
-    assert min(r.result.min_s for r in history) > 1000 * forged_workers.FORGED_COST_S
-    assert result.default_gflops is not None  # measured, in a later batch if it was dropped
-    (line,) = said
+        return ForgedRun(result, store.history(TASK, host_target(1)),
+                         store.claims(TASK, host_target(1)),
+                         sorted(measurer.workers().values()), said)
+
+
+def test_answers_for_schedules_the_tuner_never_sent_are_dropped_in_one_line(
+        tmp_path, worker_path, monkeypatch):
+    """Worker 0 answers its first chunk with timings of a trillionth of a second for
+    schedules nobody sent; matched by position, they would be stored as the best records."""
+    run = _tune_with_forgery(forged_workers.answers_for_schedules_not_sent, tmp_path,
+                             monkeypatch)
+    assert run.result.trials_run == 8 and len(run.history) == 8 and not run.claims
+    assert all(r.result.ok for r in run.history), [r.result.detail for r in run.history]
+    assert min(r.result.min_s for r in run.history) > 1000 * forged_workers.FORGED_COST_S
+    assert run.result.default_gflops is not None  # measured, in a later batch if dropped
+    (line,) = run.said
     assert line.startswith("dropped 2 answer(s) of worker(s) 0 for candidates this tuner "
                            "did not send them; 2 candidate(s) of the batch stay unmeasured"), line
 
 
 def test_a_worker_reporting_another_target_than_it_advertises_is_refused_in_one_line(
         tmp_path, worker_path, monkeypatch):
-    monkeypatch.setattr(cluster, "measure_chunk", forged_workers.answers_for_another_target)
-    said: list[str] = []
-    with ClusterMeasurer("local:2", host_target(1), FAST, say=said.append) as measurer, \
-            RecordStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
-        result = _tune_with(measurer, store)
-        history = store.history(TASK, host_target(1))
-        assert sorted(measurer.workers().values()) == ["1"]
-    assert result.trials_run == 8 and len(history) == 8
-    assert {r.result.machine for r in history} == {"1"}
-    (line,) = said
+    run = _tune_with_forgery(forged_workers.answers_for_another_target, tmp_path, monkeypatch)
+    assert run.result.trials_run == 8 and len(run.history) == 8 and run.workers == ["1"]
+    assert {r.result.machine for r in run.history} == {"1"}
+    (line,) = run.said
     assert line.startswith("refused worker 0 (tls://") and "reports target " in line, line
     assert f"threads=2, not {host_target(1).key}" in line and "retired" in line
 
