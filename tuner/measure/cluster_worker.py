@@ -3,8 +3,8 @@
 tuner.
 
 A worker is started for one target (its CPU, `--cpu` and `--threads`) and knows it through a
-Dask worker plugin (`TargetPlugin`): it measures a chunk for that target, whatever the tuner
-asked, and names it in its answer, so a tuner can refuse a worker whose answers are for
+Dask worker plugin (`TargetPlugin`): it measures every chunk for that target (a chunk names
+none) and names it in its answer, so a tuner can refuse a worker whose answers are for
 another target than the resource it advertises. A Dask worker not started by `tune worker`
 has no such plugin, measures nothing and says so (target None).
 
@@ -107,9 +107,10 @@ def _result_to_json(r: MeasureResult, task_key: str, schedule: str, machine: str
 def serve_worker(scheduler: str, target: Target, name: str | None = None,
                  tls: TlsFiles = TlsFiles()) -> None:
     """`tune worker SCHEDULER`: a Dask worker on this machine that measures for `target`
-    (one thread, the target's resource), until it is stopped (Ctrl-C or SIGTERM). Over
-    tls:// it joins with `tls`'s certificate (tuner/measure/tls.py) and first checks, once,
-    that the scheduler accepts it: a refused worker is one line, not a wait for ever."""
+    (one thread, the target's resource), until it is stopped (Ctrl-C or SIGTERM). It first
+    connects once to check that the scheduler is there and accepts it (over tls://, `tls`'s
+    certificate: tuner/measure/tls.py): refused, or with no scheduler within
+    JOIN_TIMEOUT_S, it stops with one line where a Dask worker would wait for ever."""
     import asyncio
 
     try:
