@@ -346,14 +346,19 @@ class RecordStore:
                 out.append(True)
         return out
 
-    def release_claims(self, task: Task, target: Target, owner: str | None = None) -> int:
-        """Drops the owner's (this process's) claims on a pair; returns how many."""
+    def release_claims(self, task: Task, target: Target,
+                       schedule_jsons: Sequence[str] | None = None,
+                       owner: str | None = None) -> int:
+        """Drops the owner's (this process's) claims on a pair, or only those on
+        `schedule_jsons` (schedules it claimed but did not measure); returns how many."""
         with self._session(write=True) as s:
             pair = self._claims_filter(s, task, target)
             if pair is None:
                 return 0
+            which = () if schedule_jsons is None else (ClaimRow.schedule_hash.in_(
+                [schedule_hash(j) for j in schedule_jsons]),)
             return s.execute(delete(ClaimRow).where(
-                *pair, ClaimRow.owner == (owner or owner_key()))).rowcount
+                *pair, *which, ClaimRow.owner == (owner or owner_key()))).rowcount
 
     def claims(self, task: Task, target: Target) -> list[tuple[str, str, float]]:
         """(schedule hash, owner, expires) of every claim on a pair."""

@@ -1,4 +1,6 @@
+import os
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +63,25 @@ def assert_sampled_schedule_matches_reference(rng, target):
     kernel = CompiledKernel(apply_steps(dag, to_steps(dag, sketch, ann, target)), target)
     inputs = dag.random_inputs(rng)
     assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
+@pytest.fixture(scope="session")
+def cluster_certificates(tmp_path_factory):
+    """The folder of the README's cluster certificates (tests/cluster_tls.py)."""
+    from cluster_helpers import make_certificates
+    return make_certificates(tmp_path_factory.mktemp("cluster-ca"))
+
+
+@pytest.fixture(scope="session")
+def stranger_certificates(tmp_path_factory):
+    """The same recipe run again: a CA the cluster does not know, and its certificates."""
+    from cluster_helpers import make_certificates
+    return make_certificates(tmp_path_factory.mktemp("stranger-ca"))
+
+
+@pytest.fixture
+def worker_path(monkeypatch):
+    """Dask's worker processes import the tests' helper modules (fault builders, forged
+    workers) as measure workers do."""
+    tests = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))

@@ -1,22 +1,21 @@
-"""Measuring on a Dask cluster (tuner/measure/cluster.py) with real worker processes: results
-of the same kind as local measurement, crashing and hanging kernels survived, a worker killed
-with SIGKILL mid-batch losing and duplicating nothing, a target no worker serves refused in
-one line, and `tune worker` joining a scheduler for `tune --cluster`."""
+"""Measuring on a Dask cluster (tuner/measure/cluster.py) with real worker processes (`local:N`
+clusters run over TLS): results of the same kind as local measurement, crashing and hanging
+kernels survived, a worker killed with SIGKILL mid-batch losing and duplicating nothing, and a
+target no worker serves refused in one line. TLS, `tune worker` and the checks on workers'
+answers: tests/test_cluster_tls.py."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("distributed")
 
+from cluster_helpers import one_error_line  # noqa: E402
 from costmodel.features import extract_features  # noqa: E402
 from costmodel.xgb import XGBCostModel  # noqa: E402
 from records import RecordStore  # noqa: E402
@@ -32,21 +31,8 @@ from tuner.measure.result import ErrorKind  # noqa: E402
 from tuner.search.strategies import SearchConfig  # noqa: E402
 from tuner.search.tune import TaskTuner, TuneConfig  # noqa: E402
 
-TESTS = str(Path(__file__).resolve().parent)
 TASK = Task.create("matmul", (24, 24, 24))
 FAST = dict(min_sample_s=1e-4, samples=3, max_total_s=0.05, run_timeout_s=5.0)
-
-
-@pytest.fixture
-def worker_path(monkeypatch):
-    """Dask's worker processes import the tests' fault builders as measure workers do."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tune: error: ") and "\n" not in err, err
-    return err
 
 
 def test_faulty_kernels_on_cluster_workers_are_typed_errors_and_the_batch_goes_on(worker_path):
@@ -113,7 +99,7 @@ def test_a_target_no_worker_serves_is_refused_in_one_line(tmp_path, monkeypatch,
         status = cli.main(["matmul", "--shape", "24,24,24", "--trials", "4", "--threads", "1",
                            "--quiet", "--cluster", local.scheduler_address, "--db", str(db)])
         assert status == cli.EXIT_USAGE and time.monotonic() - start < 60
-        err = _one_line(capsys)
+        err = one_error_line(capsys)
         assert "no worker of the cluster" in err and target_resource(host_target(1)) in err
         assert target_resource(other) in err  # what the cluster serves instead
     with RecordStore(f"sqlite:///{db}") as store:
@@ -125,43 +111,7 @@ def test_an_unreachable_scheduler_and_a_bad_local_count_are_one_line(tmp_path, c
         status = cli.main(["matmul", "--shape", "8,8,8", "--trials", "2", "--threads", "1",
                            "--quiet", "--cluster", address, "--db", str(tmp_path / "r.db")])
         assert status == cli.EXIT_USAGE
-        assert address in _one_line(capsys)
-
-
-def test_tune_worker_joins_a_scheduler_and_measures_for_tune_cluster(tmp_path, capsys):
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=0, processes=True, dashboard_address=None,
-                      silence_logs=40) as scheduler:
-        address = scheduler.scheduler_address
-        worker = subprocess.Popen([sys.executable, "-m", "tuner.cli", "worker", address,
-                                   "--threads", "1", "--name", "target-machine"],
-                                  stderr=subprocess.PIPE, text=True)
-        try:
-            with Client(address) as client:
-                deadline = time.monotonic() + 60
-                while not client.scheduler_info()["workers"] and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                (info,) = client.scheduler_info()["workers"].values()
-                assert info["name"] == "target-machine"
-                assert info["resources"] == {target_resource(host_target(1)): 1}
-            db = tmp_path / "r.db"
-            status = cli.main(["matmul", "--shape", "24,24,24", "--trials", "6",
-                               "--batch-size", "3", "--threads", "1", "--quiet", "--cluster",
-                               address, "--db", str(db), "--json"])
-            assert status == cli.EXIT_OK, capsys.readouterr().err
-            with RecordStore(f"sqlite:///{db}") as store:
-                history = store.history(TASK, host_target(1))
-            assert len(history) == 6 and all(r.result.ok for r in history)
-            assert {r.result.machine for r in history} == {"target-machine"}
-            capsys.readouterr()
-            assert cli.main(["show", "--db", str(db)]) == cli.EXIT_OK
-            assert "measured by target-machine (6)" in capsys.readouterr().out
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            _, err = worker.communicate(timeout=60)
-        assert worker.returncode in (0, cli.EXIT_TERMINATED), err
-        assert "joining " + address in err
+        assert address in one_error_line(capsys)
 
 
 def test_with_no_worker_left_for_the_target_the_batch_stops_in_one_line(worker_path,

@@ -1,7 +1,9 @@
 """Tuning across real network hosts: two network namespaces joined by a veth pair, the Dask
 scheduler and a PostgreSQL store in one (with the tuner), a `tune worker` in the other. The
-tuner reaches the worker only through the scheduler's address on the veth link, and every
-record lands in the PostgreSQL store, naming the worker that measured it.
+tuner reaches the worker only through the scheduler's address on the veth link, over TLS with
+the README's certificates (one per machine, as the README makes them), and every record lands
+in the PostgreSQL store, naming the worker that measured it; a plain tcp:// worker on the other
+host is refused in one line.
 
 Needs root, `ip netns` and PostgreSQL's server binaries (.ci/run installs them and runs as
 root); elsewhere it is skipped, saying which of them is missing."""
@@ -15,13 +17,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("distributed")
 pytest.importorskip("psycopg")
+
+from cluster_helpers import tls_flags  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,22 +101,26 @@ def postgres_in(two_hosts):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_tune_across_two_network_hosts(two_hosts, postgres_in, tmp_path):
+def test_tune_across_two_network_hosts_over_tls(two_hosts, postgres_in, cluster_certificates):
     a, b, hosts = two_hosts
-    address = f"tcp://{hosts[a]}:8786"
+    address = f"tls://{hosts[a]}:8786"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # `dask scheduler` as the README runs it, on A's address
     scheduler = subprocess.Popen(_in(a, sys.executable, "-m", "distributed.cli.dask_scheduler",
-                                     "--host", hosts[a], "--port", "8786", "--no-dashboard"),
+                                     "--host", hosts[a], "--port", "8786", "--no-dashboard",
+                                     *tls_flags(cluster_certificates, "scheduler")),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  env=env)
     worker = subprocess.Popen(_in(b, sys.executable, "-m", "tuner.cli", "worker", address,
-                                  "--threads", "1", "--name", "host-b"),
+                                  "--threads", "1", "--name", "host-b",
+                                  *tls_flags(cluster_certificates, "worker1")),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=env)
     try:
         tuned = _run(*_in(a, sys.executable, "-m", "tuner.cli", "matmul", "--shape",
                           "24,24,24", "--trials", "6", "--batch-size", "3", "--threads", "1",
-                          "--quiet", "--json", "--cluster", address, "--db", postgres_in),
+                          "--quiet", "--json", "--cluster", address, "--db", postgres_in,
+                          *tls_flags(cluster_certificates, "tuner")),
                      check=False, env=env, timeout=600)
         assert tuned.returncode == 0, tuned.stderr
         assert json.loads(tuned.stdout)["trials"] == 6
@@ -128,6 +135,14 @@ def test_tune_across_two_network_hosts(two_hosts, postgres_in, tmp_path):
         loopback = _run(*_in(b, sys.executable, "-c", "import socket; socket.create_connection("
                              "('127.0.0.1', 5432), timeout=3)"), check=False, env=env)
         assert loopback.returncode != 0
+        # a worker on B that joins A's scheduler over plain tcp:// is refused, in one line
+        plain = _run(*_in(b, sys.executable, "-m", "tuner.cli", "worker",
+                          f"tcp://{hosts[a]}:8786", "--threads", "1"),
+                     check=False, env=env, timeout=120)
+        assert plain.returncode == 2, plain.stderr
+        assert plain.stderr.strip().splitlines()[-1].startswith(
+            f"tune: error: the Dask scheduler at tcp://{hosts[a]}:8786 closed the connection "
+            f"in the handshake"), plain.stderr
     finally:
         for proc in (worker, scheduler):
             proc.terminate()

@@ -127,7 +127,7 @@ def test_best_skips_what_the_caller_cannot_use(store):
 def test_claims_keep_processes_off_each_others_schedules(store):
     """A schedule is this process's to measure unless it is measured, listed twice, or
     claimed by another owner who is alive and within the lease; committing the measured
-    records drops their claims; releasing drops the rest."""
+    records drops their claims; releasing drops the rest (or the schedules named)."""
     other = owner_key(os.getppid())  # a live process that is not this one
     j = [h.schedule(n) for n in range(6)]
     add(store, h.MATMUL, 0, h.ok(1e-3), 0)
@@ -143,7 +143,10 @@ def test_claims_keep_processes_off_each_others_schedules(store):
                    flops=h.flops(h.MATMUL), tuner_version=h.VERSION)
     assert {c[0] for c in store.claims(h.MATMUL, h.TARGET)} == \
         {schedule_hash(j[n]) for n in (1, 3, 4)}
-    assert store.release_claims(h.MATMUL, h.TARGET) == 2
+    assert store.release_claims(h.MATMUL, h.TARGET, [j[4], j[1]]) == 1  # j[1] is not ours
+    assert {c[0] for c in store.claims(h.MATMUL, h.TARGET)} == \
+        {schedule_hash(j[n]) for n in (1, 3)}
+    assert store.release_claims(h.MATMUL, h.TARGET) == 1
     assert [c[1] for c in store.claims(h.MATMUL, h.TARGET)] == [other]
     assert store.claim(h.MATMUL, h.TARGET, [j[1], j[5]], lease_s=60, owner=other) == \
         [True, True]

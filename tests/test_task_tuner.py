@@ -254,3 +254,40 @@ def test_a_resumed_tuner_breeds_from_stored_genomes_and_lowers_none_again(tmp_pa
         assert len(store.history(task, target)) == 32
     assert result.trials_run == 16 and not rebuilt
     assert made and not genomes & set(made)
+
+
+class DroppingMeasurer(FakeMeasurer):
+    """Returns no result (None) for every other candidate of its first batch, as a cluster
+    measurer does for a worker's answer it drops (tuner/measure/cluster.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropped: list[str] = []
+
+    def measure(self, inputs):
+        first = not self.inputs
+        results = super().measure(inputs)
+        if first:
+            self.dropped = [schedule_to_json(item.steps) for item in inputs[::2]]
+            results[::2] = [None] * len(results[::2])
+        return results
+
+
+def test_a_candidate_the_measurer_returns_no_result_for_is_released_not_stored(tmp_path):
+    task, target, measurer = Task.create("matmul", (32, 40, 24)), host_target(1), \
+        DroppingMeasurer()
+    after_first_batch = []
+    with RecordStore(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        def progress(p) -> None:
+            if not after_first_batch:
+                after_first_batch.append((p.trials_done, store.count(),
+                                          store.claims(task, target)))
+
+        tuner = _tuner(task, target, store, measurer, _config(12, 4))
+        result = tuner.run(on_progress=progress)
+        records = store.history(task, target)
+    assert after_first_batch == [(2, 2, [])]  # two stored, the two dropped released
+    assert result.trials_run == 12 and len(records) == 12
+    assert measurer.dropped[0] == tuner.default.key  # dropped, so measured in a later batch
+    assert result.default_gflops is not None and tuner.default.key in \
+        [r.schedule_json for r in records[2:]]

@@ -6,6 +6,7 @@
         [--dtype int8 [--out-type int32|uint8|float32]]  (conv2d and matmul)
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
         [--cpu NAME] [--no-seed]
+        [--cluster tls://HOST:8786 --tls-ca-file CA --tls-cert CERT --tls-key KEY | local:N]
     tune show     what the database holds: tasks, targets, records, best GFLOPS
     tune best     the best schedule of every task, as readable pseudo-code (or --json)
     tune export   the best schedule per (task, target) to a JSON file
@@ -17,8 +18,10 @@
                   (tuner/network/plot.py)
     tune model PATH.onnx [--list] [--input NAME=D1,D2,...] [--trials N] ...
                   every conv/matmul layer of a model, one budget (tuner/network/tuning.py)
-    tune worker tcp://HOST:8786 [--cpu NAME] [--threads T]
-                  measure for tuners that pass --cluster tcp://HOST:8786 (tuner/measure/cluster.py)
+    tune worker tls://HOST:8786 --tls-ca-file CA --tls-cert CERT --tls-key KEY [--cpu NAME]
+        [--threads T]
+                  measure for tuners that pass --cluster tls://HOST:8786 with certificates of
+                  the same CA (tuner/measure/cluster.py); tcp:// on a trusted network only
 
 Progress and logs go to stderr, results to stdout. Exit status: 0 done, 1 nothing valid found,
 2 bad input (one line naming the bad value; `--debug` shows the traceback), 130 interrupted
@@ -131,9 +134,29 @@ def _add_tuning_options(p: argparse.ArgumentParser, trials_help: str,
     _add_cpu(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cluster", metavar="ADDRESS", help="measure on the workers of a Dask "
-                   "scheduler (tcp://HOST:8786; start `tune worker ADDRESS` on each target "
-                   "machine), or local:N for N worker processes on this machine")
+                   "scheduler (tls://HOST:8786 with --tls-*, or tcp://HOST:8786 on a trusted "
+                   "network only; start `tune worker ADDRESS` on each target machine), or "
+                   "local:N for N worker processes on this machine (TLS with a certificate "
+                   "made for the run)")
+    _add_tls(p, "this tuner")
     _add_db(p)
+
+
+def _add_tls(p: argparse.ArgumentParser, whose: str) -> None:
+    """Dask's TLS flags, by Dask's names (tuner/measure/tls.py); not given: Dask's
+    configuration (distributed.comm.tls.*)."""
+    p.add_argument("--tls-ca-file", metavar="CA", help="with a tls:// scheduler: the cluster's "
+                   "CA certificate (PEM); only peers with certificates it signed are accepted")
+    p.add_argument("--tls-cert", metavar="CERT", help=f"with a tls:// scheduler: {whose}'s "
+                   "certificate (PEM), signed by the CA")
+    p.add_argument("--tls-key", metavar="KEY", help=f"with a tls:// scheduler: {whose}'s "
+                   "private key (PEM), unless it follows the certificate in its file")
+
+
+def _tls_files(args):
+    from tuner.measure.tls import TlsFiles
+
+    return TlsFiles(args.tls_ca_file, args.tls_cert, args.tls_key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="measure for tuners on other machines (Dask)",
                        description="Join a Dask scheduler as a worker that measures candidates "
                        "for this machine's target (one at a time), until stopped. It runs what "
-                       "the scheduler sends it: use it on a trusted network only.")
-    p.add_argument("scheduler", help="the scheduler's address, e.g. tcp://HOST:8786")
+                       "the scheduler sends it: join a tls:// scheduler with certificates of "
+                       "the cluster's CA, or a tcp:// one on a trusted network only.")
+    p.add_argument("scheduler", help="the scheduler's address, e.g. tls://HOST:8786")
+    _add_tls(p, "this worker")
     p.add_argument("--threads", type=_threads, default=None,
                    help="threads the kernels run on (default: all usable cores); a tuner's "
                    "--threads must match")
@@ -335,9 +360,12 @@ def _workers(measurer) -> str:
 def _measurer(args, target):
     """The worker processes of this machine, or with --cluster a Dask cluster's workers
     (tuner/measure/cluster.py)."""
+    tls = _tls_files(args)
     if args.cluster:
         from tuner.measure.cluster import ClusterMeasurer
-        return ClusterMeasurer(args.cluster, target, _measure_options(args))
+        return ClusterMeasurer(args.cluster, target, _measure_options(args), tls=tls)
+    if tls.flags():
+        raise UsageError(f"{', '.join(tls.flags())} go with --cluster tls://HOST:PORT")
     from tuner.measure.measurer import Measurer
     return Measurer(target, _measure_options(args))
 
@@ -724,12 +752,12 @@ def _cmd_model(args) -> int:
 def _cmd_worker(args) -> int:
     """`tune worker SCHEDULER`: a Dask worker measuring for this machine's target."""
     from tuner.ir.target import named_target
-    from tuner.measure.cluster import serve_worker, target_resource
+    from tuner.measure.cluster_worker import serve_worker, target_resource
 
     target = named_target(args.cpu, args.threads)
     print(f"tune: worker for {target.cpu}, {target.threads} thread(s) ({target_resource(target)}) "
           f"joining {args.scheduler}", file=sys.stderr, flush=True)
-    serve_worker(args.scheduler, target, args.name)
+    serve_worker(args.scheduler, target, args.name, _tls_files(args))
     return EXIT_OK
 
 

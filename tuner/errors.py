@@ -20,3 +20,9 @@ class ScheduleError(TunerError):
 
 class CodegenError(TunerError):
     """LLVM refused the generated module (a bug in code generation, never user input)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a library's may span several), for a TunerError
+    that quotes it."""
+    return " ".join(str(err).split()) or type(err).__name__

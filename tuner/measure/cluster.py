@@ -1,29 +1,46 @@
 """Measuring on many machines: a batch's candidates farmed out to Dask workers.
 
-    with ClusterMeasurer("tcp://HOST:8786", target, options) as measurer:   # or "local:N"
-        results = measurer.measure(inputs)       # as Measurer.measure: one result each, in order
+    with ClusterMeasurer("tls://HOST:8786", target, options, tls=TlsFiles(ca, cert, key)) \
+            as measurer:                          # or "local:N", or "tcp://HOST:8786"
+        results = measurer.measure(inputs)       # one result (or None: not measured) each
 
 The tuner keeps everything else (the search, the cost model, the records): a `ClusterMeasurer`
-stands in for the local `Measurer` and nothing above it changes. Dask distributed
-(`distributed` on the package index, the `cluster` extra) is the engine: a scheduler the user
-runs (`dask scheduler`), and on each target machine one `tune worker SCHEDULER` (serve_worker
-below), or `local:N` for a `LocalCluster` of N worker processes on this machine (for trying it
-out and for tests), each on its own share of the cores when there are enough.
+stands in for the local `Measurer` and nothing above it changes but one thing: a candidate
+whose answer was dropped (below) comes back as None, which the tuning loop stores nowhere and
+measures again later (tuner/search/tune.py). Dask distributed (`distributed` on the package
+index, the `cluster` extra) is the engine: a scheduler the user runs (`dask scheduler`), and
+on each target machine one `tune worker SCHEDULER` (tuner/measure/cluster_worker.py), or
+`local:N` for a `LocalCluster` of N worker processes on this machine (for trying it out and
+for tests), each on its own share of the cores when there are enough.
 
+- **The cluster is a door; TLS shuts it.** A Dask worker runs whatever its scheduler sends
+  it, and Dask's peers exchange pickles, so whoever can join a scheduler can run code on every
+  target machine and feed the tuner timings. Over `tls://` (Dask's own TLS,
+  tuner/measure/tls.py) only holders of a certificate of the cluster's CA can join or submit;
+  plain `tcp://` is for a trusted network only. `local:N` always runs over TLS with a
+  certificate made for the run: its loopback port is open to every user of the machine.
 - **Only machines of the target time its candidates.** A worker advertises the target it
   measures for as a Dask resource (`target_resource`: CPU name, threads and a digest of the
   target key), with a count of 1 and one thread: a candidate is only ever sent to a worker of
   its target, and a worker times one chunk at a time, on the cores its target names.
+- **Results are checked where they land.** An answer names the worker's own target (the one
+  it was started with) and, for each result, the task and the digest of the schedule it
+  measured. The tuner matches them to the candidates of the chunk it sent (the batch it
+  claimed in the store, tuner/search/tune.py) by task and schedule, not by position: an
+  answer for anything else, or a second one for the same candidate, is dropped, counted in one
+  line, and its candidate stays unmeasured (None). A worker reporting another target than the
+  resource it advertised (or none: a Dask worker not started by `tune worker`) is refused: all
+  its answers are dropped, it is retired from the cluster, and one line says so. The numbers
+  themselves are checked field by field (`_result_from_json`).
 - **Crashes and hangs stay in the worker's own processes.** Each Dask worker keeps one local
   `Measurer` (its builder and runner processes, tuner/measure/measurer.py) for the life of the
   worker process, so a kernel that segfaults or hangs costs that candidate a typed error, as it
   does locally, and never the Dask worker.
-- **What travels is data.** A chunk is the task's, the target's and the options' JSON and the
-  schedules' JSON; a result comes back as a dict of numbers and strings, checked here into a
-  `MeasureResult`, with the name of the worker that measured it (stored beside the record:
-  `tune show` lists them). No records URL (no password) goes to a worker: the tuner commits
-  every result itself, once, in the batch it measured, so a result reaches the store exactly
-  once however Dask retried its chunk.
+- **What travels is data, and no secret.** A chunk is the task's and the options' JSON and
+  the schedules' JSON (not the target: a worker measures for its own); an answer is a dict of
+  numbers and strings. No records URL (no password) goes to a worker: the tuner commits every
+  result itself, once, in the batch it measured, so a result reaches the store exactly once
+  however Dask retried its chunk, and workers never write to the store.
 - **A worker that dies mid-batch** (killed, or its network gone): Dask runs its chunk again on a
   worker that remains (up to its `allowed-failures`), and the tuner says in one line which
   workers left. With none left for the target, the batch's unfinished candidates are released
@@ -35,20 +52,21 @@ overlaps builds with timings as it does locally.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Callable
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, one_line
 from tuner.ir.schedule import schedule_to_json
 from tuner.ir.target import Target
-from tuner.ir.task import Task
-from tuner.measure.measurer import MeasureInput, Measurer, MeasureOptions
+from tuner.measure.cluster_worker import (TargetPlugin, measure_chunk, schedule_digest,
+                                          target_resource)
+from tuner.measure.measurer import MeasureInput, MeasureOptions
 from tuner.measure.result import ErrorKind, MeasureResult
+from tuner.measure.tls import (TlsFiles, cluster_security, handshake_refused,
+                               temporary_security)
 
 LOCAL = "local:"
 # how long a batch waits with no worker left for its target before it gives up, and how long
@@ -56,64 +74,11 @@ LOCAL = "local:"
 NO_WORKER_GRACE_S = 30.0
 JOIN_GRACE_S = 10.0
 POLL_S = 1.0
-
-
-def target_resource(target: Target) -> str:
-    """The Dask resource a worker measuring for `target` advertises: readable, and exact
-    through the digest of the target key (CPU name, LLVM features, threads)."""
-    digest = hashlib.sha1(target.key.encode()).hexdigest()[:12]
-    return f"tuner-{target.cpu}-x{target.threads}-{digest}"
-
-
-# ---------------------------------------------------------------- on the worker
-_MEASURERS: dict[tuple[str, str], Measurer] = {}
-
-
-def measure_chunk(task_json: dict, target_json: dict, options_json: dict,
-                  schedules: list[str], local_workers: int = 0) -> list[dict]:
-    """Runs in a Dask worker: measures schedules of one task with the worker's own Measurer
-    (made at its first chunk, kept for the worker's life). `local_workers`: the size of a
-    `local:N` cluster, whose workers share this machine and each take a share of its cores
-    first, so that no two time on the same core."""
-    from tuner.ir.schedule import schedule_from_json
-
-    task, target = Task.from_json(task_json), Target.from_json(target_json)
-    options = MeasureOptions(**options_json)
-    key = (target.key, repr(sorted(options_json.items())))
-    measurer = _MEASURERS.get(key)
-    if measurer is None:
-        if local_workers and not _MEASURERS:
-            _take_share_of_cores(int(_worker_name()), local_workers)
-        measurer = _MEASURERS[key] = Measurer(target, options)
-    inputs = [MeasureInput(task, schedule_from_json(s)) for s in schedules]
-    machine = str(_worker_name())
-    return [_result_to_json(r, machine) for r in measurer.measure(inputs)]
-
-
-def _take_share_of_cores(index: int, workers: int) -> None:
-    """Worker `index` of `workers` on one machine keeps its share of the cores this process
-    may use (its Measurer then builds and times there); with more workers than cores, all
-    share them."""
-    cores = sorted(os.sched_getaffinity(0))
-    if workers <= len(cores):
-        share = len(cores) // workers
-        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
-
-
-def _worker_name() -> str:
-    from distributed import get_worker
-
-    return get_worker().name
-
-
-def _result_to_json(r: MeasureResult, machine: str) -> dict:
-    return {"error": r.error.value, "detail": r.detail, "costs_s": list(r.costs_s),
-            "number": r.number, "compile_s": r.compile_s, "timestamp": r.timestamp,
-            "machine": machine}
+CONNECT_TIMEOUT_S = 30.0  # how long the tuner tries to reach the scheduler at its start
 
 
 def _result_from_json(data) -> MeasureResult:
-    """A worker's answer, checked field by field (a worker is another machine)."""
+    """A worker's result, checked field by field (a worker is another machine)."""
     try:
         costs = tuple(float(c) for c in data["costs_s"])
         result = MeasureResult(ErrorKind(data["error"]), str(data["detail"]), costs,
@@ -129,15 +94,49 @@ def _result_from_json(data) -> MeasureResult:
                              timestamp=time.time())
 
 
-# ---------------------------------------------------------------- in the tuner
+@dataclass(frozen=True, slots=True)
+class CheckedAnswer:
+    """A chunk's answer matched to what was sent (see the docstring)."""
+    target: str | None                  # the target the worker says it measured for
+    results: dict[int, MeasureResult]   # batch index of a candidate sent -> its result
+    dropped: int                        # results for no candidate sent, or for one again
+
+
+def check_answer(answer, sent: dict[tuple[str, str], int]) -> CheckedAnswer:
+    """Matches a worker's answer to the candidates of its chunk; `sent` maps (task key,
+    schedule digest) to the batch index of each. Reads nothing but strings and numbers."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+        return CheckedAnswer(None, {}, 1)
+    target = answer.get("target")
+    results: dict[int, MeasureResult] = {}
+    dropped = 0
+    for item in answer["results"]:
+        index = sent.get(_names(item))
+        if index is None or index in results:
+            dropped += 1
+        else:
+            results[index] = _result_from_json(item)
+    return CheckedAnswer(target if isinstance(target, str) else None, results, dropped)
+
+
+def _names(item) -> tuple[str, str] | None:
+    """(task key, schedule digest) a worker's result says it is for."""
+    if isinstance(item, dict) and isinstance(item.get("task"), str) \
+            and isinstance(item.get("schedule"), str):
+        return item["task"], item["schedule"]
+    return None
+
+
 class ClusterMeasurer:
     """`Measurer`'s interface over a Dask cluster; use as a context manager or `close()`.
-    `say` receives the one-line notes (workers gone); stderr by default."""
+    `say` receives the one-line notes (workers gone, answers dropped, workers refused);
+    stderr by default. `tls`: the certificate for a tls:// scheduler (tuner/measure/tls.py)."""
 
     def __init__(self, address: str, target: Target, options: MeasureOptions = MeasureOptions(),
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, tls: TlsFiles = TlsFiles()):
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client
+            from distributed.comm.core import CommClosedError
         except ImportError:
             raise TunerError("--cluster needs Dask distributed: pip install -e \".[cluster]\"") \
                 from None
@@ -146,28 +145,43 @@ class ClusterMeasurer:
         self.say = say or (lambda line: print(f"tune: {line}", file=sys.stderr, flush=True))
         self._cluster = None
         self._local_workers = 0
+        self._refused: set[str] = set()  # addresses of workers refused (see the docstring)
         try:
             if address.startswith(LOCAL):
-                count = address[len(LOCAL):]
-                if not count.isdigit() or int(count) < 1:
-                    raise TunerError(f"--cluster local:N takes a positive worker count, got "
-                                     f"{address!r}")
-                self._cluster = LocalCluster(
-                    n_workers=int(count), threads_per_worker=1, processes=True,
-                    resources={self.resource: 1}, dashboard_address=None,
-                    silence_logs=40)
+                self._start_local_cluster(address, tls)
                 self.client = Client(self._cluster)
-                self._local_workers = int(count)
             else:
-                self.client = Client(address, timeout=30)
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S,
+                                     security=cluster_security(address, tls, "client"))
         except TunerError:
             self.close()
             raise
+        except CommClosedError as err:  # TLS or Dask's handshake failed
+            self.close()
+            raise handshake_refused(address, "client", err) from None
         except (OSError, TimeoutError, ValueError) as err:
             self.close()
             raise TunerError(f"cannot reach the Dask scheduler at {address}: "
-                             f"{' '.join(str(err).split())}") from None
+                             f"{one_line(err)}") from None
         self._known = set(self.workers())
+
+    def _start_local_cluster(self, address: str, tls: TlsFiles) -> None:
+        """`local:N`: N worker processes on this machine for this tuner's target, over TLS
+        with a certificate made for the run (tuner/measure/tls.py says why)."""
+        from distributed import LocalCluster
+
+        count = address[len(LOCAL):]
+        if not count.isdigit() or int(count) < 1:
+            raise TunerError(f"--cluster local:N takes a positive worker count, got "
+                             f"{address!r}")
+        if tls.flags():
+            raise TunerError(f"{', '.join(tls.flags())} are for a tls:// scheduler; "
+                             f"{address} makes its own certificate for the run")
+        self._cluster = LocalCluster(
+            n_workers=int(count), threads_per_worker=1, processes=True,
+            resources={self.resource: 1}, plugins=(TargetPlugin(self.target),),
+            security=temporary_security(), dashboard_address=None, silence_logs=40)
+        self._local_workers = int(count)
 
     def _all_workers(self) -> dict[str, dict]:
         """Address -> the scheduler's description of every worker of the cluster."""
@@ -178,10 +192,11 @@ class ClusterMeasurer:
         return info["workers"]
 
     def workers(self) -> dict[str, str]:
-        """Address -> name of the workers that measure for this target."""
+        """Address -> name of the workers that measure for this target (none refused)."""
         return {address: str(w.get("name", address))
                 for address, w in self._all_workers().items()
-                if w.get("resources", {}).get(self.resource, 0) >= 1}
+                if w.get("resources", {}).get(self.resource, 0) >= 1
+                and address not in self._refused}
 
     def served_targets(self) -> list[str]:
         """The tuner targets (resources) the cluster's workers advertise, for messages."""
@@ -199,9 +214,9 @@ class ClusterMeasurer:
                           f"{self.address}` on a machine of that target (--cpu, --threads as "
                           f"for tuning)")
 
-    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
-        from distributed import wait
-
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult | None]:
+        """One result per input, in order; None for a candidate whose answer was dropped
+        (see the docstring): it was not measured."""
         if not inputs:
             return []
         workers = self.workers()
@@ -217,17 +232,54 @@ class ClusterMeasurer:
             raise ValueError("a batch measures one task")
         count = min(len(workers), len(inputs))
         chunks = [list(range(i, len(inputs), count)) for i in range(count)]
-        options = asdict(self.options)
+        schedules = [schedule_to_json(item.steps) for item in inputs]
         futures = [self.client.submit(
-            measure_chunk, task.to_json(), self.target.to_json(), options,
-            [schedule_to_json(inputs[i].steps) for i in chunk], self._local_workers,
-            resources={self.resource: 1}, pure=False) for chunk in chunks]
+            measure_chunk, task.to_json(), asdict(self.options), [schedules[i] for i in chunk],
+            self._local_workers, resources={self.resource: 1}, pure=False) for chunk in chunks]
+        try:
+            self._wait(futures)
+            results: list[MeasureResult | None] = [None] * len(inputs)
+            dropped: dict[str, int] = {}           # worker name -> its answers dropped
+            refused: dict[str, str | None] = {}    # worker address -> the target it reported
+            for chunk, future in zip(chunks, futures):
+                if future.status != "finished":  # failed on every worker it went to
+                    detail = one_line(future.exception())[:300]
+                    for i in chunk:
+                        results[i] = MeasureResult(ErrorKind.CRASH, f"the worker measuring it "
+                                                   f"died: {detail}", timestamp=time.time())
+                    continue
+                checked = check_answer(future.result(), {
+                    (task.key, schedule_digest(schedules[i])): i for i in chunk})
+                if checked.target != self.target.key:
+                    refused[self._worker_of(future)] = checked.target
+                    continue
+                for i, result in checked.results.items():
+                    results[i] = result
+                if checked.dropped:
+                    name = self._name_of(self._worker_of(future))
+                    dropped[name] = dropped.get(name, 0) + checked.dropped
+        finally:
+            self.client.cancel(futures)  # what stays on the workers is not needed
+        unmeasured = results.count(None)
+        if dropped:
+            self.say(f"dropped {sum(dropped.values())} answer(s) of worker(s) "
+                     f"{', '.join(sorted(dropped))} for candidates this tuner did not send "
+                     f"them; {unmeasured} candidate(s) of the batch stay unmeasured")
+        for address, reported in refused.items():
+            self._refuse(address, reported)
+        return results
+
+    def _wait(self, futures) -> None:
+        """Until every chunk is done, saying which workers leave; raises TunerError (and
+        cancels the chunks) once no worker of the target has been left for a while."""
+        from distributed import wait
+
         alone_since = None
         try:
             while True:
                 try:
                     wait(futures, timeout=POLL_S)
-                    break
+                    return
                 except TimeoutError:  # some still running: who is left to run them?
                     pass
                 workers = self.workers()
@@ -241,20 +293,28 @@ class ClusterMeasurer:
         except BaseException:
             self.client.cancel(futures)
             raise
-        results: list[MeasureResult | None] = [None] * len(inputs)
-        for chunk, future in zip(chunks, futures):
-            if future.status == "finished":
-                answers = future.result()
-                if not isinstance(answers, list) or len(answers) != len(chunk):
-                    answers = [{}] * len(chunk)
-                for i, answer in zip(chunk, answers):
-                    results[i] = _result_from_json(answer)
-            else:  # the chunk failed on every worker it was given (KilledWorker)
-                detail = " ".join(str(future.exception()).split())[:300]
-                for i in chunk:
-                    results[i] = MeasureResult(ErrorKind.CRASH, f"the worker measuring it "
-                                               f"died: {detail}", timestamp=time.time())
-        return results
+
+    def _worker_of(self, future) -> str:
+        """The address of the worker that computed a finished chunk, as the scheduler
+        knows it (not as the worker says)."""
+        holders = self.client.who_has(future).get(future.key, ())
+        return holders[0] if holders else "an unknown worker"
+
+    def _name_of(self, address: str) -> str:
+        return str(self._all_workers().get(address, {}).get("name", address))
+
+    def _refuse(self, address: str, reported: str | None) -> None:
+        """Drops a worker that reports another target than its resource advertises: it gets
+        no more candidates of this tuner, and leaves the cluster."""
+        name = self._name_of(address)
+        self._refused.add(address)
+        self._known.discard(address)
+        if address in self._all_workers():
+            self.client.retire_workers(workers=[address])
+        self.say(f"refused worker {name} ({address}): it advertises {self.resource} but "
+                 f"reports target {reported or 'none (not a `tune worker`)'}, not "
+                 f"{self.target.key}; its answers are dropped and it is retired from the "
+                 f"cluster")
 
     def _note_departures(self, workers: dict[str, str]) -> None:
         gone = self._known - set(workers)
@@ -275,27 +335,3 @@ class ClusterMeasurer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def serve_worker(scheduler: str, target: Target, name: str | None = None) -> None:
-    """`tune worker SCHEDULER`: a Dask worker on this machine that measures for `target`
-    (one thread, the target's resource), until it is stopped (Ctrl-C or SIGTERM)."""
-    import asyncio
-
-    try:
-        from distributed import Nanny
-    except ImportError:
-        raise TunerError("tune worker needs Dask distributed: pip install -e \".[cluster]\"") \
-            from None
-
-    async def run() -> None:
-        # the Nanny restarts the worker process if it dies, so one machine keeps serving
-        async with Nanny(scheduler, nthreads=1, resources={target_resource(target): 1},
-                         name=name or f"{os.uname().nodename}-{os.getpid()}") as nanny:
-            await nanny.finished()
-
-    try:
-        asyncio.run(run())
-    except (OSError, TimeoutError) as err:
-        raise TunerError(f"cannot join the Dask scheduler at {scheduler}: "
-                         f"{' '.join(str(err).split())}") from None

@@ -15,7 +15,10 @@ loses at most the batch in flight; a new run of the same task reads what is stor
 measures a stored schedule again, and (evolutionary search) starts from the stored genomes.
 Processes tuning the same task in one log (a shared server, or two terminals) claim each batch
 in the store before measuring it and measure disjoint schedules; the store numbers trials, and
-at each run a tuner reads what others stored since its last read. The first batch also
+at each run a tuner reads what others stored since its last read. A measurer may return None
+for a candidate it could not vouch for (a cluster worker's answer that did not match what was
+sent, tuner/measure/cluster.py): that candidate is stored nowhere, its claim is released, and
+it may be proposed again. The first batch also
 measures the default schedule, so tuning never ends worse than not tuning.
 
 The cost model starts from the records of other tasks on the same target (`WarmStart`): each
@@ -67,7 +70,8 @@ class TuneConfig:
     claim_lease_s: float = 3600.0
 
 
-# rounds in a row whose every proposal another process had measured or claimed
+# rounds in a row whose every proposal another process had measured or claimed, or whose
+# every answer a cluster measurer dropped: the run stops there
 MAX_REFUSED_BATCHES = 20
 
 
@@ -238,6 +242,22 @@ class TaskTuner:
             self._warm_version = self.warm_start.version
             self.strategy.set_history(self.warm_start.history(exclude=self.task))
 
+    def _measure(self, batch: list[Candidate]) -> tuple[list[Candidate], list[MeasureResult]]:
+        """Measures the claimed candidates; returns those measured, with their results. One
+        with no result (a cluster worker's answer the cluster measurer dropped,
+        tuner/measure/cluster.py) is stored nowhere: its claim is released and it may be
+        proposed and measured again."""
+        if not batch:
+            return [], []
+        results = self.measurer.measure([MeasureInput(self.task, c.steps, c.nest)
+                                         for c in batch])
+        unmeasured = [c.key for c, r in zip(batch, results) if r is None]
+        if unmeasured:
+            self.store.release_claims(self.task, self.target, unmeasured)
+            self.measured.difference_update(unmeasured)
+        kept = [(c, r) for c, r in zip(batch, results) if r is not None]
+        return [c for c, _ in kept], [r for _, r in kept]
+
     def run(self, trials: int | None = None,
             on_progress: Callable[[Progress], None] | None = None) -> TuneResult:
         """Measures up to `trials` new candidates (default `config.trials`), committing each
@@ -262,15 +282,13 @@ class TaskTuner:
                 ours = store.claim(task, target, [c.key for c in batch],
                                    lease_s=config.claim_lease_s)
                 self.measured.update(c.key for c in batch)
-                batch = [c for c, mine in zip(batch, ours) if mine]
-                if not batch:
+                batch, results = self._measure([c for c, mine in zip(batch, ours) if mine])
+                if not batch:  # others measured or claimed all of it, or no answer was kept
                     refused += 1
                     if refused > MAX_REFUSED_BATCHES:
-                        break  # others measure whatever this search proposes
+                        break
                     continue
                 refused = 0
-                results: list[MeasureResult] = self.measurer.measure(
-                    [MeasureInput(task, c.steps, c.nest) for c in batch])
                 entries = [NewRecord(c.key, r, 0, c.predicted,
                                      "default" if c.sketch is None else self.strategy.name)
                            for c, r in zip(batch, results)]
