@@ -382,3 +382,21 @@ def test_a_dynamically_quantized_product_takes_its_gelu_into_its_function(tmp_pa
         np.testing.assert_allclose(package(x)[0], run_graph(graph, {"x": x})[0],
                                    rtol=1e-4, atol=1e-5)
 
+
+def test_the_agreement_bench_compares_a_package_with_onnxruntime(quantized, tmp_path, capsys):
+    """bench/quantized_agreement.py on a package of the small quantized CNN: it runs, and
+    what it prints is what the package and onnxruntime give (top-1 on every input)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.quantized_agreement import main
+
+    db = str(tmp_path / "empty.db")
+    RecordStore(f"sqlite:///{db}").close()
+    with open_schedules(db) as schedules:
+        write_package(str(quantized), tmp_path / "pkg", schedules, host_target(1))
+    assert main([str(quantized), str(tmp_path / "pkg"), "--inputs", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 (argmax of the first output) equal on 3/3" in printed
+    assert "output steps" in printed and "onnxruntime unoptimised" in printed
+
