@@ -400,3 +400,35 @@ def test_the_agreement_bench_compares_a_package_with_onnxruntime(quantized, tmp_
     assert "top-1 (argmax of the first output) equal on 3/3" in printed
     assert "output steps" in printed and "onnxruntime unoptimised" in printed
 
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_max_pool_between_equal_quantizations_pools_the_quantized_values(same):
+    """DequantizeLinear -> MaxPool (padded, strided) -> QuantizeLinear of the same scale and
+    zero point: one MaxPool of the uint8 values, the same bytes exactly; with another output
+    quantization the chain stays."""
+    from tuner.network.graph import Graph, Node
+    from tuner.network.quantized import quantized_max_pools
+
+    consts = {"s": np.float32(0.0371), "z": np.uint8(131),
+              "s2": np.float32(0.0371 if same else 0.05), "z2": np.uint8(131)}
+    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes = (Node("DequantizeLinear", "dq", ("x", "s", "z"), ("d",), {}),
+             Node("MaxPool", "pool", ("d",), ("p",), pool),
+             Node("QuantizeLinear", "q", ("p", "s2", "z2"), ("y",), {}))
+    graph = Graph({"x": (1, 3, 9, 8)}, ("y",), nodes,
+                  {k: np.asarray(v) for k, v in consts.items()},
+                  {"x": (1, 3, 9, 8), "d": (1, 3, 9, 8), "p": (1, 3, 5, 4), "y": (1, 3, 5, 4)},
+                  17, "g")
+    rewritten = quantized_max_pools(graph)
+    if not same:
+        assert rewritten is graph
+        return
+    assert [(n.op_type, n.inputs, n.outputs) for n in rewritten.nodes] == [
+        ("MaxPool", ("x",), ("y",))]
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        x = rng.integers(0, 256, (1, 3, 9, 8)).astype(np.uint8)
+        ours = run_graph(rewritten, {"x": x})[0]
+        assert ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, run_graph(graph, {"x": x})[0])
