@@ -6,6 +6,8 @@ and past the parallel threshold, 1 and 2 threads, the host's vectors and AVX2's.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -64,13 +66,12 @@ def test_generated_function_equals_the_numpy_nodes(cpu, threads):
         for trial in range(4):
             add = _random_add(rng)
             if trial == 2:  # a small output step: most sums saturate
-                add = QuantizedAdd(**{**add.attributes(), "y_scale": add.y_scale / 64})
+                add = replace(add, y_scale=add.y_scale / 64)
             a, b = (rng.integers(np.iinfo(TYPES[t]).min, np.iinfo(TYPES[t]).max + 1, count)
                     .astype(TYPES[t]) for t in (add.a_type, add.b_type))
             if trial == 3:  # b at its zero point and twice a's step out: every odd a - a_zero
                 # is a tie, rounded to even only by a true division
-                add = QuantizedAdd(**{**add.attributes(), "relu": 0,
-                                      "y_scale": float(np.float32(add.a_scale) * 2)})
+                add = replace(add, relu=0, y_scale=float(np.float32(add.a_scale) * 2))
                 b[:] = add.b_zero
             out = np.full(count, 77, TYPES[add.y_type])
             Compiled(quantized_add_ir("qadd", count, add, target.machine, threads), "qadd",
@@ -114,7 +115,7 @@ def test_a_chain_becomes_one_node_computing_the_same(relu):
     assert [n.op_type for n in fused.nodes] == [QUANTIZED_ADD]
     node = fused.nodes[0]
     assert node.inputs == ("a", "b") and node.outputs == ("y",)
-    assert QuantizedAdd.of(node) == QuantizedAdd(np.float32(0.05), 128, "uint8",
+    assert QuantizedAdd(**node.attributes) == QuantizedAdd(np.float32(0.05), 128, "uint8",
                                                  np.float32(0.1), 3, "uint8",
                                                  np.float32(0.2), -5, "int8", int(relu))
     assert set(fused.initializers) == set()

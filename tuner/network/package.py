@@ -298,7 +298,7 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     text = "x".join(map(str, shape))
     x = (("x", node.inputs[0], shape, False, "float32"),)
     if node.op_type == QUANTIZED_ADD:
-        add = QuantizedAdd.of(node)
+        add = QuantizedAdd(**node.attributes)
         count = math.prod(shape)
         operands = tuple((role, source, shape, source in graph.initializers, dtype)
                          for role, source, dtype in zip("ab", node.inputs,

@@ -82,7 +82,7 @@ def unsigned_activations(graph: Graph) -> Graph:
 
 def quantized_max_pools(graph: Graph) -> Graph:
     """`graph` with each DequantizeLinear -> MaxPool -> QuantizeLinear chain whose two
-    quantizations are the same (one-element scales and zero points of equal values and type)
+    quantizations are the same (`scalar_quantization`: equal scales, zero points and types)
     made one MaxPool of the quantized values: the same result exactly, since both maps are
     increasing, so the maximum commutes with them, and QuantizeLinear(DequantizeLinear(q)) is
     q (the float32 round trip of an integer of at most 9 bits stays far within half a step).
@@ -97,9 +97,10 @@ def quantized_max_pools(graph: Graph) -> Graph:
             continue
         dq = producers.get(pool.inputs[0])
         q = only_reader(pool.outputs[0], graph, consumers, ("QuantizeLinear",))
-        if dq is None or dq.op_type != "DequantizeLinear" or q is None \
-                or _quantization_of(dq, graph) is None \
-                or _quantization_of(dq, graph) != _quantization_of(q, graph):
+        if dq is None or dq.op_type != "DequantizeLinear" or q is None:
+            continue
+        quantization = scalar_quantization(dq, graph)
+        if quantization is None or quantization != scalar_quantization(q, graph):
             continue
         replaced[id(q)] = Node("MaxPool", pool.name, (dq.inputs[0],), q.outputs,
                                pool.attributes, pool.domain)
@@ -111,15 +112,23 @@ def quantized_max_pools(graph: Graph) -> Graph:
     return rewritten(graph, replaced, dropped, dict(graph.initializers))
 
 
-def _quantization_of(node: Node, graph: Graph) -> tuple | None:
-    """(scale, zero point, zero point type) of a Q/DQ node whose scale and zero point are
-    one-element initializers and which has no axis-blocking attributes; else None."""
+EIGHT_BIT = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8"}
+
+
+def scalar_quantization(node: Node, graph: Graph) -> tuple[float, int, str] | None:
+    """(scale, zero point, type: 'uint8' or 'int8') of a Quantize- or DequantizeLinear node
+    whose scale is a one-element float32 initializer, positive and finite (so the map is
+    increasing), and whose zero point is a one-element 8-bit initializer; else None."""
     if len(node.inputs) < 3 or node.attributes.get("block_size", 0):
         return None
     scale, zero = (graph.initializers.get(name) for name in node.inputs[1:3])
-    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 \
+            or zero.dtype not in EIGHT_BIT or scale.dtype != np.float32:
         return None
-    return float(scale.reshape(())), int(zero.reshape(())), zero.dtype.str
+    value = float(scale.reshape(()))
+    if not (value > 0 and math.isfinite(value)):
+        return None
+    return value, int(zero.reshape(())), EIGHT_BIT[zero.dtype]
 
 
 def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:

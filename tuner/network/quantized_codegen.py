@@ -67,12 +67,12 @@ from tuner.ir.machine import Machine
 from tuner.network.fused import FUSED_OPS
 from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
 from tuner.network.patterns import match_gelu
+from tuner.network.quantized import scalar_quantization
 from tuner.network.row_codegen import over_rows
 
 QUANTIZED_ADD = "TunerQuantizedAdd"
 DEQUANTIZED_PRODUCT = "TunerDequantizedProduct"
 FLOAT = 1  # ONNX's TensorProto.FLOAT, a Cast's `to`
-EIGHT_BIT = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8"}
 # Below this many elements a call is a few microseconds on one thread, about what waking the
 # other threads (GOMP_parallel) costs, so it stays on the calling thread.
 PARALLEL_ELEMENTS = 1 << 15
@@ -82,7 +82,7 @@ PARALLEL_ELEMENTS = 1 << 15
 class QuantizedAdd:
     """What a TunerQuantizedAdd node computes (module docstring): the scales and zero points
     of its operands a and b and of its output y, their types ('uint8' or 'int8'), and
-    whether a Relu follows the sum. Stored as the node's attributes (`attributes`)."""
+    whether a Relu follows the sum. The node's attributes are its fields (`asdict`)."""
 
     a_scale: float
     a_zero: int
@@ -95,13 +95,6 @@ class QuantizedAdd:
     y_type: str
     relu: int
 
-    def attributes(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def of(cls, node: Node) -> "QuantizedAdd":
-        return cls(**{name: node.attributes[name] for name in cls.__slots__})
-
 
 def fuse_quantized_adds(graph: Graph) -> Graph:
     """`graph` with each DequantizeLinear pair -> Add -> [Relu] -> QuantizeLinear chain (module
@@ -113,7 +106,7 @@ def fuse_quantized_adds(graph: Graph) -> Graph:
     for node in graph.nodes:
         if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx"):
             continue
-        y = _quantization(node, graph)
+        y = scalar_quantization(node, graph)
         before = producers.get(node.inputs[0])
         relu = before is not None and before.op_type == "Relu"
         add = producers.get(before.inputs[0]) if relu else before
@@ -131,7 +124,7 @@ def fuse_quantized_adds(graph: Graph) -> Graph:
         (a, (a_scale, a_zero, a_type)), (b, (b_scale, b_zero, b_type)) = operands
         params = QuantizedAdd(a_scale, a_zero, a_type, b_scale, b_zero, b_type, *y, int(relu))
         replaced[id(node)] = Node(QUANTIZED_ADD, add.name, (a, b), node.outputs,
-                                  params.attributes())
+                                  asdict(params))
         absorbed.update({id(add), id(before)})
         for dq in dequantized:
             if all(id(reader) in absorbed for reader in consumers[dq.outputs[0]]) \
@@ -142,26 +135,11 @@ def fuse_quantized_adds(graph: Graph) -> Graph:
     return rewritten(graph, replaced, absorbed, dict(graph.initializers))
 
 
-def _quantization(node: Node, graph: Graph) -> tuple[float, int, str] | None:
-    """(scale, zero point, type) of a Quantize- or DequantizeLinear node whose scale and zero
-    point are one-element initializers of an 8-bit type; else None."""
-    if len(node.inputs) < 3 or node.attributes.get("block_size", 0):
-        return None
-    scale, zero = (graph.initializers.get(name) for name in node.inputs[1:3])
-    if scale is None or zero is None or scale.size != 1 or zero.size != 1 \
-            or zero.dtype not in EIGHT_BIT or scale.dtype != np.float32:
-        return None
-    value = float(scale.reshape(()))
-    if not (value > 0 and math.isfinite(value)):
-        return None
-    return value, int(zero.reshape(())), EIGHT_BIT[zero.dtype]
-
-
 def _dequantized_operand(dq: Node | None, graph: Graph):
     """(the quantized input, its quantization) of a DequantizeLinear node, else None."""
     if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
         return None
-    quantization = _quantization(dq, graph)
+    quantization = scalar_quantization(dq, graph)
     return None if quantization is None else (dq.inputs[0], quantization)
 
 
