@@ -613,12 +613,14 @@ class _Emitter:
             arg.name = name
             arg.add_attribute("noalias")
         fn = Fn(func, dict(zip(names, func.args)))
-        frees = [self._emit_regroup(fn, op, dim)
-                 if (dim := regroup_dim(self.nest, op)) is not None
-                 else self._emit_root_pad(fn, op) for op in self.dag.inputs
-                 if regroup_dim(self.nest, op) is not None
-                 or (op.padded and self.nest.pad_mode(op.name) == "root"
-                     and op.name not in self.nest.layout_rewrite)]
+        frees = []
+        for op in self.dag.inputs:
+            dim = regroup_dim(self.nest, op)
+            if dim is not None:
+                frees.append(self._emit_regroup(fn, op, dim))
+            elif op.padded and self.nest.pad_mode(op.name) == "root" \
+                    and op.name not in self.nest.layout_rewrite:
+                frees.append(self._emit_root_pad(fn, op))
         spatial = self._plain_loops(LoopPart(a.name, 0, a.extent, 1)
                                     for a in self.dag.spatial_axes)
         nest = self.nest
@@ -731,33 +733,39 @@ class _Emitter:
                         (rpart.axis, rpart.level, count) if count > 1 else None)
                     self._write_out(fn, at, value)
 
+    def _copy_per_call(self, fn: Fn, op: Operand, key: str, rows: int, size: int,
+                       row) -> ir.Value:
+        """A buffer of `size` bytes (malloc), filled once per call by `row(sub, r)` for r in
+        range(rows), which finds it at `sub.ptrs[key]`; the kernel then reads `op` from it,
+        and frees it (the buffer is returned). The rows are shared among the threads when
+        there are several: a serial copy took more time than the whole depthwise
+        convolution at two threads."""
+        b = fn.b
+        dst = b.call(self._extern("malloc", PTR, [I64]), [ir.Constant(I64, size)])
+        fn.ptrs = {**fn.ptrs, key: dst}
+        if self.threads > 1 and rows > 1:
+            self.parallel_for(fn, rows, key, row)
+        else:
+            runtime_loop(b, 0, rows, lambda r: row(fn, r), key)
+        fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != key}, op.name: dst}
+        return dst
+
     def _emit_root_pad(self, fn: Fn, op: Operand):
-        """A padded copy of `op`, written once per call, row by row (`_pad_row`). The rows
-        are shared among the threads when there are several: a serial copy took more time
-        than the whole depthwise convolution at two threads."""
+        """A padded copy of `op`, written once per call, row by row (`_pad_row`)."""
         pads = padding(op, self.extents)
         if not any(lo or hi for lo, hi in pads):
             return None
         shape = padded_shape(op, self.extents)
         rows = math.prod(shape[:-1])
-        b = fn.b
-        esize = byte_size(self.accesses[op.name].etype)
-        dst = b.call(self._extern("malloc", PTR, [I64]),
-                     [ir.Constant(I64, esize * rows * shape[-1])])
-        fn.ptrs = {**fn.ptrs, f"pad.{op.name}": dst}
+        key = f"pad.{op.name}"
+        etype = self.accesses[op.name].etype
 
         def row(sub: Fn, r: ir.Value) -> None:
-            out_row = elem_ptr(sub.b, sub.ptrs[f"pad.{op.name}"],
-                               sub.b.mul(r, ir.Constant(I64, shape[-1])),
-                               self.accesses[op.name].etype)
+            out_row = elem_ptr(sub.b, sub.ptrs[key], sub.b.mul(r, ir.Constant(I64, shape[-1])),
+                               etype)
             self._pad_row(sub, op, sub.ptrs[op.name], out_row, r)
 
-        if self.threads > 1 and rows > 1:
-            self.parallel_for(fn, rows, f"pad.{op.name}", row)
-        else:
-            runtime_loop(b, 0, rows, lambda r: row(fn, r), f"pad.{op.name}")
-        fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"pad.{op.name}"}, op.name: dst}
-        return dst
+        return self._copy_per_call(fn, op, key, rows, byte_size(etype) * rows * shape[-1], row)
 
     def _emit_regroup(self, fn: Fn, op: Operand, dim: int):
         """The regrouped copy of the int8 activation `op` (tuner.ir.layout.regroup_dim),
@@ -768,10 +776,7 @@ class _Emitter:
         shape = regrouped_shape(op, self.extents, dim)
         pads = padding(op, self.extents)
         rows, row_bytes = math.prod(shape[:-2]), shape[-2] * shape[-1]
-        b = fn.b
-        dst = b.call(self._extern("malloc", PTR, [I64]),
-                     [ir.Constant(I64, rows * row_bytes + quantized.REGROUP_SLACK)])
-        fn.ptrs = {**fn.ptrs, f"regroup.{op.name}": dst}
+        key = f"regroup.{op.name}"
         i8 = ir.IntType(8)
         memset = intrinsic(self.module, "llvm.memset.p0.i64", VOID, [PTR, i8, I64, ir.IntType(1)])
         strides = op.strides()
@@ -779,20 +784,10 @@ class _Emitter:
         def row(sub: Fn, r: ir.Value) -> None:
             sb = sub.b
             fill = self._fill(sub, self.accesses[op.name])
-            out = elem_ptr(sb, sub.ptrs[f"regroup.{op.name}"],
-                           sb.mul(r, ir.Constant(I64, row_bytes)), i8)
+            out = elem_ptr(sb, sub.ptrs[key], sb.mul(r, ir.Constant(I64, row_bytes)), i8)
             sb.call(memset, [out, fill, ir.Constant(I64, row_bytes), ir.Constant(ir.IntType(1), 0)])
-            inside, base, first, v = ir.Constant(I1, 1), ir.Constant(I64, 0), None, r
-            for d in reversed(range(len(shape) - 2)):
-                index = sb.urem(v, ir.Constant(I64, shape[d])) if d else v
-                v = sb.udiv(v, ir.Constant(I64, shape[d])) if d else v
-                if d == dim:  # the group: its first channel
-                    first = sb.mul(index, ir.Constant(I64, DOT_GROUP))
-                    continue
-                source = sb.sub(index, ir.Constant(I64, pads[d][0]))
-                inside = sb.and_(inside, sb.icmp_unsigned("<", source,
-                                                          ir.Constant(I64, op.shape[d])))
-                base = sb.add(base, sb.mul(source, ir.Constant(I64, strides[d])))
+            inside, base, group = self._row_source(sb, r, shape[:-2], op, dim)
+            first = sb.mul(group, ir.Constant(I64, DOT_GROUP))  # the group's first channel
             with sb.if_then(inside):
                 rows_of_group, present = [], []
                 for g in range(DOT_GROUP):
@@ -805,13 +800,29 @@ class _Emitter:
                 left = elem_ptr(sb, out, ir.Constant(I64, pads[-1][0] * shape[-1]), i8)
                 quantized.regroup_row(sb, rows_of_group, present, fill, left, op.shape[-1])
 
-        if self.threads > 1 and rows > 1:
-            self.parallel_for(fn, rows, f"regroup.{op.name}", row)
-        else:
-            runtime_loop(b, 0, rows, lambda r: row(fn, r), f"regroup.{op.name}")
-        fn.ptrs = {**{k: v for k, v in fn.ptrs.items() if k != f"regroup.{op.name}"},
-                   op.name: dst}
-        return dst
+        return self._copy_per_call(fn, op, key, rows,
+                                   rows * row_bytes + quantized.REGROUP_SLACK, row)
+
+    def _row_source(self, b: ir.IRBuilder, r: ir.Value, dims: tuple[int, ...], op: Operand,
+                    group_dim: int | None = None):
+        """Where row `r` of a copy of `op` comes from, the copy's rows indexed row-major by
+        `dims` (the padded shape but its last dimension; the regrouped one but its last two):
+        (i1, true where the row lies inside `op`; the offset of its first element in `op`;
+        the index along `group_dim`, which the caller places itself, or None)."""
+        pads = padding(op, self.extents)
+        inside, offset, group, v = None, ir.Constant(I64, 0), None, r
+        for dim in reversed(range(len(dims))):  # innermost first
+            idx = b.urem(v, ir.Constant(I64, dims[dim])) if dim else v
+            v = b.udiv(v, ir.Constant(I64, dims[dim])) if dim else v
+            if dim == group_dim:
+                group = idx
+                continue
+            lo, _ = pads[dim]
+            s_idx = b.sub(idx, ir.Constant(I64, lo))
+            ok = b.icmp_unsigned("<", s_idx, ir.Constant(I64, op.shape[dim]))
+            inside = ok if inside is None else b.and_(inside, ok)
+            offset = b.add(offset, b.mul(s_idx, ir.Constant(I64, op.strides()[dim])))
+        return (ir.Constant(I1, 1) if inside is None else inside), offset, group
 
     def _emit_local_pads(self, fn: Fn, ctx: Ctx, plans: list[LocalPad], then) -> None:
         """The copies of `plans` for the iteration `ctx` stands in (tuner.ir.layout.LocalPad),
@@ -878,17 +889,7 @@ class _Emitter:
             if floats:
                 b.call(memset, [at, byte, ir.Constant(I64, esize * floats), no])
 
-        inside, src_off, v = None, ir.Constant(I64, 0), r
-        for dim in reversed(range(len(shape) - 1)):  # the padded row's index, innermost first
-            idx = b.urem(v, ir.Constant(I64, shape[dim])) if dim else v
-            v = b.udiv(v, ir.Constant(I64, shape[dim])) if dim else v
-            lo, _ = pads[dim]
-            s_idx = b.sub(idx, ir.Constant(I64, lo))
-            ok = b.icmp_unsigned("<", s_idx, ir.Constant(I64, op.shape[dim]))
-            inside = ok if inside is None else b.and_(inside, ok)
-            src_off = b.add(src_off, b.mul(s_idx, ir.Constant(I64, op.strides()[dim])))
-        if inside is None:
-            inside = ir.Constant(ir.IntType(1), 1)
+        inside, src_off, _ = self._row_source(b, r, shape[:-1], op)
         with b.if_else(inside) as (copy, blank):
             with copy:
                 zero(out_row, left)
