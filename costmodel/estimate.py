@@ -27,12 +27,13 @@ The figure is in GFLOPS at a nominal clock: only the ranking it gives matters.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tuner.ir.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
                           packed_parts, padding, region_start, root_pad_bytes,
                           tile_operand_registers, vector_chunks, vector_loop)
 from tuner.ir.machine import Machine
-from tuner.ir.schedule import Loop, LoopNest
+from tuner.ir.schedule import Loop, LoopNest, LoopPart
 from tuner.ir.target import Target
 
 NOMINAL_HZ = 3.0e9
@@ -53,13 +54,14 @@ COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a pad copy
 
 
 class Buffer:
-    """Footprint of one buffer (lhs, rhs, or the accumulation target) as loops are added
-    around the innermost one."""
+    """Footprint of one buffer (lhs, rhs, or the accumulation target) as the loop parts around
+    the innermost loop are entered one by one (`enter`), innermost first."""
 
     def __init__(self, nest: LoopNest, role: str, line_floats: int):
         dag = nest.dag
         self.line_floats = line_floats
         self.kind = "affine"
+        self.inside = 1  # a tile or packed buffer: the elements of the parts entered so far
         if role == "acc" and nest.cache_write_at is not None:
             self.kind = "tile"
             self.keys = {(p.axis, p.level) for loop in nest.tile_loops if not loop.reduce
@@ -71,45 +73,76 @@ class Buffer:
             self.keys = {(p.axis, p.level) for p in packed_parts(nest, op)}
             return
         pads = padding(op, dag.extents) if op.padded else [(0, 0)] * len(op.shape)
-        self.dims = [(dict(e.terms), size + lo + hi) for e, size, (lo, hi)
-                     in zip(op.index, op.shape, pads)]
-        self.flat = op.flat()
+        self.dims = tuple((tuple((a, abs(c)) for a, c in dict(e.terms).items()), size + lo + hi)
+                          for e, size, (lo, hi) in zip(op.index, op.shape, pads))
+        self.spans = [1] * len(self.dims)  # of each dimension, inside the parts entered
+        self.dims_of = {}                  # axis -> the dimensions whose index it enters
+        for d, (coefs, _) in enumerate(self.dims):
+            for a, _ in coefs:
+                self.dims_of.setdefault(a, []).append(d)
 
-    def footprint(self, ranges: dict[str, int], parts_inside: list) -> tuple[float, float]:
-        """(elements, cache lines) touched; `ranges`: index span of each axis inside."""
-        if self.kind in ("tile", "packed"):
-            elements = math.prod(p.extent for p in parts_inside
-                                 if (p.axis, p.level) in self.keys)
-            return elements, elements / self.line_floats
-        elements, innermost = 1, 1
-        for coefs, size in self.dims:
-            span = min(size, sum(abs(c) * ranges.get(a, 0) for a, c in coefs.items()) + 1)
-            elements *= span
-            innermost = span
-        return elements, elements / min(self.line_floats, innermost)
-
-    def stride(self, loop: Loop) -> int:
+    def enter(self, part: LoopPart, ranges: dict[str, int]) -> None:
+        """`ranges`: the index span of each axis inside the parts entered, `part` included."""
         if self.kind != "affine":
-            return 1
-        part = loop.parts[-1]
-        return self.flat.coef(part.axis) * part.step
+            if (part.axis, part.level) in self.keys:
+                self.inside *= part.extent
+            return
+        for d in self.dims_of.get(part.axis, ()):
+            coefs, size = self.dims[d]
+            span = sum(c * ranges.get(a, 0) for a, c in coefs) + 1
+            self.spans[d] = span if span < size else size
+
+    def footprint(self) -> tuple[float, float]:
+        """(elements, cache lines) touched inside the parts entered."""
+        if self.kind != "affine":
+            return self.inside, self.inside / self.line_floats
+        elements = 1
+        for span in self.spans:
+            elements *= span
+        innermost = self.spans[-1] if self.spans else 1
+        return elements, elements / min(self.line_floats, innermost)
 
 
 BUFFERS = ("lhs", "rhs", "acc")
 
 
-def footprints(nest: LoopNest, machine: Machine):
-    """For each loop depth from the innermost: (loop, bytes touched inside it per buffer)."""
+def buffer_stride(nest: LoopNest, role: str, loop: Loop) -> int:
+    """Elements of `role` (a BUFFERS entry) between consecutive iterations of `loop`: 1 for a
+    register tile or a packed operand, which are laid out in the order they are read."""
+    dag = nest.dag
+    if role == "acc" and nest.cache_write_at is not None:
+        return 1
+    op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
+    if op.name in nest.layout_rewrite:
+        return 1
+    part = loop.parts[-1]
+    return op.flat().coef(part.axis) * part.step
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A loop of a nest and what the subtree it heads touches: per buffer (BUFFERS order) the
+    elements and the cache lines."""
+    loop: Loop
+    elements: tuple[float, ...]
+    lines: tuple[float, ...]
+
+
+def footprints(nest: LoopNest, machine: Machine) -> list[Level]:
+    """Every loop of `nest` from the innermost out, with the footprints of its subtree. The
+    estimate and the features (costmodel/features.py) both read them: computed once."""
     line_floats = machine.cache_line_bytes // 4
-    buffers = {role: Buffer(nest, role, line_floats) for role in BUFFERS}
+    buffers = [Buffer(nest, role, line_floats) for role in BUFFERS]
     ranges: dict[str, int] = {}
-    parts_inside: list = []
+    levels = []
     for loop in reversed(nest.loops):
         for p in loop.parts:
             ranges[p.axis] = ranges.get(p.axis, 0) + (p.extent - 1) * p.step
-            parts_inside.append(p)
-        yield loop, {role: buffers[role].footprint(ranges, parts_inside)
-                     for role in BUFFERS}
+            for b in buffers:
+                b.enter(p, ranges)
+        touched = [b.footprint() for b in buffers]
+        levels.append(Level(loop, tuple(e for e, _ in touched), tuple(n for _, n in touched)))
+    return levels
 
 
 def _fma_rate(nest: LoopNest, machine: Machine) -> float:
@@ -155,33 +188,33 @@ def _fma_rate(nest: LoopNest, machine: Machine) -> float:
     return max(rate, 1e-3)
 
 
-def _memory_cycles(nest: LoopNest, machine: Machine) -> float:
+def _memory_cycles(nest: LoopNest, machine: Machine, levels: list[Level]) -> float:
     """Cycles to bring data into L1 from the levels below, at their bandwidths."""
     caches = (("l2", machine.l1d_bytes), ("l3", machine.l2_bytes), ("dram", machine.l3_bytes))
-    loops = nest.loops
-    trips_outside = [math.prod(l.extent for l in loops[:i]) for i in range(len(loops))]
-    levels = list(footprints(nest, machine))  # innermost first
+    n = len(nest.loops)
+    trips_outside = [1] * n  # of loops[i]: the product of the extents of loops[:i]
+    for i in range(1, n):
+        trips_outside[i] = trips_outside[i - 1] * nest.loops[i - 1].extent
+    totals = [sum(4 * e for e in level.elements) for level in levels]  # innermost first
+    lines = [sum(level.lines) for level in levels]
     cycles = 0.0
     for source, capacity in caches:
         # the outermost subtree whose working set fits this cache is reloaded once per
         # iteration of the loops around it
         moved = None
-        for depth, (loop, fp) in enumerate(levels):
-            total = sum(4 * elements for elements, _ in fp.values())
-            if total > capacity:
+        for depth in range(n):
+            if totals[depth] > capacity:
                 break
-            index = len(loops) - 1 - depth
-            lines = sum(n_lines for _, n_lines in fp.values())
-            moved = lines * machine.cache_line_bytes * trips_outside[index]
+            moved = lines[depth] * machine.cache_line_bytes * trips_outside[n - 1 - depth]
         if moved is None:  # not even the innermost loop fits: stream everything
-            loop, fp = levels[0]
-            lines = sum(n_lines for _, n_lines in fp.values())
-            moved = lines * machine.cache_line_bytes * trips_outside[len(loops) - 1]
+            moved = lines[0] * machine.cache_line_bytes * trips_outside[n - 1]
         cycles += moved / BYTES_PER_CYCLE[source]
     return cycles
 
 
-def estimate_gflops(nest: LoopNest, target: Target) -> float:
+def estimate_gflops(nest: LoopNest, target: Target,
+                    levels: list[Level] | None = None) -> float:
+    """`levels`: the nest's `footprints`, where the caller has them already."""
     machine = target.machine
     dag, loops = nest.dag, nest.loops
     if not loops:
@@ -195,7 +228,9 @@ def estimate_gflops(nest: LoopNest, target: Target) -> float:
         fma_instructions *= (1 if machine.dot_instruction == "vpdpbusd" else 2) / \
             loops[-1].extent
     compute = fma_instructions / _fma_rate(nest, machine)
-    cycles = max(compute, _memory_cycles(nest, machine))
+    if levels is None:
+        levels = footprints(nest, machine)
+    cycles = max(compute, _memory_cycles(nest, machine, levels))
     if nest.cache_write_at is None:  # separate init (and epilogue) passes over the output
         passes = 1 + len(dag.addends) + dag.activated
         cycles += passes * 4 * dag.output.size / BYTES_PER_CYCLE["l2"]

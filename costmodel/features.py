@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from costmodel.estimate import BUFFERS, Buffer, estimate_gflops
+from costmodel.estimate import BUFFERS, buffer_stride, estimate_gflops, footprints
 from tuner.ir.layout import (access_class, inline_guards, local_pad_bytes, root_pad_bytes,
                           tile_operand_registers, vector_chunks, vector_loop)
 from tuner.ir.schedule import LoopNest
@@ -98,7 +98,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
     dag, loops = nest.dag, nest.loops
     machine = target.machine
     threads, lanes = target.threads, machine.lanes
-    buffers = {role: Buffer(nest, role, machine.cache_line_bytes // 4) for role in BUFFERS}
+    levels = footprints(nest, machine)  # innermost first
     total_flops = dag.flops
     out: list[float] = []
 
@@ -123,7 +123,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         vec_tail = float(axis_extent % vec.extent != 0 and axis_extent > vec.extent)
     root_pad = root_pad_bytes(nest)
     inline_pad = float(any(inline_guards(nest, op) for op in dag.inputs))
-    strides = {r: buffers[r].stride(inner) for r in BUFFERS}
+    strides = {r: buffer_stride(nest, r, inner) for r in BUFFERS}
     out_flat = dag.output.flat()
     out_scatter = float(vec is not None
                         and out_flat.coef(vec.parts[0].axis) * vec.parts[0].step != 1)
@@ -139,7 +139,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         register_vectors,
         (register_vectors + operand_vectors) / machine.vector_registers,
         register_vectors / machine.min_accumulators,
-        _lg(estimate_gflops(nest, target)), lanes, machine.vector_registers,
+        _lg(estimate_gflops(nest, target, levels)), lanes, machine.vector_registers,
         machine.flops_per_cycle, _lg(tile),
         float(in_registers), _lg(tile_reduction), _lg(par_extent if parallel else 0),
         _lg(total_flops / (threads if parallel else 1)),
@@ -154,23 +154,18 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         float(dag.quant is not None), machine.int8_macs_per_cycle,
     ]
 
-    ranges: dict[str, int] = {}
-    parts_inside: list = []
     accesses = 1
     flops_per_access = total_flops / max(1, real_space)  # 2 per multiply-accumulate
     for depth in range(LEVELS):
         if depth >= len(loops):
             out += [0.0] * len(LEVEL_FEATURES)
             continue
-        loop = loops[-1 - depth]
-        for p in loop.parts:
-            ranges[p.axis] = ranges.get(p.axis, 0) + (p.extent - 1) * p.step
-            parts_inside.append(p)
+        level = levels[depth]
+        loop = level.loop
         accesses *= loop.extent
         row = [_lg(loop.extent)] + [float(loop.kind == k) for k in KINDS] + [float(loop.reduce)]
         touched = 0.0
-        for role in BUFFERS:
-            elements, lines = buffers[role].footprint(ranges, parts_inside)
+        for elements, lines in zip(level.elements, level.lines):
             touched += 4 * elements
             row += [_lg(4 * elements), _lg(lines), _lg(accesses / max(1.0, elements))]
         row.append(_lg(accesses * flops_per_access / max(1.0, touched)))

@@ -74,6 +74,21 @@ class Operand:
     dtype: str = "float32"     # element type (DTYPES)
     # padded reads return the input zero point (Quantization), the quantized 0.0, not 0
     fill_zero_point: bool = False
+    # derived from `shape` and `index` once: the search asks for them for every candidate
+    _flat: Affine = field(init=False, repr=False, compare=False)
+    _axes: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        coefs: dict[str, int] = {}
+        const = 0
+        for expr, stride in zip(self.index, self.strides()):
+            const += expr.const * stride
+            for a, c in expr.terms:
+                coefs[a] = coefs.get(a, 0) + c * stride
+        object.__setattr__(self, "_flat", Affine(
+            tuple(sorted((a, c) for a, c in coefs.items() if c)), const))
+        object.__setattr__(self, "_axes", frozenset(
+            a for expr in self.index for a, _ in expr.terms if expr.coef(a)))
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -89,16 +104,10 @@ class Operand:
 
     def flat(self) -> Affine:
         """The element offset as one affine expression (ignoring padding bounds)."""
-        coefs: dict[str, int] = {}
-        const = 0
-        for expr, stride in zip(self.index, self.strides()):
-            const += expr.const * stride
-            for a, c in expr.terms:
-                coefs[a] = coefs.get(a, 0) + c * stride
-        return Affine(tuple(sorted((a, c) for a, c in coefs.items() if c)), const)
+        return self._flat
 
     def depends_on(self, axis: str) -> bool:
-        return any(expr.coef(axis) for expr in self.index)
+        return axis in self._axes
 
     @property
     def size(self) -> int:

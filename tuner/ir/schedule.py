@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from tuner.ir.dag import ComputeDAG
 from tuner.errors import ScheduleError
@@ -147,10 +147,11 @@ class Loop:
     parts: tuple[LoopPart, ...]  # several when fused, outermost first
     reduce: bool
     kind: str = "serial"
+    # the trips of all parts, derived once: the search reads it for every candidate
+    extent: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def extent(self) -> int:
-        return math.prod(p.extent for p in self.parts)
+    def __post_init__(self):
+        object.__setattr__(self, "extent", math.prod(p.extent for p in self.parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,12 @@ def apply_steps(dag: ComputeDAG, steps, check: bool = True) -> LoopNest:
     return nest
 
 
+def _with_loops(nest: LoopNest, loops: tuple[Loop, ...]) -> LoopNest:
+    # what dataclasses.replace does, without its introspection: the search applies ~10 steps
+    # to each of thousands of candidates a round
+    return LoopNest(nest.dag, loops, nest.cache_write_at, nest.pad, nest.layout_rewrite)
+
+
 def _split(nest: LoopNest, step: Split) -> LoopNest:
     i = nest.index(step.axis)
     loop = nest.loops[i]
@@ -211,7 +218,7 @@ def _split(nest: LoopNest, step: Split) -> LoopNest:
         stride = math.prod(trips[level + 1:])
         new.append(Loop(f"{step.axis}.{level}", (LoopPart(step.axis, level, trip, stride),),
                         loop.reduce))
-    return replace(nest, loops=nest.loops[:i] + tuple(new) + nest.loops[i + 1:])
+    return _with_loops(nest, nest.loops[:i] + tuple(new) + nest.loops[i + 1:])
 
 
 def _reorder(nest: LoopNest, step: Reorder) -> LoopNest:
@@ -220,7 +227,7 @@ def _reorder(nest: LoopNest, step: Reorder) -> LoopNest:
         raise ScheduleError(f"reorder: {list(step.order)} is not a permutation of the loops "
                             f"{names}")
     by_name = {l.name: l for l in nest.loops}
-    return replace(nest, loops=tuple(by_name[n] for n in step.order))
+    return _with_loops(nest, tuple(by_name[n] for n in step.order))
 
 
 def _fuse(nest: LoopNest, step: Fuse) -> LoopNest:
@@ -236,7 +243,7 @@ def _fuse(nest: LoopNest, step: Fuse) -> LoopNest:
     if any(l.kind != "serial" for l in span):
         raise ScheduleError("fuse loops before annotating them")
     fused = Loop("+".join(step.loops), tuple(p for l in span for p in l.parts), span[0].reduce)
-    return replace(nest, loops=nest.loops[:first] + (fused,) + nest.loops[first + len(span):])
+    return _with_loops(nest, nest.loops[:first] + (fused,) + nest.loops[first + len(span):])
 
 
 def _annotate(nest: LoopNest, step: Annotate) -> LoopNest:
@@ -256,8 +263,8 @@ def _annotate(nest: LoopNest, step: Annotate) -> LoopNest:
                             f"({nest.dag.dot_axis or 'this task has none'})")
     if step.annotation in ("vectorize", "unroll") and len(loop.parts) > 1:
         raise ScheduleError(f"cannot {step.annotation} fused loop {loop.name!r}")
-    return replace(nest, loops=nest.loops[:i] + (replace(loop, kind=step.annotation),)
-                   + nest.loops[i + 1:])
+    annotated = Loop(loop.name, loop.parts, loop.reduce, step.annotation)
+    return _with_loops(nest, nest.loops[:i] + (annotated,) + nest.loops[i + 1:])
 
 
 def _cache_write(nest: LoopNest, step: CacheWrite) -> LoopNest:
