@@ -127,3 +127,36 @@ def test_the_report_times_our_kernel_replayed_from_the_records(tmp_path):
     assert comparators.measure_in_subprocess("tuned", other, 1, db=db) is None
     row = Row("m", "matmul", 1, tuned=100.0, default=None, replayed=80.0, numpy=100.0)
     assert row.ours == 80.0 and row.vs_peer == pytest.approx(0.8)
+
+
+def test_the_distributed_bench_tunes_on_pinned_tune_workers(tmp_path):
+    """bench/distributed.py starts a `dask scheduler` and `tune worker`s as the README does
+    (TLS with its certificates, a core each) and tunes a one-layer model on 1 and 2 of them
+    and locally; every run stores its trials, the cluster runs' on the workers named."""
+    pytest.importorskip("distributed")
+    import json
+    import shutil
+    import subprocess
+
+    import onnx
+    from onnx import helper
+
+    from model_builders import make_model, randn
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command (the README's certificates need it)")
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       {"x": (1, 4, 8, 8)}, "y", {"w": randn(rng, 8, 4, 3, 3)})
+    onnx.save(model, tmp_path / "conv.onnx")
+    out = tmp_path / "runs.jsonl"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "bench" / "distributed.py"),
+                          str(tmp_path / "conv.onnx"), "--trials", "4", "--workers", "1", "2",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["cluster"] for r in runs] == ["local", "1 pinned", "2 pinned"]
+    assert all(r["trials"] == 4 and r["trials_per_s"] > 0 for r in runs)
+    assert runs[0]["machines"] == [] and runs[1]["machines"] == ["worker0"]
+    assert set(runs[2]["machines"]) <= {"worker0", "worker1"}
