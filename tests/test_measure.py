@@ -122,3 +122,47 @@ def test_out_of_memory_is_its_own_error():
 def test_an_empty_batch_returns_nothing():
     with Measurer(host_target(1), MeasureOptions(**FAST)) as measurer:
         assert measurer.measure([]) == []
+
+
+def _intervals_of(measurer: Measurer, batch) -> list[tuple[str, tuple, float, float]]:
+    """(role, cpus, submitted, collected) of every job of `measure(batch)`, as the parent sees
+    them: each contains the worker's own work on the job."""
+    import time
+
+    started, spans = {}, []
+    submit, collect = measurer._submit, measurer._collect
+
+    def logged_submit(worker, job, request, timeout_s):
+        started[id(worker), job] = time.monotonic()
+        return submit(worker, job, request, timeout_s)
+
+    def logged_collect(worker, *args):
+        begin = started.pop((id(worker), worker.job))
+        spans.append((worker.role, tuple(worker.cpus), begin, time.monotonic()))
+        return collect(worker, *args)
+
+    measurer._submit, measurer._collect = logged_submit, logged_collect
+    results = measurer.measure(batch)
+    assert all(r.ok for r in results), [r.detail for r in results]
+    return spans
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_core_builds_and_no_build_shares_a_core_with_timing(threads):
+    """A builder on every core; one on the runner's cores never builds while it times."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to share")
+    batch = [MeasureInput(TASK, (Split("i", (f,)),)) for f in (4, 8, 16, 32, 64, 2, 1, 4)]
+    options = MeasureOptions(builder="fault_builders:slow", **FAST)
+    with Measurer(host_target(threads), options) as measurer:
+        spans = _intervals_of(measurer, batch)
+    runs = [s for s in spans if s[0] == "run"]
+    builds = [s for s in spans if s[0] == "build"]
+    assert len(runs) == len(builds) == len(batch)
+    run_cpus = set(runs[0][1])
+    assert run_cpus == set(cores[-threads:])
+    assert {cpus for _, cpus, _, _ in builds} == {(core,) for core in cores}  # every core
+    for _, cpus, begin, end in builds:
+        if set(cpus) & run_cpus:
+            assert all(end <= b or e <= begin for _, _, b, e in runs), (cpus, begin, end)

@@ -8,9 +8,14 @@ OpenMP in the child) and the caller's `__main__` is never re-imported. A segfaul
 EOF on the pipe and the exit signal, a hang as a missed deadline; either way the worker is
 replaced and the batch goes on.
 
-Cores: timing never shares a core with other work. When the target uses fewer threads than the
-machine has cores, builders run on the spare cores while the runner, pinned to its own, times
-the previous candidate; otherwise the batch is built first (on every core) and timed after.
+Cores: timing never shares a core with other work. There is a builder on every core, pinned to
+it, and the runner is pinned to the last `threads` cores; the runner starts only while no
+builder on its cores is building. Builders on the other (spare) cores build all the time;
+those on the runner's cores take a build only while the runner has nothing to time, or, with
+no spare core, until the batch is built (then it is timed). Compiling costs ~10x what checking
+and timing do: on a 2-core machine timing 1-thread kernels, both cores now compile, where a
+builder on the spare core alone left half the machine idle for most of a batch; with many
+spare cores the runner's builders rarely get a turn, and timing overlaps building.
 Builders are recycled every `recycle_after` builds because LLVM's O3 pipeline leaks
 (~200 kB per module). Timing protocol: warm-up, then `samples` samples of at least
 `min_sample_s` each (tuner/measure/timing.py); caches are not flushed between samples (a
@@ -99,7 +104,7 @@ class _Worker:
     """A worker process and our end of its socket."""
 
     def __init__(self, role: str, cpus, options: MeasureOptions):
-        self.role = role
+        self.role, self.cpus = role, cpus
         ours, theirs = socket.socketpair()
         config = {"role": role, "cpus": cpus, "builder": options.builder,
                   "memory_bytes": int(_physical_memory() * options.memory_fraction),
@@ -159,26 +164,21 @@ class Measurer:
     def __init__(self, target: Target, options: MeasureOptions = MeasureOptions()):
         self.target, self.options = target, options
         cores = sorted(os.sched_getaffinity(0))
-        self.overlap = target.threads < len(cores)
-        if self.overlap:
-            self._run_cpus = cores[-target.threads:]
-            self._build_cpus = cores[:-target.threads]
-        else:
-            self._run_cpus, self._build_cpus = None, None
-        n_builders = len(self._build_cpus) if self.overlap else len(cores)
-        self._builders = [self._start("build") for _ in range(n_builders)]
-        self._runner = self._start("run")
+        self._run_cpus = cores[-min(target.threads, len(cores)):]
+        self._builders = [_Worker("build", [core], options) for core in cores]
+        self._runner = _Worker("run", self._run_cpus, options)
+        self._spare_cores = len(cores) > len(self._run_cpus)
 
-    def _start(self, role: str) -> _Worker:
-        cpus = self._run_cpus if role == "run" else self._build_cpus
-        return _Worker(role, cpus, self.options)
+    def _beside_runner(self, builder: _Worker) -> bool:
+        """Whether `builder` runs on a core the runner times on."""
+        return builder.cpus[0] in self._run_cpus
 
     def _replace(self, worker: _Worker, kill: bool) -> _Worker:
         if kill:
             worker.kill()
         else:
             worker.stop()
-        new = self._start(worker.role)
+        new = _Worker(worker.role, worker.cpus, self.options)
         if worker.role == "run":
             self._runner = new
         else:
@@ -230,13 +230,18 @@ class Measurer:
         while to_build or to_run or any(w.job is not None for w in self._builders) \
                 or self._runner.job is not None:
             for worker in self._builders:
-                if worker.job is None and to_build:
+                # with no spare core, the batch is built first and timed after
+                yield_to_timing = self._spare_cores and (self._runner.job is not None
+                                                         or bool(to_run))
+                if worker.job is None and to_build and not (
+                        yield_to_timing and self._beside_runner(worker)):
                     if worker.served >= opts.recycle_after:
                         worker = self._replace(worker, kill=False)
                     i = to_build.popleft()
                     self._submit(worker, i, requests[i], opts.build_timeout_s)
-            building = bool(to_build) or any(w.job is not None for w in self._builders)
-            if self._runner.job is None and to_run and (self.overlap or not building):
+            building_beside = any(w.job is not None for w in self._builders
+                                  if self._beside_runner(w))
+            if self._runner.job is None and to_run and not building_beside:
                 i = to_run.popleft()
                 request = {**requests[i], "object": objects.pop(i), "check": opts.check,
                            "seed": opts.seed, "min_sample_s": opts.min_sample_s,
