@@ -160,3 +160,16 @@ def test_the_distributed_bench_tunes_on_pinned_tune_workers(tmp_path):
     assert all(r["trials"] == 4 and r["trials_per_s"] > 0 for r in runs)
     assert runs[0]["machines"] == [] and runs[1]["machines"] == ["worker0"]
     assert set(runs[2]["machines"]) <= {"worker0", "worker1"}
+
+
+def test_the_proposals_bench_proposes_the_same_schedules_every_run(capsys):
+    """bench/proposals.py: its digest is what a cheaper-proposals change must keep."""
+    from bench import proposals
+
+    digests = []
+    for _ in range(2):
+        assert proposals.main(["--rounds", "2", "--batch", "4"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2 + len(proposals.TASKS) and "s a round" in lines[1]
+        digests.append(lines[-1].rsplit(" ", 1)[1])
+    assert digests[0] == digests[1] and len(digests[0]) == 12
