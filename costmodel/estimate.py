@@ -16,7 +16,7 @@ roofline in cycles, with the effects that separate fast register-blocked kernels
   - the operands need more loads than the load ports give (a gather is a load per lane), or
     the bounds checks of inline padding add instructions beyond the issue width.
 - **Memory.** Bytes moved into L1 from L2, L3 and DRAM, from the footprints of the loop
-  subtrees against the cache sizes (`Buffer` also serves costmodel/features.py).
+  subtrees against the cache sizes (`footprints`, which costmodel/features.py reads too).
 - **Extras.** A root pad copy per call (written out and read back); the copies of local
   padding (read once into a buffer that stays in cache, shared among the threads); parallel
   loops divide the work by the threads, with the imbalance of a static split.

@@ -12,9 +12,10 @@ Cores: timing never shares a core with other work. There is a builder on every c
 it, and the runner is pinned to the last `threads` cores; the runner starts only while no
 builder on its cores is building. Builders on the other (spare) cores build all the time;
 those on the runner's cores take a build only while the runner has nothing to time, or, with
-no spare core, until the batch is built (then it is timed). Compiling costs ~10x what checking
-and timing do: on a 2-core machine timing 1-thread kernels, both cores now compile, where a
-builder on the spare core alone left half the machine idle for most of a batch; with many
+no spare core, until the batch is built (then it is timed). Compiling costs several times what
+loading, checking and timing do (tuning light SqueezeNet at 1 thread on Zen 3: 130-175 s of
+compiles against ~35 s): on a 2-core machine timing 1-thread kernels both cores now compile,
+where a builder on the spare core alone had left the other idle for most of a batch; with many
 spare cores the runner's builders rarely get a turn, and timing overlaps building.
 Builders are recycled every `recycle_after` builds because LLVM's O3 pipeline leaks
 (~200 kB per module). Timing protocol: warm-up, then `samples` samples of at least
