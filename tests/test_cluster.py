@@ -55,23 +55,6 @@ def test_faulty_kernels_on_cluster_workers_are_typed_errors_and_the_batch_goes_o
         assert len(r.costs_s) == 3 and r.median_s > 0
 
 
-def test_chunks_go_to_the_workers_that_are_free(tmp_path, worker_path, monkeypatch):
-    """A batch of 8 on 2 workers is cut into 4 chunks; while worker 0 is held on its first,
-    worker 1 measures the other 3 (tests/held_workers.py). Nothing is measured twice."""
-    import held_workers
-
-    monkeypatch.setattr(cluster, "measure_chunk", held_workers.first_chunk_of_worker_0_waits)
-    monkeypatch.setenv("HELD_WORKERS_LOG", str(tmp_path / "chunks.log"))
-    batch = [MeasureInput(TASK, (Split("i", (n,)),)) for n in (1, 2, 3, 4, 6, 8, 12, 24)]
-    assert cluster.CHUNKS_PER_WORKER == 2
-    with ClusterMeasurer("local:2", host_target(1), MeasureOptions(**FAST)) as measurer:
-        results = measurer.measure(batch)
-    assert all(r is not None and r.ok for r in results), results
-    chunks = [line.split() for line in (tmp_path / "chunks.log").read_text().splitlines()]
-    assert sorted(chunks) == [["0", "2"], ["1", "2"], ["1", "2"], ["1", "2"]], chunks
-    assert sorted(r.machine for r in results) == ["0"] * 2 + ["1"] * 6
-
-
 def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(tmp_path, worker_path):
     """Two workers measure a tuner's batches (each build takes a second); one is killed with
     SIGKILL in the middle of the first batch. Its chunk runs again on a worker that remains
