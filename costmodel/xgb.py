@@ -34,7 +34,7 @@ class CostModelParams:
     min_child_weight: float = 1.0
     max_bin: int = 64
     seed: int = 0
-    threads: int = 1  # the model trains while other cores compile or time candidates
+    threads: int = 1  # XGBoost's threads (fits run between batches, while measuring idles)
 
 
 def normalized_labels(gflops: np.ndarray, groups: np.ndarray) -> np.ndarray:
