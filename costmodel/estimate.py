@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from tuner.ir.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
                           packed_parts, padding, region_start, root_pad_bytes,
                           tile_operand_registers, vector_chunks, vector_loop)
+from tuner.ir.dag import Operand
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import Loop, LoopNest, LoopPart
 from tuner.ir.target import Target
@@ -53,6 +54,17 @@ PARALLEL_OVERHEAD_CYCLES = 10_000  # waking the OpenMP team, a few microseconds
 COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a pad copy
 
 
+def _layout(nest: LoopNest, role: str) -> tuple[str, Operand]:
+    """How buffer `role` (a BUFFERS entry) is laid out in `nest`, and its operand: "tile" (the
+    accumulation target in a local tile), "packed" (a constant operand rewritten at build
+    time) or "affine" (the operand's own layout)."""
+    dag = nest.dag
+    op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
+    if role == "acc" and nest.cache_write_at is not None:
+        return "tile", op
+    return ("packed" if op.name in nest.layout_rewrite else "affine"), op
+
+
 class Buffer:
     """Footprint of one buffer (lhs, rhs, or the accumulation target) as the loop parts around
     the innermost loop are entered one by one (`enter`), innermost first."""
@@ -60,16 +72,13 @@ class Buffer:
     def __init__(self, nest: LoopNest, role: str, line_floats: int):
         dag = nest.dag
         self.line_floats = line_floats
-        self.kind = "affine"
+        self.kind, op = _layout(nest, role)
         self.inside = 1  # a tile or packed buffer: the elements of the parts entered so far
-        if role == "acc" and nest.cache_write_at is not None:
-            self.kind = "tile"
+        if self.kind == "tile":
             self.keys = {(p.axis, p.level) for loop in nest.tile_loops if not loop.reduce
                          for p in loop.parts}
             return
-        op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
-        if op.name in nest.layout_rewrite:
-            self.kind = "packed"
+        if self.kind == "packed":
             self.keys = {(p.axis, p.level) for p in packed_parts(nest, op)}
             return
         pads = padding(op, dag.extents) if op.padded else [(0, 0)] * len(op.shape)
@@ -109,11 +118,8 @@ BUFFERS = ("lhs", "rhs", "acc")
 def buffer_stride(nest: LoopNest, role: str, loop: Loop) -> int:
     """Elements of `role` (a BUFFERS entry) between consecutive iterations of `loop`: 1 for a
     register tile or a packed operand, which are laid out in the order they are read."""
-    dag = nest.dag
-    if role == "acc" and nest.cache_write_at is not None:
-        return 1
-    op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
-    if op.name in nest.layout_rewrite:
+    kind, op = _layout(nest, role)
+    if kind != "affine":
         return 1
     part = loop.parts[-1]
     return op.flat().coef(part.axis) * part.step

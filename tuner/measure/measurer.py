@@ -230,10 +230,10 @@ class Measurer:
 
         while to_build or to_run or any(w.job is not None for w in self._builders) \
                 or self._runner.job is not None:
+            # with no spare core, the batch is built first and timed after
+            yield_to_timing = self._spare_cores and (self._runner.job is not None
+                                                     or bool(to_run))
             for worker in self._builders:
-                # with no spare core, the batch is built first and timed after
-                yield_to_timing = self._spare_cores and (self._runner.job is not None
-                                                         or bool(to_run))
                 if worker.job is None and to_build and not (
                         yield_to_timing and self._beside_runner(worker)):
                     if worker.served >= opts.recycle_after:

@@ -210,9 +210,10 @@ def _builds(nest: LoopNest, target: Target) -> bool:
     """Whether the builder accepts the nest: its estimate within MAX_CODE_SIZE, as the
     builder checks first (tuner.ir.layout.check_code_size: an int8 tile of 4 ymm x 3 rows
     tried for yolo's 1x1 head, 255 channels, was estimated at 17,010 and refused there,
-    whatever its IR), and its IR at most MAX_CODE_SIZE instructions. The estimate alone decides when it is well below
-    the limit; near it (it is off by up to 2x) the IR is emitted and counted: the stride-2
-    5x5 conv's default at 2 threads was estimated below the limit and emitted 15,184."""
+    whatever its IR), and its IR at most MAX_CODE_SIZE instructions. The estimate alone
+    decides when it is well below the limit; near it (it is off by up to 2x) the IR is
+    emitted and counted: the stride-2 5x5 conv's default at 2 threads was estimated below the
+    limit and emitted 15,184."""
     estimate = code_size(nest, target.machine.lanes)
     if estimate > MAX_CODE_SIZE:
         return False
