@@ -59,6 +59,7 @@ from tuner.ir.target import named_target  # noqa: E402
 from tuner.network.runtime import check_supported  # noqa: E402
 from tuner.network.tasks import Extraction, extract_tasks  # noqa: E402
 from tuner.network.tuning import tune_model  # noqa: E402
+from tuner.search.lowering import LoweringPool  # noqa: E402
 from tuner.ir.target import Target, host_target  # noqa: E402
 from tuner.cli import tuner_factory  # noqa: E402
 from tuner.search.tune import TuneConfig  # noqa: E402
@@ -150,10 +151,11 @@ def tune_and_package(name: str, path: Path, extraction: Extraction, threads: int
         if budget > before:
             bar = tqdm(total=budget - before, desc=f"tuning {name} x{threads}", unit="trial",
                        file=sys.stderr, dynamic_ncols=True)
-            with bar, Measurer(target, MeasureOptions(cold_weights=True)) as measurer:
+            with bar, Measurer(target, MeasureOptions(cold_weights=True)) as measurer, \
+                    LoweringPool() as lowering:
                 config = TuneConfig(trials=budget - before)
                 result = tune_model(extraction.tasks, target, store, config,
-                                    tuner_factory(target, store, measurer, config),
+                                    tuner_factory(target, store, measurer, config, lowering),
                                     lambda p: bar.update(p.trials_done - bar.n))
             trials_run, tuning_s = result.trials_run, result.elapsed_s
         stored = stored_trials(store, extraction, target)

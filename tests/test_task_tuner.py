@@ -229,6 +229,7 @@ def test_a_resumed_tuner_breeds_from_stored_genomes_and_lowers_none_again(tmp_pa
     its runs breed from them without making (lowering) any of them again. (A new genome may
     still lower to a stored schedule, as two unroll limits can give the same steps: it is
     recognised by its key then, and not measured.)"""
+    import tuner.search.lowering as lowering
     import tuner.search.strategies as strategies
     import tuner.search.tune as tune_module
 
@@ -238,9 +239,12 @@ def test_a_resumed_tuner_breeds_from_stored_genomes_and_lowers_none_again(tmp_pa
         _tuner(task, target, store, FakeMeasurer(), _config(16, 8)).run()
     made, rebuilt = [], []
     make_candidate, genome_and_nest = strategies.make_candidate, tune_module.genome_and_nest
+    lower = lowering.lower
     monkeypatch.setattr(strategies, "make_candidate",
                         lambda dag, target, sketch, ann, predicted=None:
                         made.append((sketch, ann)) or make_candidate(dag, target, sketch, ann))
+    monkeypatch.setattr(lowering, "lower", lambda dag, sketch, ann, target:
+                        made.append((sketch, ann)) or lower(dag, sketch, ann, target))
     monkeypatch.setattr(tune_module, "genome_and_nest",
                         lambda *args: rebuilt.append(args) or genome_and_nest(*args))
     with RecordStore(db) as store:

@@ -235,8 +235,9 @@ def test_before_any_measurement_proposals_are_ranked_by_the_prior(use_seed, targ
     # the prior tells candidates apart: the initial population is not all of one estimate,
     # and what it ranks first is at least as good as any of it (ties at the top are fine:
     # many tiles of a product this small saturate the estimate)
-    population = [float(extract_features(apply_steps(search.dag, c.steps), target1)[ESTIMATE])
-                  for c in search._initial_population()]
+    population = [float(extract_features(apply_steps(search.dag, search.candidate(*g).steps),
+                                         target1)[ESTIMATE])
+                  for g in search._initial_population()]
     assert len(set(population)) > 1 and predicted[0] >= max(population)
 
 

@@ -370,10 +370,11 @@ def _measurer(args, target):
     return Measurer(target, _measure_options(args))
 
 
-def tuner_factory(target, store, measurer, config):
+def tuner_factory(target, store, measurer, config, lowering=None):
     """`make_tuner(task) -> TaskTuner`: a task's tuner wired to the store, the measurer and
     an XGBoost cost model of its own; the tuners made by one factory share one warm start
-    (other tasks' records as features, each lowered once)."""
+    (other tasks' records as features, each lowered once) and the `lowering` pool, if any
+    (tuner/search/lowering.py: the search's genomes lowered on every core)."""
     from costmodel.features import extract_features
     from costmodel.xgb import XGBCostModel
     from tuner.search.tune import TaskTuner, WarmStart
@@ -382,7 +383,7 @@ def tuner_factory(target, store, measurer, config):
 
     def make_tuner(task):
         return TaskTuner(task, target, store, measurer, config, XGBCostModel(),
-                         extract_features, warm_start)
+                         extract_features, warm_start, lowering)
     return make_tuner
 
 
@@ -399,6 +400,7 @@ def _cmd_tune(args) -> int:
     from tuner.ir.lowered import lowered
     from tuner.ir.target import named_target
     from tuner.measure.measurer import check_task_fits_memory
+    from tuner.search.lowering import LoweringPool
 
     task = _task_from_args(args.command, args)
     check_task_fits_memory(task)
@@ -414,8 +416,8 @@ def _cmd_tune(args) -> int:
                                 + _workers(measurer))
 
     try:
-        with store, _measurer(args, target) as measurer:
-            result = tuner_factory(target, store, measurer, config)(task).run(
+        with store, _measurer(args, target) as measurer, LoweringPool() as lowering:
+            result = tuner_factory(target, store, measurer, config, lowering)(task).run(
                 on_progress=progress)
     finally:
         if bar is not None:
@@ -701,6 +703,7 @@ def _cmd_model(args) -> int:
     from tuner.measure.measurer import check_task_fits_memory
     from tuner.network.tuning import tune_model
     from tuner.ir.target import named_target
+    from tuner.search.lowering import LoweringPool
 
     extraction = _load_model_tasks(args)
     if args.list:
@@ -727,10 +730,11 @@ def _cmd_model(args) -> int:
             bar.set_postfix_str(f"model ~{latency}" + _workers(measurer))
 
     try:
-        with store, _measurer(args, target) as measurer:
+        with store, _measurer(args, target) as measurer, LoweringPool() as lowering:
             config = _tune_config(args)
             result = tune_model(extraction.tasks, target, store, config,
-                                tuner_factory(target, store, measurer, config), progress)
+                                tuner_factory(target, store, measurer, config, lowering),
+                                progress)
     finally:
         if bar is not None:
             bar.close()

@@ -72,6 +72,13 @@ def _levels(dag: ComputeDAG, axis: str) -> int:
     return (REDUCE_LEVELS if dag.axis(axis).reduce else SPATIAL_LEVELS) - 1
 
 
+def _pick(rng: np.random.Generator, options):
+    """One of `options`, uniformly: the element `rng.choice(options)` picks (the same draw
+    from the generator), without its conversion of `options` to an array, which cost more
+    than all the rest of sampling a genome."""
+    return options[int(rng.integers(len(options)))]
+
+
 def divisors(n: int) -> list[int]:
     """The divisors of `n`, ascending, in O(sqrt n): extents can be in the billions."""
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
@@ -83,10 +90,10 @@ def _random_factors(rng: np.random.Generator, extent: int, count: int) -> list[i
     that leave a tail (prime extents have no other useful tiling)."""
     if rng.random() < TAIL_PROBABILITY:
         choices = [c for c in (1, 2, 3, 4, 6, 8, 12, 16, 32) if c <= extent]
-        return [int(rng.choice(choices)) for _ in range(count)]
+        return [_pick(rng, choices) for _ in range(count)]
     left, out = extent, []
     for _ in range(count):
-        d = int(rng.choice(divisors(left)))
+        d = _pick(rng, divisors(left))
         out.append(d)
         left //= d
     rng.shuffle(out)
@@ -112,7 +119,7 @@ def _vector_tile(rng: np.random.Generator, extent: int, machine: Machine) -> int
         return extent if extent <= widest else lanes
     exact = [w for w in options if extent % w == 0 or w >= extent]
     pool = exact if exact and rng.random() > TAIL_PROBABILITY else options
-    return int(rng.choice(pool))
+    return _pick(rng, pool)
 
 
 def _sample_tiles(rng, dag: ComputeDAG, axis: str, vector_axis: str | None,
@@ -133,12 +140,12 @@ def _pick_vector_axis(rng, dag: ComputeDAG, machine: Machine) -> str | None:
     candidates.sort(key=lambda a: vector_cost(dag, a, machine.lanes))
     if rng.random() < 0.7 or len(candidates) == 1:
         return candidates[0]
-    return str(rng.choice(candidates[1:]))
+    return _pick(rng, candidates[1:])
 
 
 def _pick_outer_axis(rng, dag: ComputeDAG) -> str | None:
     names = [a.name for a in dag.spatial_axes if a.extent > 1]
-    return None if not names or rng.random() < 0.5 else str(rng.choice(names))
+    return None if not names or rng.random() < 0.5 else _pick(rng, names)
 
 
 def _outer_axes(dag: ComputeDAG, outer_axis: str | None = None) -> list:
@@ -174,15 +181,14 @@ def _register_tiles(rng, dag: ComputeDAG, sketch: Sketch, vector_axis: str,
     else is tiled, so the whole local accumulator is the register tile."""
     width = _vector_tile(rng, dag.axis(vector_axis).extent, machine)
     others = [a for a in split_axes(dag) if a != vector_axis and not dag.axis(a).reduce]
-    row_axis = str(rng.choice(others)) if others else None
+    row_axis = _pick(rng, others) if others else None
     rows = 1
     if row_axis is not None:
         budget = min(tile_rows(machine, width), dag.axis(row_axis).extent)
         low = min(budget, max(1, budget // 2, least_rows(machine, width)))
         exact = [d for d in divisors(dag.axis(row_axis).extent) if d <= budget]
         near = [r for r in range(low, budget + 1)]
-        rows = int(rng.choice(exact if exact[-1] >= low and rng.random() < 0.7
-                              else near))
+        rows = _pick(rng, exact if exact[-1] >= low and rng.random() < 0.7 else near)
     free_levels = 2 if sketch.cache_write == "S1" else 1  # spatial levels above the tile
     tiles = []
     for a in split_axes(dag):
@@ -203,7 +209,7 @@ def _unroll_covering(rng, tiles, vector_axis: str, machine: Machine) -> int:
     body = math.prod(f[-1] for a, f in tiles if a != vector_axis)
     body *= -(-dict(tiles)[vector_axis][-1] // machine.lanes)
     options = [u for u in UNROLL_CHOICES if u >= body] or [UNROLL_CHOICES[-1]]
-    return int(rng.choice(options))
+    return _pick(rng, options)
 
 
 def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
@@ -218,7 +224,7 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
         else:
             tiles = tuple((a, _sample_tiles(rng, dag, a, vector_axis, machine))
                           for a in split_axes(dag))
-            unroll = int(rng.choice(UNROLL_CHOICES))
+            unroll = _pick(rng, UNROLL_CHOICES)
         ann = Annotation(tiles, vector_axis, unroll, 0, _pick_outer_axis(rng, dag))
         ann = replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
         if fits(dag, sketch, ann, machine):
@@ -349,8 +355,8 @@ def mutate(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch, ann: Annot
         if r < 0.90:
             new = _mutate_tile(rng, dag, ann, target)
         elif r < 0.94:
-            new = replace(ann, unroll_max=int(rng.choice(
-                [u for u in UNROLL_CHOICES if u != ann.unroll_max])))
+            new = replace(ann, unroll_max=_pick(
+                rng, [u for u in UNROLL_CHOICES if u != ann.unroll_max]))
         elif r < 0.965:
             new = replace(ann, outer_axis=_pick_outer_axis(rng, dag))
         elif r < 0.99:
@@ -377,13 +383,13 @@ def _mutate_tile(rng, dag: ComputeDAG, ann: Annotation, target: Target) -> Annot
         new = _sample_tiles(rng, dag, axis, ann.vector_axis, target.machine)
     else:
         levels = [extent // math.prod(factors)] + list(factors)  # level 0 is implicit
-        src = int(rng.choice([i for i, f in enumerate(levels) if f > 1] or [0]))
+        src = _pick(rng, [i for i, f in enumerate(levels) if f > 1] or [0])
         if levels[src] == 1:
             return ann
         primes = [p for p in range(2, levels[src] + 1)
                   if levels[src] % p == 0 and all(p % q for q in range(2, p))]
-        p = int(rng.choice(primes))
-        dst = int(rng.choice([i for i in range(len(levels)) if i != src]))
+        p = _pick(rng, primes)
+        dst = _pick(rng, [i for i in range(len(levels)) if i != src])
         levels[src] //= p
         levels[dst] *= p
         new = tuple(levels[1:])

@@ -28,7 +28,8 @@ seeded from it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from functools import partial
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from tuner.ir.dag import ComputeDAG
 from tuner.measure.result import MeasureResult
 from tuner.errors import ScheduleError
 from tuner.ir.schedule import LoopNest, Step, apply_steps, check_nest, schedule_to_json
+from tuner.search.lowering import Featurizer, Genome, Job, LowerHere, Lowered, Lowering
 from tuner.search.sketch import Sketch, generate_sketches
 from tuner.ir.target import Target
 
@@ -85,9 +87,6 @@ class CostModel(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray: ...
 
 
-Featurizer = Callable[[LoopNest, Target], np.ndarray]
-
-
 class RandomSearch:
     name = "random"
 
@@ -103,16 +102,22 @@ class RandomSearch:
 
     def candidate(self, sketch: Sketch, ann: Annotation) -> Candidate:
         """The candidate of a genome, lowered once per proposal."""
-        genome = (sketch, ann)
-        c = self._kept.get(genome) or self._proposed.get(genome)
+        c = self._known(sketch, ann)
         if c is None:
             c = make_candidate(self.dag, self.target, sketch, ann)
-            self._proposed[genome] = c
+            self._proposed[(sketch, ann)] = c
         return c
 
-    def random_candidate(self) -> Candidate:
+    def _known(self, sketch: Sketch, ann: Annotation) -> Candidate | None:
+        genome = (sketch, ann)
+        return self._kept.get(genome) or self._proposed.get(genome)
+
+    def random_genome(self) -> Genome:
         sketch = self.sketches[int(self.rng.integers(len(self.sketches)))]
-        return self.candidate(sketch, sample(self.rng, self.dag, sketch, self.target))
+        return sketch, sample(self.rng, self.dag, sketch, self.target)
+
+    def random_candidate(self) -> Candidate:
+        return self.candidate(*self.random_genome())
 
     def propose(self, n: int, measured: set[str]) -> list[Candidate]:
         try:
@@ -139,22 +144,34 @@ class RandomSearch:
 # candidates keep theirs apart
 FEATURE_CACHE_SIZE = 8192
 
+# genomes drawn before they are sent to be lowered, while the next ones are drawn
+LOWERING_CHUNK = 64
+
 
 class EvolutionarySearch(RandomSearch):
+    """The evolution breeds genomes (sketch, annotation); `lowering` lowers and featurizes
+    them in chunks as they are drawn (in this process unless given a pool's:
+    tuner/search/lowering.py), and only the genomes proposed become candidates (lowered
+    again here, for the loop nest the measurer takes). Drawing uses all the randomness and
+    lowering none, so the proposals are the same wherever the lowering runs."""
     name = "evolutionary"
 
     def __init__(self, dag: ComputeDAG, target: Target, rng: np.random.Generator,
                  cost_model: CostModel, featurize: Featurizer,
                  config: SearchConfig = SearchConfig(),
-                 history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
+                 history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 lowering: Lowering | None = None):
         super().__init__(dag, target, rng)
         self.cost_model, self.featurize, self.config = cost_model, featurize, config
+        self.lowering = lowering or LowerHere(dag, target, featurize)
         # (candidate, gflops) of this task, without their loop nests
         self.measured: list[tuple[Candidate, float]] = []
         # measurements of other tasks on this target: the cost model starts from them
         self.history = history
         self._feature_cache: dict[str, np.ndarray] = {}
         self._measured_rows: dict[str, np.ndarray] = {}  # the features of `measured`
+        # what the genomes of the proposal under way lowered to (emptied after each proposal)
+        self._lowered: dict[Genome, Lowered] = {}
         # the cost model is fitted before a proposal when it has data it was not fitted on
         self._unfitted = True
         seeds = expert_seeds(dag, self.sketches, target) if config.use_seed else []
@@ -174,22 +191,27 @@ class EvolutionarySearch(RandomSearch):
     def features(self, candidates: list[Candidate]) -> np.ndarray:
         """The cost model's features of `candidates`, from the cache or their nests (lowered
         from their steps only for a candidate that carries no nest)."""
-        rows = []
-        for c in candidates:
-            row = self._measured_rows.get(c.key)
-            if row is not None:
-                rows.append(row)
-                continue
-            row = self._feature_cache.pop(c.key, None)
-            if row is None:
-                nest = c.nest if c.nest is not None else \
-                    apply_steps(self.dag, c.steps, check=False)
-                row = self.featurize(nest, self.target)
-                if len(self._feature_cache) >= FEATURE_CACHE_SIZE:
-                    del self._feature_cache[next(iter(self._feature_cache))]  # the oldest
-            self._feature_cache[c.key] = row  # (re)inserted last: least recently used first
-            rows.append(row)
-        return np.stack(rows)
+        return np.stack([self._row(c.key, partial(self._nest, c)) for c in candidates])
+
+    def _nest(self, c: Candidate) -> LoopNest:
+        return c.nest if c.nest is not None else apply_steps(self.dag, c.steps, check=False)
+
+    def _row(self, key: str, nest: Callable[[], LoopNest] | None = None,
+             row: np.ndarray | None = None) -> np.ndarray:
+        """The feature row of schedule `key`: the measured one, else the cached one, else
+        `row` or the features of `nest()`; cached last (least recently used first)."""
+        measured = self._measured_rows.get(key)
+        if measured is not None:
+            return measured
+        cached = self._feature_cache.pop(key, None)
+        if cached is not None:
+            row = cached
+        elif row is None:
+            row = self.featurize(nest(), self.target)
+        if len(self._feature_cache) >= FEATURE_CACHE_SIZE:
+            del self._feature_cache[next(iter(self._feature_cache))]  # the oldest
+        self._feature_cache[key] = row
+        return row
 
     def _fit(self) -> None:
         self._unfitted = False
@@ -207,8 +229,45 @@ class EvolutionarySearch(RandomSearch):
         self.cost_model.fit(np.concatenate(feats), np.concatenate(gflops),
                             np.concatenate(groups))
 
-    def _scores(self, candidates: list[Candidate]) -> np.ndarray:
-        return self.cost_model.predict(self.features(candidates))
+    def _draw(self, count: int, draw: Callable[[], Genome]) -> list[Genome]:
+        """`count` genomes from `draw()`, each chunk sent to be lowered and featurized while
+        the next is drawn; returns once all are lowered."""
+        genomes: list[Genome] = []
+        jobs: list[tuple[list[Genome], Job]] = []
+        sent: set[Genome] = set()
+        for start in range(0, count, LOWERING_CHUNK):
+            drawn = [draw() for _ in range(min(LOWERING_CHUNK, count - start))]
+            genomes += drawn
+            chunk = [g for g in dict.fromkeys(drawn) if g not in sent
+                     and g not in self._lowered and self._known(*g) is None]
+            sent.update(chunk)
+            jobs.append((chunk, self.lowering.submit(chunk)))
+        for chunk, job in jobs:
+            self._lowered.update(zip(chunk, job.result()))
+        return genomes
+
+    def candidate(self, sketch: Sketch, ann: Annotation) -> Candidate:
+        lowered = self._lowered.get((sketch, ann))
+        if lowered is None or lowered.steps is None or self._known(sketch, ann) is not None:
+            return super().candidate(sketch, ann)
+        c = Candidate(sketch, ann, lowered.steps, lowered.key,
+                      nest=lowered.nest if lowered.valid else None)
+        self._proposed[(sketch, ann)] = c
+        return c
+
+    def _key(self, genome: Genome) -> str:
+        known = self._known(*genome)
+        return known.key if known is not None else self._lowered[genome].key
+
+    def _genome_row(self, genome: Genome) -> np.ndarray:
+        known = self._known(*genome)
+        if known is not None:
+            return self._row(known.key, partial(self._nest, known))
+        lowered = self._lowered[genome]
+        return self._row(lowered.key, row=lowered.features)
+
+    def _scores(self, genomes: list[Genome]) -> np.ndarray:
+        return self.cost_model.predict(np.stack([self._genome_row(g) for g in genomes]))
 
     def observe(self, candidates, results) -> None:
         flops = self.dag.flops
@@ -220,26 +279,32 @@ class EvolutionarySearch(RandomSearch):
         self.measured += [(c, r.gflops(flops)) for c, r in zip(kept, results)]
         self._unfitted = self._unfitted or bool(candidates)
 
-    def _initial_population(self) -> list[Candidate]:
+    def _initial_population(self) -> list[Genome]:
         cfg = self.config
         best = sorted((x for x in self.measured if x[1] > 0), key=lambda x: -x[1])
         from_measured = [c for c, _ in best[:int(cfg.population * cfg.measured_share)]]
-        population = from_measured + self.seeds
-        while len(population) < cfg.population:
-            population.append(self.random_candidate())
-        return population
+        population = [(c.sketch, c.annotation) for c in from_measured + self.seeds]
+        return population + self._draw(cfg.population - len(population), self.random_genome)
 
-    def _offspring(self, parents: list[Candidate], weights: np.ndarray) -> Candidate:
+    def _offspring(self, parents: list[Genome], cdf: np.ndarray,
+                   by_sketch: dict[Sketch, list[Annotation]]) -> Genome:
+        """A child of `parents` drawn by `cdf` (their cumulative weights), mutated or crossed
+        with a parent of its sketch. The parent is `rng.choice(len(parents), p=weights)`'s
+        (the same uniform draw, searched in the same cumulative sum), without its checks of
+        the weights on every call."""
         cfg, rng = self.config, self.rng
-        a = parents[int(rng.choice(len(parents), p=weights))]
+        sketch, ann = parents[int(cdf.searchsorted(rng.random(), side="right"))]
         if rng.random() < cfg.mutation_probability:
-            ann = mutate(rng, self.dag, a.sketch, a.annotation, self.target)
-        else:
-            same = [p for p in parents if p.sketch == a.sketch]
-            b = same[int(rng.integers(len(same)))]
-            ann = crossover(rng, self.dag, a.sketch, a.annotation, b.annotation,
-                            self.target.machine)
-        return self.candidate(a.sketch, ann)
+            return sketch, mutate(rng, self.dag, sketch, ann, self.target)
+        same = by_sketch[sketch]
+        other = same[int(rng.integers(len(same)))]
+        return sketch, crossover(rng, self.dag, sketch, ann, other, self.target.machine)
+
+    def propose(self, n: int, measured: set[str]) -> list[Candidate]:
+        try:
+            return super().propose(n, measured)
+        finally:
+            self._lowered.clear()
 
     def _propose(self, n: int, measured: set[str]) -> list[Candidate]:
         cfg = self.config
@@ -249,9 +314,13 @@ class EvolutionarySearch(RandomSearch):
         for _ in range(cfg.generations):
             scores = self._scores(population)
             weights = np.maximum(scores - scores.min(), 1e-9)
-            weights = weights / weights.sum()
-            population = [self._offspring(population, weights)
-                          for _ in range(cfg.population)]
+            cdf = (weights / weights.sum()).cumsum()
+            cdf /= cdf[-1]
+            by_sketch: dict[Sketch, list[Annotation]] = {}
+            for sketch, ann in population:
+                by_sketch.setdefault(sketch, []).append(ann)
+            population = self._draw(cfg.population,
+                                    partial(self._offspring, population, cdf, by_sketch))
         scores = self._scores(population)
         order = np.argsort(-scores, kind="stable")
         n_random = max(0, int(round(n * cfg.epsilon)))
@@ -263,12 +332,13 @@ class EvolutionarySearch(RandomSearch):
                 seen.add(c.key)
                 out.append(c)
         for i in order:
-            c = population[int(i)]
+            genome = population[int(i)]
             if len(out) >= n - n_random:
                 break
-            if c.key not in seen:
-                seen.add(c.key)
-                out.append(replace(c, predicted=float(scores[i])))
+            key = self._key(genome)
+            if key not in seen:
+                seen.add(key)
+                out.append(replace(self.candidate(*genome), predicted=float(scores[i])))
         out += RandomSearch._propose(self, n - len(out), seen)
         return out
 

@@ -50,6 +50,7 @@ from tuner.measure.measurer import MeasureInput, Measurer, check_task_fits_memor
 from tuner.measure.result import MeasureResult, NewRecord
 from tuner.search.annotate import genome_and_nest
 from tuner.search.default import default_lowered
+from tuner.search.lowering import LoweringPool
 from tuner.search.strategies import (Candidate, CostModel, EvolutionarySearch, Featurizer,
                                      OptunaSearch, RandomSearch, SearchConfig)
 
@@ -154,7 +155,7 @@ class WarmStart:
 
 def make_strategy(name: str, task: Task, target: Target, rng: np.random.Generator,
                   config: TuneConfig, cost_model: CostModel | None,
-                  featurize: Featurizer | None):
+                  featurize: Featurizer | None, lowering: LoweringPool | None = None):
     dag = task.dag()
     if name == "random":
         return RandomSearch(dag, target, rng)
@@ -163,25 +164,29 @@ def make_strategy(name: str, task: Task, target: Target, rng: np.random.Generato
     if name == "evolutionary":
         if cost_model is None or featurize is None:
             raise ValueError("evolutionary search needs a cost model and a featurizer")
-        return EvolutionarySearch(dag, target, rng, cost_model, featurize, config.search)
+        return EvolutionarySearch(
+            dag, target, rng, cost_model, featurize, config.search,
+            lowering=lowering.bind(task, target, featurize) if lowering is not None else None)
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
 class TaskTuner:
     """One task's tuning on one target, across any number of `run`s (see the module's
     docstring). `config.trials` is the default budget of a run; `warm_start`, shared by the
-    tuners of one process and target, is made here when not given."""
+    tuners of one process and target, is made here when not given. With a `lowering` pool
+    the evolutionary search lowers its genomes on every core (tuner/search/lowering.py)."""
 
     def __init__(self, task: Task, target: Target, store, measurer: Measurer,
                  config: TuneConfig, cost_model: CostModel | None = None,
-                 featurize: Featurizer | None = None, warm_start: WarmStart | None = None):
+                 featurize: Featurizer | None = None, warm_start: WarmStart | None = None,
+                 lowering: LoweringPool | None = None):
         check_task_fits_memory(task, measurer.options)
         self.task, self.target, self.store, self.measurer = task, target, store, measurer
         self.config = config
         self.dag = task.dag()
         self.strategy = make_strategy(config.strategy, task, target,
                                       np.random.default_rng(config.seed), config, cost_model,
-                                      featurize)
+                                      featurize, lowering)
         self.warm_start = None
         if isinstance(self.strategy, EvolutionarySearch):
             self.warm_start = warm_start or WarmStart(store, target, featurize,
