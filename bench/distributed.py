@@ -60,9 +60,9 @@ def pinned_workers(count: int, threads: int, certificates: Path):
     """A `dask scheduler` and `count` `tune worker`s on this machine, worker i pinned to core
     i (modulo the cores), all as the README starts them over TLS; yields the `tune` flags
     that reach them (--cluster tls://... and the tuner's certificate) once all have joined."""
-    from tests.cluster_helpers import tls_flags
+    from tests.cluster_helpers import tls_files, tls_flags
     from distributed import Client
-    from tuner.measure.tls import TlsFiles, cluster_security
+    from tuner.measure.tls import cluster_security
 
     address = f"tls://127.0.0.1:{_free_port()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -80,7 +80,7 @@ def pinned_workers(count: int, threads: int, certificates: Path):
                  str(threads), "--name", f"worker{i}", *tls_flags(certificates, "worker1")],
                 preexec_fn=lambda core=core: os.sched_setaffinity(0, core), **quiet))
         flags = ["--cluster", address, *tls_flags(certificates, "tuner")]
-        files = TlsFiles(*flags[3::2])
+        files = tls_files(certificates, "tuner")
         deadline = time.monotonic() + 120
         with Client(address, security=cluster_security(address, files, "client"),
                     timeout=60) as client:

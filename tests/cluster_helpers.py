@@ -34,10 +34,18 @@ def make_certificates(folder: Path) -> Path:
     return folder
 
 
+def tls_files(folder: Path, name: str):
+    """The README's certificate files in `folder` for machine `name`, as a `TlsFiles`."""
+    from tuner.measure.tls import TlsFiles
+
+    return TlsFiles(str(folder / "ca.pem"), str(folder / f"{name}.pem"),
+                    str(folder / f"{name}.key"))
+
+
 def tls_flags(folder: Path, name: str) -> list[str]:
     """`tune`'s flags for machine `name` of the README's certificates in `folder`."""
-    return ["--tls-ca-file", str(folder / "ca.pem"), "--tls-cert", str(folder / f"{name}.pem"),
-            "--tls-key", str(folder / f"{name}.key")]
+    files = tls_files(folder, name)
+    return ["--tls-ca-file", files.ca_file, "--tls-cert", files.cert, "--tls-key", files.key]
 
 
 def one_error_line(capsys) -> str:

@@ -41,7 +41,8 @@ def test_faulty_kernels_on_cluster_workers_are_typed_errors_and_the_batch_goes_o
              MeasureInput(TASK, (Split("i", (2,)),)),           # never returns
              MeasureInput(TASK, (Split("i", (3,)),)),           # wrong result
              MeasureInput(TASK, (Annotate("k", "vectorize"),)),  # invalid schedule
-             good]
+             MeasureInput(TASK, (Split("i", (4,)),))]           # good too (a batch's
+    # schedules are distinct, as the tuner claims them: their answers are matched by schedule)
     options = MeasureOptions(builder="fault_builders:by_schedule", **FAST)
     with ClusterMeasurer("local:2", host_target(1), options) as measurer:
         workers = measurer.workers()
@@ -142,3 +143,42 @@ def test_a_malformed_worker_answer_is_a_failed_candidate_not_a_stored_number():
                 {**good, "error": "exploded"}, {"error": "none"}, ["not", "a", "dict"]):
         result = _result_from_json(bad)
         assert result.error is ErrorKind.CRASH and "malformed" in result.detail, bad
+
+
+def test_chunks_are_balanced_by_cost():
+    """Each candidate in exactly one chunk, each chunk in batch order, and the costliest chunk
+    within 4/3 of the best split (longest processing time first), where dealing the batch
+    out in turn would pile the costly candidates on one worker."""
+    import itertools
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for count, n in ((2, 11), (3, 9)):
+        for _ in range(20):
+            costs = list(rng.uniform(0.02, 1.3, n) ** 2)
+            chunks = cluster.balanced_chunks(costs, count)
+            assert sorted(i for c in chunks for i in c) == list(range(n))
+            assert all(c == sorted(c) for c in chunks)
+            best = min(max(sum(costs[i] for i in range(n) if owner[i] == k)
+                           for k in range(count))
+                       for owner in itertools.product(range(count), repeat=n))
+            assert max(sum(costs[i] for i in c) for c in chunks) <= 4 / 3 * best + 1e-12
+    costly_first = [5.0, 1.0, 5.0, 1.0, 5.0, 1.0]
+    chunks = cluster.balanced_chunks(costly_first, 2)
+    assert sorted(sum(costly_first[i] for i in c) for c in chunks) == [8.0, 10.0]
+
+
+def test_a_candidate_costs_more_the_more_code_it_unrolls():
+    from tuner.search.default import default_lowered
+
+    task = Task.create("matmul", (64, 64, 64))
+    target = host_target(1)
+    steps, nest = default_lowered(task.dag(), target)
+    rolled = tuple(s for s in steps if not (isinstance(s, Annotate) and s.annotation == "unroll"))
+    lanes = target.machine.lanes
+    unrolled_cost = cluster.candidate_cost(MeasureInput(task, steps, nest), lanes)
+    rolled_cost = cluster.candidate_cost(MeasureInput(task, rolled), lanes)
+    assert unrolled_cost > rolled_cost > cluster.CANDIDATE_COST
+    invalid = MeasureInput(task, (Annotate("k", "vectorize"),))
+    assert cluster.candidate_cost(invalid, lanes) == cluster.CANDIDATE_COST

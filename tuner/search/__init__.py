@@ -4,6 +4,7 @@
     annotate.py    tile sizes, vector axis, unrolling, parallelism: sample, mutate, lower
     default.py     a register-blocked schedule for any contraction, before tuning
     strategies.py  evolutionary (cost model), random and Optuna TPE strategies
+    lowering.py    a generation's genomes lowered and featurized on every core
     tune.py        TaskTuner: one task's search, cost model and records across runs; tune()
 
 The cost model (costmodel/) and the records (records/) are passed in, never imported.
