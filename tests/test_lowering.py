@@ -100,7 +100,7 @@ def test_a_pool_that_loses_a_process_says_so_once_and_lowers_here():
             again = lowering.submit(genomes).result()
             assert [x.key for x in again] == [x.key for x in expected]
             assert all(np.array_equal(a.features, b.features) for a, b in zip(again, expected))
-        assert len(said) == 1 and "lowering process died" in said[0], said
+        assert len(said) == 1 and "lowering process is lost" in said[0], said
         assert not pool.usable
 
 
@@ -115,3 +115,20 @@ def test_a_request_a_process_fails_on_raises_here_and_the_pool_goes_on(pool):
         pool.bind(task, target, failing_featurize).submit(genomes).result()
     assert pool.usable
     assert len(pool.bind(task, target, extract_features).submit(genomes).result()) == MIN_POOLED
+
+
+def test_a_pool_that_cannot_start_its_processes_lowers_here(monkeypatch):
+    import tuner.search.lowering as lowering
+
+    def no_process():
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(lowering, "_Process", no_process)
+    task, target = TASKS[0], host_target(1)
+    genomes = _genomes(task, target, MIN_POOLED, seed=3)
+    said: list[str] = []
+    with LoweringPool(2, say=said.append) as pool:
+        lowered = pool.bind(task, target, extract_features).submit(genomes).result()
+    expected = LowerHere(task.dag(), target, extract_features).submit(genomes).result()
+    assert [x.key for x in lowered] == [x.key for x in expected]
+    assert len(said) == 1 and "Resource temporarily unavailable" in said[0], said

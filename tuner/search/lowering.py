@@ -222,7 +222,11 @@ class LoweringPool:
                     proc.conn.recv()
 
     def submit(self, job: _PoolJob) -> _PoolJob:
-        self.start()
+        try:
+            self.start()
+        except OSError as err:  # no process to be had (a limit on processes, memory)
+            self._lost(err)
+            return job  # lowered here when its result is asked for
         self._queue.append(job)
         self.pump(wait=False)
         return job
@@ -254,11 +258,12 @@ class LoweringPool:
                 proc.conn.send(proc.job.request)
 
     def _lost(self, err: BaseException) -> None:
-        """A process died: said once; what was queued or under way is lowered here."""
-        dead = [p.proc.poll() for p in self._procs]
+        """A process died or could not start: said once; what was queued or under way is
+        lowered here."""
+        statuses = [p.proc.poll() for p in self._procs]
         self._broken = True
-        self.say(f"a lowering process died ({type(err).__name__}, exit statuses {dead}): "
-                 "lowering in the tuner's process from now on")
+        self.say(f"a lowering process is lost ({type(err).__name__}: {err}; exit statuses "
+                 f"{statuses}): lowering in the tuner's process from now on")
         self.close()
 
     def close(self) -> None:
