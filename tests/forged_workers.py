@@ -6,7 +6,9 @@ measures honestly, then worker "0" of a `local:N` cluster forges its answer:
 - `answers_for_schedules_not_sent`: its first chunk's results claim schedules the tuner never
   sent, with timings far better than any kernel (what would become "best" records);
 - `answers_for_another_target`: every answer says it was measured for another target than
-  the one its Dask resource advertises.
+  the one its Dask resource advertises;
+- `fails_once`: its first chunk raises (a worker that cannot start its measurer, say),
+  having measured nothing.
 
 Worker "1" stays honest, so tuning can go on."""
 
@@ -42,3 +44,10 @@ def answers_for_another_target(*args, **kwargs) -> dict:
         own = get_worker().plugins[TargetPlugin.name].target
         answer["target"] = own.with_threads(own.threads + 1).key
     return answer
+
+
+def fails_once(*args, **kwargs) -> dict:
+    if _forger() and not _forged_once:
+        _forged_once.append(True)
+        raise OSError("cannot start a build worker")
+    return measure_chunk(*args, **kwargs)

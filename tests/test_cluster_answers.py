@@ -118,3 +118,18 @@ def test_an_answer_is_matched_to_what_was_sent_by_task_and_schedule():
         assert check_answer(malformed, sent) == check_answer(None, sent)
         assert check_answer(malformed, sent).target is None
     assert check_answer({"target": 42, "results": []}, sent).target is None
+
+
+def test_a_chunk_that_fails_on_its_worker_stays_unmeasured_not_crashed(
+        tmp_path, worker_path, monkeypatch):
+    """Worker 0's first chunk raises: its candidates are no crash of theirs, so nothing of
+    them is stored, their claims are released, one line says so, and they are measured in a
+    later batch; the run still measures its whole budget."""
+    run = _tune_with_forgery(forged_workers.fails_once, tmp_path, monkeypatch)
+    assert run.result.trials_run == 8 and len(run.history) == 8 and not run.claims
+    assert all(r.result.ok for r in run.history), [r.result.detail for r in run.history]
+    assert run.result.default_gflops is not None  # measured, in a later batch if it failed
+    (line,) = run.said
+    assert line.startswith("a worker failed on a chunk of 2 candidate(s) (OSError: cannot "
+                           "start a build worker"), line
+    assert line.endswith("they stay unmeasured"), line

@@ -43,7 +43,9 @@ for tests), each on its own share of the cores when there are enough.
   however Dask retried its chunk, and workers never write to the store.
 - **A worker that dies mid-batch** (killed, or its network gone): Dask runs its chunk again on a
   worker that remains (up to its `allowed-failures`), and the tuner says in one line which
-  workers left. With none left for the target, the batch's unfinished candidates are released
+  workers left. A chunk that took that many workers with it is stored as crashes; one that
+  failed on its worker with an error (a worker that cannot start its measurer, say) is not
+  the candidates' doing: they stay unmeasured, and one line says so. With none left for the target, the batch's unfinished candidates are released
   and the run stops with one line (TunerError); what was stored stays.
 
 A batch is split into one chunk per worker serving the target, so each worker's `Measurer`
@@ -250,7 +252,10 @@ class ClusterMeasurer:
 
     def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult | None]:
         """One result per input, in order; None for a candidate whose answer was dropped
-        (see the docstring): it was not measured."""
+        (see the docstring) or whose chunk failed on its worker with an error (not by the
+        worker's death): it was not measured."""
+        from distributed import KilledWorker
+
         if not inputs:
             return []
         workers = self.workers()
@@ -277,11 +282,17 @@ class ClusterMeasurer:
             dropped: dict[str, int] = {}           # worker name -> its answers dropped
             refused: dict[str, str | None] = {}    # worker address -> the target it reported
             for chunk, future in zip(chunks, futures):
-                if future.status != "finished":  # failed on every worker it went to
-                    detail = one_line(future.exception())[:300]
-                    for i in chunk:
-                        results[i] = MeasureResult(ErrorKind.CRASH, f"the worker measuring it "
-                                                   f"died: {detail}", timestamp=time.time())
+                if future.status != "finished":
+                    error = future.exception()
+                    detail = one_line(error)[:300]
+                    if isinstance(error, KilledWorker):  # it took every worker it went to
+                        for i in chunk:
+                            results[i] = MeasureResult(
+                                ErrorKind.CRASH, f"the worker measuring it died: {detail}",
+                                timestamp=time.time())
+                    else:  # the worker failed, not the candidates: measured again later
+                        self.say(f"a worker failed on a chunk of {len(chunk)} candidate(s) "
+                                 f"({type(error).__name__}: {detail}); they stay unmeasured")
                     continue
                 checked = check_answer(future.result(), {
                     (task.key, schedule_digest(schedules[i])): i for i in chunk})
