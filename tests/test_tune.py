@@ -321,3 +321,18 @@ def test_a_closed_pipe_ends_quietly(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["show", "--db", str(tmp_path / "r.db")]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_optuna_trials_of_candidates_never_measured_do_not_stay_running(target1):
+    """A batch's candidates that were not measured (claimed by another process, dropped by a
+    cluster) are never observed: the next proposal tells their trials as failed."""
+    import optuna
+
+    search = OptunaSearch(TASK.dag(), target1, np.random.default_rng(0))
+    first = search.propose(4, set())
+    search.observe(first[:2], [MeasureResult(ErrorKind.NONE, "", (1e-4,), 1)] * 2)
+    second = search.propose(4, {c.key for c in first[:2]})
+    states = [t.state for t in search.study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 2
+    running = [t for t in search.study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == len(second) == 4

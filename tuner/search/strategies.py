@@ -345,7 +345,10 @@ class EvolutionarySearch(RandomSearch):
 
 
 class OptunaSearch:
-    """TPE over the annotation parameters; one Optuna trial per candidate."""
+    """TPE over the annotation parameters; one Optuna trial per candidate. A candidate the
+    tuning loop proposed but did not measure (another process claimed it, or its cluster
+    answer was dropped: tuner/search/tune.py) is told as failed at the next proposal, so no
+    trial stays running for ever."""
     name = "optuna"
 
     def __init__(self, dag: ComputeDAG, target: Target, rng: np.random.Generator):
@@ -382,6 +385,12 @@ class OptunaSearch:
         return [",".join(map(str, r)) for r in results]
 
     def propose(self, n: int, measured: set[str]) -> list[Candidate]:
+        import optuna
+
+        # the loop observes what it measured before it asks again: what is pending was not
+        for trial in self.pending.values():
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.pending.clear()
         out, seen = [], set(measured)
         attempts = 0
         while len(out) < n and attempts < 50 * n:
