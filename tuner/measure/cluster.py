@@ -60,8 +60,10 @@ candidates of one model.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -74,7 +76,7 @@ from tuner.measure.cluster_worker import (TargetPlugin, measure_chunk, schedule_
                                           target_resource)
 from tuner.measure.measurer import MeasureInput, MeasureOptions
 from tuner.measure.result import ErrorKind, MeasureResult
-from tuner.measure.tls import (TlsFiles, cluster_security, handshake_refused,
+from tuner.measure.tls import (TlsFiles, check_accepted, cluster_security, handshake_refused,
                                temporary_security)
 
 LOCAL = "local:"
@@ -133,6 +135,26 @@ def check_answer(answer, sent: dict[tuple[str, str], int]) -> CheckedAnswer:
     return CheckedAnswer(target if isinstance(target, str) else None, results, dropped)
 
 
+def _check_answers(address: str, security) -> None:
+    """`check_accepted` as the tuner, before its Dask client connects: the client's timeout
+    bounds reaching the scheduler, not the handshake after it, so a peer that accepts and never
+    answers would hold the tuner for ever. On a thread of its own, as the caller may be inside
+    an event loop already (a notebook's)."""
+    errors: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            asyncio.run(check_accepted(address, security, "client", CONNECT_TIMEOUT_S))
+        except BaseException as err:  # raised again in the caller's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
 def candidate_cost(item: MeasureInput, lanes: int) -> float:
     """What measuring `item` costs a worker, in IR instructions (`CANDIDATE_COST`)."""
     try:
@@ -187,8 +209,9 @@ class ClusterMeasurer:
                 self._start_local_cluster(address, tls)
                 self.client = Client(self._cluster)
             else:
-                self.client = Client(address, timeout=CONNECT_TIMEOUT_S,
-                                     security=cluster_security(address, tls, "client"))
+                security = cluster_security(address, tls, "client")
+                _check_answers(address, security)
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S, security=security)
         except TunerError:
             self.close()
             raise

@@ -12,10 +12,12 @@ Dask's configuration fills it in (`distributed.comm.tls.ca-file`, `...tls.client
 tuner, `...tls.worker.cert` for a worker). What this module adds is checking at the boundary,
 so that each mistake is one line naming the bad value before anything connects: TLS files
 with a plain address, a `tls://` address without a CA or certificate, a file that is missing
-or does not load. `check_accepted` then makes one connection as a worker would, because a Dask
-worker whose certificate the scheduler refuses (or that speaks plain tcp:// to a TLS
-scheduler) would otherwise wait to join for ever; `handshake_refused` words that refusal for
-tuner and worker alike.
+or does not load. `check_accepted` then makes one connection as a worker (or the tuner) would,
+because a Dask worker whose certificate the scheduler refuses (or that speaks plain tcp:// to
+a TLS scheduler) would otherwise wait to join for ever, and a tuner or worker whose peer
+accepts the connection and never answers (Dask bounds reaching an address, not the handshake
+after it) would wait for ever too; `handshake_refused` words that refusal for tuner and worker
+alike.
 
 `--cluster local:N` needs no files: its cluster always runs over TLS with a certificate made
 for the run (`temporary_security`, Dask's `Security.temporary`), held in memory by the tuner
@@ -25,6 +27,8 @@ user or feed it timings. The price is one key generation per run and TLS on the 
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import os
 from dataclasses import dataclass
@@ -154,10 +158,15 @@ async def check_accepted(address: str, security, role: str, timeout_s: float) ->
 
     args = (security or Security()).get_connection_args(role)
     try:
-        comm = await connect(address, timeout=timeout_s, **args)
+        # Dask's own timeout bounds reaching the address, not the handshake after it: a peer
+        # that accepts and never answers would hold this for ever
+        comm = await asyncio.wait_for(connect(address, timeout=timeout_s, **args), timeout_s)
     except CommClosedError as err:
         raise handshake_refused(address, role, err) from None
-    except (OSError, TimeoutError) as err:
+    except TimeoutError:
+        raise TunerError(f"cannot reach the Dask scheduler at {address}: no answer within "
+                         f"{timeout_s:g} s") from None
+    except OSError as err:
         raise TunerError(f"cannot reach the Dask scheduler at {address}: "
                          f"{one_line(err)}") from None
     await comm.close()
