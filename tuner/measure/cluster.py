@@ -45,8 +45,9 @@ for tests), each on its own share of the cores when there are enough.
   worker that remains (up to its `allowed-failures`), and the tuner says in one line which
   workers left. A chunk that took that many workers with it is stored as crashes; one that
   failed on its worker with an error (a worker that cannot start its measurer, say) is not
-  the candidates' doing: they stay unmeasured, and one line says so. With none left for the target, the batch's unfinished candidates are released
-  and the run stops with one line (TunerError); what was stored stays.
+  the candidates' doing: they stay unmeasured, and one line says so. With no worker left for
+  the target, the batch's unfinished candidates are released and the run stops with one line
+  (TunerError); what was stored stays.
 
 A batch is split into one chunk per worker serving the target, so each worker's `Measurer`
 builds a chunk on all its cores at once and overlaps builds with timings as it does locally.
@@ -135,7 +136,7 @@ def check_answer(answer, sent: dict[tuple[str, str], int]) -> CheckedAnswer:
     return CheckedAnswer(target if isinstance(target, str) else None, results, dropped)
 
 
-def _check_answers(address: str, security) -> None:
+def _check_scheduler_answers(address: str, security) -> None:
     """`check_accepted` as the tuner, before its Dask client connects: the client's timeout
     bounds reaching the scheduler, not the handshake after it, so a peer that accepts and never
     answers would hold the tuner for ever. On a thread of its own, as the caller may be inside
@@ -210,7 +211,7 @@ class ClusterMeasurer:
                 self.client = Client(self._cluster)
             else:
                 security = cluster_security(address, tls, "client")
-                _check_answers(address, security)
+                _check_scheduler_answers(address, security)
                 self.client = Client(address, timeout=CONNECT_TIMEOUT_S, security=security)
         except TunerError:
             self.close()

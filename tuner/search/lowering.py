@@ -78,9 +78,9 @@ def lower_genomes(dag: ComputeDAG, target: Target, featurize: Featurizer,
             valid = True
         except ScheduleError:
             valid = False
-        lowered = Lowered(schedule_to_json(steps), valid, featurize(nest, target))
-        out.append(Lowered(lowered.key, valid, lowered.features, steps, nest) if keep
-                   else lowered)
+        key, features = schedule_to_json(steps), featurize(nest, target)
+        out.append(Lowered(key, valid, features, steps, nest) if keep
+                   else Lowered(key, valid, features))
     return out
 
 

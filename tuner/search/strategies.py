@@ -30,14 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 
 from tuner.search.annotate import (UNROLL_CHOICES, Annotation, divisors, outer_loops, crossover,
                             expert_seeds, fits, lower, mutate, sample, split_axes)
 from tuner.ir.dag import ComputeDAG
-from tuner.measure.result import MeasureResult
 from tuner.errors import ScheduleError
 from tuner.ir.schedule import LoopNest, Step, apply_steps, check_nest, schedule_to_json
 from tuner.search.lowering import Featurizer, Genome, Job, LowerHere, Lowered, Lowering
