@@ -213,26 +213,33 @@ def test_dask_configuration_gives_the_tls_files_a_flag_leaves_out(cluster_certif
             cluster_security("tls://h:8786", TlsFiles(ca_file=ca), "client")
 
 
-def test_tune_worker_gives_up_on_a_scheduler_that_never_answers(monkeypatch, capsys):
-    """A listener that accepts the connection and never speaks (a scheduler that hangs, or
-    something else on its port): `tune worker` stops with one line once JOIN_TIMEOUT_S has
-    passed (shortened here), where a Dask worker would wait for ever."""
-    import socket
+def _run_against_a_silent_listener(args_for) -> tuple[int, str]:
+    """(exit status, address) of `tune` with `args_for(address)`, where the address is a
+    listener that accepts the connection and never speaks (a scheduler that hangs, or
+    something else on its port). Run on a thread, so that a hang fails the test."""
     import threading
 
-    import tuner.measure.cluster_worker as cluster_worker
-
-    monkeypatch.setattr(cluster_worker, "JOIN_TIMEOUT_S", 1.0)
     codes: list[int] = []
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
-        worker = threading.Thread(target=lambda: codes.append(cli.main(["worker", address])),
-                                  daemon=True)
-        worker.start()
-        worker.join(60)  # a bound on a hang, not a measure of speed
-    assert not worker.is_alive() and codes and codes[0] != cli.EXIT_OK
+        run = threading.Thread(target=lambda: codes.append(cli.main(args_for(address))),
+                               daemon=True)
+        run.start()
+        run.join(60)  # a bound on a hang, not a measure of speed
+    assert not run.is_alive() and codes, f"tune {args_for(address)} still waits"
+    return codes[0], address
+
+
+def test_tune_worker_gives_up_on_a_scheduler_that_never_answers(monkeypatch, capsys):
+    """`tune worker` stops with one line once JOIN_TIMEOUT_S has passed (shortened here),
+    where a Dask worker would wait for ever."""
+    import tuner.measure.cluster_worker as cluster_worker
+
+    monkeypatch.setattr(cluster_worker, "JOIN_TIMEOUT_S", 1.0)
+    code, address = _run_against_a_silent_listener(lambda address: ["worker", address])
+    assert code != cli.EXIT_OK
     joining, line = capsys.readouterr().err.strip().splitlines()  # what it tried, and why not
     assert joining.startswith("tune: worker for ") and joining.endswith(f"joining {address}")
     assert line == (f"tune: error: cannot reach the Dask scheduler at {address}: no answer "
@@ -240,22 +247,12 @@ def test_tune_worker_gives_up_on_a_scheduler_that_never_answers(monkeypatch, cap
 
 
 def test_a_tuner_gives_up_on_a_scheduler_that_never_answers(monkeypatch, capsys, tmp_path):
-    """The same silent listener as --cluster: one line once CONNECT_TIMEOUT_S has passed
-    (shortened here); Dask's client alone would wait in its handshake for ever."""
-    import threading
-
+    """The same with --cluster: one line once CONNECT_TIMEOUT_S has passed (shortened here);
+    Dask's client alone would wait in its handshake for ever."""
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
-    codes: list[int] = []
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
-        tuner = threading.Thread(target=lambda: codes.append(cli.main(
-            TUNE + ["--trials", "2", "--cluster", address, "--db", str(tmp_path / "r.db")])),
-            daemon=True)
-        tuner.start()
-        tuner.join(60)  # a bound on a hang, not a measure of speed
-    assert not tuner.is_alive() and codes and codes[0] != cli.EXIT_OK
+    code, address = _run_against_a_silent_listener(lambda address: TUNE + [
+        "--trials", "2", "--cluster", address, "--db", str(tmp_path / "r.db")])
+    assert code != cli.EXIT_OK
     line = one_error_line(capsys)
     assert line == (f"tune: error: cannot reach the Dask scheduler at {address}: no answer "
                     f"within 1 s"), line

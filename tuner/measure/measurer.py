@@ -101,25 +101,56 @@ def _death(exitcode: int | None) -> tuple[ErrorKind, str]:
     return ErrorKind.CRASH, f"worker exited with status {exitcode}"
 
 
-class _Worker:
-    """A worker process and our end of its socket."""
+class ChildProcess:
+    """A fresh interpreter running `python -m MODULE FD *ARGS`, and our end of its socket
+    (FD in it). It imports what this process can import (a builder may live anywhere), and
+    runs in a session of its own: the terminal's Ctrl-C reaches this process alone, which
+    stops its children itself (and they die with it: worker.die_with_parent). The measurer's
+    workers are these, and so are the search's lowering processes (tuner/search/lowering.py)."""
+
+    def __init__(self, module: str, *args: str):
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(theirs.fileno()), *args],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def exitcode(self, wait_s: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> None:
+        """Asks it to end (None), and kills it if it has not within a second."""
+        if self.proc.poll() is None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            if self.exitcode(1.0) is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.conn.close()
+
+
+class _Worker(ChildProcess):
+    """A measure worker process (tuner/measure/worker.py) and the job it has."""
 
     def __init__(self, role: str, cpus, options: MeasureOptions):
-        self.role, self.cpus = role, cpus
-        ours, theirs = socket.socketpair()
         config = {"role": role, "cpus": cpus, "builder": options.builder,
                   "memory_bytes": int(_physical_memory() * options.memory_fraction),
                   "parent": os.getpid()}
-        # the worker imports what this process can import (a builder may live anywhere)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        # a session of its own: the terminal's Ctrl-C reaches the tuner alone, which stops
-        # its workers itself (and they die with it: measure_worker.die_with_parent)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.measure.worker", str(theirs.fileno()),
-             json.dumps(config)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True)
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        super().__init__("tuner.measure.worker", json.dumps(config))
+        self.role, self.cpus = role, cpus
         self.job: int | None = None
         self.deadline = 0.0
         self.served = 0
@@ -135,28 +166,6 @@ class _Worker:
             return False
         self.job, self.deadline = job, time.monotonic() + timeout_s
         return True
-
-    def exitcode(self, wait_s: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-            if self.exitcode(1.0) is None:
-                self.proc.kill()
-                self.proc.wait()
-        self.conn.close()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.conn.close()
 
 
 class Measurer:

@@ -166,8 +166,7 @@ def blas_on_one_thread() -> None:
 
 def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | None,
                 builder: str, parent: int | None = None) -> None:
-    """Serve requests until the parent sends None or goes away (then exit quietly: nobody
-    is left to read an answer or a traceback)."""
+    """Serves the builder's or the runner's requests (`serve`)."""
     if parent is not None:
         die_with_parent(parent)
     if cpus:
@@ -177,6 +176,22 @@ def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | Non
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     handler = resolve(builder) if role == "build" else run
+
+    def answer(request: dict) -> dict:
+        try:
+            return handler(request)
+        except MemoryError:
+            return _error(ErrorKind.OUT_OF_MEMORY, "out of memory")
+        except Exception:  # a bug of ours: report it with the candidate, keep serving
+            return _error(ErrorKind.RUNTIME_ERROR, traceback.format_exc(limit=3))
+    serve(conn, answer)
+
+
+def serve(conn, answer) -> None:
+    """Sends `answer(request)` for each request until the parent sends None or goes away
+    (then returns quietly: nobody is left to read an answer or a traceback). `answer` turns
+    its own failures into answers. The measure workers serve so, and the search's lowering
+    processes (tuner/search/lowering.py)."""
     while True:
         try:
             request = conn.recv()
@@ -185,13 +200,7 @@ def worker_main(conn, role: str, cpus: list[int] | None, memory_bytes: int | Non
         if request is None:
             return
         try:
-            answer = handler(request)
-        except MemoryError:
-            answer = _error(ErrorKind.OUT_OF_MEMORY, "out of memory")
-        except Exception:  # a bug of ours: report it with the candidate, keep serving
-            answer = _error(ErrorKind.RUNTIME_ERROR, traceback.format_exc(limit=3))
-        try:
-            conn.send(answer)
+            conn.send(answer(request))
         except OSError:  # the parent is gone (BrokenPipeError, ConnectionResetError)
             return
 

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import os
 import sys
-import socket
-import subprocess
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
@@ -46,6 +44,7 @@ from tuner.ir.dag import ComputeDAG
 from tuner.ir.schedule import LoopNest, Step, check_nest, schedule_to_json
 from tuner.ir.target import Target
 from tuner.ir.task import Task
+from tuner.measure.measurer import ChildProcess
 from tuner.search.annotate import Annotation, lower
 from tuner.search.sketch import Sketch
 
@@ -145,31 +144,12 @@ class _PoolJob:
         return self.lowered
 
 
-class _Process:
-    """A pool process and our end of its socket."""
+class _Process(ChildProcess):
+    """A pool process (`python -m tuner.search.lowering`) and the request it has."""
 
     def __init__(self):
-        from multiprocessing.connection import Connection
-
-        ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search.lowering", str(theirs.fileno()),
-             str(os.getpid())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True)
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        super().__init__("tuner.search.lowering", str(os.getpid()))
         self.job: _PoolJob | None = None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.conn.send(None)
-                self.proc.wait(timeout=1.0)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,24 +263,16 @@ def _serve(conn, parent: int) -> None:
     """A pool process: answers requests until the tuner sends None or is gone."""
     import traceback
 
-    from tuner.measure.worker import die_with_parent
+    from tuner.measure.worker import die_with_parent, serve
+
+    def answer(request) -> tuple:
+        try:
+            return "ok", [] if request == "ready?" else _lower_request(*request)
+        except Exception:  # lowered again in the tuner's process, which raises it there
+            return "error", traceback.format_exc(limit=3)
 
     die_with_parent(parent)
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        if request is None:
-            return
-        try:
-            answer = ("ok", [] if request == "ready?" else _lower_request(*request))
-        except Exception:  # lowered again in the tuner's process, which raises it there
-            answer = ("error", traceback.format_exc(limit=3))
-        try:
-            conn.send(answer)
-        except OSError:
-            return
+    serve(conn, answer)
 
 
 if __name__ == "__main__":
