@@ -12,10 +12,12 @@ kind "tuned"), onnxruntime's int8 operator and onnxruntime's float32 Conv / MatM
 Printed: GOPS (2 x multiply-accumulates per second, as GFLOPS for float32), int8 / onnxruntime
 int8, int8 / our float32, and geometric means. Our int8 kernels are exact (uint8 x int8 sums
 in int32); on a CPU without VNNI, onnxruntime's MLAS uses vpmaddubsw, which saturates a pair of
-products to int16 (tuner/codegen/quantized.py says why we do not).
+products to int16 (tuner/codegen/quantized.py says why we do not). With `--reduce-range` the
+weights (ours and onnxruntime's) lie in [-64, 64], as onnxruntime's quantizer writes them with
+reduce_range=True: no pair saturates, and our kernels use vpmaddubsw too.
 
     python bench/int8.py [--trials 64] [--threads 1] [--only resnet50.res2.3x3 ...]
-                         [--db /tmp/bench_int8.db] [--no-tune]
+                         [--db /tmp/bench_int8.db] [--no-tune] [--reduce-range]
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ from tuner.measure.measurer import Measurer  # noqa: E402
 from tuner.search.tune import TuneConfig, tune  # noqa: E402
 
 
-def int8_task(task: Task) -> Task:
-    """The int8 task onnxruntime's QLinearConv / QLinearMatMul computes for `task`'s shape."""
+def int8_task(task: Task, reduce_range: bool = False) -> Task:
+    """The int8 task onnxruntime's QLinearConv / QLinearMatMul computes for `task`'s shape;
+    with `reduce_range`, of weights in [-64, 64] (what onnxruntime's quantizer writes with
+    reduce_range=True)."""
     attrs = {k: v for k, v in task.attr_dict.items() if k not in ("relu", "gelu", "residual")}
     attrs["out_type"] = 1
+    if reduce_range:
+        attrs["reduce_range"] = True
     if task.op == "conv2d":
         attrs["bias"] = True
     return Task.create(task.op, task.shape, "int8", **attrs)
@@ -66,6 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--db", default="/tmp/bench_int8.db")
     parser.add_argument("--no-tune", action="store_true",
                         help="time what --db holds (tuned before)")
+    parser.add_argument("--reduce-range", action="store_true",
+                        help="int8 weights in [-64, 64] (7-bit, onnxruntime's reduce_range) for "
+                        "both: on CPUs without VNNI ours then use vpmaddubsw, exactly")
     args = parser.parse_args(argv)
     target = host_target(args.threads)
     url = f"sqlite:///{args.db}"
@@ -76,7 +85,7 @@ def main(argv=None) -> int:
     if not args.no_tune:
         with RecordStore(url) as store, Measurer(target) as measurer:
             for name, task in shapes:
-                for tuned in (int8_task(task), float_task(task)):
+                for tuned in (int8_task(task, args.reduce_range), float_task(task)):
                     result = tune(tuned, target, store, measurer,
                                   TuneConfig(trials=args.trials), XGBCostModel(),
                                   extract_features)
@@ -87,10 +96,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     vs_ort, vs_float = [], []
     for name, task in shapes:
-        ours = measure_in_subprocess("tuned", int8_task(task), args.threads, db=url, cpu=None)
+        quantized = int8_task(task, args.reduce_range)
+        ours = measure_in_subprocess("tuned", quantized, args.threads, db=url, cpu=None)
         ours_float = measure_in_subprocess("tuned", float_task(task), args.threads, db=url,
                                            cpu=None)
-        ort = measure_in_subprocess("onnxruntime", int8_task(task), args.threads)
+        ort = measure_in_subprocess("onnxruntime", quantized, args.threads)
         ort_float = measure_in_subprocess("onnxruntime", float_task(task), args.threads)
 
         def fmt(x):

@@ -2,15 +2,18 @@
 
 `quant_pre_process` (onnxruntime's recommended first step: shape inference and BatchNormalization
 folded into the convolutions), then `quantize_static` (QDQ format, its default: int8
-activations and weights, per tensor unless `--per-channel`), calibrated on `--calibration` random inputs of the model's shape (uniform in
-[-1, 1]: the weights are random too, so no real data would calibrate them better), for the
-convnets; `quantize_dynamic` (MatMulInteger with DynamicQuantizeLinear) for the BERT layer, as
-onnxruntime's guide recommends for transformers. Each file goes to `--out/<name>.int8.onnx`;
+activations and weights, per tensor unless `--per-channel`), calibrated on `--calibration`
+random inputs of the model's shape (uniform in [-1, 1]: the weights are random too, so no real
+data would calibrate them better), for the convnets; `quantize_dynamic` (MatMulInteger with
+DynamicQuantizeLinear) for the BERT layer, as onnxruntime's guide recommends for transformers.
+`--reduce-range` quantizes weights to 7 bits ([-64, 64]), as onnxruntime advises for CPUs
+without VNNI: our kernels then sum them with vpmaddubsw, exactly. Each file goes to
+`--out/<name>.int8.onnx` (`<name>.int8r.onnx` with `--reduce-range`);
 then `python bench/model.py --onnx FILE` tunes, packages and times it against onnxruntime on
 the same file.
 
     python bench/quantized_models.py --out /tmp/qmodels [--models resnet50 mobilenetv2]
-                                     [--per-channel] [--calibration 8]
+                                     [--per-channel] [--calibration 8] [--reduce-range]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from bench.models import MODELS, write_models  # noqa: E402
 
 
 def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
-             calibration: int) -> Path:
+             calibration: int, reduce_range: bool = False) -> Path:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, quantize_dynamic,
                                           quantize_static)
@@ -37,7 +40,7 @@ def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
     if name == "bert_layer":
-        quantize_dynamic(str(prepared), str(out))
+        quantize_dynamic(str(prepared), str(out), reduce_range=reduce_range)
         return out
     graph_input = model.graph.input[0]
     shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
@@ -51,7 +54,8 @@ def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(prepared), str(out), Reader(), per_channel=per_channel)
+    quantize_static(str(prepared), str(out), Reader(), per_channel=per_channel,
+                    reduce_range=reduce_range)
     return out
 
 
@@ -62,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                         default=["resnet50", "mobilenetv2"])
     parser.add_argument("--per-channel", action="store_true")
     parser.add_argument("--calibration", type=int, default=8)
+    parser.add_argument("--reduce-range", action="store_true",
+                        help="7-bit weights (onnxruntime's advice for CPUs without VNNI), "
+                        "written to <name>.int8r.onnx")
     args = parser.parse_args(argv)
+    suffix = ".int8r.onnx" if args.reduce_range else ".int8.onnx"
     for name, path in write_models(args.out, args.models).items():
-        quantized = quantize(path, args.out / f"{name}.int8.onnx", name, args.per_channel,
-                             args.calibration)
+        quantized = quantize(path, args.out / f"{name}{suffix}", name, args.per_channel,
+                             args.calibration, args.reduce_range)
         print(f"{name}: {quantized}")
     return 0
 

@@ -32,7 +32,7 @@ GELU_VALUES = {0: "none", 1: "erf", 2: "tanh"}
 # differ from the template's default, so that records made before they existed still name the
 # same tasks.
 KEYED_WHEN_SET = frozenset({"residual", "gelu", "a_order", "b_order", "out_order",
-                            "out_type"})
+                            "out_type", "reduce_range"})
 
 
 def key_attrs(full: dict, defaults: dict) -> dict:
@@ -120,7 +120,9 @@ TASK_DTYPES = ("float32", "int8")
 
 def check_dtype(op: str, dtype: str, full: dict) -> None:
     """The dtype and the attributes only one dtype takes: int8 kernels have the int32 bias,
-    ReLU and an output type (`out_type`), not GELU, ReLU6 or a residual."""
+    ReLU, an output type (`out_type`) and weights of reduced range (`reduce_range`: every
+    weight in tuner.ir.dag.REDUCED_WEIGHT_RANGE, as onnxruntime's quantizer writes them with
+    reduce_range=True), not GELU, ReLU6 or a residual."""
     if dtype not in TASK_DTYPES:
         raise ShapeError(f"{op} dtype expects one of {', '.join(TASK_DTYPES)}, got {dtype!r}")
     out_type = full.get("out_type", 0)
@@ -128,9 +130,10 @@ def check_dtype(op: str, dtype: str, full: dict) -> None:
         choices = ", ".join(f"{v} ({kind})" for v, kind in OUT_TYPE_VALUES.items())
         raise ShapeError(f"{op} attribute out_type expects one of {choices}, got {out_type!r}")
     if dtype == "float32":
-        if out_type:
-            raise ShapeError(f"{op} attribute out_type is for int8 kernels; this one is "
-                             f"float32")
+        for name in ("out_type", "reduce_range"):
+            if full.get(name):
+                raise ShapeError(f"{op} attribute {name} is for int8 kernels; this one is "
+                                 f"float32")
         return
     for name, value, why in (("gelu", full.get("gelu", 0), "GELU"),
                              ("residual", full.get("residual", False), "a residual")):

@@ -16,7 +16,8 @@ dtype int8: uint8 data, int8 weight, int32 bias and sums, and the epilogue `out_
 channels or more, they are reduced in groups of four (`c` and `ci`, tuner.ir.dag.DOT_GROUP)
 for the dot-product instructions; a last group that overhangs reads zero weights (and the
 input's zero point, which they multiply to nothing). Depthwise convolutions have no channel
-reduction and multiply lane by lane.
+reduction and multiply lane by lane. `reduce_range`: the weight takes only
+tuner.ir.dag.REDUCED_WEIGHT_RANGE.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import numpy as np
 from templates._common import (check_dtype, check_shape, dot_split, epilogue_reference,
                               fill_attrs, quantization, quantized_reference, residual_operand,
                               split_inputs)
-from tuner.ir.dag import OUT_TYPES, Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import OUT_TYPES, REDUCED_WEIGHT_RANGE, Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "conv2d"
 SHAPE_FORM = "N,C,H,W,K,R,S"
 DEFAULTS = {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": False, "relu": 0,
-            "residual": False, "gelu": 0, "out_type": 0}
+            "residual": False, "gelu": 0, "out_type": 0, "reduce_range": False}
 
 
 def normalize_attrs(shape, attrs: dict, dtype: str = "float32") -> dict:
@@ -49,7 +50,8 @@ def output_hw(h: int, w: int, r: int, s: int, stride: int, pad: int, dilation: i
 
 def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: int = 1,
                bias: bool = False, relu: int = 0, residual: bool = False,
-               gelu: int = 0, out_type: int = 0, dtype: str = "float32") -> ComputeDAG:
+               gelu: int = 0, out_type: int = 0, reduce_range: bool = False,
+               dtype: str = "float32") -> ComputeDAG:
     n, c, h, w, k, r, s = check_shape(shape, 7, SHAPE_FORM, NAME)
     for name, value, low in (("stride", stride, 1), ("dilation", dilation, 1),
                              ("groups", groups, 1), ("pad", pad, 0)):
@@ -78,13 +80,15 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
         weight_channel = dot_split(aff(), cg, "c")[1]
     types = dict(data="uint8", weight="int8", bias="int32", out=OUT_TYPES[out_type]) if int8 else \
         dict(data="float32", weight="float32", bias="float32", out="float32")
+    weight_range = REDUCED_WEIGHT_RANGE if reduce_range else None
     if pointwise:
         axes += [Axis("k", kg), Axis("p", oh * ow)] + reduction
         data = Operand("data", (n, c, h * w), (aff(("n", 1)), in_channel, aff(("p", 1))),
                        reshaped_from=(n, c, h, w), padded=overhang, dtype=types["data"],
                        fill_zero_point=int8)
         weight = Operand("weight", (k, cg, 1, 1), (out_channel, weight_channel, aff(), aff()),
-                         constant=True, padded=overhang, dtype=types["weight"])
+                         constant=True, padded=overhang, dtype=types["weight"],
+                         value_range=weight_range)
         out = Operand("out", (n, k, oh * ow), (aff(("n", 1)), out_channel, aff(("p", 1))),
                       reshaped_from=(n, k, oh, ow), dtype=types["out"])
     else:
@@ -97,7 +101,8 @@ def definition(shape, stride: int = 1, pad: int = 0, dilation: int = 1, groups: 
                        padded=True, dtype=types["data"], fill_zero_point=int8)
         weight = Operand("weight", (k, cg, r, s),
                          (out_channel, weight_channel, aff(("kh", 1)), aff(("kw", 1))),
-                         constant=True, padded=overhang, dtype=types["weight"])
+                         constant=True, padded=overhang, dtype=types["weight"],
+                         value_range=weight_range)
         out = Operand("out", (n, k, oh, ow), (aff(("n", 1)), out_channel, aff(("oh", 1)),
                                               aff(("ow", 1))), dtype=types["out"])
     bias_op = Operand("bias", (k,), (out_channel,), constant=True,

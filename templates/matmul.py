@@ -9,7 +9,8 @@ scores read as K^T (tuner/network/attention.py); written by tiles transposed in 
 
 dtype int8: uint8 A, int8 B, int32 bias and sums, and the epilogue `out_type` names
 (templates/_common.OUT_TYPE_VALUES); K is reduced in groups of four (`k` and `ki`,
-tuner.ir.dag.DOT_GROUP), a last group that overhangs K reading zeros of B.
+tuner.ir.dag.DOT_GROUP), a last group that overhangs K reading zeros of B. `reduce_range`:
+B takes only tuner.ir.dag.REDUCED_WEIGHT_RANGE.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import numpy as np
 from templates._common import (check_dtype, check_shape, dot_split, epilogue_reference,
                               fill_attrs, quantization, quantized_reference, residual_operand,
                               split_inputs)
-from tuner.ir.dag import OUT_TYPES, Axis, ComputeDAG, Operand, aff
+from tuner.ir.dag import OUT_TYPES, REDUCED_WEIGHT_RANGE, Axis, ComputeDAG, Operand, aff
 from tuner.errors import ShapeError
 
 NAME = "matmul"
 SHAPE_FORM = "M,N,K"
 DEFAULTS = {"bias": False, "relu": 0, "residual": False, "gelu": 0, "out_order": 12,
-            "out_type": 0}
+            "out_type": 0, "reduce_range": False}
 
 
 def normalize_attrs(shape, attrs: dict, dtype: str = "float32") -> dict:
@@ -41,10 +42,10 @@ def normalize_attrs(shape, attrs: dict, dtype: str = "float32") -> dict:
 
 def definition(shape, bias: bool = False, relu: int = 0, residual: bool = False,
                gelu: int = 0, out_order: int = 12, out_type: int = 0,
-               dtype: str = "float32") -> ComputeDAG:
+               reduce_range: bool = False, dtype: str = "float32") -> ComputeDAG:
     m, n, k = check_shape(shape, 3, SHAPE_FORM, NAME)
     if dtype == "int8":
-        return _int8(m, n, k, bias, relu, out_order, out_type)
+        return _int8(m, n, k, bias, relu, out_order, out_type, reduce_range)
     axes = (Axis("i", m), Axis("j", n), Axis("k", k, reduce=True))
     a = Operand("a", (m, k), (aff(("i", 1)), aff(("k", 1))))
     b = Operand("b", (k, n), (aff(("k", 1)), aff(("j", 1))), constant=True)
@@ -63,14 +64,15 @@ def definition(shape, bias: bool = False, relu: int = 0, residual: bool = False,
 
 
 def _int8(m: int, n: int, k: int, bias: bool, relu: int, out_order: int,
-          out_type: int) -> ComputeDAG:
+          out_type: int, reduce_range: bool) -> ComputeDAG:
     """uint8 A times int8 B, K in groups of four where K > 1 (`k`, `ki`)."""
     reduction, kk, overhang = dot_split(aff(), k, "k") if k > 1 else \
         ([Axis("k", k, reduce=True)], aff(("k", 1)), False)
     axes = (Axis("i", m), Axis("j", n)) + tuple(reduction)
     a = Operand("a", (m, k), (aff(("i", 1)), kk), padded=overhang, dtype="uint8",
                 fill_zero_point=True)
-    b = Operand("b", (k, n), (kk, aff(("j", 1))), constant=True, padded=overhang, dtype="int8")
+    b = Operand("b", (k, n), (kk, aff(("j", 1))), constant=True, padded=overhang, dtype="int8",
+                value_range=REDUCED_WEIGHT_RANGE if reduce_range else None)
     out_dtype = OUT_TYPES[out_type]
     out = Operand("out", (m, n), (aff(("i", 1)), aff(("j", 1))), dtype=out_dtype) \
         if out_order == 12 else Operand("out", (n, m), (aff(("j", 1)), aff(("i", 1))),

@@ -17,12 +17,16 @@ from tuner.ir.schedule import (MAX_TILE_FLOATS, Annotate, CacheWrite, Fuse, Layo
 from tuner.ir.task import Task
 
 
-def random_int8_task(rng: np.random.Generator, op: str | None = None) -> Task:
+def random_int8_task(rng: np.random.Generator, op: str | None = None,
+                     reduce_range: bool = False) -> Task:
     """An int8 conv2d or matmul: any output type, bias and ReLU or not, channel counts and
-    K of every residue modulo the dot group (overhanging groups), depthwise and grouped."""
+    K of every residue modulo the dot group (overhanging groups), depthwise and grouped;
+    with `reduce_range`, weights of reduced range (the same draws)."""
     op = op or str(rng.choice(["conv2d", "matmul"]))
     epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.integers(2)),
                 "out_type": int(rng.integers(3))}
+    if reduce_range:
+        epilogue["reduce_range"] = True
     if op == "matmul":
         shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
         return Task.create(op, shape, "int8", out_order=int(rng.choice([12, 12, 21])),

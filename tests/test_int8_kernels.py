@@ -40,6 +40,111 @@ def test_random_int8_schedule_is_exact(seed, target1, target2):
     _check(dag, steps, target, rng)
 
 
+def _assembly(nest, target) -> str:
+    from tuner.codegen.emit import emit_llvm
+    from tuner.codegen.jit import optimize, target_machine
+
+    return target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_reduced_range_int8_schedule_is_exact(seed, target1, target2):
+    """Weights of reduced range (tuner.ir.dag.REDUCED_WEIGHT_RANGE) on CPUs without VNNI are
+    summed by vpmaddubsw (tuner/codegen/quantized.py): random schedules and shapes, exact,
+    and the instruction in the code wherever a dot loop sits inside a vector loop."""
+    from tuner.ir.layout import vector_loop
+
+    rng = np.random.default_rng(9000 + seed)
+    task = random_int8_task(rng, ["conv2d", "matmul"][seed % 2], reduce_range=True)
+    steps = random_schedule(rng, task)
+    dag = task.dag()
+    assert dag.reduced_range
+    target = [target1, target2, generated_target("x86-64-v3", 1)][seed % 3]
+    nest = apply_steps(dag, steps)
+    vec = vector_loop(nest)
+    if target.machine.dot_instruction == "pmaddwd" and nest.loops[-1].kind == "dot" and \
+            vec is not None and vec.extent > 1:
+        assert "vpmaddubsw" in _assembly(nest, target)
+    _check(dag, steps, target, rng)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "matmul"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_reduced_range_extremes_do_not_saturate(op, sign, target1):
+    """The largest pair sums the reduced range allows (255 x 64 twice, either sign: 32640,
+    one step inside int16) through default and random schedules, on x86-64-v3 and the host."""
+    from tuner.ir.task import Task
+    from tuner.search.default import default_lowered
+
+    task = Task.create(op, (1, 40, 5, 7, 24, 3, 3) if op == "conv2d" else (9, 40, 37),
+                       "int8", bias=True, out_type=0, reduce_range=True,
+                       **({"pad": 1} if op == "conv2d" else {}))
+    dag = task.dag()
+    rng = np.random.default_rng(3)
+    inputs = list(dag.random_inputs(rng))
+    inputs[0] = np.full_like(inputs[0], 255)
+    inputs[1] = np.full_like(inputs[1], 64 * sign)
+    inputs[-1] = np.array([255, 0], np.int32)  # padding reads 255 as well
+    expected = dag.reference(*inputs)
+    assert np.abs(expected).max() > 32640
+    for target in (generated_target("x86-64-v3", 1), target1):
+        schedules = [default_lowered(dag, target)[0]] + \
+            [random_schedule(rng, task) for _ in range(4)]
+        for steps in schedules:
+            kernel = CompiledKernel(apply_steps(dag, steps), target)
+            np.testing.assert_array_equal(kernel(*inputs), expected)
+
+
+def test_a_weight_outside_the_reduced_range_is_refused(target1):
+    """A kernel of reduced range refuses a weight it would sum wrongly, with one line naming
+    the range and the values; the same weight is taken by the full-range task."""
+    from tuner.errors import TunerError
+    from tuner.ir.task import Task
+
+    full = Task.create("matmul", (4, 8, 12), "int8", out_type=0)
+    reduced = Task.create("matmul", (4, 8, 12), "int8", out_type=0, reduce_range=True)
+    assert full.key != reduced.key and "reduce_range=1" in reduced.key
+    assert Task.from_key(reduced.key) == reduced
+    inputs = list(reduced.dag().random_inputs(np.random.default_rng(0)))
+    inputs[1][2, 3] = 65
+    target = generated_target("x86-64-v3", 1)
+    from tuner.search.default import default_lowered
+
+    kernel = CompiledKernel(default_lowered(reduced.dag(), target)[1], target)
+    with pytest.raises(TunerError, match=r"b must be a int8 array of reduced range "
+                                         r"\(integers in \[-64, 64\]\), got int8 values in "
+                                         r"\[-\d+, 65\]"):
+        kernel(*inputs)
+    full_kernel = CompiledKernel(default_lowered(full.dag(), target)[1], target)
+    np.testing.assert_array_equal(full_kernel(*inputs), full.dag().reference(*inputs))
+
+
+@pytest.mark.parametrize("dtype, message", [
+    ("float32", "matmul attribute reduce_range is for int8 kernels; this one is float32"),
+    ("int8", "matmul attribute reduce_range expects 0 or 1, got 2")])
+def test_reduce_range_attribute_errors(dtype, message):
+    from tuner.errors import ShapeError
+    from tuner.ir.task import Task
+
+    with pytest.raises(ShapeError, match=message):
+        Task.create("matmul", (4, 8, 12), dtype, reduce_range=1 if dtype == "float32" else 2)
+
+
+def test_reduced_range_on_avx512_without_vnni_is_512_bit_vpmaddubsw():
+    """skylake-avx512 (AVX-512BW, no VNNI): the 512-bit instruction; with VNNI, vpdpbusd
+    whatever the range."""
+    from tuner.ir.task import Task
+    from tuner.search.default import default_lowered
+
+    task = Task.create("matmul", (16, 64, 64), "int8", out_type=1, reduce_range=True)
+    target = generated_target("skylake-avx512", 1)
+    assert target.machine.int8_instruction(True) == "pmaddubsw"
+    asm = _assembly(default_lowered(task.dag(), target)[1], target)
+    assert "vpmaddubsw\t%zmm" in asm
+    vnni = _vnni_target("x86-64-v4")
+    assert "vpdpbusd" in _assembly(default_lowered(task.dag(), vnni)[1], vnni)
+
+
 @pytest.mark.parametrize("seed", range(24))
 def test_regrouped_activation_is_exact(seed, target1, target2):
     """Convolutions whose activation is read from its regrouped copy (channels in groups of 4

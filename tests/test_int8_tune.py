@@ -17,6 +17,8 @@ from tuner.replay.aot import build_library, c_name, task_from_spec
 
 MATMUL = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1)
 CONV = Task.create("conv2d", (1, 6, 9, 10, 8, 3, 3), "int8", pad=1, relu=1, out_type=2)
+# weights of reduced range (tuner.ir.dag.REDUCED_WEIGHT_RANGE): a task of its own
+REDUCED = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1, reduce_range=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +29,16 @@ def tuned_db(tmp_path_factory):
                  "--bias"] + base) == 0
     assert main(["conv2d", "--shape", "1,6,9,10,8,3,3", "--pad", "1", "--relu", "--dtype",
                  "int8", "--out-type", "float32"] + base) == 0
+    assert main(["matmul", "--shape", "12,24,30", "--dtype", "int8", "--out-type", "uint8",
+                 "--bias", "--reduce-range"] + base) == 0
     return url
 
 
 def test_int8_records_are_their_own_tasks(tuned_db, capsys):
     with RecordStore(tuned_db) as store:
         tasks = {t.key for t, *_ in store.summary()}
-    assert tasks == {MATMUL.key, CONV.key}
+    assert tasks == {MATMUL.key, CONV.key, REDUCED.key}
+    assert REDUCED.key == MATMUL.key.replace("out_type=1", "out_type=1,reduce_range=1")
     assert MATMUL.key.endswith("/int8") and "out_type=1" in MATMUL.key
     # a float32 task's key is as it always was: no out_type, float32 last
     assert Task.create("matmul", (12, 24, 30), bias=True).key == \
@@ -44,7 +49,7 @@ def test_int8_records_are_their_own_tasks(tuned_db, capsys):
 
 
 def test_build_replays_the_best_int8_kernel_exactly(tuned_db):
-    for task in (MATMUL, CONV):
+    for task in (MATMUL, CONV, REDUCED):
         kernel = tuner.build(task.op, task.shape, dtype="int8", db=tuned_db, threads=1,
                              **task.attr_dict)
         assert kernel.tuned
@@ -67,16 +72,20 @@ def test_an_int8_kernel_refuses_floats_and_out_of_range_values(tuned_db):
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-def test_a_c_program_calls_the_int8_library(tuned_db, tmp_path):
-    choice = tuner.select_schedule(MATMUL, host_target(1), tuned_db)
-    lib = build_library([choice], tmp_path)
+@pytest.mark.parametrize("task", [MATMUL, REDUCED], ids=["full", "reduced"])
+def test_a_c_program_calls_the_int8_library(task, tuned_db, tmp_path):
+    choices = [tuner.select_schedule(t, host_target(1), tuned_db) for t in (MATMUL, REDUCED)]
+    lib = build_library(choices, tmp_path)
     header = lib.header.read_text()
-    name = c_name(MATMUL)
-    assert name == "tuner_matmul_12x24x30_bias_int8_u8out"
+    name = c_name(task)
+    assert name == "tuner_matmul_12x24x30_bias_int8_u8out" + \
+        ("_reduced" if task is REDUCED else "")
     assert f"void {name}(uint8_t *restrict out, const uint8_t *restrict a" in header
     assert "#include <stdint.h>" in header
+    # the reduced kernel's declaration says what its weight may hold; the other's does not
+    assert header.count("/* every b value in [-64, 64]: others give wrong sums */") == 1
     packed = f"{name.upper()}_B_PACKED_ELEMENTS"
-    dag = MATMUL.dag()
+    dag = task.dag()
     a, b, bias, scale, zero_points = dag.random_inputs(np.random.default_rng(5))
     for label, arr in (("a", a), ("b", b), ("bias", bias), ("scale", scale),
                        ("zp", zero_points)):
@@ -130,6 +139,8 @@ def test_int8_task_specs():
      "int8 conv2d takes relu=0 or relu=1, got relu=6"),
     (["batch_matmul", "--shape", "2,8,8,8", "--dtype", "int8"],
      "unrecognized arguments: --dtype"),
+    (["conv2d", "--shape", "1,8,8,8,8,3,3", "--reduce-range"],
+     "--reduce-range is for --dtype int8"),
 ])
 def test_bad_int8_input_is_one_line(argv, message, tmp_path, capsys):
     code = main(argv + ["--trials", "1", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
@@ -149,7 +160,7 @@ def test_int8_records_export_import_and_replay_from_the_json(tuned_db, tmp_path)
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert main(["import", str(exported), "--db", other]) == 0
     with RecordStore(other) as store:
-        assert {t.key for t in store.tasks()} == {MATMUL.key, CONV.key}
+        assert {t.key for t in store.tasks()} == {MATMUL.key, CONV.key, REDUCED.key}
     kernel = tuner.build("matmul", (12, 24, 30), dtype="int8", db=str(exported), threads=1,
                          bias=True, out_type=1)
     assert kernel.tuned

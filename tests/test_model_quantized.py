@@ -62,15 +62,18 @@ class _Reader(quantization.CalibrationDataReader):
         return next(self.batches, None)
 
 
-@pytest.fixture(scope="module", params=["per_tensor", "per_channel"])
+@pytest.fixture(scope="module", params=["per_tensor", "per_channel", "per_channel_reduced"])
 def quantized(request, tmp_path_factory):
+    """The small CNN quantized per tensor, per channel, and per channel with 7-bit weights
+    (`reduce_range`, which makes int8 tasks of reduced range)."""
     rng = np.random.default_rng(11)
     folder = tmp_path_factory.mktemp("quantized")
     float_path, path = folder / "model.onnx", folder / f"model.{request.param}.onnx"
     import onnx
     onnx.save(small_cnn(rng), float_path)
     quantization.quantize_static(str(float_path), str(path), _Reader(rng),
-                                 per_channel=request.param == "per_channel")
+                                 per_channel=request.param != "per_tensor",
+                                 reduce_range=request.param.endswith("reduced"))
     return path
 
 
@@ -100,6 +103,10 @@ def test_quantize_static_layers_become_int8_tasks(quantized):
     assert {t.op for t in int8} == {"conv2d", "matmul"}
     assert all(t.attr_dict["out_type"] in (1, 2) for t in int8)
     assert not [n for n in extraction.graph.nodes if n.op_type in ("Conv", "Gemm")]
+    # 7-bit weights make tasks of reduced range; full-range ones reach +-127 in every
+    # tensor (per tensor) or channel (per channel) and do not
+    reduced = str(quantized).endswith("reduced.onnx")
+    assert [t.attr_dict.get("reduce_range", False) for t in int8] == [reduced] * 6
 
 
 def test_int8_activations_are_retyped_exactly(quantized):

@@ -161,7 +161,7 @@ class CompiledKernel:
         """One user input as the kernel takes it: of the operand's type (float32 unless the
         kernel is int8), C-contiguous, packed if rewritten."""
         op = self.dag.operand(operand)
-        arr = np.ascontiguousarray(as_element_type(array, op.dtype, op.name))
+        arr = np.ascontiguousarray(as_element_type(array, op.dtype, op.name, op.value_range))
         if arr.shape != op.array_shape:
             raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
         arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes

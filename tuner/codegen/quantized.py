@@ -9,9 +9,14 @@ integer dot-product instruction of the target, chosen from the machine model
   int8 bytes, exactly. Both operands are vectors of 4-byte groups, one group per output lane.
 - `pmaddwd` (AVX2, AVX-512 without VNNI): each int32 lane adds 2 products of int16 values,
   exactly. The bytes are widened to int16 and the group is summed as two pairs: (0, 1) and
-  (2, 3). AVX2's `vpmaddubsw` would take the bytes unwidened, but it saturates a pair's sum to
-  int16 (255 x 127 x 2 > 32767), which onnxruntime meets with 7-bit weights (`reduce_range`);
-  kernels here stay exact instead.
+  (2, 3).
+- `pmaddubsw` (AVX2, AVX-512BW without VNNI), for weights of reduced range only: each int16
+  lane adds a pair of uint8 x int8 products, and `vpmaddwd` with ones adds two of those into
+  the int32 lane; both operands are 4-byte groups as for vpdpbusd. The instruction saturates a
+  pair's sum to int16 (255 x 127 x 2 > 32767), so on full-range int8 weights it is inexact
+  (onnxruntime's MLAS uses it so); on weights in [-64, 64] (onnxruntime's `reduce_range`,
+  tuner.ir.dag.REDUCED_WEIGHT_RANGE) no pair can saturate and it is exact, with one multiply
+  fewer per group than widening to int16 and no shuffle of the broadcast activation.
 
 How an operand's group is read follows from its layout along the vector axis and the dot axis,
 as for float32 reads: a broadcast (the group's 4 bytes, one int32 for all lanes), a packed
@@ -42,6 +47,10 @@ VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256
             4: "llvm.x86.avx512.vpdpbusd.128"}
 PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd",
            4: "llvm.x86.sse2.pmadd.wd"}
+# pmaddubsw(uint8 pairs, int8 pairs) -> int16 pair sums, saturated (exact for weights of
+# reduced range, tuner.ir.dag.REDUCED_WEIGHT_RANGE), by the int32 lanes of vpmaddwd after it.
+PMADDUBSW = {16: "llvm.x86.avx512.pmaddubs.w.512", 8: "llvm.x86.avx2.pmadd.ub.sw",
+             4: "llvm.x86.ssse3.pmadd.ub.sw.128"}
 
 
 def input_zero_point(b: ir.IRBuilder, zero_points: ir.Value, etype: ir.Type) -> ir.Value:
@@ -79,7 +88,19 @@ def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
         return total
     width = ctx.vec[2]
     x, w = _Group(em, fn, ctx, at, lhs, False), _Group(em, fn, ctx, at, rhs, True)
-    if em.machine.dot_instruction == "vpdpbusd":
+    instruction = em.machine.int8_instruction(em.dag.reduced_range)
+    if instruction == "pmaddubsw":
+        native = _native(width, PMADDUBSW, em.machine.lanes)
+        quads = ir.VectorType(I8, 4 * native)
+        pairs = ir.VectorType(I16, 2 * native)
+        fn_bytes = intrinsic(b.module, PMADDUBSW[native], pairs, [quads, quads])
+        fn_words = intrinsic(b.module, PMADDWD[native], ir.VectorType(I32, native),
+                             [pairs, pairs])
+        as_bytes = [b.bitcast(_resize(b, v.quads(), native), quads) for v in (x, w)]
+        sums = b.call(fn_words, [b.call(fn_bytes, as_bytes),
+                                 ir.Constant(pairs, [1] * (2 * native))])
+        return b.add(total, _resize(b, sums, width))
+    if instruction == "vpdpbusd":
         native = _native(width, VPDPBUSD, em.machine.lanes)
         vt = ir.VectorType(I32, native)
         fn_dot = intrinsic(b.module, VPDPBUSD[native], vt, [vt, vt, vt])

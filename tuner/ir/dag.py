@@ -74,6 +74,8 @@ class Operand:
     dtype: str = "float32"     # element type (DTYPES)
     # padded reads return the input zero point (Quantization), the quantized 0.0, not 0
     fill_zero_point: bool = False
+    # the integers the kernel takes, where narrower than the dtype's (REDUCED_WEIGHT_RANGE)
+    value_range: tuple[int, int] | None = None
     # derived from `shape` and `index` once: the search asks for them for every candidate
     _flat: Affine = field(init=False, repr=False, compare=False)
     _axes: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -118,21 +120,44 @@ class Operand:
 DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8, "int32": np.int32,
           "int16": np.int16}  # int16: only an int8 weight packed for vpmaddwd (layout.py)
 
-def as_element_type(array, dtype: str, name: str) -> np.ndarray:
+# The weights of a model quantized with onnxruntime's `reduce_range` (7-bit weights) lie in
+# [-64, 64]: a pair of uint8 x int8 products then fits int16 (255 x 64 x 2 = 32640 <= 32767),
+# so AVX2's vpmaddubsw sums it exactly (tuner/codegen/quantized.py). A weight operand taking
+# only these values has them as its `value_range` (the task attribute `reduce_range`).
+REDUCED_WEIGHT_RANGE = (-64, 64)
+
+
+def fits_reduced_range(weight: np.ndarray) -> bool:
+    """Whether every value of the int8 `weight` lies in REDUCED_WEIGHT_RANGE."""
+    low, high = REDUCED_WEIGHT_RANGE
+    return weight.size == 0 or (int(weight.min()) >= low and int(weight.max()) <= high)
+
+
+def value_range(dtype: str, narrower: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The integers an operand of integer `dtype` takes: `narrower`, else the dtype's."""
+    if narrower is not None:
+        return narrower
+    info = np.iinfo(DTYPES[dtype])
+    return int(info.min), int(info.max)
+
+
+def as_element_type(array, dtype: str, name: str,
+                    narrower: tuple[int, int] | None = None) -> np.ndarray:
     """`array` as elements of `dtype` (DTYPES). Anything converts to float32; an integer type
-    takes integers that fit it and refuses the rest with one line naming `name` (a float
-    activation handed to a uint8 kernel is a quantization the caller forgot)."""
+    takes integers that fit it (or `narrower`, an operand's value_range) and refuses the rest
+    with one line naming `name` (a float activation handed to a uint8 kernel is a
+    quantization the caller forgot)."""
     want = DTYPES[dtype]
     arr = np.asarray(array)
-    if arr.dtype == want or want == np.float32:
+    if want == np.float32 or (arr.dtype == want and narrower is None):
         return arr.astype(want, copy=False)
-    info = np.iinfo(want)
-    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
-        raise TunerError(f"{name} must be a {dtype} array (integers in "
-                         f"[{info.min}, {info.max}]), got {arr.dtype}"
-                         + (f" values in [{arr.min()}, {arr.max()}]" if arr.size and
-                            arr.dtype.kind in "iufb" else ""))
-    return arr.astype(want)
+    low, high = value_range(dtype, narrower)
+    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < low or arr.max() > high)):
+        what = f"a {dtype} array" if narrower is None else f"a {dtype} array of reduced range"
+        raise TunerError(f"{name} must be {what} (integers in [{low}, {high}]), got "
+                         f"{arr.dtype}" + (f" values in [{arr.min()}, {arr.max()}]"
+                                           if arr.size and arr.dtype.kind in "iufb" else ""))
+    return arr.astype(want, copy=False)
 
 
 # The reduction lanes summed into one int32 by the dot-product instructions: vpdpbusd's 4.
@@ -199,6 +224,15 @@ class ComputeDAG:
         return "float32" if self.quant is None else "int8"
 
     @property
+    def reduced_range(self) -> bool:
+        """Whether this int8 contraction's weights lie in REDUCED_WEIGHT_RANGE (its products
+        of uint8 activations then sum in int16 pairs without saturating)."""
+        if self.quant is None or self.lhs.dtype != "uint8" or self.rhs.value_range is None:
+            return False
+        low, high = self.rhs.value_range
+        return REDUCED_WEIGHT_RANGE[0] <= low and high <= REDUCED_WEIGHT_RANGE[1]
+
+    @property
     def addends(self) -> tuple[Operand, ...]:
         """The operands the epilogue adds to the sum, in order: [bias][, residual]."""
         return tuple(op for op in (self.bias, self.residual) if op is not None)
@@ -253,9 +287,8 @@ class ComputeDAG:
         outputs over much of uint8 (a sum of R products of uniform uint8 and int8 values has
         a spread of about 10900 sqrt(R))."""
         if op.dtype in ("uint8", "int8"):
-            info = np.iinfo(DTYPES[op.dtype])
-            return rng.integers(info.min, info.max + 1, size=op.array_shape,
-                                dtype=DTYPES[op.dtype])
+            low, high = value_range(op.dtype, op.value_range)
+            return rng.integers(low, high + 1, size=op.array_shape, dtype=DTYPES[op.dtype])
         if self.quant is not None and op is self.quant.zero_points:
             return rng.integers(0, 256, size=op.array_shape).astype(np.int32)
         if op.dtype == "int32":  # the bias

@@ -109,7 +109,8 @@ def packed_dtype(nest: LoopNest, operand: Operand, machine: Machine) -> str:
     a vpmaddwd machine with a dot loop, which is stored widened to int16 (tuner/codegen/
     quantized.py): the kernel then feeds it to vpmaddwd as it is loaded, where int8 would be
     sign-extended and shuffled into pairs on every reduction step."""
-    if (operand.dtype == "int8" and machine.dot_instruction == "pmaddwd" and nest.loops
+    if (operand.dtype == "int8" and nest.loops
+            and machine.int8_instruction(nest.dag.reduced_range) == "pmaddwd"
             and nest.loops[-1].kind == "dot" and operand.name in nest.layout_rewrite):
         return "int16"
     return operand.dtype
@@ -587,10 +588,15 @@ def operand_registers(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: st
     reduction_unrolled = any(unrolled.get(a.name, 1) > 1 for a in dag.reduce_axes)
     lookahead = reduction_unrolled and machine.vector_registers >= 32
     loaded = 2 * chunks if lookahead else chunks
-    if dag.dot_axis is not None and machine.dot_instruction == "pmaddwd":
+    instruction = machine.int8_instruction(dag.reduced_range)
+    if dag.dot_axis is not None and instruction == "pmaddwd":
         # a group of 4 is two vectors of int16 pairs, and each vpmaddwd's product is a
         # register of its own before it is added
         loaded = 2 * loaded + 1
+    elif dag.dot_axis is not None and instruction == "pmaddubsw":
+        # the product is a register of its own before it is added, beside the ones
+        # vpmaddwd sums its int16 pairs with
+        loaded += 2
     return loaded + max(SPARE_REGISTERS, window_broadcasts(dag, unrolled, vector_axis))
 
 

@@ -14,7 +14,8 @@ registers have all been seen). They live here and nowhere else, and are passed d
   name; an unknown name gets the common case, two pipes of latency 4.
 - **the integer dot product** for int8 kernels: `vpdpbusd` where the CPU has AVX512-VNNI or
   AVX-VNNI (4 uint8 x int8 products summed into each int32 lane), else `vpmaddwd` (2 int16
-  products per int32 lane, the bytes widened first); tuner/codegen/quantized.py.
+  products per int32 lane, the bytes widened first), or for weights of reduced range
+  `vpmaddubsw` (`Machine.int8_instruction`); tuner/codegen/quantized.py.
 - **cache sizes** are read from sysfs (the host's: code tuned for another CPU is still
   measured here), with typical sizes when sysfs is missing.
 
@@ -81,6 +82,15 @@ class Machine:
         add beside it)."""
         per_lane = 4 if self.dot_instruction == "vpdpbusd" else 2
         return per_lane * self.lanes * self.fma_per_cycle
+
+    def int8_instruction(self, reduced_range: bool) -> str:
+        """The instruction an int8 dot group is summed by: vpdpbusd where the CPU has VNNI;
+        else vpmaddubsw (pairs of uint8 x int8 products summed to int16, then pairs of those
+        by vpmaddwd with ones) when the weights are of reduced range, so that no pair
+        saturates; else vpmaddwd on operands widened to int16."""
+        if self.dot_instruction == "vpdpbusd":
+            return "vpdpbusd"
+        return "pmaddubsw" if reduced_range else "pmaddwd"
 
     def accumulator_budget(self, operand_vectors: int) -> int:
         """Accumulator vectors a register tile may hold next to `operand_vectors` live

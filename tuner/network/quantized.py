@@ -9,7 +9,9 @@ activation and writes the quantized output (out_type uint8), or the float output
 QuantizeLinear follows (out_type float32), with its constants computed here:
 
 - the weight as stored (int8, zero point 0: a nonzero weight zero point leaves the layer in
-  float, with a note);
+  float, with a note); a weight in [-64, 64] (quantized with `reduce_range=True`, as
+  onnxruntime advises for CPUs without VNNI) makes a task of reduced range
+  (tuner.ir.dag.REDUCED_WEIGHT_RANGE), summed exactly by vpmaddubsw on AVX2;
 - the int32 bias: the stored one (whose scale ONNX fixes at x_scale * w_scale), minus the
   input zero point times the weight's sum per output channel, since the kernel multiplies
   the stored activation and pads it with its zero point;
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuner.ir.dag import fits_reduced_range
 from tuner.ir.task import Task
 from tuner.network.fused import FUSED_OP_TYPES
 from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
@@ -214,7 +217,8 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
         notes.append(f"MatMulInteger '{node.name}' runs in numpy: {reason}")
         return None
     k, n = weight.shape
-    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True, out_type=0)
+    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True, out_type=0,
+                       reduce_range=fits_reduced_range(weight))
     name = node.name
     column_sums = weight.astype(np.int64).sum(axis=0)
     initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
@@ -417,15 +421,17 @@ class _QuantizedLayer:
             out_type = 2
             scale = (self.x_scale * self.w_scale).astype(np.float32)
         zero_points = np.array([self.x_zero, self.y_zero or 0], dtype=np.int32)
+        reduced = fits_reduced_range(weight)
         if conv:
             n, c, h, w = self.shape
             k, _, r, s = weight.shape
             task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=has_bias,
-                               relu=self.relu, out_type=out_type, **self.conv)
+                               relu=self.relu, out_type=out_type, reduce_range=reduced,
+                               **self.conv)
         else:
             task = Task.create("matmul", (math.prod(self.shape[:-1]), weight.shape[1],
                                           weight.shape[0]), "int8", bias=has_bias,
-                               relu=self.relu, out_type=out_type)
+                               relu=self.relu, out_type=out_type, reduce_range=reduced)
         constants = [("weight", weight)]
         if has_bias:
             constants.append(("bias", np.asarray(bias, np.int64).astype(np.int32)))

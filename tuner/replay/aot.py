@@ -66,6 +66,7 @@ def c_name(task: Task) -> str:
         name += f"_{order.replace('_order', '')}{attrs[order]}" if order in attrs else ""
     if task.dtype != "float32":
         name += f"_{task.dtype}" + {0: "", 1: "_u8out", 2: "_f32out"}[attrs.get("out_type", 0)]
+        name += "_reduced" if attrs.get("reduce_range") else ""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
@@ -103,6 +104,10 @@ def _declarations(choice: Choice, symbol: str) -> str:
             lines.append(f"void {pack_function_name(symbol, op.name)}({packed_type} "
                          f"*restrict dst, const {ctype} *restrict {op.name});")
             ctype = packed_type
+        if op.value_range is not None:
+            low, high = op.value_range
+            lines.append(f"/* every {op.name} value in [{low}, {high}]: others give wrong "
+                         f"sums */")
         params.append(f"const {ctype} *restrict {op.name}{'_packed' if packed else ''}")
     lines.append(f"void {symbol}({', '.join(params)});")
     return "\n".join(lines)
