@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     url = f"sqlite:///{args.db}"
     shapes = [(name, task) for name, task in load_tasks() if task.op in ("conv2d", "matmul")
               and (not args.only or name in args.only)]
-    print(f"# {target.cpu} ({target.machine.dot_instruction}), {args.threads} thread(s), "
+    print(f"# {target.cpu} ({target.machine.int8_instruction(args.reduce_range)}), "
+          f"{args.threads} thread(s), "
           f"{args.trials} trials per task")
     if not args.no_tune:
         with RecordStore(url) as store, Measurer(target) as measurer:

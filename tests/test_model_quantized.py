@@ -305,10 +305,11 @@ def test_quant_ops_equal_onnxruntime(op):
     np.testing.assert_array_equal(ours, theirs)
 
 
-def _dynamic_mlp(tmp_path, activation: str = "relu"):
+def _dynamic_mlp(tmp_path, activation: str = "relu", reduce_range: bool = False):
     """Two MatMuls (rows of a 3-D activation) with a bias and ReLU (or GELU, as PyTorch
     exports it: Div, Erf, Add, Mul, Mul) between, quantized by quantize_dynamic:
-    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul per layer."""
+    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul per layer (weights of 7 bits with
+    `reduce_range`)."""
     import onnx
     rng = np.random.default_rng(6)
     w = {"w1": randn(rng, 16, 33) * 0.2, "b1": randn(rng, 33) * 0.1,
@@ -327,19 +328,23 @@ def _dynamic_mlp(tmp_path, activation: str = "relu"):
              helper.make_node("MatMul", ["r1", "w2"], ["y"])]
     float_path, path = tmp_path / "mlp.onnx", tmp_path / "mlp.dynamic.onnx"
     onnx.save(make_model(nodes, {"x": (1, 7, 16)}, "y", w, opset=13), float_path)
-    quantization.quantize_dynamic(str(float_path), str(path))
+    quantization.quantize_dynamic(str(float_path), str(path), reduce_range=reduce_range)
     return path
 
 
-def test_dynamically_quantized_matmuls_become_int8_kernels(tmp_path):
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, tmp_path):
     """quantize_dynamic's MatMulInteger with a zero point known at run time: an int8 matmul
     whose bias and zero points small numpy nodes make per call; the fused graph, the compiled
-    model and its package give what ONNX defines (quant_ops.py) bit for bit."""
-    path = _dynamic_mlp(tmp_path)
+    model and its package give what ONNX defines (quant_ops.py) bit for bit. 7-bit weights
+    make matmuls of reduced range."""
+    path = _dynamic_mlp(tmp_path, reduce_range=reduce_range)
     graph = load_model(str(path))
     extraction = extract_tasks(graph)
+    reduced = ",reduce_range=1" if reduce_range else ""
     assert [u.task.key for u in extraction.tasks] == [
-        "matmul/7x33x16/bias=1,relu=0/int8", "matmul/7x15x33/bias=1,relu=0/int8"]
+        f"matmul/7x33x16/bias=1{reduced},relu=0/int8",
+        f"matmul/7x15x33/bias=1{reduced},relu=0/int8"]
     assert "MatMulInteger" not in [n.op_type for n in extraction.graph.nodes]
     db = str(tmp_path / "empty.db")
     RecordStore(f"sqlite:///{db}").close()
@@ -358,10 +363,11 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(tmp_path):
         np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x},
                                                 impls=FUSED_OPS)[0], exact)
         np.testing.assert_array_equal(package(x)[0], exact)
-        if host_target(1).machine.dot_instruction == "vpdpbusd":
-            # on AVX2 onnxruntime's MatMulInteger saturates pairs of uint8 x int8 products:
-            # measured on Zen 3, 36-70 of 231 int32 sums of a 7x16 by 16x33 product off, by
-            # up to 21644; with VNNI it is exact, as ours are everywhere
+        if host_target(1).machine.dot_instruction == "vpdpbusd" or reduce_range:
+            # on AVX2 onnxruntime's MatMulInteger saturates pairs of uint8 x int8 products
+            # of full-range weights: measured on Zen 3, 36-70 of 231 int32 sums of a 7x16 by
+            # 16x33 product off, by up to 21644; with VNNI or 7-bit weights it is exact, as
+            # ours are everywhere
             theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
                 None, {"x": x})[0]
             np.testing.assert_allclose(exact, theirs, rtol=1e-5, atol=1e-6)

@@ -520,7 +520,6 @@ def _body_size(nest: LoopNest, lanes: int) -> int:
     body = (_read_cost(nest, dag.lhs, lanes) + _read_cost(nest, dag.rhs, lanes)
             + ACC_UPDATE_COST * chunks)
     out_kind = access_class(nest, dag.output)
-    vec = vector_loop(nest)
     write = vector_lanes(nest) * 2 if out_kind == "gather" else chunks * 2
     if dag.gelu:  # once per output vector, in the write-back
         write += GELU_COST * chunks

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 

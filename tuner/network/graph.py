@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tuner.errors import TunerError
+
+if TYPE_CHECKING:  # onnx is imported where a model is read, not with this module
+    import onnx
 
 # Each folding round re-runs shape inference so that a folded `Shape` feeds a `Reshape` whose
 # output shape becomes static, which may let another `Shape` fold; exporters' chains are short.
