@@ -355,6 +355,10 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, tmp_pat
     nodes = json.loads(built.graph_file.read_text())["nodes"]
     assert [n["op_type"] for n in nodes].count("TunerDequantizedProduct") == 2
     assert not [n for n in nodes if n["op_type"] == "Cast" and n["attributes"]["to"] == 1]
+    # each DynamicQuantizeLinear: its range and its quantization, two generated functions
+    assert "DynamicQuantizeLinear" not in [n["op_type"] for n in nodes]
+    assert [n["op_type"] for n in nodes].count("TunerDynamicQuantize") == 2
+    assert [n["op_type"] for n in nodes].count("TunerQuantizationRange") == 2
     package = load_package(tmp_path / "pkg")
     rng = np.random.default_rng(9)
     for _ in range(3):

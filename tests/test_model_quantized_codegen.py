@@ -15,10 +15,12 @@ from test_model_rows import Compiled
 from tuner.ir.target import named_target
 from tuner.network.graph import Graph, Node
 from tuner.network.ops import run_node
-from tuner.network.quantized_codegen import (PARALLEL_ELEMENTS, QUANTIZED_ADD,
+from tuner.network.quantized_codegen import (DYNAMIC_QUANTIZE, PARALLEL_ELEMENTS,
+                                             QUANTIZATION_RANGE, QUANTIZED_ADD,
                                              DequantizedProduct, QuantizedAdd,
-                                             dequantized_product_ir, fuse_quantized_adds,
-                                             quantized_add_ir)
+                                             dequantized_product_ir, dynamic_quantize_ir,
+                                             fuse_dynamic_quantizations, fuse_quantized_adds,
+                                             quantization_range_ir, quantized_add_ir)
 from tuner.ir.reference import gelu as gelu_values
 
 TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -181,3 +183,76 @@ def test_dequantized_product_equals_the_numpy_nodes(cpu, threads):
             want = gelu_values(expected.astype(np.float64), {1: "none", 2: "tanh"}[gelu])
             np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=what)
 
+
+
+# ------------------------------------------------------------------ dynamic quantizations
+def _dynamic_values(rng, count: int, kind: str) -> np.ndarray:
+    """float32 activations: mixed signs, all positive, all negative, all zero (scale 1), or
+    values on the quantization grid of their own range plus half a step (ties)."""
+    x = (rng.standard_normal(count) * 10 ** rng.uniform(-2, 2)).astype(np.float32)
+    if kind == "positive":
+        return np.abs(x)
+    if kind == "negative":
+        return -np.abs(x)
+    if kind == "zero":
+        return np.zeros(count, np.float32)
+    if kind == "ties":  # a range of 255 steps of 0.5: every x / scale is k + 0.5 exactly
+        x = (rng.integers(-100, 100, count) + 0.5).astype(np.float32) * np.float32(0.5)
+        x[:2] = [-63.75, 63.75][:count]
+        return x
+    return x
+
+
+@pytest.mark.parametrize("cpu", [None, "x86-64-v3"], ids=["host", "256-bit"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dynamic_quantization_equals_the_numpy_node(cpu, threads):
+    """The range and the quantization functions against the numpy runtime's
+    DynamicQuantizeLinear, bit for bit: the scale, the zero point and every output, over
+    counts around the vector width and past the parallel threshold."""
+    rng = np.random.default_rng(20 + threads + (cpu is None))
+    target = named_target(cpu, threads)
+    kinds = ("mixed", "positive", "negative", "zero", "ties")
+    for count in COUNTS:
+        range_fn = Compiled(quantization_range_ir("qrange", count, target.machine), "qrange",
+                            target, 2)
+        quantize_fn = Compiled(dynamic_quantize_ir("dq", count, target.machine, threads),
+                               "dq", target, 3)
+        for kind in kinds:
+            x = _dynamic_values(rng, count, kind)
+            params = np.full(2, np.nan, np.float32)
+            range_fn(params, x)
+            out = np.full(count, 7, np.uint8)
+            quantize_fn(out, x, params)
+            y, scale, zero = run_node(Node("DynamicQuantizeLinear", "d", ("x",),
+                                           ("y", "s", "z"), {}), [x], 17)
+            what = f"{count} elements, {kind}"
+            assert params[0] == scale and params[1] == zero, (what, params, scale, zero)
+            np.testing.assert_array_equal(out, y, err_msg=what)
+
+
+def test_dynamic_quantization_becomes_two_functions_and_gathers():
+    """The node's three outputs: the quantized tensor from DYNAMIC_QUANTIZE, the scale and
+    the zero point gathered from QUANTIZATION_RANGE's two floats; run by the numpy runtime's
+    implementations of the new nodes' parts they equal the original node's."""
+    from tuner.network.runtime import run_graph
+    from tuner.network.quant_ops import dynamic_quantize_linear
+
+    node = Node("DynamicQuantizeLinear", "dql", ("x",), ("y", "s", "z"), {})
+    graph = Graph({"x": (3, 5)}, ("y", "s", "z"), (node,), {},
+                  {"x": (3, 5), "y": (3, 5), "s": (), "z": ()}, 17, "g")
+    fused = fuse_dynamic_quantizations(graph)
+    kinds = [n.op_type for n in fused.nodes]
+    assert kinds == [QUANTIZATION_RANGE, "Gather", "Gather", "Cast", DYNAMIC_QUANTIZE]
+    params = fused.nodes[0].outputs[0]
+    assert fused.shapes[params] == (2,) and graph.shapes.get(params) is None
+    x = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
+    y, scale, zero = dynamic_quantize_linear([x], {}, 17)
+    # the generated nodes' work in numpy: the two floats, then the graph's gathers and cast
+    impls = {QUANTIZATION_RANGE: lambda node, args: [np.array([scale, zero], np.float32)],
+             DYNAMIC_QUANTIZE: lambda node, args: [y]}
+    s, z = run_graph(fused, {"x": x}, impls=impls)[1:]
+    assert s.shape == () and s.dtype == np.float32 and s == scale
+    assert z.shape == () and z.dtype == np.uint8 and z == zero
+    # a node with an unknown input shape stays
+    assert fuse_dynamic_quantizations(Graph({"x": (3, 5)}, ("y",), (node,), {}, {}, 17,
+                                            "g")).nodes == (node,)

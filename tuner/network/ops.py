@@ -165,7 +165,9 @@ def slice_(x, a, opset):
 def gather(x, a, opset):
     data, index = x[0], x[1].astype(np.int64)
     axis = a.get("axis", 0) % data.ndim
-    return [np.take(data, np.where(index < 0, index + data.shape[axis], index), axis=axis)]
+    # an array, 0-d for a scalar index (np.take gives a numpy scalar then)
+    return [np.asarray(np.take(data, np.where(index < 0, index + data.shape[axis], index),
+                               axis=axis))]
 
 
 def pad(x, a, opset):

@@ -36,8 +36,10 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
                                rewritten)
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
-from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, QUANTIZED_ADD,
-                                             fuse_dequantized_products, fuse_quantized_adds)
+from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, DYNAMIC_QUANTIZE,
+                                             QUANTIZATION_RANGE, QUANTIZED_ADD,
+                                             fuse_dequantized_products,
+                                             fuse_dynamic_quantizations, fuse_quantized_adds)
 from tuner.network.tasks import extract_tasks
 from tuner.ir.target import Target
 from tuner.replay.source import NoRecordWarning, ScheduleSource
@@ -97,7 +99,8 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    graph = fuse_dequantized_products(fuse_quantized_adds(_masked_softmaxes(extraction.graph)))
+    graph = fuse_dynamic_quantizations(fuse_dequantized_products(
+        fuse_quantized_adds(_masked_softmaxes(extraction.graph))))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in graph.nodes:
@@ -253,8 +256,9 @@ def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
     """Generated functions for the nodes that have one: MaxPool and GlobalAveragePool after a
     kernel (pool_codegen.py; a float32 tensor, with the kernels in a segment), and
     LayerNormalization with constant scale and bias, and Softmax, over rows (row_codegen.py);
-    a quantized residual Add and a dequantized product (quantized_codegen.py). One function
-    per distinct node; returns the function by node output, and the compiled functions."""
+    a quantized residual Add, a dequantized product and a dynamic quantization
+    (quantized_codegen.py). One function per distinct node; returns the function by node
+    output, and the compiled functions."""
     from tuner.replay.aot import C_TYPES, LinkedFunction
     from tuner.codegen.jit import compile_ir_object
 
@@ -291,7 +295,8 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     from templates._common import GELU_VALUES
     from tuner.network.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
     from tuner.network.quantized_codegen import (DequantizedProduct, QuantizedAdd,
-                                                 dequantized_product_ir, quantized_add_ir)
+                                                 dequantized_product_ir, dynamic_quantize_ir,
+                                                 quantization_range_ir, quantized_add_ir)
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
     shape = tuple(graph.shapes[node.inputs[0]])
@@ -320,6 +325,18 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return (product, operands, out, "float32",
                 lambda s, m, t: dequantized_product_ir(s, product, m, t),
                 f"out[{product.rows}x{product.width}] = float(sums) * scale[0]{bias}{gelu}")
+    if node.op_type == QUANTIZATION_RANGE:
+        count = node.attributes["count"]
+        return ((QUANTIZATION_RANGE, count), x, (2,), "float32",
+                lambda s, m, t: quantization_range_ir(s, count, m),
+                f"out[2] = the scale and zero point of x[{text}] (DynamicQuantizeLinear)")
+    if node.op_type == DYNAMIC_QUANTIZE:
+        count = node.attributes["count"]
+        params = ("params", node.inputs[1], (2,), False, "float32")
+        return ((DYNAMIC_QUANTIZE, count), x + (params,), shape, "uint8",
+                lambda s, m, t: dynamic_quantize_ir(s, count, m, t),
+                f"out[{text}] = saturate(round(x / params[0]) + params[1]) "
+                f"(DynamicQuantizeLinear)")
     if node.op_type in ("MaxPool", "GlobalAveragePool"):
         if node.inputs[0] not in made_by_kernels:
             return None

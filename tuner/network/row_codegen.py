@@ -94,19 +94,19 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
         scale_ptr = args[2] if scale else None
         bias_ptr = args[-1] if bias else None
 
-        sums = _over_row(b, width, lanes, machine.min_accumulators, (zero,),
+        sums = over_row(b, width, lanes, machine.min_accumulators, (zero,),
                          lambda at, n, s: (b.fadd(s[0], _load(b, x, at, n, lanes, zero)),))
-        rough = b.fdiv(_total(b, [s[0] for s in sums], b.fadd), count)
+        rough = b.fdiv(combine_lanes(b, [s[0] for s in sums], b.fadd), count)
         rough_v = splat(b, rough, lanes)
 
         def deviations(at, n, s):
             d = b.fsub(_load(b, x, at, n, lanes, rough_v), rough_v)  # 0 past the row's end
             return b.fadd(s[0], d), _muladd(b, d, d, s[1])
         # two vectors a state: half as many states, the same registers as the first pass
-        devs = _over_row(b, width, lanes, machine.min_accumulators // 2, (zero, zero),
+        devs = over_row(b, width, lanes, machine.min_accumulators // 2, (zero, zero),
                          deviations)
-        shift = b.fdiv(_total(b, [s[0] for s in devs], b.fadd), count)
-        var = b.fsub(b.fdiv(_total(b, [s[1] for s in devs], b.fadd), count),
+        shift = b.fdiv(combine_lanes(b, [s[0] for s in devs], b.fadd), count)
+        var = b.fsub(b.fdiv(combine_lanes(b, [s[1] for s in devs], b.fadd), count),
                      b.fmul(shift, shift))
         var = b.select(b.fcmp_ordered("<", var, ir.Constant(F32, 0.0)),
                        ir.Constant(F32, 0.0), var)  # the correction's rounding; NaN stays
@@ -124,7 +124,7 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
                 y = b.fadd(y, _load(b, bias_ptr, at, n, lanes, zero))
             _store(b, y, out, at, n, lanes)
             return s
-        _over_row(b, width, lanes, 1, (), normalize)
+        over_row(b, width, lanes, 1, (), normalize)
 
     return over_rows(module, symbol, 2 + scale + bias, rows, threads, row)
 
@@ -150,9 +150,9 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
 
         def larger(u, v):  # NaN is dropped here, but it reaches the sum, so every output
             return b.select(b.fcmp_ordered(">", u, v), u, v)
-        maxima = _over_row(b, width, lanes, machine.min_accumulators, (lowest,),
+        maxima = over_row(b, width, lanes, machine.min_accumulators, (lowest,),
                            lambda at, n, s: (larger(s[0], scores(at, n)),))
-        top = splat(b, _total(b, [s[0] for s in maxima], larger), lanes)
+        top = splat(b, combine_lanes(b, [s[0] for s in maxima], larger), lanes)
 
         def exponentials(at, n, s):
             e = exp(b, b.fsub(scores(at, n), top))
@@ -162,14 +162,14 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
             return (b.fadd(s[0], e),)
         # an exp is some twenty instructions a vector: they, not the sum's latency, set the
         # pace, and a second state would leave too few registers for exp's constants
-        sums = _over_row(b, width, lanes, 1, (zero,), exponentials)
-        inv = splat(b, b.fdiv(ir.Constant(F32, 1.0), _total(b, [s[0] for s in sums], b.fadd)),
+        sums = over_row(b, width, lanes, 1, (zero,), exponentials)
+        inv = splat(b, b.fdiv(ir.Constant(F32, 1.0), combine_lanes(b, [s[0] for s in sums], b.fadd)),
                     lanes)
 
         def normalize(at, n, s):
             _store(b, b.fmul(_load(b, out, at, n, lanes, zero), inv), out, at, n, lanes)
             return s
-        _over_row(b, width, lanes, 1, (), normalize)
+        over_row(b, width, lanes, 1, (), normalize)
 
     return over_rows(module, symbol, 2 + mask, rows, threads, row)
 
@@ -203,7 +203,7 @@ def over_rows(module: ir.Module, symbol: str, pointers: int, rows: int, threads:
     return str(module)
 
 
-def _over_row(b: ir.IRBuilder, width: int, lanes: int, slots: int, init: State,
+def over_row(b: ir.IRBuilder, width: int, lanes: int, slots: int, init: State,
               step: Step) -> list[State]:
     """Runs `step(at, n, state) -> state` over the vectors of a row of `width` floats (`at`
     the i64 index of the vector's first float, `n` its floats: `lanes`, fewer for the last),
@@ -259,7 +259,7 @@ def _carried_loop(b: ir.IRBuilder, trips: int, state: list[ir.Value],
     return phis
 
 
-def _total(b: ir.IRBuilder, vectors: list[ir.Value],
+def combine_lanes(b: ir.IRBuilder, vectors: list[ir.Value],
            combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
     """The lanes of `vectors` combined into one float: the vectors pairwise, then halves of
     the last one (lanes a power of two), a tree at each level."""
