@@ -2,8 +2,8 @@
 
 An int8 task (tuner.ir.dag.Quantization) multiplies uint8 activations by int8 weights and sums in
 int32. Its dot axis (DOT_GROUP = 4 reduction lanes, innermost, annotated `dot`) is summed by the
-integer dot-product instruction of the target, chosen from the machine model
-(`Machine.dot_instruction`):
+integer dot-product instruction of the target, chosen by the machine model from its own and
+the weights' range (`Machine.int8_instruction`):
 
 - `vpdpbusd` (AVX512-VNNI, AVX-VNNI): each int32 lane adds the 4 products of 4 uint8 and 4
   int8 bytes, exactly. Both operands are vectors of 4-byte groups, one group per output lane.

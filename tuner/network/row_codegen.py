@@ -95,7 +95,7 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
         bias_ptr = args[-1] if bias else None
 
         sums = over_row(b, width, lanes, machine.min_accumulators, (zero,),
-                         lambda at, n, s: (b.fadd(s[0], _load(b, x, at, n, lanes, zero)),))
+                        lambda at, n, s: (b.fadd(s[0], _load(b, x, at, n, lanes, zero)),))
         rough = b.fdiv(combine_lanes(b, [s[0] for s in sums], b.fadd), count)
         rough_v = splat(b, rough, lanes)
 
@@ -104,7 +104,7 @@ def layer_norm_ir(symbol: str, rows: int, width: int, epsilon: float, scale: boo
             return b.fadd(s[0], d), _muladd(b, d, d, s[1])
         # two vectors a state: half as many states, the same registers as the first pass
         devs = over_row(b, width, lanes, machine.min_accumulators // 2, (zero, zero),
-                         deviations)
+                        deviations)
         shift = b.fdiv(combine_lanes(b, [s[0] for s in devs], b.fadd), count)
         var = b.fsub(b.fdiv(combine_lanes(b, [s[1] for s in devs], b.fadd), count),
                      b.fmul(shift, shift))
@@ -151,7 +151,7 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
         def larger(u, v):  # NaN is dropped here, but it reaches the sum, so every output
             return b.select(b.fcmp_ordered(">", u, v), u, v)
         maxima = over_row(b, width, lanes, machine.min_accumulators, (lowest,),
-                           lambda at, n, s: (larger(s[0], scores(at, n)),))
+                          lambda at, n, s: (larger(s[0], scores(at, n)),))
         top = splat(b, combine_lanes(b, [s[0] for s in maxima], larger), lanes)
 
         def exponentials(at, n, s):
@@ -163,8 +163,8 @@ def softmax_ir(symbol: str, rows: int, width: int, machine: Machine, threads: in
         # an exp is some twenty instructions a vector: they, not the sum's latency, set the
         # pace, and a second state would leave too few registers for exp's constants
         sums = over_row(b, width, lanes, 1, (zero,), exponentials)
-        inv = splat(b, b.fdiv(ir.Constant(F32, 1.0), combine_lanes(b, [s[0] for s in sums], b.fadd)),
-                    lanes)
+        total = combine_lanes(b, [s[0] for s in sums], b.fadd)
+        inv = splat(b, b.fdiv(ir.Constant(F32, 1.0), total), lanes)
 
         def normalize(at, n, s):
             _store(b, b.fmul(_load(b, out, at, n, lanes, zero), inv), out, at, n, lanes)
@@ -204,7 +204,7 @@ def over_rows(module: ir.Module, symbol: str, pointers: int, rows: int, threads:
 
 
 def over_row(b: ir.IRBuilder, width: int, lanes: int, slots: int, init: State,
-              step: Step) -> list[State]:
+             step: Step) -> list[State]:
     """Runs `step(at, n, state) -> state` over the vectors of a row of `width` floats (`at`
     the i64 index of the vector's first float, `n` its floats: `lanes`, fewer for the last),
     the vectors dealt in turn to `slots` independent states that each start at `init` and
@@ -260,7 +260,7 @@ def _carried_loop(b: ir.IRBuilder, trips: int, state: list[ir.Value],
 
 
 def combine_lanes(b: ir.IRBuilder, vectors: list[ir.Value],
-           combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+                  combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
     """The lanes of `vectors` combined into one float: the vectors pairwise, then halves of
     the last one (lanes a power of two), a tree at each level."""
     while len(vectors) > 1:
