@@ -29,7 +29,7 @@ from tuner.ir.layout import (access_class, inline_guards, local_pad_bytes, root_
 from tuner.ir.schedule import LoopNest
 from tuner.ir.target import Target
 
-FEATURE_VERSION = 7
+FEATURE_VERSION = 8
 LEVELS = 10
 KINDS = ("serial", "parallel", "unroll", "vectorize", "dot")
 GLOBAL_FEATURES = (
@@ -72,6 +72,9 @@ GLOBAL_FEATURES = (
     ("int8", "1 for an int8 kernel (uint8 x int8 summed in int32), 0 for float32"),
     ("machine_int8_macs_per_cycle", "int8 multiply-accumulates per cycle per core of the "
                                     "machine's dot instruction (vpdpbusd or vpmaddwd)"),
+    ("int8_bytes_unwidened", "1 where an int8 kernel's dot groups are multiplied as the "
+                             "bytes are loaded (vpdpbusd; vpmaddubsw for weights of reduced "
+                             "range), 0 where widened to int16 first (vpmaddwd) or float32"),
 )
 LEVEL_FEATURES = (
     ("extent", "log2 trips of this loop"),
@@ -152,6 +155,8 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         float(access_class(nest, dag.rhs) == "gather"), out_scatter,
         _lg(4 * dag.output.size), epilogue,
         float(dag.quant is not None), machine.int8_macs_per_cycle,
+        float(dag.quant is not None and machine.int8_instruction(dag.reduced_range)
+              != "pmaddwd"),
     ]
 
     accesses = 1

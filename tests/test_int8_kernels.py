@@ -265,3 +265,25 @@ def test_a_default_tile_the_builder_would_refuse_is_not_taken():
     nest = apply_steps(dag, tiled_schedule(dag, target, wide))
     assert code_size(nest, target.machine.lanes) > MAX_CODE_SIZE
     assert not _builds(nest, target)
+
+
+def test_the_cost_model_tells_the_instructions_apart():
+    """The same schedule of a full-range and a reduced-range task: features equal but for
+    `int8_bytes_unwidened`, 0 and 1 on a CPU without VNNI, and the register pressure (the
+    widened pairs take more registers: tuner.ir.layout.operand_registers); with VNNI both
+    are 1 and nothing differs."""
+    from costmodel.features import FEATURE_NAMES, extract_features
+    from tuner.ir.task import Task
+    from tuner.search.default import default_lowered
+
+    at = FEATURE_NAMES.index("int8_bytes_unwidened")
+    full = Task.create("matmul", (16, 64, 64), "int8", out_type=1)
+    reduced = Task.create("matmul", (16, 64, 64), "int8", out_type=1, reduce_range=True)
+    for target, expected in ((generated_target("x86-64-v3", 1), (0.0, 1.0)),
+                             (_vnni_target("x86-64-v4"), (1.0, 1.0))):
+        steps = default_lowered(full.dag(), target)[0]
+        rows = [extract_features(apply_steps(t.dag(), steps), target) for t in (full, reduced)]
+        assert (rows[0][at], rows[1][at]) == expected
+        differ = {FEATURE_NAMES[i] for i in range(len(FEATURE_NAMES)) if rows[0][i] != rows[1][i]}
+        assert differ == ({"int8_bytes_unwidened", "register_pressure"} if expected[0] == 0
+                          else set())
