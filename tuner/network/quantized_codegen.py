@@ -171,7 +171,6 @@ def quantized_add_ir(symbol: str, count: int, add: QuantizedAdd, machine: Machin
     docstring), in vectors of the machine's float lanes, shared among `threads` in static
     blocks of vectors; the last partial vector on the calling thread."""
     lanes = machine.lanes
-    vectors, tail = divmod(count, lanes)
     module = ir.Module(name=symbol)
 
     def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
@@ -190,14 +189,36 @@ def quantized_add_ir(symbol: str, count: int, add: QuantizedAdd, machine: Machin
                        real(args[2], add.b_scale, add.b_zero, add.b_type))
         if add.relu:
             total = b.select(b.fcmp_ordered(">", total, const(0)), total, const(0))
-        q = b.fdiv(total, const(add.y_scale))
-        q = b.call(intrinsic(module, f"llvm.roundeven.{type_name(f32)}", f32, [f32]), [q])
-        q = b.fadd(q, const(add.y_zero))
-        info = np.iinfo(add.y_type)
-        q = b.select(b.fcmp_ordered("<", q, const(info.min)), const(info.min), q)
-        q = b.select(b.fcmp_ordered(">", q, const(info.max)), const(info.max), q)
-        out = b.trunc(b.fptosi(q, vec_type(lanes, I32)), vec_type(lanes, I8))
+        out = _quantize(b, total, const(add.y_scale), const(add.y_zero), add.y_type)
         _store(b, out, elem_ptr(b, args[0], at, I8), n)
+
+    return _over_elements(module, symbol, 3, count, lanes, threads, vector)
+
+
+def _quantize(b: ir.IRBuilder, real: ir.Value, scale: ir.Value, zero: ir.Value,
+              etype: str) -> ir.Value:
+    """ONNX QuantizeLinear of the float32 vector `real`: saturate(round_half_even(real /
+    scale) + zero) to `etype` ('uint8' or 'int8'), as bytes; `scale` and `zero` are float32
+    vectors. A true division, as numpy's: a reciprocal multiply rounds ties differently."""
+    f32 = real.type
+    q = b.fdiv(real, scale)
+    q = b.call(intrinsic(b.module, f"llvm.roundeven.{type_name(f32)}", f32, [f32]), [q])
+    q = b.fadd(q, zero)
+    info = np.iinfo(etype)
+    low = ir.Constant(f32, [float(info.min)] * f32.count)
+    high = ir.Constant(f32, [float(info.max)] * f32.count)
+    q = b.select(b.fcmp_ordered("<", q, low), low, q)
+    q = b.select(b.fcmp_ordered(">", q, high), high, q)
+    return b.trunc(b.fptosi(q, vec_type(f32.count, I32)), vec_type(f32.count, I8))
+
+
+def _over_elements(module: ir.Module, symbol: str, pointers: int, count: int, lanes: int,
+                   threads: int, vector) -> str:
+    """`void symbol(...)` (`pointers` pointers) running `vector(builder, pointers, at, n)`
+    over `count` elements, a vector of `lanes` from element `at` at a time (`n` of its lanes
+    in range), the vectors shared among `threads` in static blocks from PARALLEL_ELEMENTS
+    elements on; the last partial vector on the calling thread."""
+    vectors, tail = divmod(count, lanes)
 
     def full(b: ir.IRBuilder, args: list[ir.Value], v: ir.Value) -> None:
         vector(b, args, b.mul(v, ir.Constant(I64, lanes)), lanes)
@@ -206,7 +227,7 @@ def quantized_add_ir(symbol: str, count: int, add: QuantizedAdd, machine: Machin
         if tail:
             vector(b, args, ir.Constant(I64, vectors * lanes), tail)
 
-    return over_rows(module, symbol, 3, vectors,
+    return over_rows(module, symbol, pointers, vectors,
                      threads if count >= PARALLEL_ELEMENTS else 1, full, last)
 
 
@@ -409,6 +430,7 @@ def quantization_range_ir(symbol: str, count: int, machine: Machine) -> str:
         b.store(scale, args[0], align=4)
         b.store(point, elem_ptr(b, args[0], ir.Constant(I64, 1)), align=4)
 
+    # a reduction over every element: no rows to share, only the part after them
     return over_rows(module, symbol, 2, 0, 1, lambda b, args, r: None, scale_and_zero)
 
 
@@ -418,31 +440,14 @@ def dynamic_quantize_ir(symbol: str, count: int, machine: Machine, threads: int)
     the machine's float lanes shared among `threads` in static blocks; the last partial vector
     on the calling thread."""
     lanes = machine.lanes
-    vectors, tail = divmod(count, lanes)
     module = ir.Module(name=symbol)
-    f32 = vec_type(lanes)
-
-    def const(value: float) -> ir.Constant:
-        return ir.Constant(f32, [float(value)] * lanes)
 
     def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
         scale = splat(b, b.load(args[2], typ=F32, align=4), lanes)
         point = splat(b, b.load(elem_ptr(b, args[2], ir.Constant(I64, 1)), typ=F32,
                                 align=4), lanes)
-        q = b.fdiv(_load(b, elem_ptr(b, args[1], at), n, lanes, F32), scale)
-        q = b.fadd(b.call(intrinsic(module, f"llvm.roundeven.{type_name(f32)}", f32, [f32]),
-                          [q]), point)
-        q = b.select(b.fcmp_ordered("<", q, const(0)), const(0), q)
-        q = b.select(b.fcmp_ordered(">", q, const(255)), const(255), q)
-        out = b.trunc(b.fptosi(q, vec_type(lanes, I32)), vec_type(lanes, I8))
+        out = _quantize(b, _load(b, elem_ptr(b, args[1], at), n, lanes, F32), scale, point,
+                        "uint8")
         _store(b, out, elem_ptr(b, args[0], at, I8), n)
 
-    def full(b: ir.IRBuilder, args: list[ir.Value], v: ir.Value) -> None:
-        vector(b, args, b.mul(v, ir.Constant(I64, lanes)), lanes)
-
-    def last(b: ir.IRBuilder, args: list[ir.Value]) -> None:
-        if tail:
-            vector(b, args, ir.Constant(I64, vectors * lanes), tail)
-
-    return over_rows(module, symbol, 3, vectors,
-                     threads if count >= PARALLEL_ELEMENTS else 1, full, last)
+    return _over_elements(module, symbol, 3, count, lanes, threads, vector)
