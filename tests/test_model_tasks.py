@@ -144,16 +144,17 @@ def test_adds_that_are_not_skip_connections_are_not_residuals():
     """A broadcast Add of an activation of another shape stays numpy, and so does anything
     but a ReLU after a residual (the bias was added before it: a Mul cannot fold)."""
     rng = _rng()
-    weights = {"w": randn(rng, 4, 3, 1, 1), "s": randn(rng, 1, 4, 1, 1)}
+    weights = {"w": randn(rng, 4, 3, 1, 1), "w2": randn(rng, 4, 3, 1, 1),
+               "s": randn(rng, 1, 4, 1, 1)}  # two weights: equal Convs would be one
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=1),
-             helper.make_node("Conv", ["x", "w"], ["d"]),
+             helper.make_node("Conv", ["x", "w2"], ["d"]),
              helper.make_node("Add", ["d", "m"], ["y"])]
     extraction = extract_tasks(load_model(make_model(nodes, {"x": (1, 3, 4, 4)}, "y", weights)))
     assert sorted(n.op_type for n in extraction.graph.nodes) == \
         ["Add", "ReduceMean", "TunerConv", "TunerConv"]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
-             helper.make_node("Conv", ["x", "w"], ["d"]),
+             helper.make_node("Conv", ["x", "w2"], ["d"]),
              helper.make_node("Add", ["c", "d"], ["a"]),
              helper.make_node("Mul", ["a", "s"], ["y"])]
     model = make_model(nodes, {"x": (1, 3, 4, 4)}, "y", weights)
@@ -202,6 +203,64 @@ def test_constant_of_shape_subgraphs_fold_into_initializers():
     assert [n.op_type for n in graph.nodes] == ["Conv"]
     np.testing.assert_array_equal(graph.initializers["w"], np.full((4, 3, 1, 1), 0.5, np.float32))
     assert extract_tasks(graph).tasks[0].task.shape == (1, 3, 2, 2, 4, 1, 1)
+
+
+def _model_with_outputs(nodes, inputs: dict, outputs: list[str], weights: dict):
+    graph = helper.make_graph(
+        nodes, "generated",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(s))
+         for n, s in inputs.items()],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_nodes_that_compute_what_an_earlier_one_does_are_merged():
+    """quantize_dynamic's attention: each projection reshapes and quantizes the same hidden
+    state through a shape constant of its own. One Reshape and one DynamicQuantizeLinear
+    remain, their readers read them, and the results do not change; a node that writes a
+    graph output stays, as do nodes with other attributes or other constants."""
+    shape = np.array([6, 4], np.int64)
+    weights = {"s1": shape, "s2": shape.copy(), "s3": shape.copy(),
+               "other": np.array([4, 6], np.int64)}
+    nodes = [helper.make_node("Reshape", ["x", s], [f"r{i}"])
+             for i, s in enumerate(("s1", "s2", "s3"), 1)]
+    nodes += [helper.make_node("Reshape", ["x", "other"], ["r4"]),
+              helper.make_node("DynamicQuantizeLinear", ["r1"], ["q1", "sc1", "zp1"]),
+              helper.make_node("DynamicQuantizeLinear", ["r2"], ["q2", "sc2", "zp2"]),
+              helper.make_node("Cast", ["q1"], ["f1"], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Cast", ["q2"], ["f2"], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Cast", ["q2"], ["i2"], to=onnx.TensorProto.INT32),
+              helper.make_node("Mul", ["f1", "sc1"], ["d1"]),
+              helper.make_node("Mul", ["f2", "sc2"], ["d2"]),
+              helper.make_node("Add", ["d1", "d2"], ["y1"]),
+              helper.make_node("Relu", ["r3"], ["y2"]),
+              helper.make_node("Relu", ["r1"], ["y3"]),
+              helper.make_node("Softmax", ["r2"], ["y4"], axis=0),
+              helper.make_node("Softmax", ["r1"], ["y5"], axis=1),
+              helper.make_node("Cast", ["i2"], ["y6"], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Relu", ["r4"], ["y7"])]
+    model = _model_with_outputs(nodes, {"x": (4, 6)}, [f"y{i}" for i in range(1, 8)], weights)
+    graph = load_model(model)
+    count = {op: sum(n.op_type == op for n in graph.nodes) for op in
+             ("Reshape", "DynamicQuantizeLinear", "Cast", "Mul", "Relu", "Softmax")}
+    assert count == {"Reshape": 2, "DynamicQuantizeLinear": 1, "Cast": 3, "Mul": 1,
+                     "Relu": 3, "Softmax": 2}
+    x = _rng().standard_normal((4, 6)).astype(np.float32)
+    got = run_graph(graph, {"x": x})
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for mine, theirs in zip(got, session.run(None, {"x": x})):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_random_draws_are_never_merged():
+    nodes = [helper.make_node("RandomNormalLike", ["x"], ["a"], seed=1.0),
+             helper.make_node("RandomNormalLike", ["x"], ["b"], seed=1.0),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = load_model(make_model(nodes, {"x": (2, 3)}, "y", {}))
+    assert [n.op_type for n in graph.nodes] == ["RandomNormalLike", "RandomNormalLike", "Add"]
 
 
 def test_an_unsupported_operator_is_one_line_naming_it_and_its_node():

@@ -1,4 +1,5 @@
-"""An ONNX model as our own plain data: load, fix static shapes, fold constant subgraphs.
+"""An ONNX model as our own plain data: load, fix static shapes, fold constant subgraphs, merge
+duplicate nodes.
 
 Everything after loading (the numpy runtime, task extraction, packaging) reads a `Graph`, never a
 protobuf: the `onnx` package is needed to read the file and nowhere else, and a graph we rewrite
@@ -7,7 +8,10 @@ protobuf: the `onnx` package is needed to read the file and nowhere else, and a 
 `N`) must be given by the caller, because a tuned kernel is compiled for one shape. Constant
 subgraphs (the weights of the `light` zoo models are `ConstantOfShape` nodes; exporters write
 `Shape -> Gather -> Unsqueeze -> Concat -> Reshape` chains) are computed once here, so that the
-runtime and the task extraction see initializers where the weights are.
+runtime and the task extraction see initializers where the weights are. A node that computes
+what an earlier one does (`merge_duplicates`) is dropped: onnxruntime's `quantize_dynamic` gives
+each of attention's three projections its own Reshape and DynamicQuantizeLinear of the same
+hidden state, three passes where one does.
 """
 
 from __future__ import annotations
@@ -70,9 +74,9 @@ def load_model(model, inputs: dict[str, tuple[int, ...]] | None = None) -> Graph
         graph = _to_graph(proto, held)
         folded = fold_constants(graph, KEPT_ON_LOAD)
         if len(folded.nodes) == len(graph.nodes):
-            return folded
+            return merge_duplicates(folded)
         proto, held = _replace_graph(proto, folded)
-    return fold_constants(_to_graph(_infer_shapes(proto), held), KEPT_ON_LOAD)
+    return merge_duplicates(fold_constants(_to_graph(_infer_shapes(proto), held), KEPT_ON_LOAD))
 
 
 def _read(path) -> "onnx.ModelProto":
@@ -245,6 +249,62 @@ def fold_constants(graph: Graph, kept_types=frozenset()) -> Graph:
     shapes.update({k: tuple(v.shape) for k, v in initializers.items()})
     return Graph(graph.inputs, graph.outputs, tuple(kept), initializers, shapes, graph.opset,
                  graph.name)
+
+
+# Operators whose outputs are not a function of their inputs and attributes: never merged.
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
+                              "RandomUniformLike", "Multinomial", "Bernoulli"})
+
+
+def merge_duplicates(graph: Graph) -> Graph:
+    """`graph` without the nodes that compute what an earlier node computes: the same
+    operator and attributes on the same inputs, constants of up to INFERENCE_DATA_LIMIT
+    elements compared by value (exporters give each Reshape its own shape initializer). Their
+    readers read the earlier node's outputs. A node that writes a graph output, has a
+    subgraph or draws random numbers stays."""
+    same: dict[str, str] = {}  # value -> the value it equals, made earlier
+    by_value: dict[tuple, str] = {}
+    for name, value in graph.initializers.items():
+        if value.size <= INFERENCE_DATA_LIMIT:
+            same[name] = by_value.setdefault(_frozen(value), name)
+    outputs = set(graph.outputs)
+    made: dict[tuple, Node] = {}
+    nodes = []
+    for node in graph.nodes:
+        inputs = tuple(same.get(i, i) for i in node.inputs)
+        if inputs != node.inputs:
+            node = Node(node.op_type, node.name, inputs, node.outputs, node.attributes,
+                        node.domain)
+        if node.op_type in NONDETERMINISTIC or "<subgraph>" in node.attributes.values():
+            nodes.append(node)
+            continue
+        key = (node.op_type, node.domain, inputs, _frozen(node.attributes),
+               tuple(bool(o) for o in node.outputs))
+        earlier = made.get(key)
+        if earlier is None or outputs.intersection(node.outputs):
+            made.setdefault(key, node)
+            nodes.append(node)
+            continue
+        same.update((o, e) for o, e in zip(node.outputs, earlier.outputs) if o)
+    if len(nodes) == len(graph.nodes) and all(n.inputs == o.inputs
+                                              for n, o in zip(nodes, graph.nodes)):
+        return graph
+    used = {i for n in nodes for i in n.inputs} | outputs
+    return Graph(graph.inputs, graph.outputs, tuple(nodes),
+                 {k: v for k, v in graph.initializers.items() if k in used}, graph.shapes,
+                 graph.opset, graph.name)
+
+
+def _frozen(value):
+    """`value` (an attribute or a constant) as a hashable key that equals another's where
+    the values are equal and of one type."""
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(_frozen(v) for v in value)
+    return (type(value).__name__, value)
 
 
 def _replace_graph(proto, graph: Graph):
