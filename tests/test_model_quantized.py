@@ -335,16 +335,17 @@ def _dynamic_mlp(tmp_path, activation: str = "relu", reduce_range: bool = False)
 @pytest.mark.parametrize("reduce_range", [False, True])
 def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, tmp_path):
     """quantize_dynamic's MatMulInteger with a zero point known at run time: an int8 matmul
-    whose bias and zero points small numpy nodes make per call; the fused graph, the compiled
-    model and its package give what ONNX defines (quant_ops.py) bit for bit. 7-bit weights
-    make matmuls of reduced range."""
+    of the stored activation, and the zero point's share added after it; the fused graph,
+    the compiled model and its package give what ONNX defines (quant_ops.py) bit for bit.
+    In the package the share, the scale and the zero point are the dequantization's own
+    (no numpy node makes them). 7-bit weights make matmuls of reduced range."""
     path = _dynamic_mlp(tmp_path, reduce_range=reduce_range)
     graph = load_model(str(path))
     extraction = extract_tasks(graph)
     reduced = ",reduce_range=1" if reduce_range else ""
     assert [u.task.key for u in extraction.tasks] == [
-        f"matmul/7x33x16/bias=1{reduced},relu=0/int8",
-        f"matmul/7x15x33/bias=1{reduced},relu=0/int8"]
+        f"matmul/7x33x16/bias=0{reduced},relu=0/int8",
+        f"matmul/7x15x33/bias=0{reduced},relu=0/int8"]
     assert "MatMulInteger" not in [n.op_type for n in extraction.graph.nodes]
     db = str(tmp_path / "empty.db")
     RecordStore(f"sqlite:///{db}").close()
@@ -359,6 +360,9 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, tmp_pat
     assert "DynamicQuantizeLinear" not in [n["op_type"] for n in nodes]
     assert [n["op_type"] for n in nodes].count("TunerDynamicQuantize") == 2
     assert [n["op_type"] for n in nodes].count("TunerQuantizationRange") == 2
+    assert [n["op_type"] for n in nodes if not n["op_type"].startswith("Tuner")] == ["Relu"]
+    assert [n["attributes"]["dynamic"] for n in nodes
+            if n["op_type"] == "TunerDequantizedProduct"] == [True, True]
     package = load_package(tmp_path / "pkg")
     rng = np.random.default_rng(9)
     for _ in range(3):

@@ -288,3 +288,42 @@ def test_a_softmax_whose_exponentials_are_an_output_is_left_decomposed():
     graph = type(graph)(graph.inputs, ("y", "e"), graph.nodes, graph.initializers,
                         graph.shapes, graph.opset, graph.name)
     assert "Softmax" not in [n.op_type for n in extract_tasks(graph).graph.nodes]
+
+
+# quantize_dynamic's blocks: (gelu, norm, softmax, mask, seq, heads, opset) of BLOCKS
+DYNAMIC_BLOCKS = [BLOCKS[0], BLOCKS[1], BLOCKS[3]]
+
+
+@pytest.mark.parametrize("gelu, norm, softmax, mask, seq, heads, opset", DYNAMIC_BLOCKS)
+def test_dynamically_quantized_blocks_agree_with_onnxruntime(tmp_path, empty_db, gelu, norm,
+                                                             softmax, mask, seq, heads, opset):
+    """A block quantized by quantize_dynamic (7-bit weights, so that onnxruntime's own
+    MatMulInteger is exact on AVX2 too): one DynamicQuantizeLinear of the hidden state for
+    the three projections; each projection's dequantization, with the run-time scale and
+    zero point, its bias, GELU or residual, is one generated function; the scores' scale is
+    folded into the query's weight scale. Only the input's Reshape and the key's Transpose
+    stay numpy nodes, and the package agrees with onnxruntime on the same file."""
+    import onnx
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    rng = np.random.default_rng(seq + heads)
+    model = Block(rng, gelu, norm, softmax, mask, opset).build(seq, heads, 24)
+    onnx.save(model, tmp_path / "block.onnx")
+    quantization.quantize_dynamic(tmp_path / "block.onnx", tmp_path / "block.int8.onnx",
+                                  reduce_range=True,
+                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantized = onnx.load(tmp_path / "block.int8.onnx")
+    feeds = feeds_for(rng, model, seq, mask)
+    expected = onnxruntime_outputs(quantized, feeds)
+    graph = load_model(quantized)
+    assert [n.op_type for n in graph.nodes].count("DynamicQuantizeLinear") == 4
+    built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
+                          named_target(None, 1))
+    nodes = json.loads(built.graph_file.read_text())["nodes"]
+    assert [n["op_type"] for n in nodes if "kernel" not in n] == ["Reshape", "Transpose"]
+    products = [n["attributes"] for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
+    assert len(products) == 6 and all(p["dynamic"] for p in products)
+    assert sorted((p["gelu"] > 0, p["residual"]) for p in products) == \
+        [(False, False)] * 3 + [(False, True)] * 2 + [(True, False)]
+    out = tuner.load_package(tmp_path / "pkg")(feeds)[0]
+    assert out.shape == expected.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

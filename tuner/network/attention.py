@@ -14,7 +14,8 @@ splits the package's segments. Two rewrites remove most of them:
 - `fold_attention_scale` (on the loaded graph): the scale of the scores, a Div or Mul by a
   constant after the product, moves into the weight and bias of the projection that makes one
   of its operands (q·k/c = (q/c)·k, and q is x @ (Wq/c) + bq/c), when only Reshapes and
-  Transposes lie between; for the usual c = sqrt(64) = 8 that is exact in float32.
+  Transposes lie between; for the usual c = sqrt(64) = 8 that is exact in float32. A
+  projection quantized by quantize_dynamic has its weight's scale scaled instead.
 - `stored_operand` / `stored_result` (during task extraction): a [1, S, H, D] view transposed
   to [1, H, S, D] is the [S, H, D] array read with the batch axis second, the batch_matmul
   template's order 213: no copy, every row still contiguous.
@@ -82,7 +83,10 @@ def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
 
 def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | None:
     """The MatMul by a constant (and the Add of a constant after it) that makes `value`
-    through Reshapes and Transposes alone, each read by the next only: the nodes to scale."""
+    through Reshapes and Transposes alone, each read by the next only: the nodes to scale.
+    A dynamically quantized projection (quantize_dynamic: the int32 sums cast to float,
+    times the activation's run-time scale times the weight's constant one, plus the bias)
+    is scaled by its weight's scale and its bias."""
     node = producers.get(value)
     while node is not None and node.op_type in VIEWS \
             and only_reader(node.outputs[0], graph, consumers) is not None:
@@ -92,12 +96,32 @@ def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | 
             and sum(i in graph.initializers for i in node.inputs) == 1:
         scaled.append(node)
         node = producers.get(next(i for i in node.inputs if i not in graph.initializers))
-    if node is None or node.op_type != "MatMul" or node.inputs[1] not in graph.initializers \
-            or node.inputs[0] in graph.initializers \
-            or any(only_reader(n.outputs[0], graph, consumers) is None
-                   for n in [node] + scaled):
+    dequantizing = _dequantizing_scale(node, graph, producers)
+    if dequantizing is not None:
+        node = dequantizing
+    elif node is None or node.op_type != "MatMul" or node.inputs[1] not in graph.initializers \
+            or node.inputs[0] in graph.initializers:
+        return None
+    if any(only_reader(n.outputs[0], graph, consumers) is None for n in [node] + scaled):
         return None
     return [node] + scaled
+
+
+def _dequantizing_scale(node: Node | None, graph: Graph, producers) -> Node | None:
+    """Where `node` is Mul(Cast(int32 sums) to float, s) and s = Mul(a run-time scale, a
+    constant one-element float32 weight scale): the Mul that makes s; else None."""
+    if node is None or node.op_type != "Mul" or len(node.inputs) != 2:
+        return None
+    for cast_value, scale_value in (node.inputs, node.inputs[::-1]):
+        cast, scale = producers.get(cast_value), producers.get(scale_value)
+        if cast is None or cast.op_type != "Cast" or int(cast.attributes.get("to", 0)) != 1 \
+                or scale is None or scale.op_type != "Mul" or len(scale.inputs) != 2:
+            continue
+        constants = [graph.initializers[i] for i in scale.inputs if i in graph.initializers]
+        if len(constants) == 1 and constants[0].size == 1 \
+                and constants[0].dtype == np.float32:
+            return scale
+    return None
 
 
 def stored_operand(value: str, graph: Graph, consumers, producers):

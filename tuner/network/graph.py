@@ -359,6 +359,23 @@ def only_reader(name: str, graph: Graph, consumers, op_types=None) -> Node | Non
     return readers[0]
 
 
+def without_unread(graph: Graph) -> Graph:
+    """`graph` without the nodes whose outputs no node reads and no graph output is (a
+    rewrite's leftovers: what made a value the rewritten nodes read no more), nor the
+    initializers only they read."""
+    read = set(graph.outputs)
+    kept = []
+    for node in reversed(graph.nodes):
+        if read.intersection(node.outputs):
+            kept.append(node)
+            read.update(node.inputs)
+    if len(kept) == len(graph.nodes):
+        return graph
+    return Graph(graph.inputs, graph.outputs, tuple(reversed(kept)),
+                 {k: v for k, v in graph.initializers.items() if k in read}, graph.shapes,
+                 graph.opset, graph.name)
+
+
 def scalar_constant(name: str, graph: Graph) -> float | None:
     """The value of a one-element initializer, else None."""
     value = graph.initializers.get(name)

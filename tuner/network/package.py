@@ -99,7 +99,7 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    graph = fuse_dynamic_quantizations(fuse_dequantized_products(
+    graph = fuse_dequantized_products(fuse_dynamic_quantizations(
         fuse_quantized_adds(_masked_softmaxes(extraction.graph))))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
@@ -315,16 +315,23 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
                 f"DequantizeLinear, Add, QuantizeLinear compute it")
     if node.op_type == DEQUANTIZED_PRODUCT:
         product = DequantizedProduct(**node.attributes)
-        roles = ("sums", "scale", "bias")
+        roles = (("sums", "int32"),) + (
+            (("params", "float32"), ("negated_sums", "int32")) if product.dynamic
+            else (("scale", "float32"),))
+        roles += ((("bias", "float32"),) if product.bias else ()) + \
+            ((("residual", "float32"),) if product.residual else ())
         operands = tuple((role, source, _shape_of(source, graph),
-                          source in graph.initializers, "int32" if role == "sums" else "float32")
-                         for role, source in zip(roles, node.inputs))
+                          source in graph.initializers, dtype)
+                         for (role, dtype), source in zip(roles, node.inputs))
         out = tuple(graph.shapes[node.outputs[0]])
+        sums = "float(sums + int(params[1]) * negated_sums[column]) * (params[0] * " \
+            f"{product.weight_scale!r})" if product.dynamic else "float(sums) * scale[0]"
         bias = " + bias[column]" if product.bias else ""
         gelu = f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
+        residual = ", then + residual" if product.residual else ""
         return (product, operands, out, "float32",
                 lambda s, m, t: dequantized_product_ir(s, product, m, t),
-                f"out[{product.rows}x{product.width}] = float(sums) * scale[0]{bias}{gelu}")
+                f"out[{product.rows}x{product.width}] = {sums}{bias}{gelu}{residual}")
     if node.op_type == QUANTIZATION_RANGE:
         count = node.attributes["count"]
         return ((QUANTIZATION_RANGE, count), x, (2,), "float32",

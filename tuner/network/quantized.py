@@ -29,8 +29,9 @@ uint8 activations becomes the same int8 task (its int8 activations would need it
 re-typed with it, which this does not do: it then runs in numpy, noted).
 
 `quantize_dynamic`'s MatMulInteger, whose activation DynamicQuantizeLinear quantizes at run
-time, becomes an int8 matmul writing its int32 sums (`_matmul_integer`); the Cast and Mul after
-it stay numpy nodes.
+time, becomes an int8 matmul writing its int32 sums, and the share of the run-time zero point
+(`_matmul_integer`); a package folds that share and the Cast, Mul and Add after it into one
+generated function (quantized_codegen.py).
 
 A MaxPool between a DequantizeLinear and a QuantizeLinear of the same quantization pools the
 quantized values instead (`quantized_max_pools`). What stays: Q/DQ pairs around other
@@ -191,10 +192,14 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
                     notes: list[str]):
     """A MatMulInteger (quantize_dynamic's: a uint8 activation quantized at run time by
     DynamicQuantizeLinear, an int8 weight with zero point 0) as an int8 matmul writing its
-    int32 sums: (the fused node, the nodes before it that make its run-time operands), or
-    None with a note. The input's zero point is known at run time only, so the bias that
-    folds it (-zero_point x the weight's column sums) and the zero points operand are made by
-    three small numpy nodes (Cast, Mul, Concat) in front of the kernel."""
+    int32 sums: (the node standing for it, the nodes before that one), or None with a note.
+
+    An input zero point that is a constant is folded into the kernel's bias (-zero_point x
+    the weight's column sums). One known at run time only is not: the kernel sums the stored
+    activation times the weight, and three nodes after it subtract the zero point's share,
+    as MatMulInteger's own sum does (Cast, a Mul by the negated column sums, an Add), where a
+    package folds them into the dequantization that follows (quantized_codegen.py: no node
+    before the kernel, and no pass over its sums of its own)."""
     consts = graph.initializers
     a, b = node.inputs[0], node.inputs[1]
     a_zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
@@ -217,36 +222,35 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
         notes.append(f"MatMulInteger '{node.name}' runs in numpy: {reason}")
         return None
     k, n = weight.shape
-    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True, out_type=0,
-                       reduce_range=fits_reduced_range(weight))
     name = node.name
     column_sums = weight.astype(np.int64).sum(axis=0)
     initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
-    before: tuple[Node, ...] = ()
+    reduce_range = fits_reduced_range(weight)
     if a_zero is None or a_zero in consts:
         zero = int(consts[a_zero].reshape(())) if a_zero else 0
+        task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True,
+                           out_type=0, reduce_range=reduce_range)
         initializers[f"{name}::bias"] = (-zero * column_sums).astype(np.int32)
         initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
-    else:
-        initializers[f"{name}::negated_sums"] = (-column_sums).astype(np.int32)
-        initializers[f"{name}::one"] = np.array([1], np.int64)
-        initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
-        before = (Node("Cast", f"{name}::zero_int32", (a_zero,), (f"{name}::zero",),
-                       {"to": 6}),
-                  Node("Mul", f"{name}::bias_of_zero", (f"{name}::zero",
-                                                        f"{name}::negated_sums"),
-                       (f"{name}::bias",)),
-                  Node("Reshape", f"{name}::zero_vector", (f"{name}::zero", f"{name}::one"),
-                       (f"{name}::zero_1",)),
-                  Node("Concat", f"{name}::zero_points", (f"{name}::zero_1",
-                                                          f"{name}::no_output_zero"),
-                       (f"{name}::zero_points",), {"axis": 0}))
-        shapes.update({f"{name}::zero": (), f"{name}::bias": (n,), f"{name}::zero_1": (1,),
-                       f"{name}::zero_points": (2,)})
-    fused = Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::bias",
-                                                f"{name}::zero_points"),
-                 node.outputs, {"task": task})
-    return fused, before
+        return Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::bias",
+                                                     f"{name}::zero_points"),
+                    node.outputs, {"task": task}), ()
+    # The kernel's input zero point only pads K to its groups of four, against zero weights.
+    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", out_type=0,
+                       reduce_range=reduce_range)
+    initializers[f"{name}::zero_points"] = np.zeros(2, np.int32)
+    initializers[f"{name}::negated_sums"] = (-column_sums).astype(np.int32)
+    sums, zero, share = f"{name}::stored_sums", f"{name}::zero", f"{name}::zero_share"
+    shapes.update({zero: (), share: (n,)})
+    if node.outputs[0] in shapes:
+        shapes[sums] = shapes[node.outputs[0]]
+    kernel = Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::zero_points"),
+                  (sums,), {"task": task})
+    return (Node("Add", f"{name}::zero_point_share", (sums, share), node.outputs),
+            (kernel,
+             Node("Cast", f"{name}::zero_int32", (a_zero,), (zero,), {"to": 6}),
+             Node("Mul", f"{name}::zero_times_sums", (zero, f"{name}::negated_sums"),
+                  (share,))))
 
 
 @dataclass(slots=True)

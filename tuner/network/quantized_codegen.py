@@ -39,17 +39,26 @@ functions): the numpy runtime has no implementation of it.
 **A dequantized product** (`quantize_dynamic`): the int32 sums of a MatMulInteger (an int8
 kernel here) cast to float, times the run-time scale (the activation's, from its
 DynamicQuantizeLinear, times the weight's), plus the float bias, and often a GELU (the FFN's
-first layer, as an Erf chain or a Gelu node: patterns.match_gelu):
+first layer, as an Erf chain or a Gelu node: patterns.match_gelu) or a residual Add:
 
-    void <symbol>(float *restrict out, const int32_t *restrict sums,
-                  const float *restrict scale, const float *restrict bias);
-    out = gelu(float(sums) * scale[0] + bias[column])      (bias and gelu where the model has them)
+    void <symbol>(float *restrict out, const int32_t *restrict sums, const float *restrict params,
+                  const int32_t *restrict negated_sums, const float *restrict bias,
+                  const float *restrict residual);
+    out = gelu(float(sums + int(params[1]) * negated_sums[column]) * (params[0] * weight_scale)
+               + bias[column]) + residual          (bias, gelu, residual where the model has them)
 
-The cast, product and sum are numpy's float32 operations in the same order, so without GELU
-the output is numpy's bit for bit; the GELU is tuner.codegen.vmath's, as in the float kernels'
-epilogue (within a few float32 roundings of numpy's float64 Erf). On Zen 3 at one thread, the
+`params` are the two floats of the activation's range (its scale and zero point, below), so
+no node runs between the range and the product: the kernel sums the stored activation times
+the weight, and the zero point's share (quantized._matmul_integer) is added here, in int32 as
+numpy adds it. Where the scale is some other one-element value, the function takes it instead
+of `params` and `negated_sums`: out = float(sums) * scale[0] + .... The cast, products and
+sums are numpy's float32 and int32 operations in the same order, so without GELU the output
+is numpy's bit for bit; the GELU is tuner.codegen.vmath's, as in the float kernels' epilogue
+(within a few float32 roundings of numpy's float64 Erf). On Zen 3 at one thread, the
 BERT-base layer quantized by quantize_dynamic spent 11.9 ms of its 32.6 in the GELU's five
-numpy nodes alone (`fuse_dequantized_products`).
+numpy nodes alone; the numpy nodes that made each product's scale, zero point and bias
+(a Gather, Casts, Muls, a Reshape, a Concat: about 10 us each) and its residual Add split the
+package's run of kernels in eight (`fuse_dequantized_products`).
 
 **A dynamic quantization** (`quantize_dynamic`): DynamicQuantizeLinear quantizes a float
 activation with the scale and zero point of its own range. numpy takes seven passes over it
@@ -68,14 +77,14 @@ another, shared among the threads:
 
 in the float32 operations of quant_ops.dynamic_quantize_linear, in its order, so the outputs
 equal numpy's bit for bit (a NaN in x is dropped by the range here, where numpy's min and max
-return it). The scale and the zero point reach the nodes that read them through a Gather (and
-a Cast to uint8) of the two floats.
+return it). The scale and the zero point reach the dequantized products through the two
+floats, and any other node that reads them through a Gather (and a Cast to uint8) of them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from llvmlite import ir
@@ -85,7 +94,8 @@ from tuner.codegen.irutil import (F32, I1, I8, I32, I64, elem_ptr, intrinsic, ma
                                   masked_store, runtime_loop, splat, type_name, vec_type)
 from tuner.ir.machine import Machine
 from tuner.network.fused import FUSED_OPS
-from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
+from tuner.network.graph import (Graph, Node, consumers_of, only_reader, producers_of, rewritten,
+                                 without_unread)
 from tuner.network.patterns import match_gelu
 from tuner.network.quantized import scalar_quantization
 from tuner.network.row_codegen import combine_lanes, over_row, over_rows
@@ -255,19 +265,33 @@ def _first(n: int, lanes: int) -> ir.Constant:
 @dataclass(frozen=True, slots=True)
 class DequantizedProduct:
     """What a TunerDequantizedProduct node computes (module docstring) over `rows` x
-    `width` int32 sums: with a bias of `width` floats or not, and the GELU form
-    (templates/_common.GELU_VALUES: 0 none, 1 erf, 2 tanh)."""
+    `width` int32 sums: with a bias of `width` floats or not, the GELU form
+    (templates/_common.GELU_VALUES: 0 none, 1 erf, 2 tanh), and a residual of the output's
+    shape added last or not. `dynamic`: the scale and the input zero point are a
+    DynamicQuantizeLinear's, read from its range's two floats at run time, the scale times
+    `weight_scale`, and the sums are a kernel's of the stored activation, to which this adds
+    the zero point's share (zero point x the negated column sums of the weight)."""
 
     rows: int
     width: int
     bias: bool
     gelu: int
+    residual: bool = False
+    dynamic: bool = False
+    weight_scale: float = 1.0
 
 
 def fuse_dequantized_products(graph: Graph) -> Graph:
     """`graph` with each int32 kernel output's Cast -> Mul (a one-element scale) -> [Add of a
-    constant bias row] -> [GELU] chain (module docstring) made one DEQUANTIZED_PRODUCT node of
-    (sums, scale[, bias]); a Reshape that keeps the last dimension may stand before the GELU."""
+    constant bias row] -> [GELU] -> [Add of a residual] chain (module docstring) made one
+    DEQUANTIZED_PRODUCT node of (sums, scale[, bias][, residual]); a Reshape that keeps the
+    last dimension may stand before the GELU or the residual. Where the sums are a
+    MatMulInteger's of a DynamicQuantizeLinear's output (quantized._matmul_integer: the
+    kernel's sums plus the zero point's share, then the Cast), and its scale and zero point
+    are those of the range before it (`fuse_dynamic_quantizations`, run first), the node
+    reads the range's two floats instead, (sums, params, negated sums[, bias][, residual]).
+    The nodes that made the share, the scale and the zero point then go where nothing else
+    reads them (graph.without_unread)."""
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
     position = {id(node): index for index, node in enumerate(graph.nodes)}
     replaced: dict[int, Node] = {}
@@ -276,8 +300,9 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
         if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") \
                 or int(cast.attributes.get("to", 0)) != FLOAT or id(cast) in absorbed:
             continue
-        kernel = producers.get(cast.inputs[0])
         shape = graph.shapes.get(cast.inputs[0])
+        sums, share = _zero_point_share(cast.inputs[0], graph, producers, consumers)
+        kernel = producers.get(sums)
         if kernel is None or kernel.op_type not in FUSED_OPS or not shape \
                 or kernel.attributes["task"].dag().output.dtype != "int32":
             continue
@@ -285,6 +310,11 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
         scale = _other_operand(mul, cast.outputs[0])
         if scale is None or _size(scale, graph) != 1:
             continue
+        dynamic = None
+        if share is not None:
+            dynamic = _dynamic_quantization(share, scale, graph, producers)
+            if dynamic is None:
+                continue  # a zero point of another kind: the nodes stay
         chain, value, bias = [cast, mul], mul.outputs[0], None
         add = only_reader(value, graph, consumers, ("Add",))
         row = _other_operand(add, value)
@@ -294,21 +324,104 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
             chain, value, bias = chain + [add], add.outputs[0], row
         gelu = 0
         view = only_reader(value, graph, consumers, ("Reshape",))
-        for start, nodes in ((value, chain), (view and view.outputs[0], chain + [view])):
-            if start is None or graph.shapes.get(start, ())[-1:] != shape[-1:]:
+        viewed = view is not None and graph.shapes.get(view.outputs[0], ())[-1:] == shape[-1:]
+        for start, nodes in ((value, chain), (viewed and view.outputs[0], chain + [view])):
+            if not start:
                 continue
             found = match_gelu(start, position[id(nodes[-1])] + 1, graph, consumers)
             if found is not None:
-                gelu, chain = found[0], nodes + found[1]
+                gelu, chain, value = found[0], nodes + found[1], found[1][-1].outputs[0]
                 break
-        params = DequantizedProduct(math.prod(shape[:-1]), shape[-1], bias is not None, gelu)
-        inputs = (cast.inputs[0], scale) + ((bias,) if bias else ())
+        residual = None
+        for start, nodes in ((value, chain), (viewed and not gelu and view.outputs[0],
+                                              chain + [view])):
+            if not start:
+                continue
+            add = only_reader(start, graph, consumers, ("Add",))
+            other = _other_operand(add, start)
+            if other is not None and other not in graph.initializers \
+                    and graph.shapes.get(other) == graph.shapes.get(start) \
+                    and graph.shapes.get(add.outputs[0]) == graph.shapes.get(start):
+                residual, chain = other, nodes + [add]
+                break
+        params = DequantizedProduct(math.prod(shape[:-1]), shape[-1], bias is not None, gelu,
+                                    residual is not None)
+        inputs = (sums, scale)
+        if dynamic is not None:
+            range_params, weight_scale, negated = dynamic
+            params = replace(params, dynamic=True, weight_scale=weight_scale)
+            inputs = (sums, range_params, negated)
+        inputs += ((bias,) if bias else ()) + ((residual,) if residual else ())
         replaced[id(chain[-1])] = Node(DEQUANTIZED_PRODUCT, chain[-1].name, inputs,
                                        chain[-1].outputs[:1], asdict(params))
         absorbed.update(id(node) for node in chain)
     if not replaced:
         return graph
-    return rewritten(graph, replaced, absorbed - replaced.keys(), dict(graph.initializers))
+    return without_unread(rewritten(graph, replaced, absorbed - replaced.keys(),
+                                    dict(graph.initializers)))
+
+
+def _zero_point_share(value: str, graph: Graph, producers, consumers) -> tuple[str, str | None]:
+    """(the kernel's sums, the zero point's share) where `value` is their Add as
+    quantized._matmul_integer writes it, read by one node; else (value, None)."""
+    add = producers.get(value)
+    if add is None or add.op_type != "Add" or len(add.inputs) != 2 \
+            or only_reader(value, graph, consumers) is None:
+        return value, None
+    for sums, share in (add.inputs, add.inputs[::-1]):
+        maker = producers.get(sums)
+        if maker is not None and maker.op_type in FUSED_OPS \
+                and only_reader(sums, graph, consumers) is add \
+                and only_reader(share, graph, consumers) is add:
+            return sums, share
+    return value, None
+
+
+def _dynamic_quantization(share: str, scale: str, graph: Graph, producers):
+    """(the range's params, the weight's scale, the negated column sums) where `share` is Mul(Cast(zero point), negated sums) and `scale` Mul(the
+    scale, a constant weight scale), the scale and zero point read from one
+    QUANTIZATION_RANGE's params (`fuse_dynamic_quantizations`: a Gather of each, the zero
+    point cast to uint8, then to int32); else None."""
+    times = producers.get(share)
+    if times is None or times.op_type != "Mul" or len(times.inputs) != 2:
+        return None
+    consts = graph.initializers
+    negated = next((i for i in times.inputs if i in consts and consts[i].dtype == np.int32
+                    and consts[i].ndim == 1), None)
+    zero = _other_operand(times, negated) if negated else None
+    to_int = producers.get(zero) if zero else None
+    if to_int is None or to_int.op_type != "Cast" or int(to_int.attributes.get("to", 0)) != 6:
+        return None
+    to_byte = producers.get(to_int.inputs[0])
+    if to_byte is None or to_byte.op_type != "Cast" \
+            or int(to_byte.attributes.get("to", 0)) != UINT8:
+        return None
+    zero_from = _range_float(to_byte.inputs[0], graph, producers)
+    product = producers.get(scale)
+    if zero_from is None or zero_from[1] != 1 or product is None \
+            or product.op_type != "Mul" or len(product.inputs) != 2:
+        return None
+    for scale_value, weight in (product.inputs, product.inputs[::-1]):
+        scale_from = _range_float(scale_value, graph, producers)
+        weight_scale = consts.get(weight)
+        if scale_from == (zero_from[0], 0) and weight_scale is not None \
+                and weight_scale.dtype == np.float32 and weight_scale.size == 1:
+            return zero_from[0], float(weight_scale.reshape(())), negated
+    return None
+
+
+def _range_float(value: str, graph: Graph, producers) -> tuple[str, int] | None:
+    """(params, index) where `value` is a Gather of one of a QUANTIZATION_RANGE's two floats
+    by a constant index; else None."""
+    gather = producers.get(value)
+    if gather is None or gather.op_type != "Gather" or len(gather.inputs) != 2:
+        return None
+    index = graph.initializers.get(gather.inputs[1])
+    maker = producers.get(gather.inputs[0])
+    if index is None or index.size != 1 or maker is None \
+            or maker.op_type != QUANTIZATION_RANGE:
+        return None
+    return gather.inputs[0], int(index.reshape(()))
 
 
 def _other_operand(node: Node | None, value: str) -> str | None:
@@ -328,24 +441,43 @@ def _size(name: str, graph: Graph) -> int | None:
 
 def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Machine,
                            threads: int) -> str:
-    """The LLVM IR of `void symbol(out, sums, scale[, bias])` (module docstring): rows shared
-    among `threads` in static blocks, each in vectors of the machine's float lanes."""
+    """The LLVM IR of `void symbol(out, sums, scale[, bias][, residual])`, or with `dynamic`
+    `void symbol(out, sums, params, negated_sums[, bias][, residual])` (module docstring):
+    rows shared among `threads` in static blocks, each in vectors of the machine's float
+    lanes."""
     lanes, width = machine.lanes, product.width
     full, tail = divmod(width, lanes)
     module = ir.Module(name=symbol)
 
     def row(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
         start = b.mul(r, ir.Constant(I64, width))
-        scale = splat(b, b.load(args[2], typ=F32, align=4), lanes)
+        operands = iter(args[3:])
+        negated = next(operands) if product.dynamic else None
+        bias = next(operands) if product.bias else None
+        residual = next(operands) if product.residual else None
+        scale = b.load(args[2], typ=F32, align=4)
+        if product.dynamic:
+            # float32(scale x weight scale), as numpy's Mul of the two; the zero point a
+            # whole number in [0, 255] (the range's rounding and clip)
+            scale = b.fmul(scale, ir.Constant(F32, product.weight_scale))
+            point = b.load(elem_ptr(b, args[2], ir.Constant(I64, 1)), typ=F32, align=4)
+            point = splat(b, b.fptosi(point, I32), lanes)
+        scale = splat(b, scale, lanes)
 
         def vector(at: ir.Value, n: int) -> None:
-            sums = _load(b, elem_ptr(b, args[1], b.add(start, at), I32), n, lanes, I32)
+            here = b.add(start, at)
+            sums = _load(b, elem_ptr(b, args[1], here, I32), n, lanes, I32)
+            if negated is not None:  # int32 arithmetic, as numpy's Mul and Add wrap
+                sums = b.add(sums, b.mul(point, _load(b, elem_ptr(b, negated, at, I32), n,
+                                                      lanes, I32)))
             value = b.fmul(b.sitofp(sums, vec_type(lanes)), scale)
-            if product.bias:
-                value = b.fadd(value, _load(b, elem_ptr(b, args[3], at), n, lanes, F32))
+            if bias is not None:
+                value = b.fadd(value, _load(b, elem_ptr(b, bias, at), n, lanes, F32))
             if product.gelu:
                 value = vmath.gelu(b, value, product.gelu)
-            _store(b, value, elem_ptr(b, args[0], b.add(start, at)), n)
+            if residual is not None:
+                value = b.fadd(value, _load(b, elem_ptr(b, residual, here), n, lanes, F32))
+            _store(b, value, elem_ptr(b, args[0], here), n)
 
         runtime_loop(b, 0, full, lambda v: vector(b.mul(v, ir.Constant(I64, lanes)), lanes),
                      "column")
@@ -353,9 +485,9 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
             vector(ir.Constant(I64, full * lanes), tail)
 
     elements = product.rows * width
-    return over_rows(module, symbol, 3 + product.bias, product.rows,
+    pointers = 3 + product.dynamic + product.bias + product.residual
+    return over_rows(module, symbol, pointers, product.rows,
                      threads if elements >= PARALLEL_ELEMENTS else 1, row)
-
 
 
 # ------------------------------------------------------------------ dynamic quantizations
