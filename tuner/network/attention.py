@@ -109,7 +109,8 @@ def _projection(value: str, graph: Graph, consumers, producers) -> list[Node] | 
 
 def _dequantizing_scale(node: Node | None, graph: Graph, producers) -> Node | None:
     """Where `node` is Mul(Cast(int32 sums) to float, s) and s = Mul(a run-time scale, a
-    constant one-element float32 weight scale): the Mul that makes s; else None."""
+    constant float32 weight scale, per tensor or per column): the Mul that makes s; else
+    None."""
     if node is None or node.op_type != "Mul" or len(node.inputs) != 2:
         return None
     for cast_value, scale_value in (node.inputs, node.inputs[::-1]):
@@ -118,8 +119,7 @@ def _dequantizing_scale(node: Node | None, graph: Graph, producers) -> Node | No
                 or scale is None or scale.op_type != "Mul" or len(scale.inputs) != 2:
             continue
         constants = [graph.initializers[i] for i in scale.inputs if i in graph.initializers]
-        if len(constants) == 1 and constants[0].size == 1 \
-                and constants[0].dtype == np.float32:
+        if len(constants) == 1 and constants[0].dtype == np.float32:
             return scale
     return None
 

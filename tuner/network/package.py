@@ -316,18 +316,20 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     if node.op_type == DEQUANTIZED_PRODUCT:
         product = DequantizedProduct(**node.attributes)
         roles = (("sums", "int32"),) + (
-            (("params", "float32"), ("negated_sums", "int32")) if product.dynamic
-            else (("scale", "float32"),))
+            (("params", "float32"), ("weight_scale", "float32"), ("negated_sums", "int32"))
+            if product.dynamic else (("scale", "float32"),))
         roles += ((("bias", "float32"),) if product.bias else ()) + \
             ((("residual", "float32"),) if product.residual else ())
         operands = tuple((role, source, _shape_of(source, graph),
                           source in graph.initializers, dtype)
                          for (role, dtype), source in zip(roles, node.inputs))
         out = tuple(graph.shapes[node.outputs[0]])
-        sums = "float(sums + int(params[1]) * negated_sums[column]) * (params[0] * " \
-            f"{product.weight_scale!r})" if product.dynamic else "float(sums) * scale[0]"
+        at = "[column]" if product.per_column else "[0]"
+        sums = f"float(sums + int(params[1]) * negated_sums[column]) * (params[0] * " \
+            f"weight_scale{at})" if product.dynamic else f"float(sums) * scale{at}"
         bias = " + bias[column]" if product.bias else ""
-        gelu = f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
+        gelu = ", then max(., 0)" if product.relu else \
+            f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
         residual = ", then + residual" if product.residual else ""
         return (product, operands, out, "float32",
                 lambda s, m, t: dequantized_product_ir(s, product, m, t),

@@ -39,19 +39,21 @@ functions): the numpy runtime has no implementation of it.
 **A dequantized product** (`quantize_dynamic`): the int32 sums of a MatMulInteger (an int8
 kernel here) cast to float, times the run-time scale (the activation's, from its
 DynamicQuantizeLinear, times the weight's), plus the float bias, and often a GELU (the FFN's
-first layer, as an Erf chain or a Gelu node: patterns.match_gelu) or a residual Add:
+first layer, as an Erf chain or a Gelu node: patterns.match_gelu) or a Relu, or a residual
+Add:
 
     void <symbol>(float *restrict out, const int32_t *restrict sums, const float *restrict params,
-                  const int32_t *restrict negated_sums, const float *restrict bias,
-                  const float *restrict residual);
-    out = gelu(float(sums + int(params[1]) * negated_sums[column]) * (params[0] * weight_scale)
-               + bias[column]) + residual          (bias, gelu, residual where the model has them)
+                  const float *restrict weight_scale, const int32_t *restrict negated_sums,
+                  const float *restrict bias, const float *restrict residual);
+    out = gelu(float(sums + int(params[1]) * negated_sums[column])
+               * (params[0] * weight_scale[column]) + bias[column]) + residual
+        (bias, gelu or max(., 0), residual where the model has them; weight_scale[0] per tensor)
 
 `params` are the two floats of the activation's range (its scale and zero point, below), so
 no node runs between the range and the product: the kernel sums the stored activation times
 the weight, and the zero point's share (quantized._matmul_integer) is added here, in int32 as
-numpy adds it. Where the scale is some other one-element value, the function takes it instead
-of `params` and `negated_sums`: out = float(sums) * scale[0] + .... The cast, products and
+numpy adds it. Where the scale is some other value (of one element, or one per column), the
+function takes it instead: out = float(sums) * scale[column] + .... The cast, products and
 sums are numpy's float32 and int32 operations in the same order, so without GELU the output
 is numpy's bit for bit; the GELU is tuner.codegen.vmath's, as in the float kernels' epilogue
 (within a few float32 roundings of numpy's float64 Erf). On Zen 3 at one thread, the
@@ -269,29 +271,33 @@ class DequantizedProduct:
     (templates/_common.GELU_VALUES: 0 none, 1 erf, 2 tanh), and a residual of the output's
     shape added last or not. `dynamic`: the scale and the input zero point are a
     DynamicQuantizeLinear's, read from its range's two floats at run time, the scale times
-    `weight_scale`, and the sums are a kernel's of the stored activation, to which this adds
-    the zero point's share (zero point x the negated column sums of the weight)."""
+    the weight's, and the sums are a kernel's of the stored activation, to which this adds
+    the zero point's share (zero point x the negated column sums of the weight).
+    `per_column`: the scale (or the weight's, where dynamic) has one value per column, not
+    one."""
 
     rows: int
     width: int
     bias: bool
     gelu: int
     residual: bool = False
+    relu: bool = False  # a Relu after the bias, where no GELU is
     dynamic: bool = False
-    weight_scale: float = 1.0
+    per_column: bool = False
 
 
 def fuse_dequantized_products(graph: Graph) -> Graph:
-    """`graph` with each int32 kernel output's Cast -> Mul (a one-element scale) -> [Add of a
-    constant bias row] -> [GELU] -> [Add of a residual] chain (module docstring) made one
-    DEQUANTIZED_PRODUCT node of (sums, scale[, bias][, residual]); a Reshape that keeps the
-    last dimension may stand before the GELU or the residual. Where the sums are a
-    MatMulInteger's of a DynamicQuantizeLinear's output (quantized._matmul_integer: the
-    kernel's sums plus the zero point's share, then the Cast), and its scale and zero point
-    are those of the range before it (`fuse_dynamic_quantizations`, run first), the node
-    reads the range's two floats instead, (sums, params, negated sums[, bias][, residual]).
-    The nodes that made the share, the scale and the zero point then go where nothing else
-    reads them (graph.without_unread)."""
+    """`graph` with each int32 kernel output's Cast -> Mul (a scale per tensor or per column)
+    -> [Add of a constant bias row] -> [Relu or GELU] -> [Add of a residual] chain (module
+    docstring) made one DEQUANTIZED_PRODUCT node of (sums, scale[, bias][, residual]); a
+    Reshape that keeps the last dimension may stand before the GELU or the residual. Where
+    the sums are a MatMulInteger's of a DynamicQuantizeLinear's output
+    (quantized._matmul_integer: the kernel's sums plus the zero point's share, then the
+    Cast), and its scale and zero point are those of the range before it
+    (`fuse_dynamic_quantizations`, run first), the node reads the range's two floats
+    instead: (sums, params, weight scale, negated sums[, bias][, residual]). The nodes that
+    made the share, the scale and the zero point then go where nothing else reads them
+    (graph.without_unread)."""
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
     position = {id(node): index for index, node in enumerate(graph.nodes)}
     replaced: dict[int, Node] = {}
@@ -308,7 +314,8 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
             continue
         mul = only_reader(cast.outputs[0], graph, consumers, ("Mul",))
         scale = _other_operand(mul, cast.outputs[0])
-        if scale is None or _size(scale, graph) != 1:
+        if scale is None or _per_column(scale, shape, graph) is None \
+                or graph.shapes.get(mul.outputs[0]) != graph.shapes.get(cast.outputs[0]):
             continue
         dynamic = None
         if share is not None:
@@ -323,10 +330,13 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
                 and graph.initializers[row].shape == (shape[-1],):
             chain, value, bias = chain + [add], add.outputs[0], row
         gelu = 0
+        relu = only_reader(value, graph, consumers, ("Relu",))
+        if relu is not None:
+            chain, value = chain + [relu], relu.outputs[0]
         view = only_reader(value, graph, consumers, ("Reshape",))
         viewed = view is not None and graph.shapes.get(view.outputs[0], ())[-1:] == shape[-1:]
         for start, nodes in ((value, chain), (viewed and view.outputs[0], chain + [view])):
-            if not start:
+            if not start or relu:
                 continue
             found = match_gelu(start, position[id(nodes[-1])] + 1, graph, consumers)
             if found is not None:
@@ -345,12 +355,16 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
                 residual, chain = other, nodes + [add]
                 break
         params = DequantizedProduct(math.prod(shape[:-1]), shape[-1], bias is not None, gelu,
-                                    residual is not None)
+                                    residual is not None, relu is not None,
+                                    per_column=_per_column(scale, shape, graph))
         inputs = (sums, scale)
         if dynamic is not None:
             range_params, weight_scale, negated = dynamic
-            params = replace(params, dynamic=True, weight_scale=weight_scale)
-            inputs = (sums, range_params, negated)
+            per_column = _per_column(weight_scale, shape, graph)
+            if per_column is None or graph.initializers[negated].shape != shape[-1:]:
+                continue
+            params = replace(params, dynamic=True, per_column=per_column)
+            inputs = (sums, range_params, weight_scale, negated)
         inputs += ((bias,) if bias else ()) + ((residual,) if residual else ())
         replaced[id(chain[-1])] = Node(DEQUANTIZED_PRODUCT, chain[-1].name, inputs,
                                        chain[-1].outputs[:1], asdict(params))
@@ -378,8 +392,8 @@ def _zero_point_share(value: str, graph: Graph, producers, consumers) -> tuple[s
 
 
 def _dynamic_quantization(share: str, scale: str, graph: Graph, producers):
-    """(the range's params, the weight's scale, the negated column sums) where `share` is Mul(Cast(zero point), negated sums) and `scale` Mul(the
-    scale, a constant weight scale), the scale and zero point read from one
+    """(the range's params, the weight's scale (an initializer), the negated column sums) where `share` is Mul(Cast(zero point), negated sums) and `scale` Mul(the
+    scale, a constant float32 weight scale), the scale and zero point read from one
     QUANTIZATION_RANGE's params (`fuse_dynamic_quantizations`: a Gather of each, the zero
     point cast to uint8, then to int32); else None."""
     times = producers.get(share)
@@ -405,8 +419,8 @@ def _dynamic_quantization(share: str, scale: str, graph: Graph, producers):
         scale_from = _range_float(scale_value, graph, producers)
         weight_scale = consts.get(weight)
         if scale_from == (zero_from[0], 0) and weight_scale is not None \
-                and weight_scale.dtype == np.float32 and weight_scale.size == 1:
-            return zero_from[0], float(weight_scale.reshape(())), negated
+                and weight_scale.dtype == np.float32:
+            return zero_from[0], weight, negated
     return None
 
 
@@ -432,37 +446,46 @@ def _other_operand(node: Node | None, value: str) -> str | None:
     return node.inputs[1] if node.inputs[0] == value else node.inputs[0]
 
 
-def _size(name: str, graph: Graph) -> int | None:
-    if name in graph.initializers:
-        return graph.initializers[name].size
-    shape = graph.shapes.get(name)
-    return None if shape is None else math.prod(shape)
+def _per_column(scale: str, shape: tuple[int, ...], graph: Graph) -> bool | None:
+    """Whether `scale` multiplies a product of `shape` with one value per column (its last
+    dimension the product's, any before it 1) rather than one value for all (every
+    dimension 1); None where it does neither or its shape is unknown."""
+    value = graph.initializers.get(scale)
+    of = value.shape if value is not None else graph.shapes.get(scale)
+    if of is None or math.prod(of[:-1]) != 1:
+        return None
+    if math.prod(of) == 1:
+        return False
+    return True if of[-1:] == shape[-1:] else None
 
 
 def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Machine,
                            threads: int) -> str:
     """The LLVM IR of `void symbol(out, sums, scale[, bias][, residual])`, or with `dynamic`
-    `void symbol(out, sums, params, negated_sums[, bias][, residual])` (module docstring):
-    rows shared among `threads` in static blocks, each in vectors of the machine's float
-    lanes."""
+    `void symbol(out, sums, params, weight_scale, negated_sums[, bias][, residual])` (module
+    docstring): rows shared among `threads` in static blocks, each in vectors of the
+    machine's float lanes."""
     lanes, width = machine.lanes, product.width
     full, tail = divmod(width, lanes)
     module = ir.Module(name=symbol)
 
     def row(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
         start = b.mul(r, ir.Constant(I64, width))
-        operands = iter(args[3:])
-        negated = next(operands) if product.dynamic else None
+        operands = iter(args[2:])
+        if product.dynamic:
+            params, scale_of, negated = next(operands), next(operands), next(operands)
+            run_scale = splat(b, b.load(params, typ=F32, align=4), lanes)
+            # a whole number in [0, 255]: the range rounds and clips it
+            point = b.load(elem_ptr(b, params, ir.Constant(I64, 1)), typ=F32, align=4)
+            point = splat(b, b.fptosi(point, I32), lanes)
+        else:
+            scale_of, negated = next(operands), None
         bias = next(operands) if product.bias else None
         residual = next(operands) if product.residual else None
-        scale = b.load(args[2], typ=F32, align=4)
-        if product.dynamic:
-            # float32(scale x weight scale), as numpy's Mul of the two; the zero point a
-            # whole number in [0, 255] (the range's rounding and clip)
-            scale = b.fmul(scale, ir.Constant(F32, product.weight_scale))
-            point = b.load(elem_ptr(b, args[2], ir.Constant(I64, 1)), typ=F32, align=4)
-            point = splat(b, b.fptosi(point, I32), lanes)
-        scale = splat(b, scale, lanes)
+        if not product.per_column:
+            scale = splat(b, b.load(scale_of, typ=F32, align=4), lanes)
+            if product.dynamic:  # float32(scale x weight scale), as numpy's Mul
+                scale = b.fmul(run_scale, scale)
 
         def vector(at: ir.Value, n: int) -> None:
             here = b.add(start, at)
@@ -470,9 +493,16 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
             if negated is not None:  # int32 arithmetic, as numpy's Mul and Add wrap
                 sums = b.add(sums, b.mul(point, _load(b, elem_ptr(b, negated, at, I32), n,
                                                       lanes, I32)))
-            value = b.fmul(b.sitofp(sums, vec_type(lanes)), scale)
+            factor = scale if not product.per_column else \
+                _load(b, elem_ptr(b, scale_of, at), n, lanes, F32)
+            if product.per_column and product.dynamic:
+                factor = b.fmul(run_scale, factor)
+            value = b.fmul(b.sitofp(sums, vec_type(lanes)), factor)
             if bias is not None:
                 value = b.fadd(value, _load(b, elem_ptr(b, bias, at), n, lanes, F32))
+            if product.relu:  # numpy's maximum(v, 0): NaN and -0.0 kept
+                zero = ir.Constant(value.type, None)
+                value = b.select(b.fcmp_unordered(">=", value, zero), value, zero)
             if product.gelu:
                 value = vmath.gelu(b, value, product.gelu)
             if residual is not None:
@@ -485,7 +515,7 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
             vector(ir.Constant(I64, full * lanes), tail)
 
     elements = product.rows * width
-    pointers = 3 + product.dynamic + product.bias + product.residual
+    pointers = 3 + 2 * product.dynamic + product.bias + product.residual
     return over_rows(module, symbol, pointers, product.rows,
                      threads if elements >= PARALLEL_ELEMENTS else 1, row)
 
