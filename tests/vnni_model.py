@@ -1,0 +1,71 @@
+"""VNNI's `vpdpbusd` modelled in plain LLVM IR, so that the int8 kernels made for a VNNI CPU run,
+and are checked against numpy, on a CPU without it.
+
+A kernel for a VNNI CPU differs from the others in its layouts (the weight packed as groups of
+4 bytes per output lane, the activation broadcast or interleaved into such groups:
+tuner/codegen/quantized.py) and in one instruction, the intrinsic
+`llvm.x86.avx512.vpdpbusd.{128,256,512}(acc, a, b)`: to each int32 lane of `acc` it adds the
+four products of that lane's bytes of `a` (unsigned) and `b` (signed), as Intel defines it
+(`_mm256_dpbusd_epi32(src, a, b)`: the 16-bit products are exact, their sum with the
+accumulator wraps in 32 bits). `modelled_vnni_kernel` replaces each call by the same
+arithmetic in plain IR (extend, multiply, add the four) and compiles the kernel for this host,
+everything else as generated: LLVM splits its 512-bit vectors into 256-bit ones on AVX2. What
+that checks is ours (the layouts, the reads, the epilogue); the instruction's selection is
+LLVM's, checked by the assembly tests where the host cannot run it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from llvmlite import ir
+
+from tuner.codegen.emit import emit_llvm
+from tuner.codegen.jit import CompiledKernel, compile_ir_object
+from tuner.ir.schedule import LoopNest
+from tuner.ir.target import Target, host_target
+
+I8, I32 = ir.IntType(8), ir.IntType(32)
+LANES_BY_BITS = {128: 4, 256: 8, 512: 16}
+
+
+def model_function(bits: int) -> str:
+    """The IR of `vpdpbusd_model.<bits>(acc, a, b)`, the instruction's arithmetic."""
+    lanes = LANES_BY_BITS[bits]
+    module = ir.Module()
+    vector = ir.VectorType(I32, lanes)
+    function = ir.Function(module, ir.FunctionType(vector, [vector] * 3),
+                           name=f"vpdpbusd_model.{bits}")
+    function.linkage = "internal"
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    acc, a, w = function.args
+    as_bytes, wide = ir.VectorType(I8, 4 * lanes), ir.VectorType(I32, 4 * lanes)
+    products = b.mul(b.zext(b.bitcast(a, as_bytes), wide), b.sext(b.bitcast(w, as_bytes), wide))
+    total = acc
+    for byte in range(4):
+        pick = ir.Constant(ir.VectorType(I32, lanes), [4 * lane + byte for lane in range(lanes)])
+        total = b.add(total, b.shuffle_vector(products, ir.Constant(wide, ir.Undefined), pick))
+    b.ret(total)
+    return str(function)
+
+
+def with_modelled_vpdpbusd(ir_text: str) -> str:
+    """`ir_text` with every vpdpbusd intrinsic replaced by `model_function`'s."""
+    for bits in LANES_BY_BITS:
+        name = f"llvm.x86.avx512.vpdpbusd.{bits}"
+        if name not in ir_text:
+            continue
+        ir_text = re.sub(rf"^declare .*@\"?{re.escape(name)}\"?\(.*$", "", ir_text,
+                         flags=re.MULTILINE)
+        ir_text = ir_text.replace(f'@"{name}"', f'@"vpdpbusd_model.{bits}"').replace(
+            f"@{name}", f'@"vpdpbusd_model.{bits}"')
+        ir_text += "\n" + model_function(bits)
+    return ir_text
+
+
+def modelled_vnni_kernel(nest: LoopNest, target: Target) -> CompiledKernel:
+    """The kernel `target` (a VNNI CPU) gets, its vpdpbusd modelled, compiled for this host."""
+    ir_text = with_modelled_vpdpbusd(str(emit_llvm(nest, target, "kernel")))
+    assert "vpdpbusd." not in ir_text.replace("vpdpbusd_model.", "")
+    return CompiledKernel(nest, target, obj=compile_ir_object(ir_text,
+                                                              host_target(target.threads)))
