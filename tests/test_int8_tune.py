@@ -45,7 +45,11 @@ def test_int8_records_are_their_own_tasks(tuned_db, capsys):
         "matmul/12x24x30/bias=1,relu=0/float32"
     assert main(["best", "--db", tuned_db]) == 0
     out = capsys.readouterr().out
-    assert "dot product over" in out and "uint8((acc + bias[j]) * scale)" in out
+    assert "uint8((acc + bias[j]) * scale)" in out
+    # the instruction the record's CPU sums a group with, reduced range or not
+    machine = host_target(1).machine
+    for reduced in (False, True):
+        assert f"dot product ({machine.int8_instruction(reduced)}) over" in out
 
 
 def test_build_replays_the_best_int8_kernel_exactly(tuned_db):

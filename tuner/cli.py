@@ -455,7 +455,7 @@ def _cmd_tune(args) -> int:
     print(line)
     print(f"records   {store.display_url}")
     print("schedule:")
-    for text in pseudo_code(nest).splitlines():
+    for text in pseudo_code(nest, target.machine).splitlines():
         print("  " + text)
     return EXIT_OK
 
@@ -489,7 +489,8 @@ def _cmd_best(args) -> int:
         return EXIT_OK if best else EXIT_NOTHING
     for r in best:
         print(f"# {r.task.key} on {r.target.cpu} x{r.target.threads}: {r.gflops:.1f} GFLOPS")
-        print(pseudo_code(lowered(r.task, r.schedule_json)))  # cached when it was chosen
+        # lowered: cached when it was chosen
+        print(pseudo_code(lowered(r.task, r.schedule_json), r.target.machine))
         print()
     return EXIT_OK if best else EXIT_NOTHING
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tuner.ir.dag import DOT_GROUP, Affine
 from tuner.errors import ScheduleError
 from tuner.ir.layout import local_pad_plans, packed_parts, regroup_dim
+from tuner.ir.machine import Machine
 from tuner.ir.schedule import LoopNest
 
 
@@ -37,8 +38,12 @@ def _local_pad_lines(nest: LoopNest, depth: int) -> list[str]:
             for plan in plans if plan.depth == depth]
 
 
-def pseudo_code(nest: LoopNest) -> str:
+def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
+    """The nest as indented loops; with the `machine` it runs on, an int8 kernel's dot
+    product names the instruction that sums it (Machine.int8_instruction)."""
     dag = nest.dag
+    dot = "dot product over" if machine is None or dag.quant is None else \
+        f"dot product ({machine.int8_instruction(dag.reduced_range)}) over"
     lines: list[str] = []
     for op in dag.inputs:
         if regroup_dim(nest, op) is not None:
@@ -66,7 +71,7 @@ def pseudo_code(nest: LoopNest) -> str:
         detail = " * ".join(f"{p.axis}.{p.level}:{p.extent}" for p in loop.parts) \
             if len(loop.parts) > 1 else str(loop.extent)
         keyword = {"serial": "for", "parallel": "parallel for", "unroll": "unroll",
-                   "vectorize": "vectorize", "dot": "dot product over"}[loop.kind]
+                   "vectorize": "vectorize", "dot": dot}[loop.kind]
         lines.append("  " * depth + f"{keyword} {loop.name} in 0..{detail}:")
         depth += 1
         lines += ["  " * depth + text for text in _local_pad_lines(nest, i + 1)]

@@ -46,7 +46,7 @@ class ReplayedKernel:
         return self.kernel.bind(**constants)
 
     def pseudo_code(self) -> str:
-        return pseudo_code(self.kernel.nest)
+        return pseudo_code(self.kernel.nest, self.target.machine)
 
 
 def build_choice(choice: Choice) -> ReplayedKernel:
