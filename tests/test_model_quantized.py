@@ -458,3 +458,72 @@ def test_a_max_pool_between_equal_quantizations_pools_the_quantized_values(same)
         ours = run_graph(rewritten, {"x": x})[0]
         assert ours.dtype == np.uint8
         np.testing.assert_array_equal(ours, run_graph(graph, {"x": x})[0])
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tmp_path):
+    """quantize_dynamic's ConvInteger (padded, strided, depthwise) as int8 conv2d tasks: the
+    kernel pads the stored activation with the run-time zero point and subtracts its share
+    through the bias, which is ONNX's padding after the subtraction; the fused graph and the
+    package give the graph's output bit for bit, and onnxruntime's where its own sums are
+    exact (7-bit weights, or VNNI)."""
+    import onnx
+    rng = np.random.default_rng(12)
+    w = {"w1": randn(rng, 8, 3, 3, 3), "b1": randn(rng, 8), "w2": randn(rng, 16, 8, 3, 3),
+         "b2": randn(rng, 16), "w3": randn(rng, 16, 1, 3, 3)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["c2", "w3"], ["y"], pads=[1, 1, 1, 1], group=16)]
+    float_path, path = tmp_path / "cnn.onnx", tmp_path / "cnn.dynamic.onnx"
+    onnx.save(make_model(nodes, {"x": (1, 3, 15, 13)}, "y", w, opset=13), float_path)
+    quantization.quantize_dynamic(str(float_path), str(path), reduce_range=reduce_range)
+    graph = load_model(str(path))
+    assert [n.op_type for n in graph.nodes].count("ConvInteger") == 3
+    extraction = extract_tasks(graph)
+    keys = sorted(u.task.key for u in extraction.tasks)
+    assert len(keys) == 3 and all(k.startswith("conv2d/") and k.endswith("/int8") for k in keys)
+    assert {"groups=16", "stride=2"} <= {part for k in keys for part in k.split("/")[2].split(",")}
+    assert "ConvInteger" not in [n.op_type for n in extraction.graph.nodes]
+    db = str(tmp_path / "empty.db")
+    RecordStore(f"sqlite:///{db}").close()
+    with open_schedules(db) as schedules:
+        write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+    package = load_package(tmp_path / "pkg")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 15, 13)).astype(np.float32)
+        exact = run_graph(graph, {"x": x})[0]
+        np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x},
+                                                impls=FUSED_OPS)[0], exact)
+        np.testing.assert_array_equal(package(x)[0], exact)
+        if host_target(1).machine.dot_instruction == "vpdpbusd" or reduce_range:
+            np.testing.assert_allclose(session.run(None, {"x": x})[0], exact, rtol=1e-5,
+                                       atol=1e-5)
+
+
+def test_a_conv_integer_with_a_constant_zero_point_folds_it_into_the_bias(tmp_path):
+    """A ConvInteger written by hand, its input zero point a constant: one int8 task, no node
+    before it, and the int32 sums ONNX defines (quant_ops.conv_integer) bit for bit."""
+    import onnx
+    from onnx import numpy_helper
+    rng = np.random.default_rng(13)
+    weight = rng.integers(-128, 128, (6, 2, 3, 3)).astype(np.int8)
+    node = helper.make_node("ConvInteger", ["x", "w", "zx"], ["y"], pads=[1, 1, 1, 1],
+                            strides=[2, 2], group=2)
+    model = helper.make_model(helper.make_graph(
+        [node], "conv_integer",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.UINT8, [1, 4, 9, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, None)],
+        [numpy_helper.from_array(weight, "w"),
+         numpy_helper.from_array(np.array(37, np.uint8), "zx")]),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    graph = load_model(model)
+    extraction = extract_tasks(graph)
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv"]
+    assert extraction.tasks[0].task.key == ("conv2d/1x4x9x8x6x3x3/bias=1,dilation=1,groups=2,"
+                                            "pad=1,relu=0,stride=2/int8")
+    x = rng.integers(0, 256, (1, 4, 9, 8)).astype(np.uint8)
+    np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x}, impls=FUSED_OPS)[0],
+                                  run_graph(graph, {"x": x})[0])

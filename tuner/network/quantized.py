@@ -31,7 +31,8 @@ re-typed with it, which this does not do: it then runs in numpy, noted).
 `quantize_dynamic`'s MatMulInteger, whose activation DynamicQuantizeLinear quantizes at run
 time, becomes an int8 matmul writing its int32 sums, and the share of the run-time zero point
 (`_matmul_integer`); a package folds that share and the Cast, Mul and Add after it into one
-generated function (quantized_codegen.py).
+generated function (quantized_codegen.py). Its ConvInteger becomes an int8 conv2d writing its
+int32 sums, the zero point in its padding and its bias (`_conv_integer`).
 
 A MaxPool between a DequantizeLinear and a QuantizeLinear of the same quantization pools the
 quantized values instead (`quantized_max_pools`). What stays: Q/DQ pairs around other
@@ -149,8 +150,9 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     for node in graph.nodes:
         if id(node) in absorbed:
             continue
-        if node.op_type == "MatMulInteger":
-            fused = _matmul_integer(node, graph, producers, initializers, shapes, notes)
+        if node.op_type in ("MatMulInteger", "ConvInteger"):
+            make = _matmul_integer if node.op_type == "MatMulInteger" else _conv_integer
+            fused = make(node, graph, producers, initializers, shapes, notes)
             if fused is not None:
                 replaced[id(node)], inserted[id(node)] = fused[0], fused[1]
             continue
@@ -188,6 +190,30 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
                  result.opset, result.name), notes
 
 
+def _integer_operands(node: Node, graph: Graph, producers, ndim: int):
+    """(input, weight, input zero point or None, reason or None) of a MatMulInteger or
+    ConvInteger: the weight an int8 constant of `ndim` dimensions with zero point 0, the
+    input uint8 with one zero point (a constant, or DynamicQuantizeLinear's)."""
+    consts = graph.initializers
+    a, b = node.inputs[0], node.inputs[1]
+    a_zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    b_zero = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+    weight = consts.get(b)
+    maker = producers.get(a_zero) if a_zero else None
+    unsigned = a_zero is None or (a_zero in consts and consts[a_zero].dtype == np.uint8
+                                  and consts[a_zero].size == 1) or \
+        (maker is not None and maker.op_type == "DynamicQuantizeLinear")
+    reason = None
+    if weight is None or weight.dtype != np.int8 or weight.ndim != ndim:
+        reason = f"its weight is not an int8 constant {'matrix' if ndim == 2 else 'kernel'}"
+    elif b_zero is not None and (b_zero not in consts or np.any(consts[b_zero] != 0)):
+        reason = "its weight's zero point is not 0"
+    elif not unsigned or (a_zero is not None and a_zero not in consts and
+                          graph.shapes.get(a_zero, ()) != ()):
+        reason = "its input is not uint8 with one zero point"
+    return a, weight, a_zero, reason
+
+
 def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, shapes: dict,
                     notes: list[str]):
     """A MatMulInteger (quantize_dynamic's: a uint8 activation quantized at run time by
@@ -201,23 +227,10 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
     package folds them into the dequantization that follows (quantized_codegen.py: no node
     before the kernel, and no pass over its sums of its own)."""
     consts = graph.initializers
-    a, b = node.inputs[0], node.inputs[1]
-    a_zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-    b_zero = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-    weight, shape = consts.get(b), graph.shapes.get(a)
-    maker = producers.get(a_zero) if a_zero else None
-    unsigned = a_zero is None or (a_zero in consts and consts[a_zero].dtype == np.uint8) or \
-        (maker is not None and maker.op_type == "DynamicQuantizeLinear")
-    reason = None
-    if weight is None or weight.dtype != np.int8 or weight.ndim != 2:
-        reason = "its weight is not an int8 constant matrix"
-    elif b_zero is not None and (b_zero not in consts or np.any(consts[b_zero] != 0)):
-        reason = "its weight's zero point is not 0"
-    elif shape is None or len(shape) < 2 or shape[-1] != weight.shape[0]:
+    a, weight, a_zero, reason = _integer_operands(node, graph, producers, 2)
+    shape = graph.shapes.get(a)
+    if reason is None and (shape is None or len(shape) < 2 or shape[-1] != weight.shape[0]):
         reason = "its input is not a static stack of rows"
-    elif not unsigned or (a_zero is not None and a_zero not in consts and
-                          graph.shapes.get(a_zero, ()) != ()):
-        reason = "its input is not uint8 with one zero point"
     if reason is not None:
         notes.append(f"MatMulInteger '{node.name}' runs in numpy: {reason}")
         return None
@@ -251,6 +264,56 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
              Node("Cast", f"{name}::zero_int32", (a_zero,), (zero,), {"to": 6}),
              Node("Mul", f"{name}::zero_times_sums", (zero, f"{name}::negated_sums"),
                   (share,))))
+
+
+def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shapes: dict,
+                  notes: list[str]):
+    """A ConvInteger (quantize_dynamic's convolutions) as an int8 conv2d writing its int32
+    sums: (the node standing for it, the nodes before it), or None with a note. ONNX pads
+    the input after subtracting its zero point, which is the kernel padding it with the zero
+    point and subtracting the zero point's share of every sum (-zero_point x the weight's
+    sums per output channel) through its bias. The padding needs the zero point inside the
+    kernel, so where it is known at run time only, four nodes before the kernel make its
+    zero points operand and its bias (Cast, Mul, Reshape, Concat)."""
+    consts = graph.initializers
+    x, weight, x_zero, reason = _integer_operands(node, graph, producers, 4)
+    shape = graph.shapes.get(x)
+    layer = None
+    if reason is None and shape is None:
+        reason = "its input shape is not static"
+    if reason is None:
+        layer = _QuantizedLayer(node, x, weight=weight, shape=shape)
+        reason = layer._conv_attributes()
+    if reason is not None:
+        notes.append(f"ConvInteger '{node.name}' runs in numpy: {reason}")
+        return None
+    n, c, h, w = shape
+    k, _, r, s = weight.shape
+    task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=True, out_type=0,
+                       reduce_range=fits_reduced_range(weight), **layer.conv)
+    name = node.name
+    sums = weight.reshape(k, -1).astype(np.int64).sum(axis=1)
+    initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
+    inputs = (x, f"{name}::weight", f"{name}::bias", f"{name}::zero_points")
+    fused = Node(FUSED_OP_TYPES["conv2d"], name, inputs, node.outputs, {"task": task})
+    if x_zero is None or x_zero in consts:
+        zero = int(consts[x_zero].reshape(())) if x_zero else 0
+        initializers[f"{name}::bias"] = (-zero * sums).astype(np.int32)
+        initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
+        return fused, ()
+    initializers[f"{name}::negated_sums"] = (-sums).astype(np.int32)
+    initializers[f"{name}::one"] = np.array([1], np.int64)
+    initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
+    shapes.update({f"{name}::zero": (), f"{name}::bias": (k,), f"{name}::zero_1": (1,),
+                   f"{name}::zero_points": (2,)})
+    return fused, (
+        Node("Cast", f"{name}::zero_int32", (x_zero,), (f"{name}::zero",), {"to": 6}),
+        Node("Mul", f"{name}::bias_of_zero", (f"{name}::zero", f"{name}::negated_sums"),
+             (f"{name}::bias",)),
+        Node("Reshape", f"{name}::zero_vector", (f"{name}::zero", f"{name}::one"),
+             (f"{name}::zero_1",)),
+        Node("Concat", f"{name}::zero_points", (f"{name}::zero_1", f"{name}::no_output_zero"),
+             (f"{name}::zero_points",), {"axis": 0}))
 
 
 @dataclass(slots=True)
