@@ -366,7 +366,7 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, per_cha
     assert [n["op_type"] for n in nodes].count("TunerDynamicQuantize") == 2
     assert [n["op_type"] for n in nodes].count("TunerQuantizationRange") == 2
     assert not [n["op_type"] for n in nodes if not n["op_type"].startswith("Tuner")]
-    assert [(n["attributes"]["dynamic"], n["attributes"]["per_column"]) for n in nodes
+    assert [(n["attributes"]["dynamic"], n["attributes"]["per_channel"]) for n in nodes
             if n["op_type"] == "TunerDequantizedProduct"] == [(True, per_channel)] * 2
     package = load_package(tmp_path / "pkg")
     rng = np.random.default_rng(9)
@@ -463,10 +463,12 @@ def test_a_max_pool_between_equal_quantizations_pools_the_quantized_values(same)
 @pytest.mark.parametrize("reduce_range", [False, True])
 def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tmp_path):
     """quantize_dynamic's ConvInteger (padded, strided, depthwise) as int8 conv2d tasks: the
-    kernel pads the stored activation with the run-time zero point and subtracts its share
-    through the bias, which is ONNX's padding after the subtraction; the fused graph and the
-    package give the graph's output bit for bit, and onnxruntime's where its own sums are
-    exact (7-bit weights, or VNNI)."""
+    kernel pads the stored activation with the run-time zero point, and the zero point's
+    share is subtracted after it, which is ONNX's padding after the subtraction. In the
+    package no numpy node is left: the zero points operand is made from the range, and the
+    share, scale, bias per channel and Relu are the dequantization's. The fused graph and
+    the package give the graph's output bit for bit, and onnxruntime's where its own sums
+    are exact (7-bit weights, or VNNI)."""
     import onnx
     rng = np.random.default_rng(12)
     w = {"w1": randn(rng, 8, 3, 3, 3), "b1": randn(rng, 8), "w2": randn(rng, 16, 8, 3, 3),
@@ -489,7 +491,13 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
     db = str(tmp_path / "empty.db")
     RecordStore(f"sqlite:///{db}").close()
     with open_schedules(db) as schedules:
-        write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+    nodes = json.loads(built.graph_file.read_text())["nodes"]
+    assert not [n["op_type"] for n in nodes if not n["op_type"].startswith("Tuner")]
+    assert [(n["attributes"]["row_channels"], n["attributes"]["relu"]) for n in nodes
+            if n["op_type"] == "TunerDequantizedProduct"] == [(8, True), (16, False),
+                                                               (16, False)]
+    assert [n["op_type"] for n in nodes].count("TunerZeroPoints") == 3
     package = load_package(tmp_path / "pkg")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for _ in range(3):

@@ -37,9 +37,10 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
 from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, DYNAMIC_QUANTIZE,
-                                             QUANTIZATION_RANGE, QUANTIZED_ADD,
+                                             QUANTIZATION_RANGE, QUANTIZED_ADD, ZERO_POINTS,
                                              fuse_dequantized_products,
-                                             fuse_dynamic_quantizations, fuse_quantized_adds)
+                                             fuse_dynamic_quantizations, fuse_quantized_adds,
+                                             fuse_zero_points)
 from tuner.network.tasks import extract_tasks
 from tuner.ir.target import Target
 from tuner.replay.source import NoRecordWarning, ScheduleSource
@@ -99,8 +100,8 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
-    graph = fuse_dequantized_products(fuse_dynamic_quantizations(
-        fuse_quantized_adds(_masked_softmaxes(extraction.graph))))
+    graph = fuse_zero_points(fuse_dequantized_products(fuse_dynamic_quantizations(
+        fuse_quantized_adds(_masked_softmaxes(extraction.graph)))))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in graph.nodes:
@@ -296,7 +297,8 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     from tuner.network.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
     from tuner.network.quantized_codegen import (DequantizedProduct, QuantizedAdd,
                                                  dequantized_product_ir, dynamic_quantize_ir,
-                                                 quantization_range_ir, quantized_add_ir)
+                                                 quantization_range_ir, quantized_add_ir,
+                                                 zero_points_ir)
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
     shape = tuple(graph.shapes[node.inputs[0]])
@@ -324,10 +326,11 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
                           source in graph.initializers, dtype)
                          for (role, dtype), source in zip(roles, node.inputs))
         out = tuple(graph.shapes[node.outputs[0]])
-        at = "[column]" if product.per_column else "[0]"
-        sums = f"float(sums + int(params[1]) * negated_sums[column]) * (params[0] * " \
+        channel = f"[row % {product.row_channels}]" if product.row_channels else "[column]"
+        at = channel if product.per_channel else "[0]"
+        sums = f"float(sums + int(params[1]) * negated_sums{channel}) * (params[0] * " \
             f"weight_scale{at})" if product.dynamic else f"float(sums) * scale{at}"
-        bias = " + bias[column]" if product.bias else ""
+        bias = f" + bias{channel}" if product.bias else ""
         gelu = ", then max(., 0)" if product.relu else \
             f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
         residual = ", then + residual" if product.residual else ""
@@ -339,6 +342,10 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return ((QUANTIZATION_RANGE, count), x, (2,), "float32",
                 lambda s, m, t: quantization_range_ir(s, count, m),
                 f"out[2] = the scale and zero point of x[{text}] (DynamicQuantizeLinear)")
+    if node.op_type == ZERO_POINTS:
+        return (ZERO_POINTS, (("params", node.inputs[0], (2,), False, "float32"),), (2,),
+                "int32", lambda s, m, t: zero_points_ir(s),
+                "out[2] = the zero point of a range's params (int(params[1])), then 0")
     if node.op_type == DYNAMIC_QUANTIZE:
         count = node.attributes["count"]
         params = ("params", node.inputs[1], (2,), False, "float32")

@@ -32,7 +32,8 @@ re-typed with it, which this does not do: it then runs in numpy, noted).
 time, becomes an int8 matmul writing its int32 sums, and the share of the run-time zero point
 (`_matmul_integer`); a package folds that share and the Cast, Mul and Add after it into one
 generated function (quantized_codegen.py). Its ConvInteger becomes an int8 conv2d writing its
-int32 sums, the zero point in its padding and its bias (`_conv_integer`).
+int32 sums, the zero point in its padding, and its share subtracted the same way
+(`_conv_integer`).
 
 A MaxPool between a DequantizeLinear and a QuantizeLinear of the same quantization pools the
 quantized values instead (`quantized_max_pools`). What stays: Q/DQ pairs around other
@@ -269,12 +270,14 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
 def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shapes: dict,
                   notes: list[str]):
     """A ConvInteger (quantize_dynamic's convolutions) as an int8 conv2d writing its int32
-    sums: (the node standing for it, the nodes before it), or None with a note. ONNX pads
-    the input after subtracting its zero point, which is the kernel padding it with the zero
-    point and subtracting the zero point's share of every sum (-zero_point x the weight's
-    sums per output channel) through its bias. The padding needs the zero point inside the
-    kernel, so where it is known at run time only, four nodes before the kernel make its
-    zero points operand and its bias (Cast, Mul, Reshape, Concat)."""
+    sums: (the node standing for it, the nodes before that one), or None with a note. ONNX
+    pads the input after subtracting its zero point, which is the kernel padding the stored
+    input with the zero point and the zero point's share (-zero_point x the weight's sums per
+    output channel) subtracted from every sum. A constant zero point goes into the kernel's
+    zero points and bias. One known at run time only reaches the kernel's zero points
+    through three nodes before it (Cast, Reshape, Concat), and its share is added after it
+    as MatMulInteger's is (Mul, Add), where a package folds it into the dequantization
+    (quantized_codegen.py), and the three nodes into one function of the range."""
     consts = graph.initializers
     x, weight, x_zero, reason = _integer_operands(node, graph, producers, 4)
     shape = graph.shapes.get(x)
@@ -289,31 +292,39 @@ def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shape
         return None
     n, c, h, w = shape
     k, _, r, s = weight.shape
-    task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=True, out_type=0,
+    constant = x_zero is None or x_zero in consts
+    task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=constant, out_type=0,
                        reduce_range=fits_reduced_range(weight), **layer.conv)
     name = node.name
     sums = weight.reshape(k, -1).astype(np.int64).sum(axis=1)
     initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
-    inputs = (x, f"{name}::weight", f"{name}::bias", f"{name}::zero_points")
-    fused = Node(FUSED_OP_TYPES["conv2d"], name, inputs, node.outputs, {"task": task})
-    if x_zero is None or x_zero in consts:
+    if constant:
         zero = int(consts[x_zero].reshape(())) if x_zero else 0
         initializers[f"{name}::bias"] = (-zero * sums).astype(np.int32)
         initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
-        return fused, ()
-    initializers[f"{name}::negated_sums"] = (-sums).astype(np.int32)
+        return Node(FUSED_OP_TYPES["conv2d"], name, (x, f"{name}::weight", f"{name}::bias",
+                                                     f"{name}::zero_points"),
+                    node.outputs, {"task": task}), ()
+    initializers[f"{name}::negated_sums"] = (-sums).astype(np.int32).reshape(k, 1, 1)
     initializers[f"{name}::one"] = np.array([1], np.int64)
     initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
-    shapes.update({f"{name}::zero": (), f"{name}::bias": (k,), f"{name}::zero_1": (1,),
-                   f"{name}::zero_points": (2,)})
-    return fused, (
-        Node("Cast", f"{name}::zero_int32", (x_zero,), (f"{name}::zero",), {"to": 6}),
-        Node("Mul", f"{name}::bias_of_zero", (f"{name}::zero", f"{name}::negated_sums"),
-             (f"{name}::bias",)),
-        Node("Reshape", f"{name}::zero_vector", (f"{name}::zero", f"{name}::one"),
-             (f"{name}::zero_1",)),
-        Node("Concat", f"{name}::zero_points", (f"{name}::zero_1", f"{name}::no_output_zero"),
-             (f"{name}::zero_points",), {"axis": 0}))
+    stored, zero, share = f"{name}::stored_sums", f"{name}::zero", f"{name}::zero_share"
+    shapes.update({zero: (), f"{name}::zero_1": (1,), f"{name}::zero_points": (2,),
+                   share: (k, 1, 1)})
+    if node.outputs[0] in shapes:
+        shapes[stored] = shapes[node.outputs[0]]
+    kernel = Node(FUSED_OP_TYPES["conv2d"], name,
+                  (x, f"{name}::weight", f"{name}::zero_points"), (stored,), {"task": task})
+    return (Node("Add", f"{name}::zero_point_share", (stored, share), node.outputs),
+            (Node("Cast", f"{name}::zero_int32", (x_zero,), (zero,), {"to": 6}),
+             Node("Reshape", f"{name}::zero_vector", (zero, f"{name}::one"),
+                  (f"{name}::zero_1",)),
+             Node("Concat", f"{name}::zero_points", (f"{name}::zero_1",
+                                                     f"{name}::no_output_zero"),
+                  (f"{name}::zero_points",), {"axis": 0}),
+             kernel,
+             Node("Mul", f"{name}::zero_times_sums", (zero, f"{name}::negated_sums"),
+                  (share,))))
 
 
 @dataclass(slots=True)

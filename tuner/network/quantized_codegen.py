@@ -80,13 +80,15 @@ another, shared among the threads:
 in the float32 operations of quant_ops.dynamic_quantize_linear, in its order, so the outputs
 equal numpy's bit for bit (a NaN in x is dropped by the range here, where numpy's min and max
 return it). The scale and the zero point reach the dequantized products through the two
-floats, and any other node that reads them through a Gather (and a Cast to uint8) of them.
+floats, and any other node that reads them through a Gather (and a Cast to uint8) of them;
+a convolution, which pads its input with the zero point, through its zero points operand,
+which one more function makes of the two floats (`fuse_zero_points`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -106,6 +108,7 @@ QUANTIZED_ADD = "TunerQuantizedAdd"
 DEQUANTIZED_PRODUCT = "TunerDequantizedProduct"
 QUANTIZATION_RANGE = "TunerQuantizationRange"
 DYNAMIC_QUANTIZE = "TunerDynamicQuantize"
+ZERO_POINTS = "TunerZeroPoints"
 FLOAT, UINT8 = 1, 2  # ONNX's TensorProto.FLOAT and UINT8, a Cast's `to`
 # Below this many elements a call is a few microseconds on one thread, about what waking the
 # other threads (GOMP_parallel) costs, so it stays on the calling thread.
@@ -273,8 +276,10 @@ class DequantizedProduct:
     DynamicQuantizeLinear's, read from its range's two floats at run time, the scale times
     the weight's, and the sums are a kernel's of the stored activation, to which this adds
     the zero point's share (zero point x the negated column sums of the weight).
-    `per_column`: the scale (or the weight's, where dynamic) has one value per column, not
-    one."""
+    `per_channel`: the scale (or the weight's, where dynamic) has one value per channel, not
+    one. The channels, which the bias and the negated sums have one value each of, are the
+    columns, or with `row_channels` K the rows, row r being channel r % K (a convolution's
+    N x K x (H x W) output, a product written transposed)."""
 
     rows: int
     width: int
@@ -283,7 +288,8 @@ class DequantizedProduct:
     residual: bool = False
     relu: bool = False  # a Relu after the bias, where no GELU is
     dynamic: bool = False
-    per_column: bool = False
+    per_channel: bool = False
+    row_channels: int = 0
 
 
 def fuse_dequantized_products(graph: Graph) -> Graph:
@@ -314,7 +320,7 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
             continue
         mul = only_reader(cast.outputs[0], graph, consumers, ("Mul",))
         scale = _other_operand(mul, cast.outputs[0])
-        if scale is None or _per_column(scale, shape, graph) is None \
+        if scale is None \
                 or graph.shapes.get(mul.outputs[0]) != graph.shapes.get(cast.outputs[0]):
             continue
         dynamic = None
@@ -327,7 +333,8 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
         row = _other_operand(add, value)
         if row is not None and row in graph.initializers \
                 and graph.initializers[row].dtype == np.float32 \
-                and graph.initializers[row].shape == (shape[-1],):
+                and _channel_axis(row, shape, graph) is not None \
+                and graph.shapes.get(add.outputs[0]) == shape:
             chain, value, bias = chain + [add], add.outputs[0], row
         gelu = 0
         relu = only_reader(value, graph, consumers, ("Relu",))
@@ -354,17 +361,23 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
                     and graph.shapes.get(add.outputs[0]) == graph.shapes.get(start):
                 residual, chain = other, nodes + [add]
                 break
-        params = DequantizedProduct(math.prod(shape[:-1]), shape[-1], bias is not None, gelu,
-                                    residual is not None, relu is not None,
-                                    per_column=_per_column(scale, shape, graph))
         inputs = (sums, scale)
         if dynamic is not None:
             range_params, weight_scale, negated = dynamic
-            per_column = _per_column(weight_scale, shape, graph)
-            if per_column is None or graph.initializers[negated].shape != shape[-1:]:
-                continue
-            params = replace(params, dynamic=True, per_column=per_column)
             inputs = (sums, range_params, weight_scale, negated)
+        factor = inputs[-2] if dynamic is not None else scale
+        axes = {name: _channel_axis(name, shape, graph)
+                for name in (factor, bias, inputs[-1] if dynamic else None) if name}
+        channel = {axis for axis in axes.values() if axis not in (None, ALL)}
+        if None in axes.values() or len(channel) > 1 \
+                or (bias and axes[bias] == ALL) or (dynamic and axes[inputs[-1]] == ALL):
+            continue  # constants that broadcast otherwise than one per channel: nodes stay
+        axis = channel.pop() if channel else len(shape) - 1
+        by_column = axis == len(shape) - 1
+        params = DequantizedProduct(
+            math.prod(shape[:axis + (not by_column)]), math.prod(shape[axis + (not by_column):]),
+            bias is not None, gelu, residual is not None, relu is not None,
+            dynamic is not None, axes[factor] != ALL, 0 if by_column else shape[axis])
         inputs += ((bias,) if bias else ()) + ((residual,) if residual else ())
         replaced[id(chain[-1])] = Node(DEQUANTIZED_PRODUCT, chain[-1].name, inputs,
                                        chain[-1].outputs[:1], asdict(params))
@@ -400,8 +413,8 @@ def _dynamic_quantization(share: str, scale: str, graph: Graph, producers):
     if times is None or times.op_type != "Mul" or len(times.inputs) != 2:
         return None
     consts = graph.initializers
-    negated = next((i for i in times.inputs if i in consts and consts[i].dtype == np.int32
-                    and consts[i].ndim == 1), None)
+    negated = next((i for i in times.inputs if i in consts and consts[i].dtype == np.int32),
+                   None)
     zero = _other_operand(times, negated) if negated else None
     to_int = producers.get(zero) if zero else None
     if to_int is None or to_int.op_type != "Cast" or int(to_int.attributes.get("to", 0)) != 6:
@@ -446,17 +459,23 @@ def _other_operand(node: Node | None, value: str) -> str | None:
     return node.inputs[1] if node.inputs[0] == value else node.inputs[0]
 
 
-def _per_column(scale: str, shape: tuple[int, ...], graph: Graph) -> bool | None:
-    """Whether `scale` multiplies a product of `shape` with one value per column (its last
-    dimension the product's, any before it 1) rather than one value for all (every
-    dimension 1); None where it does neither or its shape is unknown."""
-    value = graph.initializers.get(scale)
-    of = value.shape if value is not None else graph.shapes.get(scale)
-    if of is None or math.prod(of[:-1]) != 1:
+ALL = -1  # `_channel_axis` of a value that is one number for the whole product
+
+
+def _channel_axis(name: str, shape: tuple[int, ...], graph: Graph) -> int | None:
+    """The axis of a product of `shape` along which `name` (broadcast as numpy does) varies,
+    its one dimension that is not 1 and equals the product's there; ALL where it is one
+    value; None where it is neither or its shape is unknown."""
+    value = graph.initializers.get(name)
+    of = value.shape if value is not None else graph.shapes.get(name)
+    if of is None or len(of) > len(shape):
         return None
     if math.prod(of) == 1:
-        return False
-    return True if of[-1:] == shape[-1:] else None
+        return ALL
+    aligned = (1,) * (len(shape) - len(of)) + tuple(of)
+    varying = [axis for axis, size in enumerate(aligned) if size != 1]
+    return varying[0] if len(varying) == 1 and aligned[varying[0]] == shape[varying[0]] \
+        else None
 
 
 def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Machine,
@@ -464,13 +483,15 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
     """The LLVM IR of `void symbol(out, sums, scale[, bias][, residual])`, or with `dynamic`
     `void symbol(out, sums, params, weight_scale, negated_sums[, bias][, residual])` (module
     docstring): rows shared among `threads` in static blocks, each in vectors of the
-    machine's float lanes."""
+    machine's float lanes; a constant per channel read per column, or once per row."""
     lanes, width = machine.lanes, product.width
     full, tail = divmod(width, lanes)
     module = ir.Module(name=symbol)
 
     def row(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
         start = b.mul(r, ir.Constant(I64, width))
+        channel = b.urem(r, ir.Constant(I64, product.row_channels)) \
+            if product.row_channels else None
         operands = iter(args[2:])
         if product.dynamic:
             params, scale_of, negated = next(operands), next(operands), next(operands)
@@ -482,24 +503,33 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
             scale_of, negated = next(operands), None
         bias = next(operands) if product.bias else None
         residual = next(operands) if product.residual else None
-        if not product.per_column:
-            scale = splat(b, b.load(scale_of, typ=F32, align=4), lanes)
-            if product.dynamic:  # float32(scale x weight scale), as numpy's Mul
-                scale = b.fmul(run_scale, scale)
+
+        def of_row(pointer: ir.Value, etype: ir.Type, at: ir.Value | None) -> ir.Value:
+            return splat(b, b.load(elem_ptr(b, pointer, at, etype), typ=etype), lanes)
+
+        def per_channel(pointer: ir.Value, etype: ir.Type):
+            """A constant per channel: the row's, or a function of the vector's columns."""
+            if channel is not None:
+                value = of_row(pointer, etype, channel)
+                return lambda at, n: value
+            return lambda at, n: _load(b, elem_ptr(b, pointer, at, etype), n, lanes, etype)
+
+        scale = per_channel(scale_of, F32) if product.per_channel else \
+            (lambda value: lambda at, n: value)(of_row(scale_of, F32, ir.Constant(I64, 0)))
+        negated_of = per_channel(negated, I32) if negated is not None else None
+        bias_of = per_channel(bias, F32) if bias is not None else None
 
         def vector(at: ir.Value, n: int) -> None:
             here = b.add(start, at)
             sums = _load(b, elem_ptr(b, args[1], here, I32), n, lanes, I32)
-            if negated is not None:  # int32 arithmetic, as numpy's Mul and Add wrap
-                sums = b.add(sums, b.mul(point, _load(b, elem_ptr(b, negated, at, I32), n,
-                                                      lanes, I32)))
-            factor = scale if not product.per_column else \
-                _load(b, elem_ptr(b, scale_of, at), n, lanes, F32)
-            if product.per_column and product.dynamic:
+            if negated_of is not None:  # int32 arithmetic, as numpy's Mul and Add wrap
+                sums = b.add(sums, b.mul(point, negated_of(at, n)))
+            factor = scale(at, n)
+            if product.dynamic:  # float32(scale x weight scale), as numpy's Mul
                 factor = b.fmul(run_scale, factor)
             value = b.fmul(b.sitofp(sums, vec_type(lanes)), factor)
-            if bias is not None:
-                value = b.fadd(value, _load(b, elem_ptr(b, bias, at), n, lanes, F32))
+            if bias_of is not None:
+                value = b.fadd(value, bias_of(at, n))
             if product.relu:  # numpy's maximum(v, 0): NaN and -0.0 kept
                 zero = ir.Constant(value.type, None)
                 value = b.select(b.fcmp_unordered(">=", value, zero), value, zero)
@@ -613,3 +643,50 @@ def dynamic_quantize_ir(symbol: str, count: int, machine: Machine, threads: int)
         _store(b, out, elem_ptr(b, args[0], at, I8), n)
 
     return _over_elements(module, symbol, 3, count, lanes, threads, vector)
+
+
+def fuse_zero_points(graph: Graph) -> Graph:
+    """`graph` with each int32[2] zero points operand made of a range's zero point (the
+    Concat of its Reshape to [1], after the Cast to uint8 and to int32 of its Gather, and a
+    constant 0: quantized._conv_integer) made one ZERO_POINTS node of the range's params,
+    which a generated function serves: out[0] = int(params[1]), out[1] = 0."""
+    producers = producers_of(graph.nodes)
+    consts = graph.initializers
+    replaced: dict[int, Node] = {}
+    for concat in graph.nodes:
+        if concat.op_type != "Concat" or len(concat.inputs) != 2 \
+                or int(concat.attributes.get("axis", 0)) != 0:
+            continue
+        first, second = concat.inputs
+        if second not in consts or consts[second].dtype != np.int32 \
+                or consts[second].shape != (1,) or consts[second][0] != 0:
+            continue
+        chain = [producers.get(first)]
+        for op_type, to in (("Reshape", None), ("Cast", 6), ("Cast", UINT8)):
+            node = chain[-1]
+            if node is None or node.op_type != op_type \
+                    or (to is not None and int(node.attributes.get("to", 0)) != to):
+                break
+            chain.append(producers.get(node.inputs[0]))
+        else:
+            shape = graph.shapes.get(first)
+            source = _range_float(chain[-2].inputs[0], graph, producers)
+            if shape == (1,) and source is not None and source[1] == 1:
+                replaced[id(concat)] = Node(ZERO_POINTS, concat.name, (source[0],),
+                                            concat.outputs)
+    if not replaced:
+        return graph
+    return without_unread(rewritten(graph, replaced, set(), dict(graph.initializers)))
+
+
+def zero_points_ir(symbol: str) -> str:
+    """The LLVM IR of `void symbol(int32_t *out, const float *params)` (`fuse_zero_points`):
+    the range's zero point, a whole number in [0, 255], and the output's 0."""
+    module = ir.Module(name=symbol)
+
+    def write(b: ir.IRBuilder, args: list[ir.Value]) -> None:
+        point = b.load(elem_ptr(b, args[1], ir.Constant(I64, 1)), typ=F32, align=4)
+        b.store(b.fptosi(point, I32), args[0], align=4)
+        b.store(ir.Constant(I32, 0), elem_ptr(b, args[0], ir.Constant(I64, 1), I32), align=4)
+
+    return over_rows(module, symbol, 2, 0, 1, lambda b, args, r: None, write)
