@@ -290,26 +290,30 @@ def test_a_softmax_whose_exponentials_are_an_output_is_left_decomposed():
     assert "Softmax" not in [n.op_type for n in extract_tasks(graph).graph.nodes]
 
 
-# quantize_dynamic's blocks: (gelu, norm, softmax, mask, seq, heads, opset) of BLOCKS
-DYNAMIC_BLOCKS = [BLOCKS[0], BLOCKS[1], BLOCKS[3]]
+# quantize_dynamic's blocks: (gelu, norm, softmax, mask, seq, heads, opset) of BLOCKS, and
+# whether its weight scales are per channel
+DYNAMIC_BLOCKS = [BLOCKS[0] + (False,), BLOCKS[1] + (True,), BLOCKS[3] + (False,)]
 
 
-@pytest.mark.parametrize("gelu, norm, softmax, mask, seq, heads, opset", DYNAMIC_BLOCKS)
+@pytest.mark.parametrize("gelu, norm, softmax, mask, seq, heads, opset, per_channel",
+                         DYNAMIC_BLOCKS)
 def test_dynamically_quantized_blocks_agree_with_onnxruntime(tmp_path, empty_db, gelu, norm,
-                                                             softmax, mask, seq, heads, opset):
+                                                             softmax, mask, seq, heads, opset,
+                                                             per_channel):
     """A block quantized by quantize_dynamic (7-bit weights, so that onnxruntime's own
     MatMulInteger is exact on AVX2 too): one DynamicQuantizeLinear of the hidden state for
     the three projections; each projection's dequantization, with the run-time scale and
     zero point, its bias, GELU or residual, is one generated function; the scores' scale is
-    folded into the query's weight scale. Only the input's Reshape and the key's Transpose
-    stay numpy nodes, and the package agrees with onnxruntime on the same file."""
+    folded into the query's weight scale, and the key's projection writes K^T. Only the
+    input's Reshape stays a numpy node, one run of kernels does the rest, and the package
+    agrees with onnxruntime on the same file."""
     import onnx
     quantization = pytest.importorskip("onnxruntime.quantization")
     rng = np.random.default_rng(seq + heads)
     model = Block(rng, gelu, norm, softmax, mask, opset).build(seq, heads, 24)
     onnx.save(model, tmp_path / "block.onnx")
     quantization.quantize_dynamic(tmp_path / "block.onnx", tmp_path / "block.int8.onnx",
-                                  reduce_range=True,
+                                  reduce_range=True, per_channel=per_channel,
                                   extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     quantized = onnx.load(tmp_path / "block.int8.onnx")
     feeds = feeds_for(rng, model, seq, mask)
@@ -318,10 +322,17 @@ def test_dynamically_quantized_blocks_agree_with_onnxruntime(tmp_path, empty_db,
     assert [n.op_type for n in graph.nodes].count("DynamicQuantizeLinear") == 4
     built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
                           named_target(None, 1))
-    nodes = json.loads(built.graph_file.read_text())["nodes"]
-    assert [n["op_type"] for n in nodes if "kernel" not in n] == ["Reshape", "Transpose"]
+    document = json.loads(built.graph_file.read_text())
+    nodes = document["nodes"]
+    assert [n["op_type"] for n in nodes if "kernel" not in n] == ["Reshape"]
+    assert len(document["segments"]) == 1
+    hidden = heads * HEAD
+    assert any(t.task_key.startswith(f"matmul/{seq}x{hidden}x{hidden}/bias=0,out_order=21")
+               for t in built.tasks)
     products = [n["attributes"] for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
     assert len(products) == 6 and all(p["dynamic"] for p in products)
+    assert [p["row_channels"] for p in products].count(hidden) == 1  # the key's, as K^T
+    assert all(p["per_channel"] == per_channel for p in products)
     assert sorted((p["gelu"] > 0, p["residual"]) for p in products) == \
         [(False, False)] * 3 + [(False, True)] * 2 + [(True, False)]
     out = tuner.load_package(tmp_path / "pkg")(feeds)[0]

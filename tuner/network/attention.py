@@ -21,7 +21,8 @@ splits the package's segments. Two rewrites remove most of them:
   template's order 213: no copy, every row still contiguous.
 - `transposed_heads`: K transposed to [1, H, D, S] would be read a column at a time, so the key
   projection writes its result transposed instead (the matmul template's out_order 21,
-  C^T [H*D, S]), which is K^T [H, D, S] as the scores' product reads it, in plain order.
+  C^T [H*D, S]), which is K^T [H, D, S] as the scores' product reads it, in plain order; a
+  projection quantized by quantize_dynamic too (`transposed_quantized_keys`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import math
 
 import numpy as np
 
-from tuner.network.graph import (Graph, Node, only_reader, producers_of, rewritten,
-                               scalar_constant)
+from tuner.network.graph import (Graph, Node, consumers_of, only_reader, producers_of,
+                                 rewritten, scalar_constant)
 
 HEADS_FIRST = [0, 2, 1, 3]  # [1, S, H, D] <-> [1, H, S, D]
 VIEWS = ("Reshape", "Transpose")
@@ -171,3 +172,109 @@ def stored_result(value: str, graph: Graph, consumers) -> tuple[int, list[Node]]
             and math.prod(graph.shapes.get(reshape.outputs[0], (0,))) == math.prod(shape):
         return 213, [transpose, reshape]
     return 213, [transpose]
+
+
+def transposed_quantized_keys(graph: Graph) -> Graph:
+    """`graph` with each dynamically quantized key projection read only as K^T
+    (`transposed_heads`) written transposed, as a float one is: quantized._matmul_integer's
+    int8 matmul writes its sums as [N, S] (out_order 21), and the nodes after it (the zero
+    point's share, the Cast, the scale, the bias) work on that layout, their per-column
+    constants as (N, 1) columns. The result is K^T [H, D, S], which one Reshape to
+    [1, H, D, S] (a view) gives the scores, in place of the Reshape and the Transpose (a
+    copy, and a numpy node between two runs of kernels)."""
+    from tuner.ir.task import Task
+    from tuner.network.fused import FUSED_OP_TYPES
+
+    consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
+    consts = graph.initializers
+    initializers, shapes = dict(graph.initializers), dict(graph.shapes)
+    replaced: dict[int, Node] = {}
+    dropped: set[int] = set()
+    for kernel in graph.nodes:
+        task = kernel.attributes.get("task") if kernel.op_type == FUSED_OP_TYPES["matmul"] \
+            else None
+        if task is None or task.dtype != "int8" or task.attr_dict.get("out_order", 12) != 12 \
+                or task.attr_dict.get("bias") or task.attr_dict.get("out_type"):
+            continue
+        m, n, _ = task.shape
+        chain = _dequantizing_chain(kernel.outputs[0], n, graph, consumers, producers)
+        if chain is None:
+            continue
+        add, times, negated, cast, mul, scale_maker, bias_add, bias = chain
+        views = transposed_heads(bias_add.outputs[0], m, graph, consumers)
+        if not views:
+            continue
+        column = (n, 1)
+
+        def as_column(name: str) -> str:
+            initializers[f"{name}::column"] = consts[name].reshape(column)
+            return f"{name}::column"
+
+        def with_inputs(node: Node, old: str, new: str) -> Node:
+            return Node(node.op_type, node.name, tuple(new if i == old else i
+                                                       for i in node.inputs),
+                        node.outputs, node.attributes, node.domain)
+
+        attrs = {**task.attr_dict, "out_order": 21}
+        replaced[id(kernel)] = Node(kernel.op_type, kernel.name, kernel.inputs, kernel.outputs,
+                                    {**kernel.attributes, "task": Task.create(
+                                        task.op, task.shape, task.dtype, **attrs)})
+        replaced[id(times)] = with_inputs(times, negated, as_column(negated))
+        replaced[id(bias_add)] = with_inputs(bias_add, bias, as_column(bias))
+        shapes[times.outputs[0]] = column
+        if scale_maker is not None:  # a weight scale per column
+            weight_scale = next(i for i in scale_maker.inputs if i in consts)
+            replaced[id(scale_maker)] = with_inputs(scale_maker, weight_scale,
+                                                    as_column(weight_scale))
+            shapes[scale_maker.outputs[0]] = column
+        for value in (kernel.outputs[0], add.outputs[0], cast.outputs[0], mul.outputs[0],
+                      bias_add.outputs[0]):
+            shapes[value] = (n, m)
+        reshape, transpose = views
+        target = f"{transpose.name}::shape"
+        initializers[target] = np.array(graph.shapes[transpose.outputs[0]], np.int64)
+        replaced[id(transpose)] = Node("Reshape", transpose.name, (bias_add.outputs[0], target),
+                                       transpose.outputs)
+        dropped.add(id(reshape))
+    if not replaced:
+        return graph
+    result = rewritten(graph, replaced, dropped, initializers)
+    return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
+                 result.opset, result.name)
+
+
+def _dequantizing_chain(sums: str, n: int, graph: Graph, consumers, producers):
+    """The nodes after an int8 matmul's stored sums that quantized._matmul_integer and
+    quantize_dynamic write, each the only reader of the one before: Add(sums, Mul(zero point,
+    negated column sums)), Cast to float, Mul by a scale (one value, or a run-time one times
+    a weight scale per column), Add of a bias per column; as (add, times, negated, cast, mul,
+    the Mul making a per-column scale or None, bias add, bias), else None."""
+    consts = graph.initializers
+    add = only_reader(sums, graph, consumers, ("Add",))
+    share = next((i for i in add.inputs if i != sums), None) if add is not None else None
+    times = producers.get(share) if share else None
+    negated = next((i for i in times.inputs if i in consts), None) \
+        if times is not None and times.op_type == "Mul" else None
+    if negated is None or consts[negated].shape != (n,) \
+            or only_reader(share, graph, consumers) is not add:
+        return None
+    cast = only_reader(add.outputs[0], graph, consumers, ("Cast",))
+    if cast is None or int(cast.attributes.get("to", 0)) != 1:
+        return None
+    mul = only_reader(cast.outputs[0], graph, consumers, ("Mul",))
+    scale = next((i for i in mul.inputs if i != cast.outputs[0]), None) if mul else None
+    if scale is None or graph.shapes.get(scale) is None:
+        return None
+    scale_maker = None
+    if math.prod(graph.shapes[scale]) != 1:
+        scale_maker = producers.get(scale)
+        constants = [i for i in scale_maker.inputs if i in consts] if scale_maker else []
+        if scale_maker is None or scale_maker.op_type != "Mul" or len(constants) != 1 \
+                or consts[constants[0]].shape != (n,) \
+                or only_reader(scale, graph, consumers) is not mul:
+            return None
+    bias_add = only_reader(mul.outputs[0], graph, consumers, ("Add",))
+    bias = next((i for i in bias_add.inputs if i in consts), None) if bias_add else None
+    if bias is None or consts[bias].shape != (n,):
+        return None
+    return add, times, negated, cast, mul, scale_maker, bias_add, bias

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuner.network.attention import (fold_attention_scale, stored_operand, stored_result,
-                                   transposed_heads)
+                                     transposed_heads, transposed_quantized_keys)
 from tuner.network.graph import (Graph, Node, consumers_of, fold_constants, producers_of,
                                  rewritten)
 from tuner.network.fused import FUSED_OP_TYPES
@@ -89,6 +89,7 @@ def extract_tasks(graph: Graph) -> Extraction:
     notes += decomposed
     graph, folds = fold_attention_scale(graph, consumers_of(graph.nodes))
     notes += folds
+    graph = transposed_quantized_keys(graph)
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
     position = {id(node): index for index, node in enumerate(graph.nodes)}
     absorbed: set[int] = set()
