@@ -7,13 +7,16 @@ random inputs of the model's shape (uniform in [-1, 1]: the weights are random t
 data would calibrate them better), for the convnets; `quantize_dynamic` (MatMulInteger with
 DynamicQuantizeLinear) for the BERT layer, as onnxruntime's guide recommends for transformers.
 `--reduce-range` quantizes weights to 7 bits ([-64, 64]), as onnxruntime advises for CPUs
-without VNNI: our kernels then sum them with vpmaddubsw, exactly. Each file goes to
-`--out/<name>.int8.onnx` (`<name>.int8r.onnx` with `--reduce-range`);
+without VNNI: our kernels then sum them with vpmaddubsw, exactly. `--dynamic` quantizes the
+convnets with `quantize_dynamic` too (ConvInteger after a DynamicQuantizeLinear per layer).
+Each file goes to `--out/<name>.int8.onnx` (`.int8r` with `--reduce-range`, `.dyn` and `.dynr`
+with `--dynamic`);
 then `python bench/model.py --onnx FILE` tunes, packages and times it against onnxruntime on
 the same file.
 
     python bench/quantized_models.py --out /tmp/qmodels [--models resnet50 mobilenetv2]
                                      [--per-channel] [--calibration 8] [--reduce-range]
+                                     [--dynamic]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from bench.models import MODELS, write_models  # noqa: E402
 
 
 def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
-             calibration: int, reduce_range: bool = False) -> Path:
+             calibration: int, reduce_range: bool = False, dynamic: bool = False) -> Path:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, quantize_dynamic,
                                           quantize_static)
@@ -39,8 +42,9 @@ def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
     prepared = out.with_suffix(".prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
-    if name == "bert_layer":
-        quantize_dynamic(str(prepared), str(out), reduce_range=reduce_range)
+    if name == "bert_layer" or dynamic:
+        quantize_dynamic(str(prepared), str(out), reduce_range=reduce_range,
+                         per_channel=per_channel)
         return out
     graph_input = model.graph.input[0]
     shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
@@ -69,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduce-range", action="store_true",
                         help="7-bit weights (onnxruntime's advice for CPUs without VNNI), "
                         "written to <name>.int8r.onnx")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="quantize_dynamic for every model, written to <name>.dyn.onnx")
     args = parser.parse_args(argv)
-    suffix = ".int8r.onnx" if args.reduce_range else ".int8.onnx"
+    suffix = (".dyn" if args.dynamic else ".int8") + ("r" if args.reduce_range else "") + \
+        ".onnx"
     for name, path in write_models(args.out, args.models).items():
         quantized = quantize(path, args.out / f"{name}{suffix}", name, args.per_channel,
-                             args.calibration, args.reduce_range)
+                             args.calibration, args.reduce_range, args.dynamic)
         print(f"{name}: {quantized}")
     return 0
 

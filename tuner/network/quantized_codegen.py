@@ -405,7 +405,8 @@ def _zero_point_share(value: str, graph: Graph, producers, consumers) -> tuple[s
 
 
 def _dynamic_quantization(share: str, scale: str, graph: Graph, producers):
-    """(the range's params, the weight's scale (an initializer), the negated column sums) where `share` is Mul(Cast(zero point), negated sums) and `scale` Mul(the
+    """(the range's params, the weight's scale (an initializer), the negated column sums)
+    where `share` is Mul(Cast(zero point), negated sums) and `scale` Mul(the run-time
     scale, a constant float32 weight scale), the scale and zero point read from one
     QUANTIZATION_RANGE's params (`fuse_dynamic_quantizations`: a Gather of each, the zero
     point cast to uint8, then to int32); else None."""
