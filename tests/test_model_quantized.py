@@ -472,20 +472,23 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
     import onnx
     rng = np.random.default_rng(12)
     w = {"w1": randn(rng, 8, 3, 3, 3), "b1": randn(rng, 8), "w2": randn(rng, 16, 8, 3, 3),
-         "b2": randn(rng, 16), "w3": randn(rng, 16, 1, 3, 3)}
+         "b2": randn(rng, 16), "wp": randn(rng, 16, 8, 1, 1), "bp": randn(rng, 16),
+         "w3": randn(rng, 16, 1, 3, 3)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
                               strides=[2, 2]),
-             helper.make_node("Conv", ["c2", "w3"], ["y"], pads=[1, 1, 1, 1], group=16)]
+             helper.make_node("Conv", ["r1", "wp", "bp"], ["p"], strides=[2, 2]),
+             helper.make_node("Add", ["c2", "p"], ["a"]),  # a residual block's two branches
+             helper.make_node("Conv", ["a", "w3"], ["y"], pads=[1, 1, 1, 1], group=16)]
     float_path, path = tmp_path / "cnn.onnx", tmp_path / "cnn.dynamic.onnx"
     onnx.save(make_model(nodes, {"x": (1, 3, 15, 13)}, "y", w, opset=13), float_path)
     quantization.quantize_dynamic(str(float_path), str(path), reduce_range=reduce_range)
     graph = load_model(str(path))
-    assert [n.op_type for n in graph.nodes].count("ConvInteger") == 3
+    assert [n.op_type for n in graph.nodes].count("ConvInteger") == 4
     extraction = extract_tasks(graph)
     keys = sorted(u.task.key for u in extraction.tasks)
-    assert len(keys) == 3 and all(k.startswith("conv2d/") and k.endswith("/int8") for k in keys)
+    assert len(keys) == 4 and all(k.startswith("conv2d/") and k.endswith("/int8") for k in keys)
     assert {"groups=16", "stride=2"} <= {part for k in keys for part in k.split("/")[2].split(",")}
     assert "ConvInteger" not in [n.op_type for n in extraction.graph.nodes]
     db = str(tmp_path / "empty.db")
@@ -494,10 +497,10 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
         built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
     nodes = json.loads(built.graph_file.read_text())["nodes"]
     assert not [n["op_type"] for n in nodes if not n["op_type"].startswith("Tuner")]
-    assert [(n["attributes"]["row_channels"], n["attributes"]["relu"]) for n in nodes
-            if n["op_type"] == "TunerDequantizedProduct"] == [(8, True), (16, False),
-                                                               (16, False)]
-    assert [n["op_type"] for n in nodes].count("TunerZeroPoints") == 3
+    products = [n["attributes"] for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
+    assert [(p["row_channels"], p["relu"]) for p in products] == [(8, True)] + [(16, False)] * 3
+    assert sorted(p["residual"] for p in products) == [False] * 3 + [True]
+    assert [n["op_type"] for n in nodes].count("TunerZeroPoints") == 3  # r1's is shared
     package = load_package(tmp_path / "pkg")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for _ in range(3):

@@ -356,7 +356,9 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
                 continue
             add = only_reader(start, graph, consumers, ("Add",))
             other = _other_operand(add, start)
-            if other is not None and other not in graph.initializers \
+            # the sum of two products (a residual block's two branches) is one's, not both's
+            if other is not None and id(add) not in absorbed \
+                    and other not in graph.initializers \
                     and graph.shapes.get(other) == graph.shapes.get(start) \
                     and graph.shapes.get(add.outputs[0]) == graph.shapes.get(start):
                 residual, chain = other, nodes + [add]

@@ -31,8 +31,8 @@ import numpy as np
 
 from tuner.network.attention import (fold_attention_scale, stored_operand, stored_result,
                                      transposed_heads, transposed_quantized_keys)
-from tuner.network.graph import (Graph, Node, consumers_of, fold_constants, producers_of,
-                                 rewritten)
+from tuner.network.graph import (Graph, Node, consumers_of, fold_constants, merge_duplicates,
+                                 producers_of, rewritten)
 from tuner.network.fused import FUSED_OP_TYPES
 from tuner.network.quantized import fuse_quantized
 from tuner.network.ops import legacy_broadcast
@@ -84,6 +84,8 @@ class _Layer:
 def extract_tasks(graph: Graph) -> Extraction:
     """Finds the tasks of `graph` and returns it rewritten with one node per fused layer."""
     graph, notes = fuse_quantized(graph)
+    # layers reading one run-time zero point make one zero points operand, not one each
+    graph = merge_duplicates(graph)
     graph = fold_constants(graph)  # the dequantized weights of layers left in float
     graph, decomposed = fuse_decomposed(graph)
     notes += decomposed
