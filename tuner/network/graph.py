@@ -275,7 +275,8 @@ def merge_duplicates(graph: Graph) -> Graph:
         if inputs != node.inputs:
             node = Node(node.op_type, node.name, inputs, node.outputs, node.attributes,
                         node.domain)
-        if node.op_type in NONDETERMINISTIC or "<subgraph>" in node.attributes.values():
+        if node.op_type in NONDETERMINISTIC or any(
+                isinstance(v, str) and v == "<subgraph>" for v in node.attributes.values()):
             nodes.append(node)
             continue
         key = (node.op_type, node.domain, inputs, _frozen(node.attributes),
