@@ -465,8 +465,9 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
     """quantize_dynamic's ConvInteger (padded, strided, depthwise) as int8 conv2d tasks: the
     kernel pads the stored activation with the run-time zero point, and the zero point's
     share is subtracted after it, which is ONNX's padding after the subtraction. In the
-    package no numpy node is left: the zero points operand is made from the range, and the
-    share, scale, bias per channel and Relu are the dequantization's. The fused graph and
+    package no numpy node is left: the zero points operand is made from the range; the
+    share, scale, bias per channel, Relu and a residual block's sum and Relu are the
+    dequantization's; the MaxPool after it is generated as after a kernel. The fused graph and
     the package give the graph's output bit for bit, and onnxruntime's where its own sums
     are exact (7-bit weights, or VNNI)."""
     import onnx
@@ -476,11 +477,14 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
          "w3": randn(rng, 16, 1, 3, 3)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
+             helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["m1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
                               strides=[2, 2]),
-             helper.make_node("Conv", ["r1", "wp", "bp"], ["p"], strides=[2, 2]),
+             helper.make_node("Conv", ["m1", "wp", "bp"], ["p"], strides=[2, 2]),
              helper.make_node("Add", ["c2", "p"], ["a"]),  # a residual block's two branches
-             helper.make_node("Conv", ["a", "w3"], ["y"], pads=[1, 1, 1, 1], group=16)]
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "w3"], ["y"], pads=[1, 1, 1, 1], group=16)]
     float_path, path = tmp_path / "cnn.onnx", tmp_path / "cnn.dynamic.onnx"
     onnx.save(make_model(nodes, {"x": (1, 3, 15, 13)}, "y", w, opset=13), float_path)
     quantization.quantize_dynamic(str(float_path), str(path), reduce_range=reduce_range)
@@ -496,10 +500,11 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
     with open_schedules(db) as schedules:
         built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
     nodes = json.loads(built.graph_file.read_text())["nodes"]
-    assert not [n["op_type"] for n in nodes if not n["op_type"].startswith("Tuner")]
+    assert not [n["op_type"] for n in nodes if "kernel" not in n]  # the MaxPool generated too
     products = [n["attributes"] for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
     assert [(p["row_channels"], p["relu"]) for p in products] == [(8, True)] + [(16, False)] * 3
-    assert sorted(p["residual"] for p in products) == [False] * 3 + [True]
+    assert sorted((p["residual"], p["residual_relu"]) for p in products) == \
+        [(False, False)] * 3 + [(True, True)]
     assert [n["op_type"] for n in nodes].count("TunerZeroPoints") == 3  # r1's is shared
     package = load_package(tmp_path / "pkg")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -264,8 +264,10 @@ def _node_functions(graph: Graph, target, name: str) -> tuple[dict, list]:
     from tuner.codegen.jit import compile_ir_object
 
     # the float32 tensors kernels write (an int8 layer's uint8 output is pooled in numpy)
-    made_by_kernels = {node.outputs[0] for node in graph.nodes if node.op_type in FUSED_OPS
-                       and node.attributes["task"].dag().output.dtype == "float32"}
+    made_by_kernels = {node.outputs[0] for node in graph.nodes
+                       if (node.op_type in FUSED_OPS
+                           and node.attributes["task"].dag().output.dtype == "float32")
+                       or node.op_type == DEQUANTIZED_PRODUCT}
     made, served, functions = {}, {}, []
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx") or any(node.outputs[1:]) \
@@ -334,6 +336,7 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         gelu = ", then max(., 0)" if product.relu else \
             f", then GELU ({GELU_VALUES[product.gelu]})" if product.gelu else ""
         residual = ", then + residual" if product.residual else ""
+        residual += ", then max(., 0)" if product.residual_relu else ""
         return (product, operands, out, "float32",
                 lambda s, m, t: dequantized_product_ir(s, product, m, t),
                 f"out[{product.rows}x{product.width}] = {sums}{bias}{gelu}{residual}")

@@ -290,14 +290,15 @@ class DequantizedProduct:
     dynamic: bool = False
     per_channel: bool = False
     row_channels: int = 0
+    residual_relu: bool = False  # a Relu after the residual Add
 
 
 def fuse_dequantized_products(graph: Graph) -> Graph:
-    """`graph` with each int32 kernel output's Cast -> Mul (a scale per tensor or per column)
-    -> [Add of a constant bias row] -> [Relu or GELU] -> [Add of a residual] chain (module
-    docstring) made one DEQUANTIZED_PRODUCT node of (sums, scale[, bias][, residual]); a
-    Reshape that keeps the last dimension may stand before the GELU or the residual. Where
-    the sums are a MatMulInteger's of a DynamicQuantizeLinear's output
+    """`graph` with each int32 kernel output's Cast -> Mul (a scale per tensor or per
+    channel) -> [Add of a constant bias per channel] -> [Relu or GELU] -> [Add of a residual
+    [-> Relu]] chain (module docstring) made one DEQUANTIZED_PRODUCT node of (sums, scale[,
+    bias][, residual]); a Reshape that keeps the last dimension may stand before the GELU or
+    the residual. Where the sums are a MatMulInteger's of a DynamicQuantizeLinear's output
     (quantized._matmul_integer: the kernel's sums plus the zero point's share, then the
     Cast), and its scale and zero point are those of the range before it
     (`fuse_dynamic_quantizations`, run first), the node reads the range's two floats
@@ -363,6 +364,10 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
                     and graph.shapes.get(add.outputs[0]) == graph.shapes.get(start):
                 residual, chain = other, nodes + [add]
                 break
+        after = only_reader(chain[-1].outputs[0], graph, consumers, ("Relu",)) \
+            if residual is not None else None
+        if after is not None:  # a residual block's Relu after its sum
+            chain = chain + [after]
         inputs = (sums, scale)
         if dynamic is not None:
             range_params, weight_scale, negated = dynamic
@@ -379,7 +384,8 @@ def fuse_dequantized_products(graph: Graph) -> Graph:
         params = DequantizedProduct(
             math.prod(shape[:axis + (not by_column)]), math.prod(shape[axis + (not by_column):]),
             bias is not None, gelu, residual is not None, relu is not None,
-            dynamic is not None, axes[factor] != ALL, 0 if by_column else shape[axis])
+            dynamic is not None, axes[factor] != ALL, 0 if by_column else shape[axis],
+            after is not None)
         inputs += ((bias,) if bias else ()) + ((residual,) if residual else ())
         replaced[id(chain[-1])] = Node(DEQUANTIZED_PRODUCT, chain[-1].name, inputs,
                                        chain[-1].outputs[:1], asdict(params))
@@ -465,6 +471,12 @@ def _other_operand(node: Node | None, value: str) -> str | None:
 ALL = -1  # `_channel_axis` of a value that is one number for the whole product
 
 
+def _relu(b: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """numpy's maximum(value, 0): NaN and -0.0 kept."""
+    zero = ir.Constant(value.type, None)
+    return b.select(b.fcmp_unordered(">=", value, zero), value, zero)
+
+
 def _channel_axis(name: str, shape: tuple[int, ...], graph: Graph) -> int | None:
     """The axis of a product of `shape` along which `name` (broadcast as numpy does) varies,
     its one dimension that is not 1 and equals the product's there; ALL where it is one
@@ -533,13 +545,14 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
             value = b.fmul(b.sitofp(sums, vec_type(lanes)), factor)
             if bias_of is not None:
                 value = b.fadd(value, bias_of(at, n))
-            if product.relu:  # numpy's maximum(v, 0): NaN and -0.0 kept
-                zero = ir.Constant(value.type, None)
-                value = b.select(b.fcmp_unordered(">=", value, zero), value, zero)
+            if product.relu:
+                value = _relu(b, value)
             if product.gelu:
                 value = vmath.gelu(b, value, product.gelu)
             if residual is not None:
                 value = b.fadd(value, _load(b, elem_ptr(b, residual, here), n, lanes, F32))
+            if product.residual_relu:
+                value = _relu(b, value)
             _store(b, value, elem_ptr(b, args[0], here), n)
 
         runtime_loop(b, 0, full, lambda v: vector(b.mul(v, ir.Constant(I64, lanes)), lanes),
