@@ -519,22 +519,29 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
                                        atol=1e-5)
 
 
+def _conv_integer_model(weight, weight_zero=None, **attributes):
+    """One hand-written ConvInteger of a uint8 [1, 4, 9, 8] input whose zero point is 37."""
+    import onnx
+    from onnx import numpy_helper
+    inputs = ["x", "w", "zx"] + (["zw"] if weight_zero is not None else [])
+    constants = [numpy_helper.from_array(weight, "w"),
+                 numpy_helper.from_array(np.array(37, np.uint8), "zx")]
+    if weight_zero is not None:
+        constants.append(numpy_helper.from_array(weight_zero, "zw"))
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("ConvInteger", inputs, ["y"], name="conv", **attributes)],
+        "conv_integer",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.UINT8, [1, 4, 9, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, None)], constants),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
 def test_a_conv_integer_with_a_constant_zero_point_folds_it_into_the_bias(tmp_path):
     """A ConvInteger written by hand, its input zero point a constant: one int8 task, no node
     before it, and the int32 sums ONNX defines (quant_ops.conv_integer) bit for bit."""
-    import onnx
-    from onnx import numpy_helper
     rng = np.random.default_rng(13)
     weight = rng.integers(-128, 128, (6, 2, 3, 3)).astype(np.int8)
-    node = helper.make_node("ConvInteger", ["x", "w", "zx"], ["y"], pads=[1, 1, 1, 1],
-                            strides=[2, 2], group=2)
-    model = helper.make_model(helper.make_graph(
-        [node], "conv_integer",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.UINT8, [1, 4, 9, 8])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, None)],
-        [numpy_helper.from_array(weight, "w"),
-         numpy_helper.from_array(np.array(37, np.uint8), "zx")]),
-        opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model = _conv_integer_model(weight, pads=[1, 1, 1, 1], strides=[2, 2], group=2)
     graph = load_model(model)
     extraction = extract_tasks(graph)
     assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv"]
@@ -543,3 +550,23 @@ def test_a_conv_integer_with_a_constant_zero_point_folds_it_into_the_bias(tmp_pa
     x = rng.integers(0, 256, (1, 4, 9, 8)).astype(np.uint8)
     np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x}, impls=FUSED_OPS)[0],
                                   run_graph(graph, {"x": x})[0])
+
+
+def test_a_conv_integer_this_does_not_take_runs_in_numpy_with_a_note():
+    """A weight zero point other than 0, or strides the conv2d template does not take: the
+    node stays, with a note naming it and why, and runs as ONNX defines it."""
+    rng = np.random.default_rng(14)
+    weight = rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)
+    x = rng.integers(0, 256, (1, 4, 9, 8)).astype(np.uint8)
+    for model, reason in (
+            (_conv_integer_model(weight, np.full(6, 3, np.int8)),
+             "its weight's zero point is not 0"),
+            (_conv_integer_model(weight, strides=[1, 2]),
+             "the conv2d template takes one stride")):
+        graph = load_model(model)
+        extraction = extract_tasks(graph)
+        assert not extraction.tasks
+        assert [n for n in extraction.notes if n.startswith("ConvInteger 'conv' runs in numpy: "
+                                                            + reason)]
+        np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x})[0],
+                                      run_graph(graph, {"x": x})[0])
