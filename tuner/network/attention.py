@@ -68,9 +68,7 @@ def fold_attention_scale(graph: Graph, consumers) -> tuple[Graph, list[str]]:
                 scaled = f"{weight}::scaled{len(notes)}"
                 initializers[scaled] = (initializers[weight].astype(np.float64) * factor
                                         ).astype(initializers[weight].dtype)
-                replaced[id(node)] = Node(node.op_type, node.name, tuple(
-                    scaled if i == weight else i for i in node.inputs), node.outputs,
-                    node.attributes, node.domain)
+                replaced[id(node)] = _with_input(node, weight, scaled)
             replaced[id(product)] = Node("MatMul", product.name, product.inputs,
                                          scale.outputs, product.attributes, product.domain)
             dropped.add(id(scale))
@@ -210,21 +208,16 @@ def transposed_quantized_keys(graph: Graph) -> Graph:
             initializers[f"{name}::column"] = consts[name].reshape(column)
             return f"{name}::column"
 
-        def with_inputs(node: Node, old: str, new: str) -> Node:
-            return Node(node.op_type, node.name, tuple(new if i == old else i
-                                                       for i in node.inputs),
-                        node.outputs, node.attributes, node.domain)
-
         attrs = {**task.attr_dict, "out_order": 21}
         replaced[id(kernel)] = Node(kernel.op_type, kernel.name, kernel.inputs, kernel.outputs,
                                     {**kernel.attributes, "task": Task.create(
                                         task.op, task.shape, task.dtype, **attrs)})
-        replaced[id(times)] = with_inputs(times, negated, as_column(negated))
-        replaced[id(bias_add)] = with_inputs(bias_add, bias, as_column(bias))
+        replaced[id(times)] = _with_input(times, negated, as_column(negated))
+        replaced[id(bias_add)] = _with_input(bias_add, bias, as_column(bias))
         shapes[times.outputs[0]] = column
         if scale_maker is not None:  # a weight scale per column
             weight_scale = next(i for i in scale_maker.inputs if i in consts)
-            replaced[id(scale_maker)] = with_inputs(scale_maker, weight_scale,
+            replaced[id(scale_maker)] = _with_input(scale_maker, weight_scale,
                                                     as_column(weight_scale))
             shapes[scale_maker.outputs[0]] = column
         for value in (kernel.outputs[0], add.outputs[0], cast.outputs[0], mul.outputs[0],
@@ -241,6 +234,12 @@ def transposed_quantized_keys(graph: Graph) -> Graph:
     result = rewritten(graph, replaced, dropped, initializers)
     return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
                  result.opset, result.name)
+
+
+def _with_input(node: Node, old: str, new: str) -> Node:
+    """`node` reading `new` where it read `old`."""
+    return Node(node.op_type, node.name, tuple(new if i == old else i for i in node.inputs),
+                node.outputs, node.attributes, node.domain)
 
 
 def _dequantizing_chain(sums: str, n: int, graph: Graph, consumers, producers):
