@@ -13,8 +13,9 @@ For each model (bench/models.py's ResNet-50, MobileNetV2 and BERT-base encoder l
    `tuner.load_package` (what an application runs: the tuned kernels and numpy for the other
    operators) and an onnxruntime session of the same file with I/O binding, `--rounds` times
    interleaved, the best of each kept;
-4. time each task alone, in one process per library: our kernel (replayed from the records,
-   weights bound) and onnxruntime's single Conv / MatMul of the task's shape. Ours includes the
+4. time each task alone, in one process per library, `--rounds` times interleaved, the best
+   kept: our kernel (replayed from the records, weights bound) and onnxruntime's single
+   Conv / MatMul of the task's shape. Ours includes the
    fused bias, residual and ReLU, onnxruntime's single operator does not (its whole-model run
    fuses them its own way), so per layer ours does slightly more work. A layer's time is one
    call times its occurrences; what the package takes beyond the sum of its kernels is the
@@ -171,15 +172,19 @@ def tune_and_package(name: str, path: Path, extraction: Extraction, threads: int
 
 def time_run(run: ModelRun, path: Path, extraction: Extraction, rounds: int) -> None:
     """End to end `rounds` times (package and onnxruntime interleaved, best kept), then each
-    task alone, one process per library."""
+    task alone, one process per library, `rounds` times interleaved too (a shared host's
+    noise doubled a layer's time in one pass: 6.01 against 3.25 ms on Zen 3)."""
     for _ in range(rounds):
         run.package_s = best_of(run.package_s, measure_model("package", run.package,
                                                              run.threads))
         run.onnxruntime_s = best_of(run.onnxruntime_s, measure_model("onnxruntime", str(path),
                                                                      run.threads))
     tasks = [use.task for use in extraction.tasks]
-    ours = measure_layers("tuned", tasks, run.threads, run.db)
-    theirs = measure_layers("onnxruntime", tasks, run.threads)
+    ours: list[float | None] = [None] * len(tasks)
+    theirs: list[float | None] = [None] * len(tasks)
+    for _ in range(rounds):
+        ours = list(map(best_of, ours, measure_layers("tuned", tasks, run.threads, run.db)))
+        theirs = list(map(best_of, theirs, measure_layers("onnxruntime", tasks, run.threads)))
     for layer, o, t in zip(run.layers, ours, theirs):
         layer.ours_s, layer.onnxruntime_s = o, t
     run.numpy_nodes = measure_numpy_nodes(run.package, run.threads)
@@ -209,9 +214,9 @@ def header_lines(target: Target, load: tuple[float, float], budget: str, rounds:
              f"onnxruntime: a session of the same file, all graph optimisations, I/O binding; "
              f"each in its own process, best of {rounds} interleaved rounds",
              "- ratios are latency ours / onnxruntime: below 1 we are faster",
-             "- layers: one call of each task alone (ours with bias, residual and ReLU fused, "
-             "onnxruntime's single Conv/MatMul without) x occurrences; numpy rest = package "
-             "minus the sum of our kernels"]
+             f"- layers: one call of each task alone (ours with bias, residual and ReLU fused, "
+             f"onnxruntime's single Conv/MatMul without) x occurrences, best of {rounds} "
+             f"interleaved rounds; numpy rest = package minus the sum of our kernels"]
     if load[0] > BUSY_LOAD:
         lines.append(f"- **warning**: load average {load[0]:.2f} before this run started: "
                      f"other processes shared the cores, every figure is low and noisy")
