@@ -223,11 +223,10 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
 
     An input zero point that is a constant is folded into the kernel's bias (-zero_point x
     the weight's column sums). One known at run time only is not: the kernel sums the stored
-    activation times the weight, and three nodes after it subtract the zero point's share,
-    as MatMulInteger's own sum does (Cast, a Mul by the negated column sums, an Add), where a
-    package folds them into the dequantization that follows (quantized_codegen.py: no node
-    before the kernel, and no pass over its sums of its own)."""
-    consts = graph.initializers
+    activation times the weight, and three nodes subtract the zero point's share, as
+    MatMulInteger's own sum does (Cast, a Mul by the negated column sums, an Add after the
+    kernel), where a package folds them into the dequantization that follows
+    (quantized_codegen.py: no node left, and no pass over its sums of its own)."""
     a, weight, a_zero, reason = _integer_operands(node, graph, producers, 2)
     shape = graph.shapes.get(a)
     if reason is None and (shape is None or len(shape) < 2 or shape[-1] != weight.shape[0]):
@@ -236,35 +235,13 @@ def _matmul_integer(node: Node, graph: Graph, producers, initializers: dict, sha
         notes.append(f"MatMulInteger '{node.name}' runs in numpy: {reason}")
         return None
     k, n = weight.shape
-    name = node.name
-    column_sums = weight.astype(np.int64).sum(axis=0)
-    initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
-    reduce_range = fits_reduced_range(weight)
-    if a_zero is None or a_zero in consts:
-        zero = int(consts[a_zero].reshape(())) if a_zero else 0
-        task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", bias=True,
-                           out_type=0, reduce_range=reduce_range)
-        initializers[f"{name}::bias"] = (-zero * column_sums).astype(np.int32)
-        initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
-        return Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::bias",
-                                                     f"{name}::zero_points"),
-                    node.outputs, {"task": task}), ()
-    # The kernel's input zero point only pads K to its groups of four, against zero weights.
-    task = Task.create("matmul", (math.prod(shape[:-1]), n, k), "int8", out_type=0,
-                       reduce_range=reduce_range)
-    initializers[f"{name}::zero_points"] = np.zeros(2, np.int32)
-    initializers[f"{name}::negated_sums"] = (-column_sums).astype(np.int32)
-    sums, zero, share = f"{name}::stored_sums", f"{name}::zero", f"{name}::zero_share"
-    shapes.update({zero: (), share: (n,)})
-    if node.outputs[0] in shapes:
-        shapes[sums] = shapes[node.outputs[0]]
-    kernel = Node(FUSED_OP_TYPES["matmul"], name, (a, f"{name}::weight", f"{name}::zero_points"),
-                  (sums,), {"task": task})
-    return (Node("Add", f"{name}::zero_point_share", (sums, share), node.outputs),
-            (kernel,
-             Node("Cast", f"{name}::zero_int32", (a_zero,), (zero,), {"to": 6}),
-             Node("Mul", f"{name}::zero_times_sums", (zero, f"{name}::negated_sums"),
-                  (share,))))
+    rows = math.prod(shape[:-1])
+    return _integer_layer(
+        node, "matmul", lambda bias: Task.create(
+            "matmul", (rows, n, k), "int8", bias=bias, out_type=0,
+            reduce_range=fits_reduced_range(weight)),
+        weight, weight.astype(np.int64).sum(axis=0), a_zero, graph, initializers, shapes,
+        pads=False)
 
 
 def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shapes: dict,
@@ -278,7 +255,6 @@ def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shape
     through three nodes before it (Cast, Reshape, Concat), and its share is added after it
     as MatMulInteger's is (Mul, Add), where a package folds it into the dequantization
     (quantized_codegen.py), and the three nodes into one function of the range."""
-    consts = graph.initializers
     x, weight, x_zero, reason = _integer_operands(node, graph, producers, 4)
     shape = graph.shapes.get(x)
     layer = None
@@ -292,39 +268,54 @@ def _conv_integer(node: Node, graph: Graph, producers, initializers: dict, shape
         return None
     n, c, h, w = shape
     k, _, r, s = weight.shape
-    constant = x_zero is None or x_zero in consts
-    task = Task.create("conv2d", (n, c, h, w, k, r, s), "int8", bias=constant, out_type=0,
-                       reduce_range=fits_reduced_range(weight), **layer.conv)
-    name = node.name
-    sums = weight.reshape(k, -1).astype(np.int64).sum(axis=1)
+    return _integer_layer(
+        node, "conv2d", lambda bias: Task.create(
+            "conv2d", (n, c, h, w, k, r, s), "int8", bias=bias, out_type=0,
+            reduce_range=fits_reduced_range(weight), **layer.conv),
+        weight, weight.reshape(k, -1).astype(np.int64).sum(axis=1).reshape(k, 1, 1), x_zero,
+        graph, initializers, shapes, pads=True)
+
+
+def _integer_layer(node: Node, op: str, task_of, weight: np.ndarray, sums: np.ndarray,
+                   x_zero: str | None, graph: Graph, initializers: dict, shapes: dict,
+                   pads: bool):
+    """The int8 `op` kernel of a MatMulInteger or ConvInteger of input node.inputs[0]:
+    (the node standing for it, the nodes before that one). `task_of(bias)` makes its task,
+    `sums` are the weight's sums per output channel, shaped to broadcast over the output. A
+    constant input zero point goes into the kernel's zero points and bias. A run-time one's
+    share is added after the kernel (Cast, Mul by the negated sums, Add), and where the
+    kernel `pads` its input with the zero point, three nodes before it make its zero points
+    operand (Cast, Reshape, Concat); else they are 0 (K's last group meets zero weights)."""
+    consts, name, x = graph.initializers, node.name, node.inputs[0]
     initializers[f"{name}::weight"] = np.ascontiguousarray(weight)
-    if constant:
+    weight_name, points = f"{name}::weight", f"{name}::zero_points"
+    if x_zero is None or x_zero in consts:
         zero = int(consts[x_zero].reshape(())) if x_zero else 0
-        initializers[f"{name}::bias"] = (-zero * sums).astype(np.int32)
-        initializers[f"{name}::zero_points"] = np.array([zero, 0], np.int32)
-        return Node(FUSED_OP_TYPES["conv2d"], name, (x, f"{name}::weight", f"{name}::bias",
-                                                     f"{name}::zero_points"),
-                    node.outputs, {"task": task}), ()
-    initializers[f"{name}::negated_sums"] = (-sums).astype(np.int32).reshape(k, 1, 1)
-    initializers[f"{name}::one"] = np.array([1], np.int64)
-    initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
+        initializers[f"{name}::bias"] = (-zero * sums).reshape(-1).astype(np.int32)
+        initializers[points] = np.array([zero, 0], np.int32)
+        return Node(FUSED_OP_TYPES[op], name, (x, weight_name, f"{name}::bias", points),
+                    node.outputs, {"task": task_of(True)}), ()
     stored, zero, share = f"{name}::stored_sums", f"{name}::zero", f"{name}::zero_share"
-    shapes.update({zero: (), f"{name}::zero_1": (1,), f"{name}::zero_points": (2,),
-                   share: (k, 1, 1)})
+    initializers[f"{name}::negated_sums"] = (-sums).astype(np.int32)
+    shapes.update({zero: (), share: sums.shape})
     if node.outputs[0] in shapes:
         shapes[stored] = shapes[node.outputs[0]]
-    kernel = Node(FUSED_OP_TYPES["conv2d"], name,
-                  (x, f"{name}::weight", f"{name}::zero_points"), (stored,), {"task": task})
+    before = [Node("Cast", f"{name}::zero_int32", (x_zero,), (zero,), {"to": 6})]
+    if pads:
+        initializers[f"{name}::one"] = np.array([1], np.int64)
+        initializers[f"{name}::no_output_zero"] = np.zeros(1, np.int32)
+        shapes.update({f"{name}::zero_1": (1,), points: (2,)})
+        before += [Node("Reshape", f"{name}::zero_vector", (zero, f"{name}::one"),
+                        (f"{name}::zero_1",)),
+                   Node("Concat", points, (f"{name}::zero_1", f"{name}::no_output_zero"),
+                        (points,), {"axis": 0})]
+    else:
+        initializers[points] = np.zeros(2, np.int32)
+    kernel = Node(FUSED_OP_TYPES[op], name, (x, weight_name, points), (stored,),
+                  {"task": task_of(False)})
     return (Node("Add", f"{name}::zero_point_share", (stored, share), node.outputs),
-            (Node("Cast", f"{name}::zero_int32", (x_zero,), (zero,), {"to": 6}),
-             Node("Reshape", f"{name}::zero_vector", (zero, f"{name}::one"),
-                  (f"{name}::zero_1",)),
-             Node("Concat", f"{name}::zero_points", (f"{name}::zero_1",
-                                                     f"{name}::no_output_zero"),
-                  (f"{name}::zero_points",), {"axis": 0}),
-             kernel,
-             Node("Mul", f"{name}::zero_times_sums", (zero, f"{name}::negated_sums"),
-                  (share,))))
+            (*before, kernel, Node("Mul", f"{name}::zero_times_sums",
+                                   (zero, f"{name}::negated_sums"), (share,))))
 
 
 @dataclass(slots=True)

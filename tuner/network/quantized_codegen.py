@@ -529,8 +529,13 @@ def dequantized_product_ir(symbol: str, product: DequantizedProduct, machine: Ma
                 return lambda at, n: value
             return lambda at, n: _load(b, elem_ptr(b, pointer, at, etype), n, lanes, etype)
 
-        scale = per_channel(scale_of, F32) if product.per_channel else \
-            (lambda value: lambda at, n: value)(of_row(scale_of, F32, ir.Constant(I64, 0)))
+        if product.per_channel:
+            scale = per_channel(scale_of, F32)
+        else:
+            whole = of_row(scale_of, F32, ir.Constant(I64, 0))
+
+            def scale(at: ir.Value, n: int) -> ir.Value:
+                return whole
         negated_of = per_channel(negated, I32) if negated is not None else None
         bias_of = per_channel(bias, F32) if bias is not None else None
 
