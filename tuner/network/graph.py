@@ -269,31 +269,28 @@ def merge_duplicates(graph: Graph) -> Graph:
             same[name] = by_value.setdefault(_frozen(value), name)
     outputs = set(graph.outputs)
     made: dict[tuple, Node] = {}
-    nodes = []
-    for node in graph.nodes:
+    replaced: dict[int, Node] = {}
+    dropped: set[int] = set()
+    for original in graph.nodes:
+        node = original
         inputs = tuple(same.get(i, i) for i in node.inputs)
         if inputs != node.inputs:
-            node = Node(node.op_type, node.name, inputs, node.outputs, node.attributes,
-                        node.domain)
+            node = replaced[id(original)] = Node(node.op_type, node.name, inputs, node.outputs,
+                                                 node.attributes, node.domain)
         if node.op_type in NONDETERMINISTIC or any(
                 isinstance(v, str) and v == "<subgraph>" for v in node.attributes.values()):
-            nodes.append(node)
             continue
         key = (node.op_type, node.domain, inputs, _frozen(node.attributes),
                tuple(bool(o) for o in node.outputs))
         earlier = made.get(key)
         if earlier is None or outputs.intersection(node.outputs):
             made.setdefault(key, node)
-            nodes.append(node)
             continue
         same.update((o, e) for o, e in zip(node.outputs, earlier.outputs) if o)
-    if len(nodes) == len(graph.nodes) and all(n.inputs == o.inputs
-                                              for n, o in zip(nodes, graph.nodes)):
+        dropped.add(id(original))
+    if not replaced and not dropped:
         return graph
-    used = {i for n in nodes for i in n.inputs} | outputs
-    return Graph(graph.inputs, graph.outputs, tuple(nodes),
-                 {k: v for k, v in graph.initializers.items() if k in used}, graph.shapes,
-                 graph.opset, graph.name)
+    return rewritten(graph, replaced, dropped, graph.initializers)
 
 
 def _frozen(value):
@@ -365,16 +362,13 @@ def without_unread(graph: Graph) -> Graph:
     rewrite's leftovers: what made a value the rewritten nodes read no more), nor the
     initializers only they read."""
     read = set(graph.outputs)
-    kept = []
+    unread = set()
     for node in reversed(graph.nodes):
         if read.intersection(node.outputs):
-            kept.append(node)
             read.update(node.inputs)
-    if len(kept) == len(graph.nodes):
-        return graph
-    return Graph(graph.inputs, graph.outputs, tuple(reversed(kept)),
-                 {k: v for k, v in graph.initializers.items() if k in read}, graph.shapes,
-                 graph.opset, graph.name)
+        else:
+            unread.add(id(node))
+    return rewritten(graph, {}, unread, graph.initializers) if unread else graph
 
 
 def scalar_constant(name: str, graph: Graph) -> float | None:
