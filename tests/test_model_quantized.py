@@ -77,6 +77,15 @@ def quantized(request, tmp_path_factory):
     return path
 
 
+def _package(tmp_path, path, target):
+    """The package of the ONNX file `path` for `target`, written to tmp_path / "pkg" with the
+    default schedules (an empty records database, tmp_path / "empty.db")."""
+    db = str(tmp_path / "empty.db")
+    RecordStore(f"sqlite:///{db}").close()
+    with open_schedules(db) as schedules:
+        return write_package(str(path), tmp_path / "pkg", schedules, target)
+
+
 def _onnxruntime(path, x):
     """onnxruntime on the quantized file as ONNX defines it: each QDQ layer dequantized, run
     in float and quantized again. (Its optimized session fuses them into int8 kernels, which
@@ -140,10 +149,7 @@ def _output_step(path) -> float:
 
 def test_compiled_package_matches_onnxruntime(quantized, tmp_path):
     target = host_target(1)
-    db = str(tmp_path / "empty.db")
-    RecordStore(f"sqlite:///{db}").close()
-    with open_schedules(db) as schedules:
-        built = write_package(str(quantized), tmp_path / "pkg", schedules, target)
+    built = _package(tmp_path, quantized, target)
     assert sum(k.task_key.endswith("/int8") for k in built.tasks) == 6
     # the residual block's Add with its DequantizeLinear / QuantizeLinear nodes is one
     # generated function (tests/test_model_quantized_codegen.py)
@@ -153,7 +159,8 @@ def test_compiled_package_matches_onnxruntime(quantized, tmp_path):
     package = load_package(tmp_path / "pkg")
     from tuner.replay.source import NoRecordWarning
     with pytest.warns(NoRecordWarning, match="6 of the 6 tasks"):
-        compiled = tuner.compile_model(str(quantized), db=db, threads=1)
+        compiled = tuner.compile_model(str(quantized), db=str(tmp_path / "empty.db"),
+                                       threads=1)
     extraction = extract_tasks(load_model(str(quantized)))
     for x in _inputs():
         reference = run_graph(extraction.graph, {"x": x}, impls=FUSED_OPS)[0]
@@ -352,10 +359,7 @@ def test_dynamically_quantized_matmuls_become_int8_kernels(reduce_range, per_cha
         f"matmul/7x33x16/bias=0{reduced},relu=0/int8",
         f"matmul/7x15x33/bias=0{reduced},relu=0/int8"]
     assert "MatMulInteger" not in [n.op_type for n in extraction.graph.nodes]
-    db = str(tmp_path / "empty.db")
-    RecordStore(f"sqlite:///{db}").close()
-    with open_schedules(db) as schedules:
-        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+    built = _package(tmp_path, path, host_target(2))
     # each product's Cast, Mul by the run-time scale and bias Add: one generated function
     # (tuner/network/quantized_codegen.py), exact as the nodes it replaces
     nodes = json.loads(built.graph_file.read_text())["nodes"]
@@ -392,10 +396,7 @@ def test_a_dynamically_quantized_product_takes_its_gelu_into_its_function(tmp_pa
     evaluation (tuner.codegen.vmath) against numpy's float64 Erf."""
     path = _dynamic_mlp(tmp_path, "gelu")
     graph = load_model(str(path))
-    db = str(tmp_path / "empty.db")
-    RecordStore(f"sqlite:///{db}").close()
-    with open_schedules(db) as schedules:
-        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(1))
+    built = _package(tmp_path, path, host_target(1))
     nodes = json.loads(built.graph_file.read_text())["nodes"]
     products = [n for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
     assert [p["attributes"]["gelu"] for p in products] == [1, 0]
@@ -417,10 +418,7 @@ def test_the_agreement_bench_compares_a_package_with_onnxruntime(quantized, tmp_
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.quantized_agreement import main
 
-    db = str(tmp_path / "empty.db")
-    RecordStore(f"sqlite:///{db}").close()
-    with open_schedules(db) as schedules:
-        write_package(str(quantized), tmp_path / "pkg", schedules, host_target(1))
+    _package(tmp_path, quantized, host_target(1))
     assert main([str(quantized), str(tmp_path / "pkg"), "--inputs", "3"]) == 0
     printed = capsys.readouterr().out
     assert "top-1 (argmax of the first output) equal on 3/3" in printed
@@ -495,10 +493,7 @@ def test_dynamically_quantized_convolutions_become_int8_kernels(reduce_range, tm
     assert len(keys) == 4 and all(k.startswith("conv2d/") and k.endswith("/int8") for k in keys)
     assert {"groups=16", "stride=2"} <= {part for k in keys for part in k.split("/")[2].split(",")}
     assert "ConvInteger" not in [n.op_type for n in extraction.graph.nodes]
-    db = str(tmp_path / "empty.db")
-    RecordStore(f"sqlite:///{db}").close()
-    with open_schedules(db) as schedules:
-        built = write_package(str(path), tmp_path / "pkg", schedules, host_target(2))
+    built = _package(tmp_path, path, host_target(2))
     nodes = json.loads(built.graph_file.read_text())["nodes"]
     assert not [n["op_type"] for n in nodes if "kernel" not in n]  # the MaxPool generated too
     products = [n["attributes"] for n in nodes if n["op_type"] == "TunerDequantizedProduct"]
