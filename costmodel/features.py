@@ -155,7 +155,8 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         float(access_class(nest, dag.rhs) == "gather"), out_scatter,
         _lg(4 * dag.output.size), epilogue,
         float(dag.quant is not None), machine.int8_macs_per_cycle,
-        float(dag.quant is not None and machine.int8_instruction(dag.reduced_range)
+        float(dag.quant is not None and machine.int8_instruction(dag.reduced_range,
+                                                              dag.centered)
               != "pmaddwd"),
     ]
 

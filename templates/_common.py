@@ -159,16 +159,18 @@ def dot_split(channel_base, extent: int, axis: str) -> tuple[list, object, bool]
     return axes, index, extent % DOT_GROUP != 0
 
 
-def quantization(out_type: int, out_channel, channels: int):
+def quantization(out_type: int, out_channel, channels: int, centered: bool = False):
     """The epilogue operands of an int8 task writing `out_type` (OUT_TYPE_VALUES), whose
-    per-channel scale is read at `out_channel` (an index over `channels` output channels)."""
+    per-channel scale is read at `out_channel` (an index over `channels` output channels);
+    `centered`: the kernel subtracts both operands' zero points (tuner.ir.dag.Quantization),
+    the second operand's a third zero point."""
     from tuner.ir.dag import Operand, Quantization, aff
 
     kind = OUT_TYPE_VALUES[out_type]
     scale = None if kind == "int32" else \
         Operand("scale", (channels,), (out_channel,), dtype="float32")
-    zero_points = Operand("zero_points", (2,), (aff(),), dtype="int32")
-    return Quantization(kind, scale, zero_points)
+    zero_points = Operand("zero_points", (3 if centered else 2,), (aff(),), dtype="int32")
+    return Quantization(kind, scale, zero_points, centered)
 
 
 def quantized_reference(acc, relu: int, out_type: int, bias=None, scale=None,

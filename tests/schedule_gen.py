@@ -19,14 +19,20 @@ from tuner.ir.task import Task
 
 def random_int8_task(rng: np.random.Generator, op: str | None = None,
                      reduce_range: bool = False) -> Task:
-    """An int8 conv2d or matmul: any output type, bias and ReLU or not, channel counts and
-    K of every residue modulo the dot group (overhanging groups), depthwise and grouped;
-    with `reduce_range`, weights of reduced range (the same draws)."""
+    """An int8 conv2d, matmul or batch_matmul (`op`; conv2d or matmul if None): any output
+    type, bias and ReLU or not, channel counts and K of every residue modulo the dot group
+    (overhanging groups), depthwise and grouped; with `reduce_range`, weights of reduced
+    range (the same draws)."""
     op = op or str(rng.choice(["conv2d", "matmul"]))
     epilogue = {"bias": bool(rng.integers(2)), "relu": int(rng.integers(2)),
                 "out_type": int(rng.integers(3))}
     if reduce_range:
         epilogue["reduce_range"] = True
+    if op == "batch_matmul":  # two uint8 activations, K of every residue modulo 4 too
+        shape = tuple(int(x) for x in rng.integers(1, 21, size=4))
+        orders = {name: int(rng.choice([123, 213])) for name in ("a_order", "b_order",
+                                                                  "out_order")}
+        return Task.create(op, shape, "int8", **orders, **epilogue)
     if op == "matmul":
         shape = tuple(int(x) for x in rng.integers(1, 41, size=3))
         return Task.create(op, shape, "int8", out_order=int(rng.choice([12, 12, 21])),

@@ -242,6 +242,54 @@ def _check_vnni(dag, steps, target, rng):
     np.testing.assert_array_equal(kernel(*inputs), dag.reference(*inputs))
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_random_int8_batch_matmul_schedule_is_exact(seed, target1, target2):
+    """Products of two uint8 activations less their zero points (tuner.ir.dag.Quantization
+    .centered): random schedules, shapes, stored orders and epilogues, exact on the host, on
+    x86-64-v3 and on both VNNI CPUs (modelled where this host lacks them), and summed by
+    vpmaddwd on every one of them, never vpdpbusd (which multiplies uint8 by int8)."""
+    from tuner.ir.layout import vector_loop
+
+    rng = np.random.default_rng(11000 + seed)
+    task = random_int8_task(rng, "batch_matmul")
+    steps = random_schedule(rng, task)
+    assert schedule_from_json(schedule_to_json(steps)) == steps
+    dag = task.dag()
+    assert dag.centered and dag.quant.zero_points.shape == (3,)
+    target = [target1, target2, generated_target("x86-64-v3", 1), _vnni_target("x86-64-v4"),
+              _vnni_target("alderlake")][seed % 5]
+    nest = apply_steps(dag, steps)
+    vec = vector_loop(nest)
+    if nest.loops[-1].kind == "dot" and vec is not None and vec.extent > 1:
+        assembly = _assembly(nest, target)
+        assert "vpmaddwd" in assembly and "vpdpbusd" not in assembly
+    _check_vnni(dag, steps, target, rng)
+
+
+@pytest.mark.parametrize("cpu", ["host", "x86-64-v3", "x86-64-v4"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_centered_extremes_are_exact(cpu, sign, target1):
+    """The largest products centered operands give, (0 - 255) x (0 - 255) or
+    (255 - 0) x (0 - 255), summed over K = 67 (pairs of +-130050 in vpmaddwd) through the
+    default schedule, written as int32."""
+    from tuner.ir.task import Task
+    from tuner.search.default import default_lowered
+
+    dag = Task.create("batch_matmul", (2, 5, 19, 67), "int8").dag()
+    target = target1 if cpu == "host" else _vnni_target(cpu)
+    steps, _ = default_lowered(dag, target)
+    a = np.zeros((2, 5, 67), np.uint8) if sign > 0 else np.full((2, 5, 67), 255, np.uint8)
+    b = np.zeros((2, 67, 19), np.uint8)
+    zero_points = np.array([255 if sign > 0 else 0, 0, 255], np.int32)
+    expected = np.full((2, 5, 19), sign * 67 * 255 * 255, np.int32)
+    np.testing.assert_array_equal(dag.reference(a, b, zero_points), expected)
+    have = set(host_target(1).features.split(","))
+    kernel = CompiledKernel(apply_steps(dag, steps), target) \
+        if all(f in have for f in target.features.split(",") if f.startswith("+")) \
+        else modelled_vnni_kernel(apply_steps(dag, steps), target)
+    np.testing.assert_array_equal(kernel(a, b, zero_points), expected)
+
+
 @pytest.mark.parametrize("cpu, flag", [("znver4", "+avx512vnni"), ("icelake-server",
                                                                    "+avx512vnni"),
                                        ("alderlake", "+avxvnni"), ("znver3", None),

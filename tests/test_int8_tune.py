@@ -19,6 +19,8 @@ MATMUL = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1)
 CONV = Task.create("conv2d", (1, 6, 9, 10, 8, 3, 3), "int8", pad=1, relu=1, out_type=2)
 # weights of reduced range (tuner.ir.dag.REDUCED_WEIGHT_RANGE): a task of its own
 REDUCED = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1, reduce_range=True)
+# a product of two uint8 activations, both zero points subtracted in the kernel
+BATCH = Task.create("batch_matmul", (3, 7, 10, 9), "int8", relu=1, out_type=1)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +33,15 @@ def tuned_db(tmp_path_factory):
                  "int8", "--out-type", "float32"] + base) == 0
     assert main(["matmul", "--shape", "12,24,30", "--dtype", "int8", "--out-type", "uint8",
                  "--bias", "--reduce-range"] + base) == 0
+    assert main(["batch_matmul", "--shape", "3,7,10,9", "--dtype", "int8", "--out-type",
+                 "uint8", "--relu"] + base) == 0
     return url
 
 
 def test_int8_records_are_their_own_tasks(tuned_db, capsys):
     with RecordStore(tuned_db) as store:
         tasks = {t.key for t, *_ in store.summary()}
-    assert tasks == {MATMUL.key, CONV.key, REDUCED.key}
+    assert tasks == {MATMUL.key, CONV.key, REDUCED.key, BATCH.key}
     assert REDUCED.key == MATMUL.key.replace("out_type=1", "out_type=1,reduce_range=1")
     assert MATMUL.key.endswith("/int8") and "out_type=1" in MATMUL.key
     # a float32 task's key is as it always was: no out_type, float32 last
@@ -50,10 +54,12 @@ def test_int8_records_are_their_own_tasks(tuned_db, capsys):
     machine = host_target(1).machine
     for reduced in (False, True):
         assert f"dot product ({machine.int8_instruction(reduced)}) over" in out
+    assert "dot product (pmaddwd) over" in out  # the batch_matmul's, on every CPU
+    assert " - zero_points[0]) * (" in out and " - zero_points[2])\n" in out
 
 
 def test_build_replays_the_best_int8_kernel_exactly(tuned_db):
-    for task in (MATMUL, CONV, REDUCED):
+    for task in (MATMUL, CONV, REDUCED, BATCH):
         kernel = tuner.build(task.op, task.shape, dtype="int8", db=tuned_db, threads=1,
                              **task.attr_dict)
         assert kernel.tuned
@@ -78,9 +84,13 @@ def test_an_int8_kernel_refuses_floats_and_out_of_range_values(tuned_db):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 @pytest.mark.parametrize("task", [MATMUL, REDUCED], ids=["full", "reduced"])
 def test_a_c_program_calls_the_int8_library(task, tuned_db, tmp_path):
-    choices = [tuner.select_schedule(t, host_target(1), tuned_db) for t in (MATMUL, REDUCED)]
+    choices = [tuner.select_schedule(t, host_target(1), tuned_db)
+               for t in (MATMUL, REDUCED, BATCH)]
     lib = build_library(choices, tmp_path)
     header = lib.header.read_text()
+    # what each zero point is: the batch_matmul's third is its b's
+    assert header.count("/* zero_points: a's, the output's */") == 2
+    assert header.count("/* zero_points: a's, the output's, b's (subtracted from both) */") == 1
     name = c_name(task)
     assert name == "tuner_matmul_12x24x30_bias_int8_u8out" + \
         ("_reduced" if task is REDUCED else "")
@@ -141,8 +151,10 @@ def test_int8_task_specs():
      "int8 matmul takes no a residual"),
     (["conv2d", "--shape", "1,8,8,8,8,3,3", "--dtype", "int8", "--relu6"],
      "int8 conv2d takes relu=0 or relu=1, got relu=6"),
-    (["batch_matmul", "--shape", "2,8,8,8", "--dtype", "int8"],
-     "unrecognized arguments: --dtype"),
+    (["batch_matmul", "--shape", "2,8,8,8", "--dtype", "int8", "--reduce-range"],
+     "unrecognized arguments: --reduce-range"),
+    (["batch_matmul", "--shape", "2,8,8,8", "--dtype", "int8", "--relu6"],
+     "int8 batch_matmul takes relu=0 or relu=1, got relu=6"),
     (["conv2d", "--shape", "1,8,8,8,8,3,3", "--reduce-range"],
      "--reduce-range is for --dtype int8"),
 ])
@@ -153,9 +165,14 @@ def test_bad_int8_input_is_one_line(argv, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_batch_matmul_has_no_int8_kernels_yet():
-    with pytest.raises(ShapeError, match="batch_matmul has no int8 kernels yet"):
-        Task.create("batch_matmul", (2, 8, 8, 8), "int8")
+def test_an_int8_batch_matmul_takes_only_what_its_template_has():
+    with pytest.raises(ShapeError, match="batch_matmul has no attribute 'reduce_range'"):
+        Task.create("batch_matmul", (2, 8, 8, 8), "int8", reduce_range=True)
+    with pytest.raises(ShapeError, match="out_type is for int8 kernels; this one is float32"):
+        Task.create("batch_matmul", (2, 8, 8, 8), out_type=1)
+    # the float32 task's key is as it always was
+    assert Task.create("batch_matmul", (2, 8, 8, 8)).key == \
+        "batch_matmul/2x8x8x8/bias=0,relu=0/float32"
 
 
 def test_int8_records_export_import_and_replay_from_the_json(tuned_db, tmp_path):
@@ -164,7 +181,8 @@ def test_int8_records_export_import_and_replay_from_the_json(tuned_db, tmp_path)
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert main(["import", str(exported), "--db", other]) == 0
     with RecordStore(other) as store:
-        assert {t.key for t in store.tasks()} == {MATMUL.key, CONV.key, REDUCED.key}
+        assert {t.key for t in store.tasks()} == {MATMUL.key, CONV.key, REDUCED.key,
+                                                  BATCH.key}
     kernel = tuner.build("matmul", (12, 24, 30), dtype="int8", db=str(exported), threads=1,
                          bias=True, out_type=1)
     assert kernel.tuned

@@ -12,6 +12,11 @@ arithmetic in plain IR (extend, multiply, add the four) and compiles the kernel 
 everything else as generated: LLVM splits its 512-bit vectors into 256-bit ones on AVX2. What
 that checks is ours (the layouts, the reads, the epilogue); the instruction's selection is
 LLVM's, checked by the assembly tests where the host cannot run it.
+
+The 512-bit `llvm.x86.avx512.pmaddw.d.512(a, b)` (AVX512BW's vpmaddwd), which the kernels of a
+task whose operands are centered (tuner.ir.dag.Quantization.centered) use on AVX-512, is
+modelled the same way where the host lacks it: each int32 lane the sum of its two int16
+products.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from tuner.codegen.jit import CompiledKernel, compile_ir_object
 from tuner.ir.schedule import LoopNest
 from tuner.ir.target import Target, host_target
 
-I8, I32 = ir.IntType(8), ir.IntType(32)
+I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 LANES_BY_BITS = {128: 4, 256: 8, 512: 16}
 
 
@@ -49,23 +54,47 @@ def model_function(bits: int) -> str:
     return str(function)
 
 
+def pmaddwd_model_function() -> str:
+    """The IR of `pmaddwd_model.512(a, b)`: 16 int32 lanes, each a[2l] b[2l] + a[2l+1] b[2l+1]
+    of the 32 int16 lanes of `a` and `b`."""
+    module = ir.Module()
+    words, lanes = ir.VectorType(I16, 32), ir.VectorType(I32, 16)
+    function = ir.Function(module, ir.FunctionType(lanes, [words, words]),
+                           name="pmaddwd_model.512")
+    function.linkage = "internal"
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    wide = ir.VectorType(I32, 32)
+    products = b.mul(b.sext(function.args[0], wide), b.sext(function.args[1], wide))
+    halves = [b.shuffle_vector(products, ir.Constant(wide, ir.Undefined), ir.Constant(
+        ir.VectorType(I32, 16), [2 * lane + first for lane in range(16)])) for first in (0, 1)]
+    b.ret(b.add(*halves))
+    return str(function)
+
+
+def _replaced(ir_text: str, name: str, model: str, model_ir) -> str:
+    """`ir_text` with the intrinsic `name` declared and called as the function `model`."""
+    if name not in ir_text:
+        return ir_text
+    ir_text = re.sub(rf"^declare .*@\"?{re.escape(name)}\"?\(.*$", "", ir_text,
+                     flags=re.MULTILINE)
+    ir_text = ir_text.replace(f'@"{name}"', f'@"{model}"').replace(f"@{name}", f'@"{model}"')
+    return ir_text + "\n" + model_ir()
+
+
 def with_modelled_vpdpbusd(ir_text: str) -> str:
-    """`ir_text` with every vpdpbusd intrinsic replaced by `model_function`'s."""
+    """`ir_text` with every vpdpbusd intrinsic replaced by `model_function`'s, and the 512-bit
+    vpmaddwd by `pmaddwd_model_function`'s."""
     for bits in LANES_BY_BITS:
-        name = f"llvm.x86.avx512.vpdpbusd.{bits}"
-        if name not in ir_text:
-            continue
-        ir_text = re.sub(rf"^declare .*@\"?{re.escape(name)}\"?\(.*$", "", ir_text,
-                         flags=re.MULTILINE)
-        ir_text = ir_text.replace(f'@"{name}"', f'@"vpdpbusd_model.{bits}"').replace(
-            f"@{name}", f'@"vpdpbusd_model.{bits}"')
-        ir_text += "\n" + model_function(bits)
-    return ir_text
+        ir_text = _replaced(ir_text, f"llvm.x86.avx512.vpdpbusd.{bits}",
+                            f"vpdpbusd_model.{bits}", lambda: model_function(bits))
+    return _replaced(ir_text, "llvm.x86.avx512.pmaddw.d.512", "pmaddwd_model.512",
+                     pmaddwd_model_function)
 
 
 def modelled_vnni_kernel(nest: LoopNest, target: Target) -> CompiledKernel:
     """The kernel `target` (a VNNI CPU) gets, its vpdpbusd modelled, compiled for this host."""
     ir_text = with_modelled_vpdpbusd(str(emit_llvm(nest, target, "kernel")))
     assert "vpdpbusd." not in ir_text.replace("vpdpbusd_model.", "")
+    assert "pmaddw.d.512" not in ir_text
     return CompiledKernel(nest, target, obj=compile_ir_object(ir_text,
                                                               host_target(target.threads)))

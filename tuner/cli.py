@@ -3,7 +3,7 @@
     tune conv2d --shape N,C,H,W,K,R,S [--stride S] [--pad P] [--dilation D] [--groups G]
     tune matmul --shape M,N,K            tune batch_matmul --shape B,M,N,K
         [--bias] [--relu | --relu6] [--residual] [--trials N] [--db URL] [--threads T] [--seed S]
-        [--dtype int8 [--out-type int32|uint8|float32]]  (conv2d and matmul)
+        [--dtype int8 [--out-type int32|uint8|float32] [--reduce-range]]
         [--strategy evolutionary|optuna|random] [--batch-size B] [--json]
         [--cpu NAME] [--no-seed]
         [--cluster tls://HOST:8786 --tls-ca-file CA --tls-cert CERT --tls-key KEY | local:N]
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--residual", action="store_true",
                            help="add an input of the output's shape before the ReLU (a skip "
                            "connection)")
-            _add_dtype(p)
+        _add_dtype(p, weights=op != "batch_matmul")
         _add_tuning_options(p, "candidates to measure in this run (default 200)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("show", help="list the tasks and targets in the database")
@@ -301,17 +301,23 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
     return dims
 
 
-def _add_dtype(p) -> None:
+def _add_dtype(p, weights: bool = True) -> None:
+    """--dtype and the int8 options; `weights`: the second operand is a constant weight
+    (conv2d, matmul), not a second uint8 activation (batch_matmul)."""
     from tuner.ir.dag import OUT_TYPES
 
+    what = "uint8 inputs times int8 weights" if weights else \
+        "uint8 A times uint8 B, less their zero points,"
     p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
-                   help="int8: uint8 inputs times int8 weights summed in int32 (default float32)")
+                   help=f"int8: {what} summed in int32 (default float32)")
     p.add_argument("--out-type", choices=OUT_TYPES, default=None,
                    help="with --dtype int8: write the int32 sums (default), requantize them "
                    "to uint8 or dequantize them to float32 (scale and zero points are inputs)")
-    p.add_argument("--reduce-range", action="store_true",
-                   help="with --dtype int8: every weight lies in [-64, 64] (onnxruntime's "
-                   "reduce_range), which CPUs without VNNI sum faster, exactly (vpmaddubsw)")
+    if weights:
+        p.add_argument("--reduce-range", action="store_true",
+                       help="with --dtype int8: every weight lies in [-64, 64] (onnxruntime's "
+                       "reduce_range), which CPUs without VNNI sum faster, exactly "
+                       "(vpmaddubsw)")
 
 
 def _task_from_args(op: str, args):

@@ -394,8 +394,9 @@ class _Emitter:
             if ctx.dot is not None:
                 total = quantized.dot(self, fn, ctx, lhs, rhs, total)
             else:
-                total = quantized.multiply_add(fn.b, self.load(fn, ctx, lhs),
-                                               self.load(fn, ctx, rhs), total)
+                total = quantized.multiply_add(
+                    fn.b, self.load(fn, ctx, lhs), self.load(fn, ctx, rhs), total, self.dag,
+                    quantized.centering(fn.b, self.dag, fn.ptrs["zero_points"]))
             self.store(fn, ctx, target, total)
             return
         x = self.load(fn, ctx, lhs)

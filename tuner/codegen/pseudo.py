@@ -43,7 +43,7 @@ def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
     product names the instruction that sums it (Machine.int8_instruction)."""
     dag = nest.dag
     dot = "dot product over" if machine is None or dag.quant is None else \
-        f"dot product ({machine.int8_instruction(dag.reduced_range)}) over"
+        f"dot product ({machine.int8_instruction(dag.reduced_range, dag.centered)}) over"
     lines: list[str] = []
     for op in dag.inputs:
         if regroup_dim(nest, op) is not None:
@@ -80,6 +80,8 @@ def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
             lines.append("  " * depth + f"acc[{', '.join(tile)}] = 0  # local tile")
             target = f"acc[{', '.join(tile)}]"
     lhs, rhs = _access_text(nest, dag.lhs.name), _access_text(nest, dag.rhs.name)
+    if dag.centered:
+        lhs, rhs = f"({lhs} - zero_points[0])", f"({rhs} - zero_points[2])"
     lines.append("  " * depth + f"{target} += {lhs} * {rhs}")
     if nest.cache_write_at is not None:
         depth = nest.cache_write_at + 1

@@ -65,11 +65,30 @@ def _widen(b: ir.IRBuilder, value: ir.Value, signed: bool, to: ir.Type) -> ir.Va
     return b.sext(value, target) if signed else b.zext(value, target)
 
 
-def multiply_add(b: ir.IRBuilder, x: ir.Value, w: ir.Value, total: ir.Value) -> ir.Value:
-    """total + x * w, lane by lane, for uint8 `x` and int8 `w`, in int32. (Products taken in
-    int16 with vpmullw, where they fit, and widened after measured slower: the mobilenetv2
-    depthwise default 21.6 against 28.8 GOPS on Zen 3.)"""
-    return b.add(total, b.mul(_widen(b, x, False, I32), _widen(b, w, True, I32)))
+def centering(b: ir.IRBuilder, dag, zero_points: ir.Value) -> tuple:
+    """The zero points the kernel of a centered task (tuner.ir.dag.Quantization.centered)
+    subtracts from its two operands, zero_points[0] and [2], as int32; (None, None) for the
+    others, whose kernels multiply the stored values."""
+    if not dag.centered:
+        return None, None
+    return tuple(b.load(b.gep(zero_points, [ir.Constant(I64, at)], source_etype=I32),
+                        typ=I32, align=4) for at in (0, 2))
+
+
+def multiply_add(b: ir.IRBuilder, x: ir.Value, w: ir.Value, total: ir.Value, dag,
+                 zeros: tuple) -> ir.Value:
+    """total + x * w, lane by lane, in int32: `x` and `w` the operands of `dag` (uint8 and
+    int8), less `zeros` (`centering`) where it is centered. (Products taken in int16 with
+    vpmullw, where they fit, and widened after measured slower: the mobilenetv2 depthwise
+    default 21.6 against 28.8 GOPS on Zen 3.)"""
+    factors = []
+    for value, op, zero in zip((x, w), (dag.lhs, dag.rhs), zeros):
+        wide = _widen(b, value, op.dtype == "int8", I32)
+        if zero is not None:
+            wide = b.sub(wide, splat(b, zero, value.type.count)
+                         if isinstance(value.type, ir.VectorType) else zero)
+        factors.append(wide)
+    return b.add(total, b.mul(*factors))
 
 
 # ------------------------------------------------------------------------------ dot product
@@ -77,18 +96,20 @@ def multiply_add(b: ir.IRBuilder, x: ir.Value, w: ir.Value, total: ir.Value) -> 
 def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
     """`total` plus the dot product of the group `ctx.dot` of `lhs` (uint8) and `rhs` (int8),
     for every lane of the vector `ctx` stands in (or one scalar)."""
-    b = fn.b
+    b, dag = fn.b, em.dag
     part = ctx.dot
     group = part.extent
     at = [ctx.enter(part, Lin((), g), 1) for g in range(group)]
+    zeros = centering(b, dag, fn.ptrs["zero_points"])
     if ctx.vec is None:
         for g in range(group):
             total = multiply_add(b, _element(em, fn, at, g, lhs), _element(em, fn, at, g, rhs),
-                                 total)
+                                 total, dag, zeros)
         return total
     width = ctx.vec[2]
-    x, w = _Group(em, fn, ctx, at, lhs, False), _Group(em, fn, ctx, at, rhs, True)
-    instruction = em.machine.int8_instruction(em.dag.reduced_range)
+    x, w = (_Group(em, fn, ctx, at, acc, op.dtype == "int8")
+            for acc, op in ((lhs, dag.lhs), (rhs, dag.rhs)))
+    instruction = em.machine.int8_instruction(dag.reduced_range, dag.centered)
     if instruction == "pmaddubsw":
         native = _native(width, PMADDUBSW, em.machine.lanes)
         quads = ir.VectorType(I8, 4 * native)
@@ -110,7 +131,7 @@ def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
     native = _native(width, PMADDWD, em.machine.lanes)
     pairs = ir.VectorType(I16, 2 * native)
     fn_dot = intrinsic(b.module, PMADDWD[native], ir.VectorType(I32, native), [pairs, pairs])
-    for (xp, wp) in zip(x.pairs(), w.pairs()):
+    for (xp, wp) in zip(x.pairs(zeros[0]), w.pairs(zeros[1])):
         sums = b.call(fn_dot, [_resize(b, xp, 2 * native), _resize(b, wp, 2 * native)])
         total = b.add(total, _resize(b, sums, width))
     return total
@@ -203,9 +224,16 @@ class _Group:
         quads = _interleave(b, b.bitcast(low, as16), b.bitcast(high, as16))
         return b.bitcast(quads, ir.VectorType(I32, width))
 
-    def pairs(self) -> list[ir.Value]:
+    def pairs(self, zero: ir.Value | None = None) -> list[ir.Value]:
         """pmaddwd's form: two <2W x i16>, the group's elements (0, 1) and (2, 3) of every
-        lane, widened."""
+        lane, widened, less `zero` (an int32 zero point, `centering`) where given."""
+        pairs = self._widened_pairs()
+        if zero is None:
+            return pairs
+        zero16 = splat(self.b, self.b.trunc(zero, I16), 2 * self.width)
+        return [self.b.sub(pair, zero16) for pair in pairs]
+
+    def _widened_pairs(self) -> list[ir.Value]:
         b, width = self.b, self.width
         if self.wide_pairs is not None:
             return self.wide_pairs

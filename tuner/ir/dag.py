@@ -179,10 +179,18 @@ class Quantization:
     - float32: out = float32(acc) * scale[k] (ReLU: max(out, 0)).
     `zero_points` is int32[2]: the input's zero point, which padded reads of the input return
     (the quantized zero), and the output's. A nonzero input zero point z is the caller's to
-    fold into the bias: sum((x - z) * w) = sum(x * w) - z * sum(w)."""
+    fold into the bias: sum((x - z) * w) = sum(x * w) - z * sum(w).
+
+    `centered`: both operands are uint8 activations (batch_matmul: attention's products of
+    two quantized tensors), so no sum of either is known ahead of time to fold their zero
+    points into a bias. The kernel subtracts them instead, zero_points[0] from the first
+    operand and zero_points[2] from the second (int32[3] then), and sums
+    (x - zx) * (y - zy): both factors lie in [-255, 255], so they are multiplied as int16 by
+    vpmaddwd, whose pair sums (at most 2 x 255^2) are exact in int32."""
     out_type: str                 # OUT_TYPES
     scale: Operand | None         # float32 per output channel; None for int32 output
     zero_points: Operand
+    centered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +235,17 @@ class ComputeDAG:
     def reduced_range(self) -> bool:
         """Whether this int8 contraction's weights lie in REDUCED_WEIGHT_RANGE (its products
         of uint8 activations then sum in int16 pairs without saturating)."""
-        if self.quant is None or self.lhs.dtype != "uint8" or self.rhs.value_range is None:
+        if self.quant is None or self.lhs.dtype != "uint8" or self.rhs.value_range is None \
+                or self.quant.centered:
             return False
         low, high = self.rhs.value_range
         return REDUCED_WEIGHT_RANGE[0] <= low and high <= REDUCED_WEIGHT_RANGE[1]
+
+    @property
+    def centered(self) -> bool:
+        """Whether this int8 contraction subtracts both operands' zero points in the kernel
+        (Quantization.centered)."""
+        return self.quant is not None and self.quant.centered
 
     @property
     def addends(self) -> tuple[Operand, ...]:

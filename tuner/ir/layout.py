@@ -110,7 +110,7 @@ def packed_dtype(nest: LoopNest, operand: Operand, machine: Machine) -> str:
     quantized.py): the kernel then feeds it to vpmaddwd as it is loaded, where int8 would be
     sign-extended and shuffled into pairs on every reduction step."""
     if (operand.dtype == "int8" and nest.loops
-            and machine.int8_instruction(nest.dag.reduced_range) == "pmaddwd"
+            and machine.int8_instruction(nest.dag.reduced_range, nest.dag.centered) == "pmaddwd"
             and nest.loops[-1].kind == "dot" and operand.name in nest.layout_rewrite):
         return "int16"
     return operand.dtype
@@ -587,7 +587,7 @@ def operand_registers(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: st
     reduction_unrolled = any(unrolled.get(a.name, 1) > 1 for a in dag.reduce_axes)
     lookahead = reduction_unrolled and machine.vector_registers >= 32
     loaded = 2 * chunks if lookahead else chunks
-    instruction = machine.int8_instruction(dag.reduced_range)
+    instruction = machine.int8_instruction(dag.reduced_range, dag.centered)
     if dag.dot_axis is not None and instruction == "pmaddwd":
         # a group of 4 is two vectors of int16 pairs, and each vpmaddwd's product is a
         # register of its own before it is added

@@ -83,11 +83,15 @@ class Machine:
         per_lane = 4 if self.dot_instruction == "vpdpbusd" else 2
         return per_lane * self.lanes * self.fma_per_cycle
 
-    def int8_instruction(self, reduced_range: bool) -> str:
+    def int8_instruction(self, reduced_range: bool, centered: bool = False) -> str:
         """The instruction an int8 dot group is summed by: vpdpbusd where the CPU has VNNI;
         else vpmaddubsw (pairs of uint8 x int8 products summed to int16, then pairs of those
         by vpmaddwd with ones) when the weights are of reduced range, so that no pair
-        saturates; else vpmaddwd on operands widened to int16."""
+        saturates; else vpmaddwd on operands widened to int16. Operands whose zero points
+        the kernel subtracts (`centered`, tuner.ir.dag.Quantization) are int16 by then, which
+        only vpmaddwd multiplies."""
+        if centered:
+            return "pmaddwd"
         if self.dot_instruction == "vpdpbusd":
             return "vpdpbusd"
         return "pmaddubsw" if reduced_range else "pmaddwd"

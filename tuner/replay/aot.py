@@ -104,6 +104,10 @@ def _declarations(choice: Choice, symbol: str) -> str:
             lines.append(f"void {pack_function_name(symbol, op.name)}({packed_type} "
                          f"*restrict dst, const {ctype} *restrict {op.name});")
             ctype = packed_type
+        if dag.quant is not None and op is dag.quant.zero_points:
+            names = [f"{dag.lhs.name}'s", "the output's"] + \
+                ([f"{dag.rhs.name}'s (subtracted from both)"] if dag.centered else [])
+            lines.append(f"/* zero_points: {', '.join(names)} */")
         if op.value_range is not None:
             low, high = op.value_range
             lines.append(f"/* every {op.name} value in [{low}, {high}]: others give wrong "
