@@ -426,35 +426,42 @@ def test_the_agreement_bench_compares_a_package_with_onnxruntime(quantized, tmp_
 
 
 
-@pytest.mark.parametrize("same", [True, False])
-def test_a_max_pool_between_equal_quantizations_pools_the_quantized_values(same):
-    """DequantizeLinear -> MaxPool (padded, strided) -> QuantizeLinear of the same scale and
-    zero point: one MaxPool of the uint8 values, the same bytes exactly; with another output
-    quantization the chain stays."""
-    from tuner.network.graph import Graph, Node
-    from tuner.network.quantized import quantized_max_pools
+VIEWED = {"MaxPool": ((), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+                      (1, 3, 5, 4)),
+          "Reshape": (("shape",), {}, (1, 8, 27)),
+          "Transpose": ((), {"perm": [0, 2, 3, 1]}, (1, 9, 8, 3))}
 
+
+@pytest.mark.parametrize("op", sorted(VIEWED))
+@pytest.mark.parametrize("same", [True, False])
+def test_a_pool_or_view_between_equal_quantizations_acts_on_the_quantized_values(op, same):
+    """DequantizeLinear -> MaxPool (padded, strided) or a view (Reshape, Transpose) ->
+    QuantizeLinear of the same scale and zero point: one such node of the uint8 values, the
+    same bytes exactly; with another output quantization the chain stays."""
+    from tuner.network.graph import Graph, Node
+    from tuner.network.quantized import quantized_passthroughs
+
+    extra, attributes, shape = VIEWED[op]
     consts = {"s": np.float32(0.0371), "z": np.uint8(131),
-              "s2": np.float32(0.0371 if same else 0.05), "z2": np.uint8(131)}
-    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+              "s2": np.float32(0.0371 if same else 0.05), "z2": np.uint8(131),
+              "shape": np.array([1, 8, 27], np.int64)}
     nodes = (Node("DequantizeLinear", "dq", ("x", "s", "z"), ("d",), {}),
-             Node("MaxPool", "pool", ("d",), ("p",), pool),
+             Node(op, "op", ("d",) + extra, ("p",), attributes),
              Node("QuantizeLinear", "q", ("p", "s2", "z2"), ("y",), {}))
     graph = Graph({"x": (1, 3, 9, 8)}, ("y",), nodes,
                   {k: np.asarray(v) for k, v in consts.items()},
-                  {"x": (1, 3, 9, 8), "d": (1, 3, 9, 8), "p": (1, 3, 5, 4), "y": (1, 3, 5, 4)},
-                  17, "g")
-    rewritten = quantized_max_pools(graph)
+                  {"x": (1, 3, 9, 8), "d": (1, 3, 9, 8), "p": shape, "y": shape}, 17, "g")
+    rewritten = quantized_passthroughs(graph)
     if not same:
         assert rewritten is graph
         return
     assert [(n.op_type, n.inputs, n.outputs) for n in rewritten.nodes] == [
-        ("MaxPool", ("x",), ("y",))]
+        (op, ("x",) + extra, ("y",))]
     rng = np.random.default_rng(3)
     for _ in range(5):
         x = rng.integers(0, 256, (1, 3, 9, 8)).astype(np.uint8)
         ours = run_graph(rewritten, {"x": x})[0]
-        assert ours.dtype == np.uint8
+        assert ours.dtype == np.uint8 and ours.shape == shape
         np.testing.assert_array_equal(ours, run_graph(graph, {"x": x})[0])
 
 
@@ -565,3 +572,52 @@ def test_a_conv_integer_this_does_not_take_runs_in_numpy_with_a_note():
                                                             + reason)]
         np.testing.assert_array_equal(run_graph(extraction.graph, {"x": x})[0],
                                       run_graph(graph, {"x": x})[0])
+
+
+def _product_graph(y_scale, shared: bool = False):
+    """DequantizeLinear of two uint8 activations [2, 5, 6] and [2, 6, 3] (y's scale
+    `y_scale`: one value, or one per row for a per-axis quantization), their MatMul and a
+    QuantizeLinear; `shared`: x's dequantized value is a graph output too."""
+    from tuner.network.graph import Graph, Node
+
+    consts = {"sx": np.float32(0.02), "zx": np.uint8(117), "sy": np.asarray(y_scale, np.float32),
+              "zy": np.full(np.shape(y_scale), 140, np.uint8), "so": np.float32(0.05),
+              "zo": np.uint8(128)}
+    nodes = (Node("DequantizeLinear", "dx", ("x", "sx", "zx"), ("fx",), {}),
+             Node("DequantizeLinear", "dy", ("y", "sy", "zy"), ("fy",),
+                  {"axis": 1} if np.ndim(y_scale) else {}),
+             Node("MatMul", "mm", ("fx", "fy"), ("p",), {}),
+             Node("QuantizeLinear", "q", ("p", "so", "zo"), ("out",), {}))
+    shapes = {"x": (2, 5, 6), "y": (2, 6, 3), "fx": (2, 5, 6), "fy": (2, 6, 3), "p": (2, 5, 3),
+              "out": (2, 5, 3)}
+    return Graph({"x": (2, 5, 6), "y": (2, 6, 3)}, ("out", "fx") if shared else ("out",),
+                 nodes, {k: np.asarray(v) for k, v in consts.items()}, shapes, 17, "g")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_product_of_two_quantized_activations_is_an_int8_batch_matmul(shared):
+    """Its zero points subtracted in the kernel, requantized; a dequantized operand another
+    node reads stays for it. Within one unit of the nodes run as ONNX defines them (float
+    sums of dequantized values may round the other way), and mostly equal."""
+    graph = _product_graph(0.03, shared)
+    extraction = extract_tasks(graph)
+    assert [u.task.key for u in extraction.tasks] == \
+        ["batch_matmul/2x5x3x6/bias=0,out_type=1,relu=0/int8"]
+    kept = [n.op_type for n in extraction.graph.nodes]
+    assert kept == (["DequantizeLinear"] if shared else []) + ["TunerBatchMatMul"]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        feeds = {"x": rng.integers(0, 256, (2, 5, 6)).astype(np.uint8),
+                 "y": rng.integers(0, 256, (2, 6, 3)).astype(np.uint8)}
+        ours = run_graph(extraction.graph, feeds, impls=FUSED_OPS)[0]
+        theirs = run_graph(graph, feeds)[0]
+        assert ours.dtype == np.uint8
+        assert np.abs(ours.astype(int) - theirs).max() <= 1
+        assert (ours == theirs).mean() > 0.9
+
+
+def test_a_product_of_an_activation_quantized_per_axis_stays_in_float_with_a_note():
+    extraction = extract_tasks(_product_graph([0.03, 0.02, 0.04, 0.01, 0.05, 0.03]))
+    assert not extraction.tasks or all(u.task.dtype == "float32" for u in extraction.tasks)
+    assert "MatMul 'mm' runs in float: its operands are not uint8 activations quantized " \
+        "per tensor" in extraction.notes

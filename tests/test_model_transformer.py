@@ -18,6 +18,7 @@ import tuner
 from model_builders import make_model, randn
 from records import RecordStore
 from tuner.network.deploy import load_package
+from tuner.network.fused import FUSED_OPS
 from tuner.network.graph import load_model
 from tuner.network.package import write_package
 from tuner.replay.source import open_schedules
@@ -338,3 +339,69 @@ def test_dynamically_quantized_blocks_agree_with_onnxruntime(tmp_path, empty_db,
     out = tuner.load_package(tmp_path / "pkg")(feeds)[0]
     assert out.shape == expected.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+class _Calibration:
+    """quantize_static's calibration reader: `count` random feeds of the block."""
+
+    def __init__(self, rng, model, seq, mask, count: int = 8):
+        self.feeds = iter([feeds_for(rng, model, seq, mask) for _ in range(count)])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def _output_step(model) -> float:
+    """The scale of the block's last DequantizeLinear: its output's quantization step."""
+    import onnx
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    last = [n for n in model.graph.node if n.op_type == "DequantizeLinear"][-1]
+    return float(consts[last.input[1]])
+
+
+STATIC_BLOCKS = [BLOCKS[0] + (False,), BLOCKS[1] + (True,), BLOCKS[3] + (False,)]
+
+
+@pytest.mark.parametrize("gelu, norm, softmax, mask, seq, heads, opset, reduce_range",
+                         STATIC_BLOCKS)
+def test_statically_quantized_attention_products_become_int8_tasks(
+        tmp_path, empty_db, gelu, norm, softmax, mask, seq, heads, opset, reduce_range):
+    """A block quantized by quantize_static (QDQ): the Reshape and Transpose that split the
+    heads, each between a DequantizeLinear and a QuantizeLinear of the same quantization,
+    move the quantized values, and the two products of activations become int8 batch_matmul
+    tasks reading the quantized query and value where the projections wrote them (order
+    213), the scores·V product writing the context in place and requantized. The package
+    equals the graph its fused nodes' exact references run bit for bit, and onnxruntime,
+    unoptimised (the nodes as ONNX defines them), within one output step."""
+    import onnx
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    rng = np.random.default_rng(seq + heads)
+    model = Block(rng, gelu, norm, softmax, mask, opset).build(seq, heads, 24)
+    onnx.save(model, tmp_path / "block.onnx")
+    quantization.quantize_static(str(tmp_path / "block.onnx"), str(tmp_path / "block.q.onnx"),
+                                 _Calibration(rng, model, seq, mask),
+                                 reduce_range=reduce_range)
+    quantized = onnx.load(tmp_path / "block.q.onnx")
+    graph = load_model(quantized)
+    extraction = extract_tasks(graph)
+    products = [u.task for u in extraction.tasks if u.task.op == "batch_matmul"]
+    assert sorted(t.key for t in products) == sorted([
+        f"batch_matmul/{heads}x{seq}x{seq}x{HEAD}/a_order=213,bias=0,out_type=1,relu=0/int8",
+        f"batch_matmul/{heads}x{seq}x{HEAD}x{seq}/b_order=213,bias=0,out_order=213,"
+        f"out_type=1,relu=0/int8"])
+    assert not [n for n in extraction.notes if "MatMul" in n]
+    built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
+                          named_target(None, 1))
+    package = tuner.load_package(tmp_path / "pkg")
+    step = _output_step(quantized)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unoptimised = ort.InferenceSession(quantized.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+    assert sum(k.task_key.startswith("batch_matmul") for k in built.tasks) == 2
+    for _ in range(3):
+        feeds = feeds_for(rng, model, seq, mask)
+        out = package(feeds)[0]
+        np.testing.assert_array_equal(out, run_graph(extraction.graph, feeds,
+                                                     impls=FUSED_OPS)[0])
+        assert np.abs(out - unoptimised.run(None, feeds)[0]).max() <= step * 1.001

@@ -68,11 +68,13 @@ def _reference(node, args):
 
 
 def tuner_batch_matmul(node, args):
-    """A[b] @ B[b], each operand read and the result written in its stored order."""
+    """A[b] @ B[b], each operand read and the result written in its stored order (an int8
+    task's: exact integer sums, then its epilogue)."""
     task = node.attributes["task"]
     dag = task.dag()
-    out = dag.reference(args[0].reshape(dag.lhs.shape), args[1].reshape(dag.rhs.shape))
-    return [out.astype(np.float32).reshape(node.attributes["result_shape"])]
+    out = dag.reference(args[0].reshape(dag.lhs.shape), args[1].reshape(dag.rhs.shape),
+                        *args[2:])
+    return [out.astype(DTYPES[dag.output.dtype]).reshape(node.attributes["result_shape"])]
 
 
 # The fused node type of each template's tasks (tasks.py and quantized.py make them).

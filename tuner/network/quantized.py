@@ -35,8 +35,9 @@ generated function (quantized_codegen.py). Its ConvInteger becomes an int8 conv2
 int32 sums, the zero point in its padding, and its share subtracted the same way
 (`_conv_integer`).
 
-A MaxPool between a DequantizeLinear and a QuantizeLinear of the same quantization pools the
-quantized values instead (`quantized_max_pools`). What stays: Q/DQ pairs around other
+A MaxPool or a view (Reshape, Transpose: attention's heads) between a DequantizeLinear and a
+QuantizeLinear of the same quantization pools or moves the quantized values instead
+(`quantized_passthroughs`). What stays: Q/DQ pairs around other
 operators (an average pooling) run in numpy (quant_ops.py), except a residual Add's, which a
 package runs as one generated function (quantized_codegen.py); and a layer whose quantization
 this does not take (per-axis activations, uint8 weights, a bias of another scale) is
@@ -53,6 +54,7 @@ import numpy as np
 from tuner.ir.dag import fits_reduced_range
 from tuner.ir.task import Task
 from tuner.network.fused import FUSED_OP_TYPES
+from tuner.network.attention import stored_operand, stored_result
 from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
 from tuner.network.ops_nn import spatial_pads
 
@@ -86,32 +88,44 @@ def unsigned_activations(graph: Graph) -> Graph:
     return rewritten(graph, renamed, set(), initializers)
 
 
-def quantized_max_pools(graph: Graph) -> Graph:
-    """`graph` with each DequantizeLinear -> MaxPool -> QuantizeLinear chain whose two
+# Operators that move or keep elements without computing new values: between a
+# DequantizeLinear and a QuantizeLinear of the same quantization they act on the quantized
+# values as they are (`quantized_passthroughs`).
+QUANTIZED_VIEWS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def quantized_passthroughs(graph: Graph) -> Graph:
+    """`graph` with each DequantizeLinear -> X -> QuantizeLinear chain whose two
     quantizations are the same (`scalar_quantization`: equal scales, zero points and types)
-    made one MaxPool of the quantized values: the same result exactly, since both maps are
-    increasing, so the maximum commutes with them, and QuantizeLinear(DequantizeLinear(q)) is
-    q (the float32 round trip of an integer of at most 9 bits stays far within half a step).
+    made one X of the quantized values, where X is a MaxPool or a view (QUANTIZED_VIEWS): the
+    same result exactly, since a view moves values and the maximum commutes with increasing
+    maps, and QuantizeLinear(DequantizeLinear(q)) is q (the float32 round trip of an integer
+    of at most 9 bits stays far within half a step).
     quantize_static writes a ResNet's stem pool so: three numpy passes over 64x112x112 (1.4 ms
-    on Zen 3) become one over bytes. A dequantized value that other nodes read stays."""
+    on Zen 3) become one over bytes. It writes the Reshape and Transpose that split
+    attention's heads so too, each with the quantization of its input (onnxruntime drops
+    those pairs the same way): the views then show through to the products, which read the
+    quantized heads where the projections wrote them (`_quantized_product`). A dequantized
+    value that other nodes read stays."""
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
     replaced: dict[int, Node] = {}
     dropped: set[int] = set()
-    for pool in graph.nodes:
-        if pool.op_type != "MaxPool" or pool.domain not in ("", "ai.onnx") \
-                or len(pool.outputs) != 1:
+    for node in graph.nodes:
+        if node.op_type not in ("MaxPool",) + QUANTIZED_VIEWS \
+                or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
-        dq = producers.get(pool.inputs[0])
-        q = only_reader(pool.outputs[0], graph, consumers, ("QuantizeLinear",))
+        dq = producers.get(node.inputs[0])
+        q = only_reader(node.outputs[0], graph, consumers, ("QuantizeLinear",))
         if dq is None or dq.op_type != "DequantizeLinear" or q is None:
             continue
         quantization = scalar_quantization(dq, graph)
         if quantization is None or quantization != scalar_quantization(q, graph):
             continue
-        replaced[id(q)] = Node("MaxPool", pool.name, (dq.inputs[0],), q.outputs,
-                               pool.attributes, pool.domain)
-        dropped.add(id(pool))
-        if all(r is pool for r in consumers[dq.outputs[0]]) and dq.outputs[0] not in graph.outputs:
+        replaced[id(q)] = Node(node.op_type, node.name, (dq.inputs[0],) + node.inputs[1:],
+                               q.outputs, node.attributes, node.domain)
+        dropped.add(id(node))
+        if all(r is node for r in consumers[dq.outputs[0]]) and \
+                dq.outputs[0] not in graph.outputs:
             dropped.add(id(dq))
     if not replaced:
         return graph
@@ -140,7 +154,7 @@ def scalar_quantization(node: Node, graph: Graph) -> tuple[float, int, str] | No
 def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     """The graph with its QDQ layers fused into int8 task nodes, and notes on the quantized
     layers left in float."""
-    graph = quantized_max_pools(unsigned_activations(graph))
+    graph = quantized_passthroughs(unsigned_activations(graph))
     consumers, producers = consumers_of(graph.nodes), producers_of(graph.nodes)
     notes: list[str] = []
     initializers = dict(graph.initializers)
@@ -157,6 +171,18 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
             if fused is not None:
                 replaced[id(node)], inserted[id(node)] = fused[0], fused[1]
             continue
+        if node.op_type == "MatMul":
+            product = _quantized_product(node, graph, consumers, producers)
+            if isinstance(product, str):
+                notes.append(f"MatMul '{node.name}' runs in float: {product}")
+                continue
+            if product is not None:
+                fused, nodes, constants = product
+                for label, value in constants:
+                    initializers[f"{node.name}::{label}"] = value
+                replaced[id(nodes[-1])] = fused
+                absorbed.update(id(n) for n in nodes)
+                continue
         if node.op_type in ("Conv", "MatMul", "Gemm"):
             layer = _QuantizedLayer.match(node, graph, consumers, producers)
         elif node.op_type in ("QLinearConv", "QLinearMatMul"):
@@ -189,6 +215,66 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
     result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers, inserted)
     return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
                  result.opset, result.name), notes
+
+
+def _quantized_product(node: Node, graph: Graph, consumers, producers):
+    """A MatMul of two dequantized uint8 activations quantized per tensor (quantize_static's
+    attention products) as an int8 batch_matmul task, which subtracts both zero points in the
+    kernel (templates/batch_matmul.py): requantized where a QuantizeLinear to uint8 follows
+    (a Relu between taken in), else dequantized to float32; its operands read and its result
+    written through attention's head views where they are the only readers (attention.py).
+    (the fused node, the nodes it replaces, the constants it adds), None where `node` is no
+    such product, or the reason (a str) it stays in float."""
+    consts = graph.initializers
+    dqs = [producers.get(value) for value in node.inputs]
+    if any(dq is None or dq.op_type != "DequantizeLinear" or dq.inputs[0] in consts
+           for dq in dqs):
+        return None
+    quantizations = [scalar_quantization(dq, graph) for dq in dqs]
+    if any(q is None or q[2] != "uint8" for q in quantizations):
+        return "its operands are not uint8 activations quantized per tensor"
+    a, b = (graph.shapes.get(value) for value in node.inputs)
+    if a is None or b is None or len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] \
+            or a[-1] != b[-2]:
+        return (f"its operands are not two static stacks of matrices with the same leading "
+                f"dimensions ({a} and {b})")
+    nodes, operands, orders = [node], [], []
+    for dq in dqs:
+        if only_reader(dq.outputs[0], graph, consumers) is node:
+            stored, order, views = stored_operand(dq.inputs[0], graph, consumers, producers)
+            nodes += [dq] + views
+        else:  # the dequantized value stays for its other readers
+            stored, order = dq.inputs[0], 123
+        operands.append(stored)
+        orders.append(order)
+    current, relu = node.outputs[0], 0
+    after = only_reader(current, graph, consumers, ("Relu",))
+    if after is not None:
+        nodes.append(after)
+        current, relu = after.outputs[0], 1
+    q = only_reader(current, graph, consumers, ("QuantizeLinear",))
+    out = None if q is None else scalar_quantization(q, graph)
+    if out is not None and out[2] == "uint8":
+        nodes.append(q)
+        current = q.outputs[0]
+    else:
+        out = None
+    out_order, out_views = stored_result(current, graph, consumers)
+    nodes += out_views
+    (a_scale, a_zero, _), (b_scale, b_zero, _) = quantizations
+    scale = np.float32(a_scale) * np.float32(b_scale)
+    if out is not None:
+        scale = scale / np.float32(out[0])
+    task = Task.create("batch_matmul", (math.prod(a[:-2]), a[-2], b[-1], a[-1]), "int8",
+                       relu=relu, out_type=1 if out is not None else 2, a_order=orders[0],
+                       b_order=orders[1], out_order=out_order)
+    constants = [("scale", np.full(b[-1], scale, np.float32)),
+                 ("zero_points", np.array([a_zero, out[1] if out else 0, b_zero], np.int32))]
+    last = nodes[-1] if out_views else (q if out is not None else after or node)
+    fused = Node(FUSED_OP_TYPES["batch_matmul"], node.name,
+                 tuple(operands) + tuple(f"{node.name}::{label}" for label, _ in constants),
+                 (last.outputs[0],), {"task": task, "result_shape": graph.shapes[last.outputs[0]]})
+    return fused, nodes[:nodes.index(last)] + nodes[nodes.index(last) + 1:] + [last], constants
 
 
 def _integer_operands(node: Node, graph: Graph, producers, ndim: int):
