@@ -162,8 +162,10 @@ def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> Ti
     """onnxruntime's int8 operator for an int8 task: QLinearConv (uint8 out) or ConvInteger
     (int32 out) for conv2d, QLinearMatMul or MatMulInteger for matmul; uint8 activations with
     a zero point, int8 weights (zero point 0, per-output-channel scales where the operator
-    takes them), the int32 bias where QLinearConv takes one. A dequantized float32 output
-    has no single onnxruntime operator: no comparator."""
+    takes them), the int32 bias where QLinearConv takes one. For batch_matmul the same
+    operators of two uint8 inputs with a zero point each, the second an input too (attention's
+    products: onnxruntime cannot pack it ahead). A dequantized float32 output has no single
+    onnxruntime operator: no comparator."""
     onnx, _ = _onnxruntime()
     from onnx import TensorProto, helper, numpy_helper
 
@@ -179,7 +181,25 @@ def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> Ti
     init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(x_zp, "x_zp")]
     out_type = TensorProto.UINT8 if kind == "uint8" else TensorProto.INT32
     x_info = helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))
-    if task.op == "conv2d":
+    feeds = {"x": x}
+    if task.op == "batch_matmul":
+        if attrs.get("bias") or any(attrs.get(o, 123) != 123 for o in ("a_order", "b_order",
+                                                               "out_order")):
+            raise TunerError(f"no onnxruntime operator computes {task.key} in one node")
+        init = [numpy_helper.from_array(x_zp, "x_zp"),
+                numpy_helper.from_array(np.array(int(inputs[-1][2]), np.uint8), "w_zp")]
+        feeds["w"] = w
+        x_info = [x_info, helper.make_tensor_value_info("w", TensorProto.UINT8, list(w.shape))]
+        if kind == "int32":
+            node = helper.make_node("MatMulInteger", ["x", "w", "x_zp", "w_zp"], ["y"])
+        else:
+            init += [numpy_helper.from_array(np.float32(0.02), "x_scale"),
+                     numpy_helper.from_array(np.float32(0.02), "w_scale"),
+                     numpy_helper.from_array(np.float32(0.5), "y_scale"),
+                     numpy_helper.from_array(np.uint8(128), "y_zp")]
+            node = helper.make_node("QLinearMatMul", ["x", "x_scale", "x_zp", "w", "w_scale",
+                                                      "w_zp", "y_scale", "y_zp"], ["y"])
+    elif task.op == "conv2d":
         conv = dict(strides=[attrs["stride"]] * 2, pads=[attrs["pad"]] * 4,
                     dilations=[attrs["dilation"]] * 2, group=attrs["groups"])
         if kind == "int32":
@@ -209,9 +229,11 @@ def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> Ti
                      numpy_helper.from_array(np.uint8(128), "y_zp")]
             node = helper.make_node("QLinearMatMul", ["x", "x_scale", "x_zp", "w", "w_scale",
                                                       "w_zp", "y_scale", "y_zp"], ["y"])
-    sess = session(_quantized_model(node, [x_info], init, out_type), threads)
+    sess = session(_quantized_model(node, x_info if isinstance(x_info, list) else [x_info],
+                                    init, out_type), threads)
     binding = sess.io_binding()
-    binding.bind_cpu_input("x", x)
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
     y = np.empty(dag.output.array_shape, dtype=np.uint8 if kind == "uint8" else np.int32)
     binding.bind_output("y", "cpu", 0, y.dtype, list(y.shape), y.ctypes.data)
 

@@ -1,10 +1,12 @@
 """int8 kernels against onnxruntime's int8 operators and against our own float32 kernels.
 
-For each public shape (shared/bench/shapes.json, conv2d and matmul) two tasks are tuned, one
-thread, `--trials` candidates each, into one records database: the int8 task that
-onnxruntime's quantized operator computes (conv2d: uint8 data, int8 weight, int32 bias,
-requantized to uint8 = QLinearConv; matmul: uint8 x int8 requantized to uint8 =
-QLinearMatMul) and the float32 task of the same shape (conv2d with its bias, matmul plain).
+For each public shape (shared/bench/shapes.json) two tasks are tuned, one thread, `--trials`
+candidates each, into one records database: the int8 task that onnxruntime's quantized
+operator computes (conv2d: uint8 data, int8 weight, int32 bias, requantized to uint8 =
+QLinearConv; matmul: uint8 x int8 requantized to uint8 = QLinearMatMul; batch_matmul: uint8 x
+uint8, each with its zero point, requantized = QLinearMatMul of two inputs) and the float32
+task of the same shape (conv2d with its bias, the products plain). onnxruntime's float32
+batched product is not timed (its MatMul would take the second operand as a constant).
 Then, each in a process of its own and in this order, at the same moment of the machine:
 our int8 kernel and our float32 kernel as `tuner.build` replays them (bench/comparators.py,
 kind "tuned"), onnxruntime's int8 operator and onnxruntime's float32 Conv / MatMul.
@@ -46,7 +48,7 @@ def int8_task(task: Task, reduce_range: bool = False) -> Task:
     reduce_range=True)."""
     attrs = {k: v for k, v in task.attr_dict.items() if k not in ("relu", "gelu", "residual")}
     attrs["out_type"] = 1
-    if reduce_range:
+    if reduce_range and task.op != "batch_matmul":  # its second operand is no weight
         attrs["reduce_range"] = True
     if task.op == "conv2d":
         attrs["bias"] = True
@@ -78,8 +80,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     target = host_target(args.threads)
     url = f"sqlite:///{args.db}"
-    shapes = [(name, task) for name, task in load_tasks() if task.op in ("conv2d", "matmul")
-              and (not args.only or name in args.only)]
+    shapes = [(name, task) for name, task in load_tasks()
+              if not args.only or name in args.only]
     print(f"# {target.cpu} ({target.machine.int8_instruction(args.reduce_range)}), "
           f"{args.threads} thread(s), "
           f"{args.trials} trials per task")
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
         ours_float = measure_in_subprocess("tuned", float_task(task), args.threads, db=url,
                                            cpu=None)
         ort = measure_in_subprocess("onnxruntime", quantized, args.threads)
-        ort_float = measure_in_subprocess("onnxruntime", float_task(task), args.threads)
+        ort_float = measure_in_subprocess("onnxruntime", float_task(task), args.threads) \
+            if task.op != "batch_matmul" else None
 
         def fmt(x):
             return f"{x:.1f}" if x else "-"

@@ -230,9 +230,9 @@ def estimate_gflops(nest: LoopNest, target: Target,
     chunks = vector_chunks(nest, machine.lanes)
     padded = math.prod(l.extent for l in loops)
     fma_instructions = padded / width * chunks
-    if loops[-1].kind == "dot":  # an int8 group: one vpdpbusd, or two vpmaddwd (pairs)
-        fma_instructions *= (1 if machine.dot_instruction == "vpdpbusd" else 2) / \
-            loops[-1].extent
+    if loops[-1].kind == "dot":  # an int8 group: one vpdpbusd, else two instructions
+        instruction = machine.int8_instruction(dag.reduced_range, dag.centered)
+        fma_instructions *= (1 if instruction == "vpdpbusd" else 2) / loops[-1].extent
     compute = fma_instructions / _fma_rate(nest, machine)
     if levels is None:
         levels = footprints(nest, machine)

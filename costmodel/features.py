@@ -157,7 +157,7 @@ def extract_features(nest: LoopNest, target: Target) -> np.ndarray:
         float(dag.quant is not None), machine.int8_macs_per_cycle,
         float(dag.quant is not None and machine.int8_instruction(dag.reduced_range,
                                                               dag.centered)
-              != "pmaddwd"),
+              in ("vpdpbusd", "pmaddubsw")),
     ]
 
     accesses = 1

@@ -246,8 +246,9 @@ def _check_vnni(dag, steps, target, rng):
 def test_random_int8_batch_matmul_schedule_is_exact(seed, target1, target2):
     """Products of two uint8 activations less their zero points (tuner.ir.dag.Quantization
     .centered): random schedules, shapes, stored orders and epilogues, exact on the host, on
-    x86-64-v3 and on both VNNI CPUs (modelled where this host lacks them), and summed by
-    vpmaddwd on every one of them, never vpdpbusd (which multiplies uint8 by int8)."""
+    x86-64-v3 and on both VNNI CPUs (modelled where this host lacks them); summed as int16
+    pairs, by vpdpwssd on the VNNI CPUs and vpmaddwd on the others, never by vpdpbusd
+    (which multiplies uint8 by int8)."""
     from tuner.ir.layout import vector_loop
 
     rng = np.random.default_rng(11000 + seed)
@@ -262,7 +263,8 @@ def test_random_int8_batch_matmul_schedule_is_exact(seed, target1, target2):
     vec = vector_loop(nest)
     if nest.loops[-1].kind == "dot" and vec is not None and vec.extent > 1:
         assembly = _assembly(nest, target)
-        assert "vpmaddwd" in assembly and "vpdpbusd" not in assembly
+        pairs = "vpdpwssd" if target.machine.dot_instruction == "vpdpbusd" else "vpmaddwd"
+        assert pairs in assembly and "vpdpbusd" not in assembly
     _check_vnni(dag, steps, target, rng)
 
 

@@ -621,3 +621,47 @@ def test_a_product_of_an_activation_quantized_per_axis_stays_in_float_with_a_not
     assert not extraction.tasks or all(u.task.dtype == "float32" for u in extraction.tasks)
     assert "MatMul 'mm' runs in float: its operands are not uint8 activations quantized " \
         "per tensor" in extraction.notes
+
+
+@pytest.mark.parametrize("out", ["QLinearMatMul", "MatMulInteger"])
+def test_an_int8_batch_matmul_computes_what_onnxruntime_does_with_two_inputs(out, target1):
+    """The int8 batch_matmul kernel (default schedule, this host) against onnxruntime's
+    QLinearMatMul / MatMulInteger of two uint8 inputs with a zero point each: equal bit for
+    bit (both sum exactly; the requantization multiplies the same float32 scale)."""
+    from onnx import TensorProto, numpy_helper
+    from tuner.codegen.jit import CompiledKernel
+    from tuner.ir.schedule import apply_steps
+    from tuner.ir.task import Task
+    from tuner.search.default import default_lowered
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (3, 9, 13)).astype(np.uint8)
+    b = rng.integers(0, 256, (3, 13, 6)).astype(np.uint8)
+    scales = [np.float32(0.021), np.float32(0.017), np.float32(0.9)]
+    zeros = [np.uint8(121), np.uint8(140), np.uint8(97)]
+    if out == "QLinearMatMul":
+        consts = [scales[0], zeros[0], scales[1], zeros[1], scales[2], zeros[2]]
+        names = ["as", "az", "bs", "bz", "ys", "yz"]
+        inputs = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+        out_type, kind = TensorProto.UINT8, 1
+    else:
+        consts, names = zeros[:2], ["az", "bz"]
+        inputs, out_type, kind = ["a", "b", "az", "bz"], TensorProto.INT32, 0
+    node = helper.make_node(out, inputs, ["y"])
+    graph = helper.make_graph([node], "q", [
+        helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape)),
+        helper.make_tensor_value_info("b", TensorProto.UINT8, list(b.shape))],
+        [helper.make_tensor_value_info("y", out_type, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in zip(names, consts)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              ir_version=8)
+    theirs = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(
+        None, {"a": a, "b": b})[0]
+    dag = Task.create("batch_matmul", (3, 9, 6, 13), "int8", out_type=kind).dag()
+    zero_points = np.array([zeros[0], zeros[2], zeros[1]], np.int32)
+    scale = [np.full(6, scales[0] * scales[1] / scales[2], np.float32)] if kind else []
+    steps, _ = default_lowered(dag, target1)
+    ours = CompiledKernel(apply_steps(dag, steps), target1)(a, b, *scale, zero_points)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)

@@ -42,15 +42,17 @@ def empty_db(tmp_path_factory):
 
 
 def _package(graph, folder, db, target, monkeypatch):
-    """(the package for `target`, loaded; the vpdpbusd intrinsics modelled in it): for a VNNI
-    target this host lacks, with vpdpbusd modelled and all code compiled for this host."""
+    """(the package for `target`, loaded; the VNNI intrinsics modelled in it): for a VNNI
+    target this host lacks, with vpdpbusd and vpdpwssd modelled and all code compiled for
+    this host."""
     have = set(host_target(1).features.split(","))
     modelled = not all(f in have for f in target.features.split(",") if f.startswith("+"))
     calls = []
     original, host = jit.compile_ir_object, host_target(target.threads)
 
     def compile_modelled(ir_text, _target):
-        calls.append(ir_text.count('@"llvm.x86.avx512.vpdpbusd'))
+        calls.append(ir_text.count('@"llvm.x86.avx512.vpdpbusd')
+                     + ir_text.count('@"llvm.x86.avx512.vpdpwssd'))
         return original(with_modelled_vpdpbusd(ir_text), host)
 
     with monkeypatch.context() as patch:
@@ -101,3 +103,27 @@ def test_a_dynamically_quantized_block_packaged_for_vnni_equals_the_hosts(cpu, t
         np.testing.assert_array_equal(vnni(feeds)[0], host(feeds)[0])
     else:
         np.testing.assert_allclose(vnni(feeds)[0], host(feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v4", "alderlake"])
+def test_a_statically_quantized_block_packaged_for_vnni_equals_the_hosts(cpu, tmp_path,
+                                                                        empty_db,
+                                                                        monkeypatch):
+    """quantize_static's block: its attention products are int8 batch_matmul tasks, summed by
+    vpdpwssd on VNNI CPUs (tests/test_model_transformer.py), exact like the host's."""
+    from test_model_transformer import _Calibration
+
+    gelu, norm, softmax, mask, seq, heads, opset = BLOCKS[1]
+    rng = np.random.default_rng(seq + heads)
+    model = Block(rng, gelu, norm, softmax, mask, opset).build(seq, heads, 24)
+    onnx.save(model, tmp_path / "block.onnx")
+    quantization.quantize_static(str(tmp_path / "block.onnx"), str(tmp_path / "block.q.onnx"),
+                                 _Calibration(rng, model, seq, mask))
+    graph = load_model(str(tmp_path / "block.q.onnx"))
+    target = _vnni_target(cpu)
+    vnni, calls = _package(graph, tmp_path / "vnni", empty_db, target, monkeypatch)
+    host, _ = _package(graph, tmp_path / "host", empty_db, host_target(1), monkeypatch)
+    assert calls or host_target(1).machine.dot_instruction == "vpdpbusd"
+    for _ in range(2):
+        feeds = feeds_for(rng, model, seq, mask)
+        np.testing.assert_array_equal(vnni(feeds)[0], host(feeds)[0])

@@ -13,10 +13,11 @@ everything else as generated: LLVM splits its 512-bit vectors into 256-bit ones 
 that checks is ours (the layouts, the reads, the epilogue); the instruction's selection is
 LLVM's, checked by the assembly tests where the host cannot run it.
 
-The 512-bit `llvm.x86.avx512.pmaddw.d.512(a, b)` (AVX512BW's vpmaddwd), which the kernels of a
-task whose operands are centered (tuner.ir.dag.Quantization.centered) use on AVX-512, is
-modelled the same way where the host lacks it: each int32 lane the sum of its two int16
-products.
+The kernels of a task whose operands are centered (tuner.ir.dag.Quantization.centered) sum
+int16 pairs with `llvm.x86.avx512.vpdpwssd.{128,256,512}(acc, a, b)` on VNNI CPUs (each int32
+lane of `acc` plus the two products of that lane's int16 halves of `a` and `b`) and, where
+LLVM keeps one apart, the 512-bit `llvm.x86.avx512.pmaddw.d.512(a, b)` (AVX512BW's
+vpmaddwd, the same without `acc`): both are modelled the same way.
 """
 
 from __future__ import annotations
@@ -54,20 +55,25 @@ def model_function(bits: int) -> str:
     return str(function)
 
 
-def pmaddwd_model_function() -> str:
-    """The IR of `pmaddwd_model.512(a, b)`: 16 int32 lanes, each a[2l] b[2l] + a[2l+1] b[2l+1]
-    of the 32 int16 lanes of `a` and `b`."""
+def pair_model_function(lanes: int, accumulate: bool) -> str:
+    """The IR of `vpdpwssd_model.<bits>(acc, a, b)` (`accumulate`, int32 vectors) or
+    `pmaddwd_model.<bits>(a, b)` (int16 vectors): `lanes` int32 lanes, each
+    a[2l] b[2l] + a[2l+1] b[2l+1] of the int16 halves of `a` and `b` (plus acc[l])."""
     module = ir.Module()
-    words, lanes = ir.VectorType(I16, 32), ir.VectorType(I32, 16)
-    function = ir.Function(module, ir.FunctionType(lanes, [words, words]),
-                           name="pmaddwd_model.512")
+    words, out = ir.VectorType(I16, 2 * lanes), ir.VectorType(I32, lanes)
+    name = f"{'vpdpwssd' if accumulate else 'pmaddwd'}_model.{32 * lanes}"
+    args = [out] * 3 if accumulate else [words] * 2
+    function = ir.Function(module, ir.FunctionType(out, args), name=name)
     function.linkage = "internal"
     b = ir.IRBuilder(function.append_basic_block("entry"))
-    wide = ir.VectorType(I32, 32)
-    products = b.mul(b.sext(function.args[0], wide), b.sext(function.args[1], wide))
+    wide = ir.VectorType(I32, 2 * lanes)
+    a, w = (b.bitcast(v, words) for v in function.args[-2:])
+    products = b.mul(b.sext(a, wide), b.sext(w, wide))
     halves = [b.shuffle_vector(products, ir.Constant(wide, ir.Undefined), ir.Constant(
-        ir.VectorType(I32, 16), [2 * lane + first for lane in range(16)])) for first in (0, 1)]
-    b.ret(b.add(*halves))
+        ir.VectorType(I32, lanes), [2 * lane + first for lane in range(lanes)]))
+        for first in (0, 1)]
+    total = b.add(*halves)
+    b.ret(b.add(function.args[0], total) if accumulate else total)
     return str(function)
 
 
@@ -82,19 +88,22 @@ def _replaced(ir_text: str, name: str, model: str, model_ir) -> str:
 
 
 def with_modelled_vpdpbusd(ir_text: str) -> str:
-    """`ir_text` with every vpdpbusd intrinsic replaced by `model_function`'s, and the 512-bit
-    vpmaddwd by `pmaddwd_model_function`'s."""
-    for bits in LANES_BY_BITS:
+    """`ir_text` with every vpdpbusd and vpdpwssd intrinsic replaced by its model
+    (`model_function`, `pair_model_function`), and the 512-bit vpmaddwd too."""
+    for bits, lanes in LANES_BY_BITS.items():
         ir_text = _replaced(ir_text, f"llvm.x86.avx512.vpdpbusd.{bits}",
                             f"vpdpbusd_model.{bits}", lambda: model_function(bits))
+        ir_text = _replaced(ir_text, f"llvm.x86.avx512.vpdpwssd.{bits}",
+                            f"vpdpwssd_model.{bits}", lambda: pair_model_function(lanes, True))
     return _replaced(ir_text, "llvm.x86.avx512.pmaddw.d.512", "pmaddwd_model.512",
-                     pmaddwd_model_function)
+                     lambda: pair_model_function(16, False))
 
 
 def modelled_vnni_kernel(nest: LoopNest, target: Target) -> CompiledKernel:
     """The kernel `target` (a VNNI CPU) gets, its vpdpbusd modelled, compiled for this host."""
     ir_text = with_modelled_vpdpbusd(str(emit_llvm(nest, target, "kernel")))
-    assert "vpdpbusd." not in ir_text.replace("vpdpbusd_model.", "")
+    for name in ("vpdpbusd.", "vpdpwssd."):
+        assert name not in ir_text.replace(name.replace(".", "_model."), "")
     assert "pmaddw.d.512" not in ir_text
     return CompiledKernel(nest, target, obj=compile_ir_object(ir_text,
                                                               host_target(target.threads)))

@@ -9,7 +9,9 @@ the weights' range (`Machine.int8_instruction`):
   int8 bytes, exactly. Both operands are vectors of 4-byte groups, one group per output lane.
 - `pmaddwd` (AVX2, AVX-512 without VNNI): each int32 lane adds 2 products of int16 values,
   exactly. The bytes are widened to int16 and the group is summed as two pairs: (0, 1) and
-  (2, 3).
+  (2, 3). Centered operands (two uint8 activations less their zero points, in int16) are
+  summed so on every CPU, by `vpdpwssd` on VNNI CPUs: the same pairs, added to the
+  accumulator by the same instruction.
 - `pmaddubsw` (AVX2, AVX-512BW without VNNI), for weights of reduced range only: each int16
   lane adds a pair of uint8 x int8 products, and `vpmaddwd` with ones adds two of those into
   the int32 lane; both operands are 4-byte groups as for vpdpbusd. The instruction saturates a
@@ -47,6 +49,10 @@ VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256
             4: "llvm.x86.avx512.vpdpbusd.128"}
 PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd",
            4: "llvm.x86.sse2.pmadd.wd"}
+# vpdpwssd(acc, int16 pairs, int16 pairs): vpmaddwd's pair sums added to acc (AVX512-VNNI,
+# AVX-VNNI), for centered operands (tuner.ir.dag.Quantization.centered) on VNNI CPUs.
+VPDPWSSD = {16: "llvm.x86.avx512.vpdpwssd.512", 8: "llvm.x86.avx512.vpdpwssd.256",
+            4: "llvm.x86.avx512.vpdpwssd.128"}
 # pmaddubsw(uint8 pairs, int8 pairs) -> int16 pair sums, saturated (exact for weights of
 # reduced range, tuner.ir.dag.REDUCED_WEIGHT_RANGE), by the int32 lanes of vpmaddwd after it.
 PMADDUBSW = {16: "llvm.x86.avx512.pmaddubs.w.512", 8: "llvm.x86.avx2.pmadd.ub.sw",
@@ -127,6 +133,15 @@ def dot(em, fn, ctx, lhs, rhs, total: ir.Value) -> ir.Value:
         fn_dot = intrinsic(b.module, VPDPBUSD[native], vt, [vt, vt, vt])
         out = b.call(fn_dot, [_resize(b, total, native), _resize(b, x.quads(), native),
                               _resize(b, w.quads(), native)])
+        return _resize(b, out, width)
+    if instruction == "vpdpwssd":  # vpmaddwd and the add in one instruction
+        native = _native(width, VPDPWSSD, em.machine.lanes)
+        vt = ir.VectorType(I32, native)
+        fn_dot = intrinsic(b.module, VPDPWSSD[native], vt, [vt, vt, vt])
+        out = _resize(b, total, native)
+        for (xp, wp) in zip(x.pairs(zeros[0]), w.pairs(zeros[1])):
+            out = b.call(fn_dot, [out] + [b.bitcast(_resize(b, v, 2 * native), vt)
+                                          for v in (xp, wp)])
         return _resize(b, out, width)
     native = _native(width, PMADDWD, em.machine.lanes)
     pairs = ir.VectorType(I16, 2 * native)

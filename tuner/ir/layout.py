@@ -592,6 +592,8 @@ def operand_registers(dag: ComputeDAG, unrolled: dict[str, int], vector_axis: st
         # a group of 4 is two vectors of int16 pairs, and each vpmaddwd's product is a
         # register of its own before it is added
         loaded = 2 * loaded + 1
+    elif dag.dot_axis is not None and instruction == "vpdpwssd":
+        loaded = 2 * loaded  # the pairs; the instruction adds its sums in place
     elif dag.dot_axis is not None and instruction == "pmaddubsw":
         # the product is a register of its own before it is added, beside the ones
         # vpmaddwd sums its int16 pairs with

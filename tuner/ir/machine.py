@@ -89,9 +89,10 @@ class Machine:
         by vpmaddwd with ones) when the weights are of reduced range, so that no pair
         saturates; else vpmaddwd on operands widened to int16. Operands whose zero points
         the kernel subtracts (`centered`, tuner.ir.dag.Quantization) are int16 by then, which
-        only vpmaddwd multiplies."""
+        vpmaddwd multiplies, and VNNI's vpdpwssd, which adds its pair sums to the
+        accumulator too."""
         if centered:
-            return "pmaddwd"
+            return "vpdpwssd" if self.dot_instruction == "vpdpbusd" else "pmaddwd"
         if self.dot_instruction == "vpdpbusd":
             return "vpdpbusd"
         return "pmaddubsw" if reduced_range else "pmaddwd"
