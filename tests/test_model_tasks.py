@@ -3,6 +3,7 @@ one-line errors for models that cannot be run."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,7 +16,12 @@ from model_builders import bn_weights, make_model, randn  # noqa: E402
 from test_model_onnxruntime import (asymmetric_conv, conv_bn_relu, gemm_trans_b,  # noqa: E402
                                     matmul_add_relu, residual_blocks, symbolic_batch,
                                     transformer_residual)
+import tuner  # noqa: E402
+from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
+from tuner.ir.target import named_target  # noqa: E402
+from tuner.network.package import write_package  # noqa: E402
+from tuner.replay.source import open_schedules  # noqa: E402
 from tuner.network.fused import FUSED_OPS  # noqa: E402
 from tuner.network.graph import load_model  # noqa: E402
 from tuner.network.ops import erf  # noqa: E402
@@ -119,14 +125,16 @@ def test_a_skip_connection_is_the_residual_of_one_layer():
     model, _ = residual_blocks(rng)
     graph = load_model(model)
     extraction = extract_tasks(graph)
-    nodes = extraction.graph.nodes
-    assert [n.op_type for n in nodes] == ["TunerConv"] * 3
+    # the strided 1x1 projection reads its pixels through a MaxPool of stride 2
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv", "MaxPool"] + \
+        ["TunerConv"] * 2
+    nodes = [n for n in extraction.graph.nodes if n.op_type == "TunerConv"]
     residual = [n for n in nodes if n.attributes["task"].attr_dict.get("residual")]
     assert len(residual) == 2 and all(n.attributes["task"].attr_dict["relu"] == 1
                                       for n in residual)
     assert residual[0].inputs[-1] == "x"
     produced = {"x"} | set(extraction.graph.initializers)
-    for node in nodes:
+    for node in extraction.graph.nodes:
         assert set(node.inputs) <= produced, node.name
         produced.update(node.outputs)
     feeds = {"x": randn(rng, 1, 6, 9, 11)}
@@ -307,3 +315,41 @@ def test_erf_is_accurate_to_1e7():
     x = np.linspace(-6, 6, 200_001)
     exact = np.array([math.erf(v) for v in x])
     assert np.abs(erf(x) - exact).max() < 1e-7
+
+
+@pytest.mark.parametrize("strides", [(2, 2), (3, 2)])
+def test_a_strided_pointwise_conv_is_a_subsample_and_a_conv_of_stride_one(strides, tmp_path):
+    """A 1x1 Conv of stride s and no padding: a MaxPool with a 1x1 window and stride s (its
+    pixels, exactly), shared by the two convolutions of that input, and conv2d tasks of
+    stride 1 on the pixels; the same outputs. In a package the MaxPool is a generated
+    function after the kernel that makes its input: no numpy node."""
+    rng = _rng()
+    weights = {"w0": randn(rng, 5, 3, 3, 3), "w1": randn(rng, 4, 5, 1, 1),
+               "w2": randn(rng, 6, 5, 1, 1), "b2": randn(rng, 6)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["y1"], strides=list(strides)),
+             helper.make_node("Conv", ["r0", "w2", "b2"], ["c2"], strides=list(strides)),
+             helper.make_node("Relu", ["c2"], ["y2"])]
+    model = make_model(nodes, {"x": (1, 3, 11, 10)}, "y1", weights)
+    model.graph.output.append(helper.make_tensor_value_info("y2", 1, None))
+    graph = load_model(model)
+    extraction = extract_tasks(graph)
+    assert [n.op_type for n in extraction.graph.nodes] == ["TunerConv", "MaxPool",
+                                                           "TunerConv", "TunerConv"]
+    oh, ow = (11 - 1) // strides[0] + 1, (10 - 1) // strides[1] + 1
+    assert sorted(u.task.key for u in extraction.tasks)[1:] == sorted(
+        f"conv2d/1x5x{oh}x{ow}x{k}x1x1/bias={b},dilation=1,groups=1,pad=0,relu={b},"
+        f"stride=1/float32" for k, b in ((4, 0), (6, 1)))
+    feeds = {"x": randn(rng, 1, 3, 11, 10)}
+    expected = run_graph(graph, feeds)
+    for ours, theirs in zip(run_graph(extraction.graph, feeds, FUSED_OPS), expected):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    db = tmp_path / "empty.db"
+    RecordStore(f"sqlite:///{db}").close()
+    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)),
+                          named_target(None, 1))
+    document = json.loads(built.graph_file.read_text())
+    assert [n["op_type"] for n in document["nodes"] if "kernel" not in n] == []
+    for ours, theirs in zip(tuner.load_package(tmp_path / "pkg")(feeds), expected):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
