@@ -30,8 +30,9 @@ import math
 from dataclasses import dataclass
 
 from tuner.ir.layout import (access_class, inline_guards, lane_stride, local_pad_bytes,
-                          packed_parts, padding, region_start, root_pad_bytes,
-                          tile_operand_registers, vector_chunks, vector_loop)
+                          packed_parts, padding, read_operand, region_start, root_pad_bytes,
+                          tile_operand_registers, transposed_copy_bytes, vector_chunks,
+                          vector_loop)
 from tuner.ir.dag import Operand
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import Loop, LoopNest, LoopPart
@@ -57,9 +58,10 @@ COPY_BYTES_PER_CYCLE = 16.0        # memset + memcpy of a pad copy
 def _layout(nest: LoopNest, role: str) -> tuple[str, Operand]:
     """How buffer `role` (a BUFFERS entry) is laid out in `nest`, and its operand: "tile" (the
     accumulation target in a local tile), "packed" (a constant operand rewritten at build
-    time) or "affine" (the operand's own layout)."""
+    time) or "affine" (the operand's layout as the kernel reads it: layout.read_operand)."""
     dag = nest.dag
-    op = {"lhs": dag.lhs, "rhs": dag.rhs, "acc": dag.output}[role]
+    op = {"lhs": read_operand(nest, dag.lhs), "rhs": read_operand(nest, dag.rhs),
+          "acc": dag.output}[role]
     if role == "acc" and nest.cache_write_at is not None:
         return "tile", op
     return ("packed" if op.name in nest.layout_rewrite else "affine"), op
@@ -246,5 +248,5 @@ def estimate_gflops(nest: LoopNest, target: Target,
     if first.kind == "parallel" and threads > 1 and first.extent > 1:
         share = -(-first.extent // threads) / first.extent
         cycles = cycles * share + PARALLEL_OVERHEAD_CYCLES
-    cycles += 2 * root_pad_bytes(nest) / COPY_BYTES_PER_CYCLE
+    cycles += 2 * (root_pad_bytes(nest) + transposed_copy_bytes(nest)) / COPY_BYTES_PER_CYCLE
     return dag.flops / (cycles / NOMINAL_HZ) / 1e9

@@ -31,6 +31,36 @@ def test_random_schedule_matches_reference(seed, target1, target2):
     np.testing.assert_array_equal(again, out)
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_a_transposed_copy_of_a_pointwise_input_matches_reference(seed, target1, target2):
+    """1x1 convolutions whose vectors run along the output channels read their data from a
+    copy with the channels innermost (tuner.ir.layout.transposed_copy), made once per call
+    and shared among the threads: random shapes and schedules of that kind, on one and two
+    threads, a second call on the freed heap."""
+    from tuner.codegen.pseudo import pseudo_code
+    from tuner.ir.layout import transposed_copy
+    from tuner.ir.task import Task
+
+    rng = np.random.default_rng(4000 + seed)
+    n, c, h, w = (int(rng.integers(1, 3)),) + tuple(int(x) for x in
+                                                     rng.integers(2, 24, size=3))
+    task = Task.create("conv2d", (n, c, h, w, int(rng.integers(2, 24)), 1, 1),
+                       bias=bool(rng.integers(2)), relu=int(rng.integers(2)))
+    dag = task.dag()
+    for _ in range(1000):  # a schedule whose vector loop is along the output channels
+        steps = random_schedule(rng, task)
+        nest = apply_steps(dag, steps)
+        if transposed_copy(nest, dag.lhs):
+            break
+    else:
+        raise AssertionError("no random schedule vectorizes the output channels")
+    assert "data_transposed = swap_last_two_axes(data)" in pseudo_code(nest)
+    kernel = CompiledKernel(nest, target2 if seed % 2 else target1)
+    for _ in range(2):
+        inputs = dag.random_inputs(rng)
+        assert_matches_reference(dag, kernel(*inputs), inputs)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, stride, pad, dilation, groups", [
     ((1, 32, 17, 23, 32, 3, 3), 1, 1, 1, 32),   # depthwise

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tuner.ir.dag import DOT_GROUP, Affine
 from tuner.errors import ScheduleError
-from tuner.ir.layout import local_pad_plans, packed_parts, regroup_dim
+from tuner.ir.layout import (local_pad_plans, packed_parts, read_operand, regroup_dim,
+                             transposed_copy)
 from tuner.ir.machine import Machine
 from tuner.ir.schedule import LoopNest
 
@@ -21,6 +22,9 @@ def _access_text(nest: LoopNest, name: str) -> str:
     if name in nest.layout_rewrite:
         idx = ", ".join(f"{p.axis}.{p.level}" for p in packed_parts(nest, op))
         return f"{name}_packed[{idx}]"
+    if transposed_copy(nest, op):
+        idx = ", ".join(_affine_text(e) for e in read_operand(nest, op).index)
+        return f"{name}_transposed[{idx}]"
     idx = ", ".join(_affine_text(e) for e in op.index)
     if regroup_dim(nest, op) is not None:
         return f"{name}_grouped[{idx}]"
@@ -49,6 +53,9 @@ def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
         if regroup_dim(nest, op) is not None:
             lines.append(f"{op.name}_grouped = regroup({op.name})  # channels in groups of "
                          f"{DOT_GROUP} innermost, padded, once per call")
+        elif transposed_copy(nest, op):
+            lines.append(f"{op.name}_transposed = swap_last_two_axes({op.name})  # the "
+                         f"reduction innermost, once per call")
         elif op.padded and nest.pad_mode(op.name) == "root":
             lines.append(f"{op.name}_padded = pad({op.name})  # zeros around, once per call")
     for name in nest.layout_rewrite:
