@@ -5,18 +5,20 @@ folded into the convolutions), then `quantize_static` (QDQ format, its default: 
 activations and weights, per tensor unless `--per-channel`), calibrated on `--calibration`
 random inputs of the model's shape (uniform in [-1, 1]: the weights are random too, so no real
 data would calibrate them better), for the convnets; `quantize_dynamic` (MatMulInteger with
-DynamicQuantizeLinear) for the BERT layer, as onnxruntime's guide recommends for transformers.
+DynamicQuantizeLinear) for the BERT layer, as onnxruntime's guide recommends for transformers
+(`--static` quantizes it with `quantize_static` too: its attention products become int8
+batch_matmul tasks, its other Q/DQ nodes run in numpy).
 `--reduce-range` quantizes weights to 7 bits ([-64, 64]), as onnxruntime advises for CPUs
 without VNNI: our kernels then sum them with vpmaddubsw, exactly. `--dynamic` quantizes the
 convnets with `quantize_dynamic` too (ConvInteger after a DynamicQuantizeLinear per layer).
 Each file goes to `--out/<name>.int8.onnx` (`.int8r` with `--reduce-range`, `.dyn` and `.dynr`
-with `--dynamic`);
+with `--dynamic`, `.qdq` and `.qdqr` with `--static`);
 then `python bench/model.py --onnx FILE` tunes, packages and times it against onnxruntime on
 the same file.
 
     python bench/quantized_models.py --out /tmp/qmodels [--models resnet50 mobilenetv2]
                                      [--per-channel] [--calibration 8] [--reduce-range]
-                                     [--dynamic]
+                                     [--dynamic | --static]
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from bench.models import MODELS, write_models  # noqa: E402
 
 
 def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
-             calibration: int, reduce_range: bool = False, dynamic: bool = False) -> Path:
+             calibration: int, reduce_range: bool = False, dynamic: bool = False,
+             static: bool = False) -> Path:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, quantize_dynamic,
                                           quantize_static)
@@ -42,18 +45,19 @@ def quantize(float_path: Path, out: Path, name: str, per_channel: bool,
     prepared = out.with_suffix(".prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
-    if name == "bert_layer" or dynamic:
+    if (name == "bert_layer" and not static) or dynamic:
         quantize_dynamic(str(prepared), str(out), reduce_range=reduce_range,
                          per_channel=per_channel)
         return out
-    graph_input = model.graph.input[0]
-    shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input}
     rng = np.random.default_rng(0)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{graph_input.name: rng.uniform(-1, 1, shape)
-                                  .astype(np.float32)} for _ in range(calibration)])
+            self.batches = iter([{name: rng.uniform(-1, 1, shape).astype(np.float32)
+                                  for name, shape in shapes.items()}
+                                 for _ in range(calibration)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -73,14 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduce-range", action="store_true",
                         help="7-bit weights (onnxruntime's advice for CPUs without VNNI), "
                         "written to <name>.int8r.onnx")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="quantize_dynamic for every model, written to <name>.dyn.onnx")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--dynamic", action="store_true",
+                      help="quantize_dynamic for every model, written to <name>.dyn.onnx")
+    kind.add_argument("--static", action="store_true",
+                      help="quantize_static for every model, the BERT layer too, written to "
+                      "<name>.qdq.onnx")
     args = parser.parse_args(argv)
-    suffix = (".dyn" if args.dynamic else ".int8") + ("r" if args.reduce_range else "") + \
-        ".onnx"
+    suffix = (".dyn" if args.dynamic else ".qdq" if args.static else ".int8") + \
+        ("r" if args.reduce_range else "") + ".onnx"
     for name, path in write_models(args.out, args.models).items():
         quantized = quantize(path, args.out / f"{name}{suffix}", name, args.per_channel,
-                             args.calibration, args.reduce_range, args.dynamic)
+                             args.calibration, args.reduce_range, args.dynamic, args.static)
         print(f"{name}: {quantized}")
     return 0
 
