@@ -370,7 +370,8 @@ def test_statically_quantized_attention_products_become_int8_tasks(
     heads, each between a DequantizeLinear and a QuantizeLinear of the same quantization,
     move the quantized values, and the two products of activations become int8 batch_matmul
     tasks reading the quantized query and value where the projections wrote them (order
-    213), the scores·V product writing the context in place and requantized. The package
+    213), the scores·V product writing the context in place and requantized; the GELU's
+    quantized elementwise chain is one table lookup. The package
     equals the graph its fused nodes' exact references run bit for bit, and onnxruntime,
     unoptimised (the nodes as ONNX defines them), within one output step."""
     import onnx
@@ -399,6 +400,9 @@ def test_statically_quantized_attention_products_become_int8_tasks(
     unoptimised = ort.InferenceSession(quantized.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
     assert sum(k.task_key.startswith("batch_matmul") for k in built.tasks) == 2
+    # the GELU's chain of quantized elementwise nodes is one table (quantized_tables.py)
+    kept = [n["op_type"] for n in json.loads(built.graph_file.read_text())["nodes"]]
+    assert "TunerTableLookup" in kept and "Erf" not in kept and "Gelu" not in kept
     for _ in range(3):
         feeds = feeds_for(rng, model, seq, mask)
         out = package(feeds)[0]

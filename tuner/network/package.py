@@ -36,6 +36,8 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
                                rewritten)
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
+from tuner.network.quantized_tables import (TABLE_LOOKUP, fuse_quantized_tables,
+                                            table_lookup_ir)
 from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, DYNAMIC_QUANTIZE,
                                              QUANTIZATION_RANGE, QUANTIZED_ADD, ZERO_POINTS,
                                              fuse_dequantized_products,
@@ -101,7 +103,7 @@ def write_package(path_or_graph, out_dir, schedules: ScheduleSource, target: Tar
     out.mkdir(parents=True, exist_ok=True)
     by_task = {c.task: c for c in choices}
     graph = fuse_zero_points(fuse_dequantized_products(fuse_dynamic_quantizations(
-        fuse_quantized_adds(_masked_softmaxes(extraction.graph)))))
+        fuse_quantized_adds(fuse_quantized_tables(_masked_softmaxes(extraction.graph))))))
     generated, node_functions = _node_functions(graph, target, name)
     calls = {}  # node output -> (the function serving the node, its operand count)
     for node in graph.nodes:
@@ -345,6 +347,15 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return ((QUANTIZATION_RANGE, count), x, (2,), "float32",
                 lambda s, m, t: quantization_range_ir(s, count, m),
                 f"out[2] = the scale and zero point of x[{text}] (DynamicQuantizeLinear)")
+    if node.op_type == TABLE_LOOKUP:
+        count = math.prod(shape)
+        x_type, y_type = node.attributes["x_type"], node.attributes["y_type"]
+        operands = (("x", node.inputs[0], shape, False, x_type),
+                    ("table", node.inputs[1], (256,), True, y_type))
+        return ((TABLE_LOOKUP, count), operands, shape, y_type,
+                lambda s, m, t: table_lookup_ir(s, count, t),
+                f"out[{text}] = table[x]: an elementwise chain of the quantized x "
+                f"(quantized_tables.py)")
     if node.op_type == ZERO_POINTS:
         return (ZERO_POINTS, (("params", node.inputs[0], (2,), False, "float32"),), (2,),
                 "int32", lambda s, m, t: zero_points_ir(s),
