@@ -223,8 +223,8 @@ def _quantized_product(node: Node, graph: Graph, consumers, producers):
     kernel (templates/batch_matmul.py): requantized where a QuantizeLinear to uint8 follows
     (a Relu between taken in), else dequantized to float32; its operands read and its result
     written through attention's head views where they are the only readers (attention.py).
-    (the fused node, the nodes it replaces, the constants it adds), None where `node` is no
-    such product, or the reason (a str) it stays in float."""
+    (the fused node, the nodes it replaces in graph order, the constants it adds), None where
+    `node` is no such product, or the reason (a str) it stays in float."""
     consts = graph.initializers
     dqs = [producers.get(value) for value in node.inputs]
     if any(dq is None or dq.op_type != "DequantizeLinear" or dq.inputs[0] in consts
@@ -270,11 +270,15 @@ def _quantized_product(node: Node, graph: Graph, consumers, producers):
                        b_order=orders[1], out_order=out_order)
     constants = [("scale", np.full(b[-1], scale, np.float32)),
                  ("zero_points", np.array([a_zero, out[1] if out else 0, b_zero], np.int32))]
-    last = nodes[-1] if out_views else (q if out is not None else after or node)
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    nodes.sort(key=lambda n: position[id(n)])  # the last one makes the result
+    result = nodes[-1].outputs[0]
+    if result not in graph.shapes:
+        return f"the shape of its result '{result}' is not static"
     fused = Node(FUSED_OP_TYPES["batch_matmul"], node.name,
                  tuple(operands) + tuple(f"{node.name}::{label}" for label, _ in constants),
-                 (last.outputs[0],), {"task": task, "result_shape": graph.shapes[last.outputs[0]]})
-    return fused, nodes[:nodes.index(last)] + nodes[nodes.index(last) + 1:] + [last], constants
+                 (result,), {"task": task, "result_shape": graph.shapes[result]})
+    return fused, nodes, constants
 
 
 def _integer_operands(node: Node, graph: Graph, producers, ndim: int):
