@@ -4,6 +4,7 @@ lookup give the nodes' own bytes, exactly."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -120,3 +121,44 @@ def test_chains_that_are_not_one_byte_functions_stay(case):
     graph = Graph({"x": (4, 5), "x2": (4, 5)}, outputs, tuple(nodes),
                   {k: np.asarray(v) for k, v in consts.items()}, {}, 17, "g")
     assert fuse_quantized_tables(graph) is graph
+
+
+@pytest.mark.parametrize("etype", ["uint8", "int8"])
+def test_a_package_quantizes_and_dequantizes_with_generated_functions(etype, tmp_path):
+    """QuantizeLinear and DequantizeLinear of one scale and zero point (here around a
+    Softmax, which a package generates too): generated functions, no numpy node left, and
+    the bytes and floats numpy gives (the dequantized value is an output too: the Softmax
+    would not show a zero point's shift), on a tensor of a partial last vector and more
+    elements than one thread takes (2 threads), at values that round half to even and
+    saturate."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind = {"uint8": np.uint8, "int8": np.int8}[etype]
+    shape = (3, 97, 131)
+    consts = {"s": np.float32(0.0625), "z": kind(7), "t": np.float32(1 / 255), "w": kind(-3)
+              if etype == "int8" else kind(3)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Softmax", ["d"], ["p"], axis=-1),
+             helper.make_node("QuantizeLinear", ["p", "t", "w"], ["y"])]
+    elem = TensorProto.UINT8 if etype == "uint8" else TensorProto.INT8
+    model = helper.make_model(helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", elem, None),
+         helper.make_tensor_value_info("d", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    graph = load_model(model)
+    db = tmp_path / "empty.db"
+    RecordStore(f"sqlite:///{db}").close()
+    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)),
+                          named_target(None, 2))
+    document = json.loads(built.graph_file.read_text())
+    assert [n["op_type"] for n in document["nodes"] if "kernel" not in n] == []
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-20, 20, shape).astype(np.float32)
+    x[0, 0, :8] = [0.03125, 0.09375, -0.03125, 1e9, -1e9, 0.5, 7.96875, -8.03125]  # ties
+    ours, theirs = tuner.load_package(tmp_path / "pkg")({"x": x}), run_graph(graph, {"x": x})
+    assert ours[0].dtype == kind and ours[1].dtype == np.float32
+    for out, expected in zip(ours, theirs):  # the bytes, and the dequantized floats
+        np.testing.assert_array_equal(out, expected)

@@ -38,6 +38,7 @@ from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
 from tuner.network.quantized_tables import (TABLE_LOOKUP, fuse_quantized_tables,
                                             table_lookup_ir)
+from tuner.network.quantized import scalar_quantization
 from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, DYNAMIC_QUANTIZE,
                                              QUANTIZATION_RANGE, QUANTIZED_ADD, ZERO_POINTS,
                                              fuse_dequantized_products,
@@ -300,8 +301,9 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
     from templates._common import GELU_VALUES
     from tuner.network.pool_codegen import global_average_pool_ir, maxpool_ir, pool_windows
     from tuner.network.quantized_codegen import (DequantizedProduct, QuantizedAdd,
-                                                 dequantized_product_ir, dynamic_quantize_ir,
-                                                 quantization_range_ir, quantized_add_ir,
+                                                 dequantize_ir, dequantized_product_ir,
+                                                 dynamic_quantize_ir, quantization_range_ir,
+                                                 quantize_ir, quantized_add_ir,
                                                  zero_points_ir)
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
@@ -347,6 +349,24 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return ((QUANTIZATION_RANGE, count), x, (2,), "float32",
                 lambda s, m, t: quantization_range_ir(s, count, m),
                 f"out[2] = the scale and zero point of x[{text}] (DynamicQuantizeLinear)")
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear") \
+            and scalar_quantization(node, graph) is not None \
+            and node.attributes.get("block_size", 0) == 0:
+        etype = scalar_quantization(node, graph)[2]
+        count = math.prod(shape)
+        quantize = node.op_type == "QuantizeLinear"
+        generate = quantize_ir if quantize else dequantize_ir
+        operands = (("x", node.inputs[0], shape, False, "float32" if quantize else etype),
+                    ("scale", node.inputs[1], _shape_of(node.inputs[1], graph), True,
+                     "float32"),
+                    ("zero_point", node.inputs[2], _shape_of(node.inputs[2], graph), True,
+                     etype))
+        formula = "saturate(round_half_even(x / scale) + zero_point)" if quantize else \
+            "(float(x) - zero_point) * scale"
+        return ((node.op_type, count, etype), operands, shape,
+                etype if quantize else "float32",
+                lambda s, m, t: generate(s, count, etype, m, t),
+                f"out[{text}] = {formula} ({node.op_type}, one scale and zero point)")
     if node.op_type == TABLE_LOOKUP:
         count = math.prod(shape)
         x_type, y_type = node.attributes["x_type"], node.attributes["y_type"]

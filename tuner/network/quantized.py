@@ -38,8 +38,9 @@ int32 sums, the zero point in its padding, and its share subtracted the same way
 A MaxPool or a view (Reshape, Transpose: attention's heads) between a DequantizeLinear and a
 QuantizeLinear of the same quantization pools or moves the quantized values instead
 (`quantized_passthroughs`). What stays: Q/DQ pairs around other
-operators (an average pooling) run in numpy (quant_ops.py), except a residual Add's, which a
-package runs as one generated function (quantized_codegen.py); and a layer whose quantization
+operators (an average pooling) run in numpy (quant_ops.py), or in a package as generated
+functions (quantized_codegen.quantize_ir, dequantize_ir; a residual Add's and an elementwise
+chain's as one: quantized_codegen.py, quantized_tables.py); and a layer whose quantization
 this does not take (per-axis activations, uint8 weights, a bias of another scale) is
 dequantized and runs as a float layer, noted.
 """

@@ -1,5 +1,9 @@
 """A quantized model's elementwise chains as generated functions of its package's library.
 
+(Any other QuantizeLinear or DequantizeLinear of one scale and zero point is a generated
+function of its own in a package, `quantize_ir` and `dequantize_ir`: numpy's float32
+operations in numpy's order, so its bytes and floats.)
+
 Between its int8 kernels, a quantized model is chains of elementwise nodes that numpy would
 run one pass each, with float temporaries between them, outside the package's runs of kernels.
 Two chains matter, and each becomes one node here, which a package runs with one generated
@@ -225,6 +229,47 @@ def _quantize(b: ir.IRBuilder, real: ir.Value, scale: ir.Value, zero: ir.Value,
     q = b.select(b.fcmp_ordered("<", q, low), low, q)
     q = b.select(b.fcmp_ordered(">", q, high), high, q)
     return b.trunc(b.fptosi(q, vec_type(f32.count, I32)), vec_type(f32.count, I8))
+
+
+def quantize_ir(symbol: str, count: int, etype: str, machine: Machine, threads: int) -> str:
+    """The LLVM IR of `void symbol(out, x, scale, zero_point)`: ONNX QuantizeLinear of
+    `count` float32 values with one scale and zero point (of `etype`, as out), in
+    quant_ops.quantize's float32 operations and order (so numpy's bytes), in vectors shared
+    among `threads` (`_over_elements`)."""
+    lanes = machine.lanes
+
+    def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
+        scale, zero = _scalar_quantization(b, args[2], args[3], etype, lanes)
+        real = _load(b, elem_ptr(b, args[1], at), n, lanes, F32)
+        _store(b, _quantize(b, real, scale, zero, etype), elem_ptr(b, args[0], at, I8), n)
+
+    return _over_elements(ir.Module(name=symbol), symbol, 4, count, lanes, threads, vector)
+
+
+def dequantize_ir(symbol: str, count: int, etype: str, machine: Machine, threads: int) -> str:
+    """The LLVM IR of `void symbol(out, x, scale, zero_point)`: ONNX DequantizeLinear of
+    `count` values of `etype` with one scale and zero point, (float32(x) - zero) * scale in
+    float32 as quant_ops.dequantize_linear computes it, in vectors shared among `threads`."""
+    lanes = machine.lanes
+    vector_type = vec_type(lanes, F32)
+
+    def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
+        scale, zero = _scalar_quantization(b, args[2], args[3], etype, lanes)
+        stored = _load(b, elem_ptr(b, args[1], at, I8), n, lanes, I8)
+        real = b.sitofp(stored, vector_type) if etype == "int8" else \
+            b.uitofp(stored, vector_type)
+        _store(b, b.fmul(b.fsub(real, zero), scale), elem_ptr(b, args[0], at), n)
+
+    return _over_elements(ir.Module(name=symbol), symbol, 4, count, lanes, threads, vector)
+
+
+def _scalar_quantization(b: ir.IRBuilder, scale: ir.Value, zero: ir.Value, etype: str,
+                         lanes: int) -> tuple[ir.Value, ir.Value]:
+    """The scale (float32) and the zero point (a byte of `etype`) at the two pointers, as
+    float32 vectors of `lanes`."""
+    point = b.load(zero, typ=I8)
+    point = b.sitofp(point, F32) if etype == "int8" else b.uitofp(point, F32)
+    return splat(b, b.load(scale, typ=F32, align=4), lanes), splat(b, point, lanes)
 
 
 def _over_elements(module: ir.Module, symbol: str, pointers: int, count: int, lanes: int,
