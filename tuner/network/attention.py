@@ -123,6 +123,16 @@ def _dequantizing_scale(node: Node | None, graph: Graph, producers) -> Node | No
     return None
 
 
+def batched_shape(a: tuple[int, ...] | None, b: tuple[int, ...] | None):
+    """The batch_matmul template's (B, M, N, K) of a product of activations of shapes `a`
+    and `b` (numpy's matmul of two stacks of matrices with the same leading dimensions;
+    its broadcasting of unequal ones is not taken), or None."""
+    if a is None or b is None or len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] \
+            or a[-1] != b[-2]:
+        return None
+    return math.prod(a[:-2]), a[-2], b[-1], a[-1]
+
+
 def stored_operand(value: str, graph: Graph, consumers, producers):
     """(stored value, order, view nodes) if `value` is Transpose(Reshape(y, [1, S, H, D]),
     [0, 2, 1, 3]) of a y of S x (H*D) floats, each view read by the next only: the product
@@ -231,9 +241,7 @@ def transposed_quantized_keys(graph: Graph) -> Graph:
         dropped.add(id(reshape))
     if not replaced:
         return graph
-    result = rewritten(graph, replaced, dropped, initializers)
-    return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
-                 result.opset, result.name)
+    return rewritten(graph, replaced, dropped, initializers, shapes=shapes)
 
 
 def _with_input(node: Node, old: str, new: str) -> Node:

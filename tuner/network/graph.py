@@ -379,13 +379,15 @@ def scalar_constant(name: str, graph: Graph) -> float | None:
 
 def rewritten(graph: Graph, replaced: dict[int, Node], dropped: set[int],
               initializers: dict[str, np.ndarray],
-              inserted: dict[int, tuple[Node, ...]] | None = None) -> Graph:
+              inserted: dict[int, tuple[Node, ...]] | None = None,
+              shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """`graph` with nodes replaced (by the id of the node they replace) and dropped (ids),
-    nodes `inserted` before the node of an id, and of `initializers` those still read."""
+    nodes `inserted` before the node of an id, of `initializers` those still read, and
+    `shapes` (those of the values the new nodes make too) where given."""
     inserted = inserted or {}
     nodes = tuple(new for n in graph.nodes if id(n) not in dropped
                   for new in inserted.get(id(n), ()) + (replaced.get(id(n), n),))
     used = {i for n in nodes for i in n.inputs} | set(graph.outputs)
     return Graph(graph.inputs, graph.outputs, nodes,
                  {k: v for k, v in initializers.items() if k in used},
-                 graph.shapes, graph.opset, graph.name)
+                 graph.shapes if shapes is None else shapes, graph.opset, graph.name)

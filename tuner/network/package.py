@@ -36,8 +36,7 @@ from tuner.network.graph import (Graph, Node, consumers_of, load_model, only_rea
                                rewritten)
 from tuner.network.runtime import check_supported
 from tuner.network.segments import group_runs, kernel_runs, slot_bases
-from tuner.network.quantized_tables import (TABLE_LOOKUP, fuse_quantized_tables,
-                                            table_lookup_ir)
+from tuner.network.quantized_tables import TABLE_LOOKUP, fuse_quantized_tables
 from tuner.network.quantized import scalar_quantization
 from tuner.network.quantized_codegen import (DEQUANTIZED_PRODUCT, DYNAMIC_QUANTIZE,
                                              QUANTIZATION_RANGE, QUANTIZED_ADD, ZERO_POINTS,
@@ -304,7 +303,7 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
                                                  dequantize_ir, dequantized_product_ir,
                                                  dynamic_quantize_ir, quantization_range_ir,
                                                  quantize_ir, quantized_add_ir,
-                                                 zero_points_ir)
+                                                 table_lookup_ir, zero_points_ir)
     from tuner.network.row_codegen import layer_norm_ir, row_view, softmax_ir
 
     shape = tuple(graph.shapes[node.inputs[0]])
@@ -349,10 +348,10 @@ def _generation_plan(node: Node, graph: Graph, made_by_kernels: set[str]):
         return ((QUANTIZATION_RANGE, count), x, (2,), "float32",
                 lambda s, m, t: quantization_range_ir(s, count, m),
                 f"out[2] = the scale and zero point of x[{text}] (DynamicQuantizeLinear)")
-    if node.op_type in ("QuantizeLinear", "DequantizeLinear") \
-            and scalar_quantization(node, graph) is not None \
-            and node.attributes.get("block_size", 0) == 0:
-        etype = scalar_quantization(node, graph)[2]
+    quantization = scalar_quantization(node, graph) \
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") else None
+    if quantization is not None:  # one scale and zero point (no blocks)
+        etype = quantization[2]
         count = math.prod(shape)
         quantize = node.op_type == "QuantizeLinear"
         generate = quantize_ir if quantize else dequantize_ir

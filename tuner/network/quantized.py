@@ -55,7 +55,7 @@ import numpy as np
 from tuner.ir.dag import fits_reduced_range
 from tuner.ir.task import Task
 from tuner.network.fused import FUSED_OP_TYPES
-from tuner.network.attention import stored_operand, stored_result
+from tuner.network.attention import batched_shape, stored_operand, stored_result
 from tuner.network.graph import Graph, Node, consumers_of, only_reader, producers_of, rewritten
 from tuner.network.ops_nn import spatial_pads
 
@@ -213,9 +213,8 @@ def fuse_quantized(graph: Graph) -> tuple[Graph, list[str]]:
                 and all(id(r) in absorbed for r in consumers.get(x_dq.outputs[0], [])):
             absorbed.add(id(x_dq))
     # constant dequantizations nothing reads any more go with their layers
-    result = rewritten(graph, replaced, absorbed - replaced.keys(), initializers, inserted)
-    return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
-                 result.opset, result.name), notes
+    return rewritten(graph, replaced, absorbed - replaced.keys(), initializers, inserted,
+                     shapes), notes
 
 
 def _quantized_product(node: Node, graph: Graph, consumers, producers):
@@ -235,8 +234,8 @@ def _quantized_product(node: Node, graph: Graph, consumers, producers):
     if any(q is None or q[2] != "uint8" for q in quantizations):
         return "its operands are not uint8 activations quantized per tensor"
     a, b = (graph.shapes.get(value) for value in node.inputs)
-    if a is None or b is None or len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] \
-            or a[-1] != b[-2]:
+    shape = batched_shape(a, b)
+    if shape is None:
         return (f"its operands are not two static stacks of matrices with the same leading "
                 f"dimensions ({a} and {b})")
     nodes, operands, orders = [node], [], []
@@ -266,7 +265,7 @@ def _quantized_product(node: Node, graph: Graph, consumers, producers):
     scale = np.float32(a_scale) * np.float32(b_scale)
     if out is not None:
         scale = scale / np.float32(out[0])
-    task = Task.create("batch_matmul", (math.prod(a[:-2]), a[-2], b[-1], a[-1]), "int8",
+    task = Task.create("batch_matmul", shape, "int8",
                        relu=relu, out_type=1 if out is not None else 2, a_order=orders[0],
                        b_order=orders[1], out_order=out_order)
     constants = [("scale", np.full(b[-1], scale, np.float32)),

@@ -117,6 +117,9 @@ FLOAT, UINT8 = 1, 2  # ONNX's TensorProto.FLOAT and UINT8, a Cast's `to`
 # Below this many elements a call is a few microseconds on one thread, about what waking the
 # other threads (GOMP_parallel) costs, so it stays on the calling thread.
 PARALLEL_ELEMENTS = 1 << 15
+# Elements of a table lookup per step (`table_lookup_ir`): one byte each, a load and a store
+# in a scalar loop, the steps shared among the threads.
+LOOKUP_BLOCK = 1 << 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +264,24 @@ def dequantize_ir(symbol: str, count: int, etype: str, machine: Machine, threads
         _store(b, b.fmul(b.fsub(real, zero), scale), elem_ptr(b, args[0], at), n)
 
     return _over_elements(ir.Module(name=symbol), symbol, 4, count, lanes, threads, vector)
+
+
+def table_lookup_ir(symbol: str, count: int, threads: int) -> str:
+    """The LLVM IR of `void symbol(out, x, table)` (quantized_tables.py): out[i] =
+    table[x[i] as a byte] for the `count` elements, in blocks of LOOKUP_BLOCK shared among
+    `threads` (`_over_elements`)."""
+
+    def block(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
+        def element(i: ir.Value) -> None:
+            index = b.add(at, i)
+            byte = b.load(elem_ptr(b, args[1], index, I8), typ=I8)
+            value = b.load(elem_ptr(b, args[2], b.zext(byte, I64), I8), typ=I8)
+            b.store(value, elem_ptr(b, args[0], index, I8))
+
+        runtime_loop(b, 0, n, element, "lookup")
+
+    return _over_elements(ir.Module(name=symbol), symbol, 3, count, LOOKUP_BLOCK, threads,
+                          block)
 
 
 def _scalar_quantization(b: ir.IRBuilder, scale: ir.Value, zero: ir.Value, etype: str,
@@ -652,9 +673,7 @@ def fuse_dynamic_quantizations(graph: Graph) -> Graph:
         replaced[id(node)] = Node(DYNAMIC_QUANTIZE, name, (x, params), (y,), {"count": count})
     if not replaced:
         return graph
-    out = rewritten(graph, replaced, set(), initializers, inserted)
-    return Graph(out.inputs, out.outputs, out.nodes, out.initializers, shapes, out.opset,
-                 out.name)
+    return rewritten(graph, replaced, set(), initializers, inserted, shapes)
 
 
 def quantization_range_ir(symbol: str, count: int, machine: Machine) -> str:

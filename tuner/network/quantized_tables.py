@@ -20,7 +20,7 @@ ELEMENTWISE (Quantize- and DequantizeLinear with one scale and zero point, and t
 binary operators of numbers) whose other inputs are constants of one element, it reads one
 tensor that is not a constant, through DequantizeLinear nodes only (so its type is 8-bit),
 and nothing outside it reads its values. A package serves the node with a generated function
-(`table_lookup_ir`); the node exists only in packages (write_package makes it), as
+(quantized_codegen.table_lookup_ir); the node exists only in packages (write_package makes it), as
 quantized_codegen.py's do.
 
     void <symbol>(uint8_t *restrict out, const uint8_t *restrict x, const uint8_t *restrict table);
@@ -31,12 +31,8 @@ quantized_codegen.py's do.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-
-from tuner.codegen.irutil import I8, I64, elem_ptr, runtime_loop
 from tuner.network.graph import Graph, Node, consumers_of, producers_of, rewritten
 from tuner.network.quantized import scalar_quantization
-from tuner.network.row_codegen import over_rows
 from tuner.network.runtime import run_graph
 
 TABLE_LOOKUP = "TunerTableLookup"
@@ -48,8 +44,6 @@ ELEMENTWISE = frozenset({
     "Sqrt", "Abs", "Neg", "Reciprocal", "Softplus", "HardSigmoid", "HardSwish", "Clip",
     "Floor", "Ceil", "Round", "Sin", "Cos", "Sign", "Gelu"})
 TYPES = {"uint8": np.uint8, "int8": np.int8}
-# Elements per block of a lookup function: the blocks are shared among the threads.
-BLOCK = 1 << 14
 
 
 def fuse_quantized_tables(graph: Graph) -> Graph:
@@ -149,25 +143,3 @@ def _table(source: str, nodes: list[Node], last: Node, graph: Graph,
                 f"{graph.name}::{last.name}")
     table = run_graph(sub, {source: values})[0]
     return np.ascontiguousarray(table.reshape(256))
-
-
-def table_lookup_ir(symbol: str, count: int, threads: int) -> str:
-    """The LLVM IR of `void symbol(out, x, table)`: out[i] = table[x[i] as a byte] for the
-    `count` elements, in blocks of BLOCK shared among `threads`."""
-    module = ir.Module(name=symbol)
-    blocks = -(-count // BLOCK)
-
-    def block(b: ir.IRBuilder, args: list[ir.Value], r: ir.Value) -> None:
-        first = b.mul(r, ir.Constant(I64, BLOCK))
-        end = b.add(first, ir.Constant(I64, BLOCK))
-        end = b.select(b.icmp_unsigned("<", end, ir.Constant(I64, count)), end,
-                       ir.Constant(I64, count))
-
-        def element(i: ir.Value) -> None:
-            byte = b.load(elem_ptr(b, args[1], i, I8), typ=I8)
-            value = b.load(elem_ptr(b, args[2], b.zext(byte, I64), I8), typ=I8)
-            b.store(value, elem_ptr(b, args[0], i, I8))
-
-        runtime_loop(b, first, end, element, "lookup")
-
-    return over_rows(module, symbol, 3, blocks, threads if count > BLOCK else 1, block)

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tuner.network.attention import (fold_attention_scale, stored_operand, stored_result,
-                                     transposed_heads, transposed_quantized_keys)
+from tuner.network.attention import (batched_shape, fold_attention_scale, stored_operand,
+                                     stored_result, transposed_heads,
+                                     transposed_quantized_keys)
 from tuner.network.graph import (Graph, Node, consumers_of, fold_constants, merge_duplicates,
                                  producers_of, rewritten)
 from tuner.network.fused import FUSED_OP_TYPES
@@ -185,9 +186,7 @@ def subsampled_pointwise_convs(graph: Graph) -> Graph:
                                   node.outputs, pointwise, node.domain)
     if not replaced:
         return graph
-    result = rewritten(graph, replaced, set(), dict(consts), inserted)
-    return Graph(result.inputs, result.outputs, result.nodes, result.initializers, shapes,
-                 result.opset, result.name)
+    return rewritten(graph, replaced, set(), dict(consts), inserted, shapes)
 
 
 def _task_table(nodes) -> tuple[TaskUse, ...]:
@@ -221,12 +220,11 @@ def _start_batch_matmul(node, graph, notes, consumers, producers):
     (attention.py)."""
     x, y = node.inputs
     a, b = graph.shapes.get(x), graph.shapes.get(y)
-    if a is None or b is None or len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] \
-            or a[-1] != b[-2]:
+    shape = batched_shape(a, b)
+    if shape is None:
         notes.append(f"MatMul '{node.name}' runs in numpy: its operands are not two static "
                      f"stacks of matrices with the same leading dimensions ({a} and {b})")
         return None
-    shape = (math.prod(a[:-2]), a[-2], b[-1], a[-1])
     x_stored, a_order, x_views = stored_operand(x, graph, consumers, producers)
     y_stored, b_order, y_views = stored_operand(y, graph, consumers, producers)
     out_order, out_views = stored_result(node.outputs[0], graph, consumers)
