@@ -19,6 +19,17 @@ def target2():
     return host_target(2)
 
 
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> str:
+    """The path of an empty records database (SQLite), one per test module: what is built
+    from it has no tuned schedule, so its kernels are the default ones."""
+    from records import RecordStore
+
+    path = tmp_path_factory.mktemp("db") / "empty.db"
+    RecordStore(f"sqlite:///{path}").close()
+    return str(path)
+
+
 @cache
 def generated_target(cpu: str, threads: int) -> Target:
     """The target `named_target(cpu, threads)` makes, without its check that this host can run

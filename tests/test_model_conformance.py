@@ -20,7 +20,6 @@ onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
 
 import tuner  # noqa: E402
-from records import RecordStore  # noqa: E402
 from tuner.network.graph import load_model  # noqa: E402
 from tuner.network.runtime import unsupported_ops  # noqa: E402
 from tuner.replay.source import NoRecordWarning  # noqa: E402
@@ -54,13 +53,6 @@ def _y_alone(case):
 CASES = _cases()
 CASES += [_y_alone(case) for case in CASES if case.name.startswith("test_layer_normalization")
           and len(case.model.graph.node) == 1]
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("db") / "empty.db"
-    RecordStore(f"sqlite:///{path}").close()
-    return str(path)
 
 
 def _with_constants(model, values):

@@ -61,18 +61,8 @@ def matmul_transpose(rng):
     return make_model(nodes, {"x": (2, 5, 12)}, "y", w), {}
 
 
-def _empty_db(path: Path) -> str:
-    RecordStore(f"sqlite:///{path}").close()
-    return str(path)
-
-
 def _feeds(graph, rng):
     return {name: randn(rng, *shape) for name, shape in graph.inputs.items()}
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    return _empty_db(tmp_path_factory.mktemp("db") / "empty.db")
 
 
 @pytest.fixture(scope="module")

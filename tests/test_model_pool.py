@@ -13,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tuner
 from model_builders import randn
-from records import RecordStore
 from tuner.network.deploy import load_package
 from tuner.network.ops import OPS
 from tuner.network.package import write_package
@@ -89,13 +88,6 @@ def conv_then_pools(rng, pools: list[dict], size: tuple[int, int]):
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
         [numpy_helper.from_array(randn(rng, 5, 3, 3, 3), "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    db = tmp_path_factory.mktemp("db") / "empty.db"
-    RecordStore(f"sqlite:///{db}").close()
-    return str(db)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import tuner
-from records import RecordStore
 from tuner.ir.target import named_target
 from tuner.network.graph import Graph, Node, load_model
 from tuner.network.package import write_package
@@ -64,7 +63,8 @@ def _gelu_model(x_type="uint8", shape=(2, 7, 300)):
 
 
 @pytest.mark.parametrize("x_type", ["uint8", "int8"])
-def test_a_quantized_gelu_chain_is_one_table_of_the_nodes_own_bytes(x_type, tmp_path):
+def test_a_quantized_gelu_chain_is_one_table_of_the_nodes_own_bytes(x_type, tmp_path,
+                                                                  empty_db):
     """The fifteen nodes are one lookup; its table is what the nodes give for each of the
     256 bytes, and the package's generated lookup gives the nodes' bytes on a tensor of
     them (blocks shared among two threads)."""
@@ -77,9 +77,7 @@ def test_a_quantized_gelu_chain_is_one_table_of_the_nodes_own_bytes(x_type, tmp_
     table = fused.initializers[fused.nodes[0].inputs[1]]
     small = load_model(_gelu_model(x_type, (1, 1, 256)))
     np.testing.assert_array_equal(table, run_graph(small, {"x": every})[0].reshape(256))
-    db = tmp_path / "empty.db"
-    RecordStore(f"sqlite:///{db}").close()
-    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)),
+    built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
                           named_target(None, 2))
     assert "x_type" in built.graph_file.read_text()
     package = tuner.load_package(tmp_path / "pkg")
@@ -124,7 +122,7 @@ def test_chains_that_are_not_one_byte_functions_stay(case):
 
 
 @pytest.mark.parametrize("etype", ["uint8", "int8"])
-def test_a_package_quantizes_and_dequantizes_with_generated_functions(etype, tmp_path):
+def test_a_package_quantizes_and_dequantizes_with_generated_functions(etype, tmp_path, empty_db):
     """QuantizeLinear and DequantizeLinear of one scale and zero point (here around a
     Softmax, which a package generates too): generated functions, no numpy node left, and
     the bytes and floats numpy gives (the dequantized value is an output too: the Softmax
@@ -149,9 +147,7 @@ def test_a_package_quantizes_and_dequantizes_with_generated_functions(etype, tmp
         [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     graph = load_model(model)
-    db = tmp_path / "empty.db"
-    RecordStore(f"sqlite:///{db}").close()
-    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)),
+    built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
                           named_target(None, 2))
     document = json.loads(built.graph_file.read_text())
     assert [n["op_type"] for n in document["nodes"] if "kernel" not in n] == []

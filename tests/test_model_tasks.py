@@ -17,7 +17,6 @@ from test_model_onnxruntime import (asymmetric_conv, conv_bn_relu, gemm_trans_b,
                                     matmul_add_relu, residual_blocks, symbolic_batch,
                                     transformer_residual)
 import tuner  # noqa: E402
-from records import RecordStore  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.ir.target import named_target  # noqa: E402
 from tuner.network.package import write_package  # noqa: E402
@@ -318,7 +317,8 @@ def test_erf_is_accurate_to_1e7():
 
 
 @pytest.mark.parametrize("strides", [(2, 2), (3, 2)])
-def test_a_strided_pointwise_conv_is_a_subsample_and_a_conv_of_stride_one(strides, tmp_path):
+def test_a_strided_pointwise_conv_is_a_subsample_and_a_conv_of_stride_one(
+        strides, tmp_path, empty_db):
     """A 1x1 Conv of stride s and no padding: a MaxPool with a 1x1 window and stride s (its
     pixels, exactly), shared by the two convolutions of that input, and conv2d tasks of
     stride 1 on the pixels; the same outputs. In a package the MaxPool is a generated
@@ -345,9 +345,7 @@ def test_a_strided_pointwise_conv_is_a_subsample_and_a_conv_of_stride_one(stride
     expected = run_graph(graph, feeds)
     for ours, theirs in zip(run_graph(extraction.graph, feeds, FUSED_OPS), expected):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
-    db = tmp_path / "empty.db"
-    RecordStore(f"sqlite:///{db}").close()
-    built = write_package(graph, tmp_path / "pkg", open_schedules(str(db)),
+    built = write_package(graph, tmp_path / "pkg", open_schedules(empty_db),
                           named_target(None, 1))
     document = json.loads(built.graph_file.read_text())
     assert [n["op_type"] for n in document["nodes"] if "kernel" not in n] == []

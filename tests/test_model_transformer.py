@@ -16,7 +16,6 @@ from onnx import helper
 
 import tuner
 from model_builders import make_model, randn
-from records import RecordStore
 from tuner.network.deploy import load_package
 from tuner.network.fused import FUSED_OPS
 from tuner.network.graph import load_model
@@ -158,13 +157,6 @@ def onnxruntime_outputs(model, feeds):
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("db") / "empty.db"
-    RecordStore(f"sqlite:///{path}").close()
-    return str(path)
 
 
 # (gelu, norm, softmax, mask, seq, heads, opset): every form at least once, odd lengths

@@ -22,7 +22,6 @@ import onnx  # noqa: E402
 
 import tuner.codegen.jit as jit  # noqa: E402
 import tuner.network.deploy as deploy  # noqa: E402
-from records import RecordStore  # noqa: E402
 from test_int8_kernels import _vnni_target  # noqa: E402
 from test_model_quantized import _inputs, _Reader, small_cnn  # noqa: E402
 from test_model_transformer import BLOCKS, Block, feeds_for  # noqa: E402
@@ -32,13 +31,6 @@ from tuner.network.package import write_package  # noqa: E402
 from tuner.ir.target import host_target  # noqa: E402
 from tuner.replay.source import open_schedules  # noqa: E402
 from vnni_model import with_modelled_vpdpbusd  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("db") / "empty.db"
-    RecordStore(f"sqlite:///{path}").close()
-    return str(path)
 
 
 def _package(graph, folder, db, target, monkeypatch):
