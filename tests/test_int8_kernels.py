@@ -344,3 +344,44 @@ def test_the_cost_model_tells_the_instructions_apart():
         differ = {FEATURE_NAMES[i] for i in range(len(FEATURE_NAMES)) if rows[0][i] != rows[1][i]}
         assert differ == ({"int8_bytes_unwidened", "register_pressure"} if expected[0] == 0
                           else set())
+
+
+@pytest.mark.parametrize("lanes", [16, 8, 5])
+def test_a_one_lane_masked_byte_store_writes_one_byte(lanes):
+    """int32 lanes narrowed to bytes (`low_bytes`, as every int8 epilogue narrows them) and
+    stored under a mask that LLVM proves selects only the first lane: one byte is written.
+    LLVM 22 stores a `trunc` there as 4 bytes on AVX-512 (over another thread's output, or
+    past the buffer); the host's vector width decides which narrowing is checked."""
+    import ctypes
+
+    from llvmlite import ir
+
+    from tuner.codegen.irutil import (F32, I32, I64, PTR, VOID, low_bytes, masked_store,
+                                      splat, vec_type)
+    from tuner.codegen.jit import compile_ir_object
+    from tuner.ir.llvm_init import llvm
+    from tuner.codegen.jit import target_machine
+
+    target = host_target(1)
+    module = ir.Module(name="narrow")
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64, I32]), name="narrow")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    out, src, count, zero_point = fn.args
+    values = b.load(src, typ=vec_type(lanes, F32), align=4)
+    sums = b.add(b.fptosi(values, vec_type(lanes, I32)), splat(b, zero_point, lanes))
+    # the lanes below `count`, stored where count is 1: there LLVM proves the mask constant
+    mask = b.icmp_signed("<", ir.Constant(vec_type(lanes, I64), list(range(lanes))),
+                         splat(b, count, lanes))
+    with b.if_then(b.icmp_signed("==", count, ir.Constant(I64, 1))):
+        masked_store(b, low_bytes(b, sums, target.machine.vector_bits == 512), out, mask)
+    b.ret_void()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(target))
+    engine.add_object_file(llvm.ObjectFileRef.from_data(compile_ir_object(str(module),
+                                                                          target)))
+    engine.finalize_object()
+    call = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                            ctypes.c_int32)(engine.get_function_address("narrow"))
+    canary = np.full(32, 0xAA, np.uint8)
+    floats = np.arange(1, lanes + 1, dtype=np.float32) * 10
+    call(canary.ctypes.data, floats.ctypes.data, 1, 3)
+    assert canary[0] == 13 and (canary[1:] == 0xAA).all(), canary[:8]

@@ -13,6 +13,10 @@ everything else as generated: LLVM splits its 512-bit vectors into 256-bit ones 
 that checks is ours (the layouts, the reads, the epilogue); the instruction's selection is
 LLVM's, checked by the assembly tests where the host cannot run it.
 
+Code for an AVX-512 CPU narrows int32 lanes to bytes with vpmovdb
+(`llvm.x86.avx512.mask.pmov.db.{128,256,512}`, tuner.codegen.irutil.low_bytes), which a host
+without AVX-512 cannot select: it is modelled too (the low byte of each lane).
+
 The kernels of a task whose operands are centered (tuner.ir.dag.Quantization.centered) sum
 int16 pairs with `llvm.x86.avx512.vpdpwssd.{128,256,512}(acc, a, b)` on VNNI CPUs (each int32
 lane of `acc` plus the two products of that lane's int16 halves of `a` and `b`) and, where
@@ -87,6 +91,33 @@ def _replaced(ir_text: str, name: str, model: str, model_ir) -> str:
     return ir_text + "\n" + model_ir()
 
 
+def pmov_model_function(lanes: int) -> str:
+    """The IR of `pmovdb_model.<bits>(v, passthru, mask)`: AVX-512's `vpmovdb` with every
+    lane selected, as our code calls it (tuner.codegen.irutil.low_bytes): the low byte of
+    each of `lanes` int32 lanes, in the first bytes of a 16-byte vector, zeros after."""
+    module = ir.Module()
+    bytes16 = ir.VectorType(I8, 16)
+    function = ir.Function(module, ir.FunctionType(bytes16, [
+        ir.VectorType(I32, lanes), bytes16, ir.IntType(max(8, lanes))]),
+        name=f"pmovdb_model.{32 * lanes}")
+    function.linkage = "internal"
+    b = ir.IRBuilder(function.append_basic_block("entry"))
+    low = b.trunc(function.args[0], ir.VectorType(I8, lanes))
+    if lanes < 16:
+        low = b.shuffle_vector(low, ir.Constant(low.type, [0] * lanes), ir.Constant(
+            ir.VectorType(I32, 16), [i if i < lanes else lanes for i in range(16)]))
+    b.ret(low)
+    return str(function)
+
+
+def with_modelled_pmov(ir_text: str) -> str:
+    """`ir_text` with AVX-512's vpmovdb (`llvm.x86.avx512.mask.pmov.db.*`) modelled."""
+    for lanes in (4, 8, 16):
+        ir_text = _replaced(ir_text, f"llvm.x86.avx512.mask.pmov.db.{32 * lanes}",
+                            f"pmovdb_model.{32 * lanes}", lambda: pmov_model_function(lanes))
+    return ir_text
+
+
 def with_modelled_vpdpbusd(ir_text: str) -> str:
     """`ir_text` with every vpdpbusd and vpdpwssd intrinsic replaced by its model
     (`model_function`, `pair_model_function`), and the 512-bit vpmaddwd too."""
@@ -95,8 +126,9 @@ def with_modelled_vpdpbusd(ir_text: str) -> str:
                             f"vpdpbusd_model.{bits}", lambda: model_function(bits))
         ir_text = _replaced(ir_text, f"llvm.x86.avx512.vpdpwssd.{bits}",
                             f"vpdpwssd_model.{bits}", lambda: pair_model_function(lanes, True))
-    return _replaced(ir_text, "llvm.x86.avx512.pmaddw.d.512", "pmaddwd_model.512",
-                     lambda: pair_model_function(16, False))
+    ir_text = _replaced(ir_text, "llvm.x86.avx512.pmaddw.d.512", "pmaddwd_model.512",
+                        lambda: pair_model_function(16, False))
+    return with_modelled_pmov(ir_text)
 
 
 def modelled_vnni_kernel(nest: LoopNest, target: Target) -> CompiledKernel:

@@ -433,7 +433,7 @@ class _Emitter:
                 if self.dag.quant.scale is not None else None
             self.store(fn, ctx, self.accesses["out"],
                        quantized.epilogue(fn.b, self.dag, self._addends(fn, ctx, value), scale,
-                                          fn.ptrs["zero_points"]))
+                                          fn.ptrs["zero_points"], self.machine))
             return
         self.store(fn, ctx, self.accesses["out"],
                    self._activate(fn, self._addends(fn, ctx, value)))

@@ -217,6 +217,30 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value], width: int) -> list[ir.Valu
     return [resize(v, n, count) for v in square[:width]]
 
 
+def low_bytes(b: ir.IRBuilder, value: ir.Value, avx512: bool) -> ir.Value:
+    """`value` (int32, a vector or a scalar) truncated to int8. On AVX-512 a vector is
+    narrowed by `vpmovdb` (its intrinsic), not by `trunc`: LLVM 22 stores a `trunc` of
+    int32 lanes to bytes, under a masked store it proves writes one lane, as a 4-byte
+    `vmovd`, over the 3 bytes past it (another thread's, or past the buffer). The intrinsic
+    is opaque to that combine, and its masked stores are still `vpmovdb` with a mask."""
+    if not isinstance(value.type, ir.VectorType):
+        return b.trunc(value, I8)
+    count = value.type.count
+    if not avx512:
+        return b.trunc(value, ir.VectorType(I8, count))
+    width = next(w for w in (4, 8, 16) if count <= w)
+    if count != width:
+        value = b.shuffle_vector(value, ir.Constant(value.type, ir.Undefined), ir.Constant(
+            ir.VectorType(I32, width), [min(i, count - 1) for i in range(width)]))
+    bytes16 = ir.VectorType(I8, 16)
+    mask_type = ir.IntType(max(8, width))
+    narrow = intrinsic(b.module, f"llvm.x86.avx512.mask.pmov.db.{32 * width}", bytes16,
+                       [value.type, bytes16, mask_type])
+    packed = b.call(narrow, [value, ir.Constant(bytes16, [0] * 16), ir.Constant(mask_type, -1)])
+    return b.shuffle_vector(packed, ir.Constant(bytes16, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, count), list(range(count))))
+
+
 def fma(b: ir.IRBuilder, x, y, z) -> ir.Value:
     t = x.type
     suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"

@@ -38,8 +38,8 @@ from dataclasses import replace
 from llvmlite import ir
 
 from tuner.ir.layout import PAIR_LEVEL
-from tuner.codegen.irutil import (F32, I8, I16, I32, I64, Lin, elem_ptr, intrinsic, materialize,
-                                  runtime_loop, splat, type_name)
+from tuner.codegen.irutil import (F32, I8, I16, I32, I64, Lin, elem_ptr, intrinsic, low_bytes,
+                                  materialize, runtime_loop, splat, type_name)
 
 IR_TYPES = {"float32": F32, "uint8": I8, "int8": I8, "int32": I32, "int16": I16}
 
@@ -352,9 +352,9 @@ def regroup_row(b: ir.IRBuilder, rows: list[ir.Value], present: list[ir.Value],
 # -------------------------------------------------------------------------------- epilogue
 
 def epilogue(b: ir.IRBuilder, dag, value: ir.Value, scale: ir.Value | None,
-             zero_points: ir.Value) -> ir.Value:
+             zero_points: ir.Value, machine) -> ir.Value:
     """The Quantization of `dag` on `value`, the int32 sum plus bias (a vector or a
-    scalar): the values to store, of the output's type."""
+    scalar): the values to store, of the output's type, for `machine` (`low_bytes`)."""
     quant = dag.quant
     vector = isinstance(value.type, ir.VectorType)
     count = value.type.count if vector else None
@@ -388,4 +388,4 @@ def epilogue(b: ir.IRBuilder, dag, value: ir.Value, scale: ir.Value | None,
                      [real])
     i32 = ir.VectorType(I32, count) if vector else I32
     quantized = b.add(b.fptosi(rounded, i32), spread(zp))
-    return b.trunc(quantized, ir.VectorType(I8, count) if vector else I8)
+    return low_bytes(b, quantized, machine.vector_bits == 512)

@@ -98,8 +98,8 @@ import numpy as np
 from llvmlite import ir
 
 from tuner.codegen import vmath
-from tuner.codegen.irutil import (F32, I1, I8, I32, I64, elem_ptr, intrinsic, masked_load,
-                                  masked_store, runtime_loop, splat, type_name, vec_type)
+from tuner.codegen.irutil import (F32, I1, I8, I32, I64, elem_ptr, intrinsic, low_bytes,
+                                  masked_load, masked_store, runtime_loop, splat, type_name, vec_type)
 from tuner.ir.machine import Machine
 from tuner.network.fused import FUSED_OPS
 from tuner.network.graph import (Graph, Node, consumers_of, only_reader, producers_of, rewritten,
@@ -211,14 +211,14 @@ def quantized_add_ir(symbol: str, count: int, add: QuantizedAdd, machine: Machin
                        real(args[2], add.b_scale, add.b_zero, add.b_type))
         if add.relu:
             total = b.select(b.fcmp_ordered(">", total, const(0)), total, const(0))
-        out = _quantize(b, total, const(add.y_scale), const(add.y_zero), add.y_type)
+        out = _quantize(b, total, const(add.y_scale), const(add.y_zero), add.y_type, machine)
         _store(b, out, elem_ptr(b, args[0], at, I8), n)
 
     return _over_elements(module, symbol, 3, count, lanes, threads, vector)
 
 
 def _quantize(b: ir.IRBuilder, real: ir.Value, scale: ir.Value, zero: ir.Value,
-              etype: str) -> ir.Value:
+              etype: str, machine: Machine) -> ir.Value:
     """ONNX QuantizeLinear of the float32 vector `real`: saturate(round_half_even(real /
     scale) + zero) to `etype` ('uint8' or 'int8'), as bytes; `scale` and `zero` are float32
     vectors. A true division, as numpy's: a reciprocal multiply rounds ties differently."""
@@ -231,7 +231,7 @@ def _quantize(b: ir.IRBuilder, real: ir.Value, scale: ir.Value, zero: ir.Value,
     high = ir.Constant(f32, [float(info.max)] * f32.count)
     q = b.select(b.fcmp_ordered("<", q, low), low, q)
     q = b.select(b.fcmp_ordered(">", q, high), high, q)
-    return b.trunc(b.fptosi(q, vec_type(f32.count, I32)), vec_type(f32.count, I8))
+    return low_bytes(b, b.fptosi(q, vec_type(f32.count, I32)), machine.vector_bits == 512)
 
 
 def quantize_ir(symbol: str, count: int, etype: str, machine: Machine, threads: int) -> str:
@@ -244,7 +244,8 @@ def quantize_ir(symbol: str, count: int, etype: str, machine: Machine, threads: 
     def vector(b: ir.IRBuilder, args: list[ir.Value], at: ir.Value, n: int) -> None:
         scale, zero = _scalar_quantization(b, args[2], args[3], etype, lanes)
         real = _load(b, elem_ptr(b, args[1], at), n, lanes, F32)
-        _store(b, _quantize(b, real, scale, zero, etype), elem_ptr(b, args[0], at, I8), n)
+        _store(b, _quantize(b, real, scale, zero, etype, machine), elem_ptr(b, args[0], at, I8),
+               n)
 
     return _over_elements(ir.Module(name=symbol), symbol, 4, count, lanes, threads, vector)
 
@@ -724,7 +725,7 @@ def dynamic_quantize_ir(symbol: str, count: int, machine: Machine, threads: int)
         point = splat(b, b.load(elem_ptr(b, args[2], ir.Constant(I64, 1)), typ=F32,
                                 align=4), lanes)
         out = _quantize(b, _load(b, elem_ptr(b, args[1], at), n, lanes, F32), scale, point,
-                        "uint8")
+                        "uint8", machine)
         _store(b, out, elem_ptr(b, args[0], at, I8), n)
 
     return _over_elements(module, symbol, 3, count, lanes, threads, vector)
