@@ -31,7 +31,7 @@ from tuner.ir.target import Target
 
 FEATURE_VERSION = 8
 LEVELS = 10
-KINDS = ("serial", "parallel", "unroll", "vectorize", "dot")
+KINDS = ("serial", "parallel", "unroll", "vectorize", "dot", "amx")
 GLOBAL_FEATURES = (
     ("flops", "log2 floating-point operations of the whole program"),
     ("loops", "number of loops in the compute nest"),

@@ -34,7 +34,8 @@ from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, Lin, as_value, b
                                   masked_load, masked_store, materialize, outlined_function, relu,
                                   runtime_loop, shared_pointers, smin, splat, static_block,
                                   transpose, transpose_shuffles, var, vec_type)
-from tuner.codegen import quantized
+from tuner.codegen import amx, quantized
+from tuner.errors import ScheduleError
 from tuner.ir.layout import (PAIR_LEVEL, LocalPad, PartKey, local_pad_plans, packed_dtype,
                           packed_layout, padded_shape, padding, prefetch_panel, read_operand,
                           regroup_dim, regrouped_flat, regrouped_shape, region_start,
@@ -148,6 +149,10 @@ class _Emitter:
         self.accesses["out"] = Access("out", self.dag.output.flat(),
                                       etype=quantized.IR_TYPES[self.dag.output.dtype])
         self.n_parallel = 0
+        self.amx = amx.uses_amx(nest)
+        if self.amx and not machine.amx:
+            raise ScheduleError(f"amx: the target CPU {machine.cpu!r} has no AMX int8 tiles "
+                                f"(amx-tile, amx-int8)")
         for op in self.dag.inputs:
             if op.name in nest.layout_rewrite:
                 self._emit_pack(op)
@@ -636,6 +641,8 @@ class _Emitter:
             arg.name = name
             arg.add_attribute("noalias")
         fn = Fn(func, dict(zip(names, func.args)))
+        if self.amx:
+            amx.request_permission(fn.b)
         frees = []
         for op in self.dag.inputs:
             dim = regroup_dim(self.nest, op)
@@ -671,14 +678,21 @@ class _Emitter:
         tile_parts = [p for l in spatial_tile for p in l.parts]
         size = math.prod(p.extent for p in tile_parts)
 
+        head = amx.headroom(self.nest) if self.amx else 0
+
         def body(fn: Fn, ctx: Ctx) -> None:
-            slot = fn.alloca(ir.ArrayType(self.acc_type, size))
+            slot = fn.alloca(ir.ArrayType(self.acc_type, head + size))
+            if head:
+                slot = fn.b.gep(slot, [ir.Constant(I64, head)], source_etype=self.acc_type)
             fn.ptrs = {**fn.ptrs, f"acc{id(slot)}": slot}
             acc = Access(f"acc{id(slot)}", strides=row_major(tile_parts), local=True,
                          etype=self.acc_type)
             c = replace(ctx, acc=acc)
-            self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
-            self.emit_loops(fn, tile, c, self.leaf_compute, compute=True)
+            if self.amx:
+                amx.emit_tile(self, fn, c)
+            else:
+                self.emit_loops(fn, spatial_tile, c, self.leaf_init_acc)
+                self.emit_loops(fn, tile, c, self.leaf_compute, compute=True)
             self._emit_writeback(fn, spatial_tile, c)
 
         self.specialize(fn, tile, ctx, body)

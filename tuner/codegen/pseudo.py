@@ -78,7 +78,8 @@ def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
         detail = " * ".join(f"{p.axis}.{p.level}:{p.extent}" for p in loop.parts) \
             if len(loop.parts) > 1 else str(loop.extent)
         keyword = {"serial": "for", "parallel": "parallel for", "unroll": "unroll",
-                   "vectorize": "vectorize", "dot": dot}[loop.kind]
+                   "vectorize": "vectorize", "dot": dot,
+                   "amx": "amx tiles (tdpbusd) over"}[loop.kind]
         lines.append("  " * depth + f"{keyword} {loop.name} in 0..{detail}:")
         depth += 1
         lines += ["  " * depth + text for text in _local_pad_lines(nest, i + 1)]

@@ -13,7 +13,10 @@ Steps (loops are named `axis` before a split, `axis.0 .. axis.m` after it, `a+b`
     Annotate(loop, annotation) parallel (outermost, spatial), vectorize (innermost, spatial,
                               explicit LLVM vectors), unroll (fully, by the generator), dot
                               (an int8 task's dot axis, unsplit and innermost, inside the
-                              vectorized loop: summed by the CPU's dot-product instruction)
+                              vectorized loop: summed by the CPU's dot-product instruction),
+                              amx (an int8 matmul's reduction block of 16 dot groups, 64
+                              bytes: the whole register tile is summed by AMX tile
+                              instructions, tuner/codegen/amx.py; `check_amx` says where)
     CacheWrite(at)            accumulate the output tile below loop `at` in a local buffer
                               (registers when the tile is unrolled); all reduction loops must be
                               inside; bias and ReLU are applied on write-back (epilogue fusion)
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 from tuner.ir.dag import ComputeDAG
 from tuner.errors import ScheduleError
 
-ANNOTATIONS = ("parallel", "vectorize", "unroll", "dot")
+ANNOTATIONS = ("parallel", "vectorize", "unroll", "dot", "amx")
 PAD_MODES = ("inline", "root", "local")
 MAX_VECTOR_LANES = 64        # a format limit: the search asks for at most 4 native vectors
 MAX_TILE_FLOATS = 1 << 16    # a 256 KiB local accumulator still fits any thread's stack
@@ -261,7 +264,9 @@ def _annotate(nest: LoopNest, step: Annotate) -> LoopNest:
     if step.annotation == "dot" and (loop.name != nest.dag.dot_axis or len(loop.parts) > 1):
         raise ScheduleError(f"dot: loop {loop.name!r} is not the unsplit dot axis "
                             f"({nest.dag.dot_axis or 'this task has none'})")
-    if step.annotation in ("vectorize", "unroll") and len(loop.parts) > 1:
+    if step.annotation == "amx" and not loop.reduce:
+        raise ScheduleError(f"amx: loop {loop.name!r} is not a reduction loop")
+    if step.annotation in ("vectorize", "unroll", "amx") and len(loop.parts) > 1:
         raise ScheduleError(f"cannot {step.annotation} fused loop {loop.name!r}")
     annotated = Loop(loop.name, loop.parts, loop.reduce, step.annotation)
     return _with_loops(nest, nest.loops[:i] + (annotated,) + nest.loops[i + 1:])
@@ -339,3 +344,55 @@ def check_nest(nest: LoopNest) -> None:
         if tile > MAX_TILE_FLOATS:
             raise ScheduleError(f"cache_write at {loops[at].name!r}: the tile has {tile} "
                                 f"floats; at most {MAX_TILE_FLOATS}")
+    if any(loop.kind == "amx" for loop in loops):
+        check_amx(nest)
+
+
+def check_amx(nest: LoopNest) -> None:
+    """Where AMX tiles can sum the register tile (tuner/codegen/amx.py): an int8 matmul of
+    uint8 A and packed int8 B whose zero points the caller folds (not centered); the amx
+    loop is `k.1`, one tile's 16 dot groups (64 bytes of A's row), with the rest of the
+    reduction (`k.0`) inside the tile too; the tile's rows are one loop of `i` and its
+    columns one vectorized loop of `j` inside it (the local sums row-major, as the tiles are
+    stored), at least a tile's 16 of each (or all of a smaller matrix) and at most what the 8
+    tile registers hold (`amx_tile_counts`); and A, where
+    its last group overhangs K, padded at the root (a tile reads whole groups)."""
+    from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS, amx_tile_counts
+
+    dag, loops = nest.dag, nest.loops
+    amx = [l for l in loops if l.kind == "amx"]
+    if dag.op != "matmul" or dag.quant is None or dag.quant.centered:
+        raise ScheduleError(f"amx: only an int8 matmul of uint8 A and int8 weights is summed "
+                            f"by AMX tiles, not {dag.op} ({'float32' if dag.quant is None else 'centered int8'})")
+    if dag.rhs.name not in nest.layout_rewrite:
+        raise ScheduleError(f"amx: the weights {dag.rhs.name!r} must be packed "
+                            f"(layout_rewrite): a tile reads them in groups of 4 rows")
+    groups = AMX_TILE_BYTES // AMX_GROUP_BYTES
+    if len(amx) != 1 or amx[0].parts[0] != LoopPart("k", 1, groups, 1):
+        raise ScheduleError(f"amx: the amx loop must be k.1 of extent {groups} (one tile's "
+                            f"dot groups), got {[(l.name, l.extent) for l in amx]}")
+    at = nest.cache_write_at
+    if at is None or nest.index("k.0") <= at:
+        raise ScheduleError("amx: the whole reduction (k.0, k.1) must be inside the "
+                            "cache_write tile")
+    tile = [l for l in nest.tile_loops if not l.reduce and l.extent > 1]
+    rows = [l for l in tile if l.parts[0].axis == "i"]
+    cols = [l for l in tile if l.parts[0].axis == "j"]
+    if len(rows) > 1 or len(cols) > 1 or (rows and cols and tile.index(rows[0]) >
+                                          tile.index(cols[0])):
+        raise ScheduleError(f"amx: the tile must be one loop of i outside one loop of j, got "
+                            f"{[l.name for l in tile]}")
+    if cols and cols[0].kind != "vectorize":
+        raise ScheduleError(f"amx: the tile's column loop {cols[0].name!r} must be vectorized")
+    extent = {l.parts[0].axis: l.extent for l in tile}
+    for axis in ("i", "j"):  # a tile's rows (columns) are 16, or all of a smaller matrix
+        least = min(AMX_TILE_ROWS, dag.axis(axis).extent)
+        if extent.get(axis, 1) < least:
+            raise ScheduleError(f"amx: the tile has {extent.get(axis, 1)} of {axis}'s "
+                                f"{dag.axis(axis).extent}; at least {least}")
+    if amx_tile_counts(extent.get("i", 1), extent.get("j", 1)) is None:
+        raise ScheduleError(f"amx: a tile of {extent.get('i', 1)} x {extent.get('j', 1)} sums "
+                            f"needs more than the 8 tile registers")
+    if dag.lhs.padded and nest.pad_mode(dag.lhs.name) != "root":
+        raise ScheduleError(f"amx: {dag.lhs.name!r} overhangs K in its last dot group and "
+                            f"must be padded at the root")

@@ -32,7 +32,8 @@ from tuner.errors import ScheduleError
 from tuner.search.default import least_rows, tile_rows
 from tuner.ir.layout import (MAX_CODE_SIZE, code_size, operand_registers,
                           pad_at_root_where_local_fails, vector_cost)
-from tuner.ir.machine import Machine
+from tuner.ir.machine import (AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS, AMX_TILES, Machine,
+                              amx_tile_counts)
 from tuner.ir.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
                             LayoutRewrite, LoopNest, Pad, Reorder, Split, Step, apply_steps)
 from tuner.search.sketch import REDUCE_LEVELS, SPATIAL_LEVELS, Sketch
@@ -215,6 +216,8 @@ def _unroll_covering(rng, tiles, vector_axis: str, machine: Machine) -> int:
 def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
            target: Target) -> Annotation:
     machine = target.machine
+    if sketch.amx:
+        return _sample_amx(rng, dag, target)
     for _ in range(100):
         vector_axis = _pick_vector_axis(rng, dag, machine)
         if (vector_axis is not None and sketch.cache_write is not None
@@ -234,6 +237,48 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
                         f"tuner (local tile, vector width, registers) in sketch {sketch.name}")
 
 
+# (row tiles, column tiles) of an AMX register tile: every pair whose accumulators and operand
+# tiles fit the tile registers (tuner.ir.machine.amx_tile_counts)
+AMX_SHAPES = tuple((r, c) for r in range(1, AMX_TILES) for c in range(1, AMX_TILES)
+                   if amx_tile_counts(r * AMX_TILE_ROWS, c * AMX_TILE_ROWS) is not None)
+
+
+def amx_annotation(dag: ComputeDAG, target: Target, row_tiles: int, column_tiles: int,
+                   row_blocks: int = 1, column_blocks: int = 1,
+                   outer_axis: str | None = "j", unroll_max: int = 64) -> Annotation:
+    """The AMX register tile of `row_tiles` x `column_tiles` tiles (cut to the matrix),
+    `row_blocks` x `column_blocks` of them per cache tile (S1), the whole reduction in
+    blocks of one tile's 16 dot groups."""
+    m, n = dag.axis("i").extent, dag.axis("j").extent
+    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_ROWS, n)
+    groups = AMX_TILE_BYTES // AMX_GROUP_BYTES
+    tiles = {"i": (row_blocks, 1, rows), "j": (column_blocks, 1, cols), "k": (groups,)}
+    ann = Annotation(tuple((a, tiles[a]) for a in split_axes(dag)), "j", unroll_max, 0,
+                     outer_axis)  # (i is no split axis where M = 1)
+    return replace(ann, parallel_depth=_default_parallel_depth(dag, ann, target))
+
+
+def _sample_amx(rng, dag: ComputeDAG, target: Target) -> Annotation:
+    row_tiles, column_tiles = _pick(rng, AMX_SHAPES)
+    m, n = dag.axis("i").extent, dag.axis("j").extent
+    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_ROWS, n)
+    return amx_annotation(dag, target, row_tiles, column_tiles,
+                          _random_factors(rng, -(-m // rows), 1)[0],
+                          _random_factors(rng, -(-n // cols), 1)[0],
+                          _pick_outer_axis(rng, dag), _pick(rng, UNROLL_CHOICES))
+
+
+def _fits_amx(dag: ComputeDAG, ann: Annotation) -> bool:
+    groups = AMX_TILE_BYTES // AMX_GROUP_BYTES
+    tiles = dict(ann.tiles)
+    if ann.vector_axis != "j" or not {"j", "k"} <= set(tiles) or tiles["k"] != (groups,):
+        return False
+    i, j = tiles.get("i", (1, 1, 1)), tiles["j"]
+    least = [min(AMX_TILE_ROWS, dag.axis(a).extent) if a in tiles else 1 for a in ("i", "j")]
+    return (i[1] == 1 and j[1] == 1 and i[2] >= least[0] and j[2] >= least[1]
+            and amx_tile_counts(i[2], j[2]) is not None)
+
+
 def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tuple[int, int]:
     """(accumulator vectors, operand vectors) of the innermost tile level: what one
     reduction step keeps live in vector registers. The innermost reduction tiles count as
@@ -247,7 +292,10 @@ def register_vectors(dag: ComputeDAG, ann: Annotation, machine: Machine) -> tupl
 
 def fits(dag: ComputeDAG, sketch: Sketch, ann: Annotation, machine: Machine) -> bool:
     """The limits no step checks on its own: the vector width, the register file (the
-    innermost tile's accumulators beside one step's operands) and the local tile."""
+    innermost tile's accumulators beside one step's operands) and the local tile; for the
+    AMX sketch, the tile registers and the shape its code generator takes (`_fits_amx`)."""
+    if sketch.amx:
+        return _fits_amx(dag, ann)
     if ann.vector_axis is not None and \
             ann.tile(ann.vector_axis)[-1] > max_vector_lanes(machine):
         return False
@@ -305,8 +353,9 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
     unrolled: list[str] = []
     lanes = target.machine.lanes
     product = -(-extents[vectorized] // lanes) if vectorized else 1  # native vectors count
+    amx = ["k.1"] if sketch.amx else []  # summed by tiles, not unrolled
     for name in reversed(s2 + r1 + s3):  # auto-unroll: innermost loops first, up to the limit
-        if name == vectorized:
+        if name == vectorized or name in amx:
             continue
         product *= extents[name]
         if product > ann.unroll_max:
@@ -314,6 +363,7 @@ def lower(dag: ComputeDAG, sketch: Sketch, ann: Annotation,
         unrolled.append(name)
     steps += [Annotate(name, "unroll") for name in unrolled]
     steps += [Annotate(name, "dot") for name in dot]
+    steps += [Annotate(name, "amx") for name in amx]
 
     if sketch.cache_write == "S0" or (sketch.cache_write == "S1" and not s1):
         steps.append(CacheWrite(outer[-1]))
@@ -464,6 +514,9 @@ def expert_annotation(dag: ComputeDAG, sketch: Sketch, target: Target) -> Annota
     evolutionary search, so it starts where an expert would and mutates from there."""
     from tuner.search.default import register_tile
 
+    if sketch.amx:  # onnxruntime's AMX kernel's tile: 2 x 2 tiles, 32 x 32 sums
+        ann = amx_annotation(dag, target, 2, 2)
+        return ann if fits(dag, sketch, ann, target.machine) else None
     tile = register_tile(dag, target)
     if tile is None:
         return None

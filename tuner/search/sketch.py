@@ -17,6 +17,7 @@ from typing import Callable
 
 from tuner.ir.dag import ComputeDAG
 from tuner.ir.layout import has_padding, local_padding_pays
+from tuner.ir.machine import Machine
 
 SPATIAL_LEVELS = 4   # S0 S1 S2 S3: parallel outer tiles, cache tiles, ..., the register tile
 REDUCE_LEVELS = 2    # R0 R1: the reduction split once, so its inner part can be unrolled
@@ -28,6 +29,7 @@ class Sketch:
     cache_write: str | None = None      # "S0" or "S1": accumulate below that tile level
     pad: str | None = None              # "inline", "root" or "local" for padded operands
     layout_rewrite: tuple[str, ...] = ()
+    amx: bool = False                   # the register tile summed by AMX tiles
 
     @property
     def name(self) -> str:
@@ -35,12 +37,12 @@ class Sketch:
 
     def to_json(self) -> dict:
         return {"rules": list(self.rules), "cache_write": self.cache_write, "pad": self.pad,
-                "layout_rewrite": list(self.layout_rewrite)}
+                "layout_rewrite": list(self.layout_rewrite), "amx": self.amx}
 
     @staticmethod
     def from_json(data: dict) -> "Sketch":
         return Sketch(tuple(data["rules"]), data["cache_write"], data["pad"],
-                      tuple(data["layout_rewrite"]))
+                      tuple(data["layout_rewrite"]), bool(data.get("amx", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,34 @@ RULES: tuple[SketchRule, ...] = (
 )
 
 
-def generate_sketches(dag: ComputeDAG) -> list[Sketch]:
+def amx_applies(dag: ComputeDAG, machine: Machine) -> bool:
+    """An int8 matmul of uint8 data and constant int8 weights on a CPU with AMX tiles, with
+    more than one column and more than one dot group (a tile's columns are the vector loop,
+    its groups the amx loop; tuner.ir.schedule.check_amx has the rest)."""
+    return (machine.amx and dag.op == "matmul" and dag.quant is not None
+            and not dag.quant.centered and dag.rhs.constant and dag.dot_axis is not None
+            and dag.axis("j").extent > 1 and dag.axis("k").extent > 1)
+
+
+def amx_sketch(dag: ComputeDAG) -> Sketch:
+    """The AMX sketch: the tile accumulated at the cache level (S1), the weights packed in
+    the groups of 4 rows a tile reads, A padded at the root where its last group overhangs
+    K, and the epilogue on write-back."""
+    sketch = _named(Sketch(), "multi_level_tiling")
+    sketch = _named(sketch, "cache_write_S1", cache_write="S1")
+    if dag.addends or dag.activated:
+        sketch = _named(sketch, "fuse_epilogue")
+    if _has_padding(dag):
+        sketch = _named(sketch, "pad_at_root", pad="root")
+    return _named(sketch, "amx_tiles", layout_rewrite=_packable(dag), amx=True)
+
+
+def generate_sketches(dag: ComputeDAG, machine: Machine | None = None) -> list[Sketch]:
+    """The sketches of `dag`; with `machine`, also those of its instructions (AMX tiles)."""
     sketches = [Sketch()]
     for rule in RULES:
         if rule.condition(dag):
             sketches = [new for s in sketches for new in rule.apply(dag, s)]
+    if machine is not None and amx_applies(dag, machine):
+        sketches.append(amx_sketch(dag))
     return sketches

@@ -92,7 +92,7 @@ class RandomSearch:
 
     def __init__(self, dag: ComputeDAG, target: Target, rng: np.random.Generator):
         self.dag, self.target, self.rng = dag, target, rng
-        self.sketches = generate_sketches(dag)
+        self.sketches = generate_sketches(dag, target.machine)
         # the candidates of the proposal under way, by genome: evolution makes the same
         # offspring many times, and each is lowered once (emptied after each proposal:
         # they hold their nests)
@@ -355,6 +355,7 @@ class OptunaSearch:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.dag, self.target = dag, target
+        # the generic sketches only: its numbers (tile per level) are not the AMX sketch's
         self.sketches = generate_sketches(dag)
         self.study = optuna.create_study(
             direction="maximize",
