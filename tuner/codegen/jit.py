@@ -18,6 +18,8 @@ from functools import cache
 
 import numpy as np
 
+from tuner.buffers import aligned_copy, aligned_empty
+
 from tuner.codegen.emit import emit_llvm, pack_function_name
 from tuner.errors import ScheduleError
 from tuner.ir.layout import ir_instructions, packed_dtype, packed_layout
@@ -157,22 +159,23 @@ class CompiledKernel:
                              f"({', '.join(o.name for o in ops)}), got {len(inputs)}")
         return tuple(self.prepare(op.name, arr) for op, arr in zip(ops, inputs))
 
-    def prepare(self, operand: str, array: np.ndarray) -> np.ndarray:
+    def prepare(self, operand: str, array: np.ndarray, align: bool = True) -> np.ndarray:
         """One user input as the kernel takes it: of the operand's type (float32 unless the
-        kernel is int8), C-contiguous, packed if rewritten."""
+        kernel is int8), C-contiguous, packed if rewritten; with `align`, on a cache line
+        (tuner/buffers.py: a copy where it is not; packed operands always are)."""
         op = self.dag.operand(operand)
         arr = np.ascontiguousarray(as_element_type(array, op.dtype, op.name, op.value_range))
         if arr.shape != op.array_shape:
             raise TunerError(f"{op.name} has shape {arr.shape}, expected {op.array_shape}")
         arr = arr.reshape(op.shape)  # a view: C-contiguous, same bytes
         if op.name in self._packers:
-            packed = np.empty(self.packed_shape(op.name), dtype=self.packed_dtype(op.name))
+            packed = aligned_empty(self.packed_shape(op.name), self.packed_dtype(op.name))
             self._packers[op.name](packed.ctypes.data, arr.ctypes.data)
-            arr = packed
-        return arr
+            return packed
+        return aligned_copy(arr) if align else arr
 
     def new_output(self) -> np.ndarray:
-        return np.empty(self.dag.output.array_shape, dtype=DTYPES[self.dag.output.dtype])
+        return aligned_empty(self.dag.output.array_shape, DTYPES[self.dag.output.dtype])
 
     def run(self, out: np.ndarray, *args: np.ndarray) -> None:
         """The timed call: no conversion, no packing, no allocation."""
@@ -238,7 +241,8 @@ class BoundKernel:
         if last is not None and last[0] is array and array.dtype == self._dtypes[name] \
                 and array.shape == self._shapes[name] and array.flags.c_contiguous:
             return last[1]
-        prepared = self.kernel.prepare(name, array)
+        # the caller's array as it is, aligned or not: a copy per call costs more than it saves
+        prepared = self.kernel.prepare(name, array, align=False)
         kept.append(prepared)  # alive until the call returns
         address = prepared.ctypes.data
         if isinstance(array, np.ndarray) and prepared.base is array or prepared is array:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuner.buffers import aligned_copy, aligned_empty
 from tuner.errors import TunerError
 from tuner.network.graph import Graph, Node
 from tuner.network.ops import run_node
@@ -111,7 +112,7 @@ class _BoundKernel:
         given = iter([kernel_input(node.name, value, shape, dtype)
                       for value, shape, dtype in zip(args, self.input_shapes,
                                                      self.input_dtypes)])
-        out = np.empty(self.output_shape, dtype=self.output_dtype)
+        out = aligned_empty(self.output_shape, self.output_dtype)
         self.function(out.ctypes.data, *(next(given).ctypes.data if a is None else a
                                          for a in self.arguments))
         return [out.reshape(self.result_shape)]
@@ -314,11 +315,11 @@ def _bind(spec: dict, node: Node, initializers: dict, library, weights_file: Pat
         if array.shape != shape:
             raise TunerError(f"'{weights_file}': '{source}' has shape {array.shape}, the "
                              f"kernel {spec['symbol']} takes {shape}")
-        array = kernel_input(node.name, array, shape, dtype).reshape(shape)
+        array = aligned_copy(kernel_input(node.name, array, shape, dtype).reshape(shape))
         if operand["packed"]:
             pack = _function(library, operand["packed"]["function"], [ctypes.c_void_p] * 2)
-            dst = np.empty(tuple(int(d) for d in operand["packed"]["shape"]),
-                           operand["packed"].get("dtype", dtype))
+            dst = aligned_empty(tuple(int(d) for d in operand["packed"]["shape"]),
+                                operand["packed"].get("dtype", dtype))
             pack(dst.ctypes.data, array.ctypes.data)
             array = dst
         arguments.append(array)

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuner.errors import TunerError
+from tuner.buffers import ALIGN, aligned_copy, aligned_empty
 from tuner.ir.dag import as_element_type
 from tuner.network.graph import Node
 
-ALIGN = 64  # bytes: a cache line, and a 512-bit vector
 
 
 def group_runs(nodes: Sequence[Node], is_kernel: Callable[[Node], bool]) -> list[Node]:
@@ -239,12 +239,13 @@ class Segment:
             array = value
             for reader, shape, dtype in self.input_shapes[name]:
                 array = kernel_input(reader, array, shape, dtype)
+            array = aligned_copy(array)  # a numpy node's or the caller's (tuner/buffers.py)
             held.append(array)
             for slot in self.value_slots[name]:
                 slots[slot] = array.ctypes.data
         arrays = {}
         for name in self._returned:
-            out = np.empty(self.shapes[name][0], self.dtypes[name])
+            out = aligned_empty(self.shapes[name][0], self.dtypes[name])
             for slot in self.value_slots[name]:
                 slots[slot] = out.ctypes.data
             arrays[name] = out
