@@ -34,11 +34,12 @@ the shapes as operands).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
-from tuner.codegen.irutil import I8, I16, I64, PTR, VOID, Lin, elem_ptr, masked_load, materialize
+from tuner.codegen.irutil import (I8, I16, I64, PTR, VOID, Lin, elem_ptr, intrinsic, masked_load,
+                                  materialize)
 from tuner.errors import ScheduleError
 from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS
 
@@ -66,15 +67,13 @@ TILE = _TileType()
 
 
 def _intrinsics(module: ir.Module) -> dict[str, ir.Function]:
-    def get(name, ret, args):
-        fn = module.globals.get(name)
-        return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), name)
-
     return {
-        "zero": get("llvm.x86.tilezero.internal", TILE, [I16, I16]),
-        "load": get("llvm.x86.tileloadd64.internal", TILE, [I16, I16, PTR, I64]),
-        "store": get("llvm.x86.tilestored64.internal", VOID, [I16, I16, PTR, I64, TILE]),
-        "dot": get("llvm.x86.tdpbusd.internal", TILE, [I16, I16, I16, TILE, TILE, TILE]),
+        "zero": intrinsic(module, "llvm.x86.tilezero.internal", TILE, [I16, I16]),
+        "load": intrinsic(module, "llvm.x86.tileloadd64.internal", TILE, [I16, I16, PTR, I64]),
+        "store": intrinsic(module, "llvm.x86.tilestored64.internal", VOID,
+                           [I16, I16, PTR, I64, TILE]),
+        "dot": intrinsic(module, "llvm.x86.tdpbusd.internal", TILE,
+                         [I16, I16, I16, TILE, TILE, TILE]),
     }
 
 
@@ -129,6 +128,13 @@ def _starts(b: ir.IRBuilder, extent: int, tile: int, left) -> list:
         starts.append(b.select(b.icmp_signed("<", last, ir.Constant(I64, first)), last,
                                ir.Constant(I64, first)))
     return starts
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The one shape of every tile of a kernel: rows, and bytes of a row of sums or of B."""
+    rows: ir.Constant
+    bytes: ir.Constant
 
 
 def emit_tile(em, fn, ctx) -> None:
@@ -235,7 +241,7 @@ def emit_tile(em, fn, ctx) -> None:
         b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, whole)), body, done)
         b.position_at_end(done)
     if tail:
-        sums = block(sums, whole, [(_tail_copy(b, fn, p, whole, tail, tile_rows, a_row), 
+        sums = block(sums, whole, [(_tail_copy(b, fn, p, whole, tail, tile_rows, a_row),
                                     AMX_TILE_BYTES) for p in a_rows])
     for r, row_start in enumerate(row_starts):
         for c, col_start in enumerate(col_starts):
@@ -243,13 +249,6 @@ def emit_tile(em, fn, ctx) -> None:
             b.call(ops["store"], [shape.rows, shape.bytes, pointer(out.ptr, offset, out.etype),
                                   ir.Constant(I64, out_row * INT32_BYTES),
                                   sums[r * len(col_starts) + c]])
-
-
-class _Shape:
-    """The one shape of every tile of a kernel: rows, and bytes of a row of sums or of B."""
-
-    def __init__(self, rows: ir.Constant, bytes_: ir.Constant):
-        self.rows, self.bytes = rows, bytes_
 
 
 def _tail_copy(b: ir.IRBuilder, fn, a_ptr: ir.Value, whole: int, tail: int, rows: int,
