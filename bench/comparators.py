@@ -179,7 +179,10 @@ def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> Ti
     rng = _rng()
     inputs = dag.random_inputs(rng)
     x, w = inputs[0], inputs[1]
-    channels = dag.output.array_shape[1] if task.op == "conv2d" else dag.output.shape[-1]
+    # onnxruntime's product is [M, N] whatever our out_order (21 stores it transposed)
+    out_shape = (task.shape[0], task.shape[1]) if task.op == "matmul" else \
+        dag.output.array_shape
+    channels = dag.output.array_shape[1] if task.op == "conv2d" else out_shape[-1]
     x_zp = np.array(int(inputs[-1][0]), dtype=np.uint8)
     init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(x_zp, "x_zp")]
     out_type = TensorProto.UINT8 if kind == "uint8" else TensorProto.INT32
@@ -238,7 +241,7 @@ def onnxruntime_int8(task: Task, threads: int, min_sample_s: float = 0.01) -> Ti
     held = [aligned_copy(value) for value in feeds.values()]
     for name, value in zip(feeds, held):
         binding.bind_cpu_input(name, value)
-    y = aligned_empty(dag.output.array_shape, np.uint8 if kind == "uint8" else np.int32)
+    y = aligned_empty(out_shape, np.uint8 if kind == "uint8" else np.int32)
     binding.bind_output("y", "cpu", 0, y.dtype, list(y.shape), y.ctypes.data)
 
     def run():

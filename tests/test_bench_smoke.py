@@ -55,6 +55,15 @@ def test_comparator_answers_from_a_child_process():
     assert comparators.kinds_for(conv) == ("onnxruntime",)
 
 
+@pytest.mark.parametrize("out_order", [12, 21])
+def test_the_int8_comparator_times_a_matmul_stored_either_way(out_order):
+    """onnxruntime's QLinearMatMul writes [M, N] whatever our out_order: a transposed task
+    (attention's key projection) is timed too, not refused by onnxruntime for its shape."""
+    pytest.importorskip("onnxruntime")
+    task = Task.create("matmul", (8, 24, 12), "int8", out_type=1, out_order=out_order)
+    assert comparators.time_comparator("onnxruntime", task, 1).median_s > 0
+
+
 def test_report_summary_uses_the_best_peer_and_leaves_batch_matmul_out():
     rows = [Row("a", "conv2d", 1, 100.0, 50.0, onnxruntime=200.0, compile_s=[0.1, 0.3]),
             Row("b", "matmul", 1, 100.0, 50.0, numpy=50.0, onnxruntime=125.0,
