@@ -27,6 +27,7 @@ import re
 from llvmlite import ir
 
 from tuner.codegen.emit import emit_llvm
+from tuner.codegen.irutil import runtime_loop
 from tuner.codegen.jit import CompiledKernel, compile_ir_object
 from tuner.ir.schedule import LoopNest
 from tuner.ir.target import Target, host_target
@@ -37,22 +38,6 @@ PTR = ir.PointerType()
 TILE_BYTES = 1024
 TILE = ir.VectorType(I32, TILE_BYTES // 4)
 BUFFER = ir.ArrayType(I8, TILE_BYTES)
-
-
-def _loop(b: ir.IRBuilder, count: ir.Value, body) -> None:
-    """for (v = 0; v < count; ++v) body(v), `count` an i64."""
-    pre, head = b.block, b.function.append_basic_block("head")
-    loop, done = b.function.append_basic_block("body"), b.function.append_basic_block("end")
-    b.branch(head)
-    b.position_at_end(head)
-    v = b.phi(I64)
-    v.add_incoming(ir.Constant(I64, 0), pre)
-    b.cbranch(b.icmp_signed("<", v, count), loop, done)
-    b.position_at_end(loop)
-    body(v)
-    v.add_incoming(b.add(v, ir.Constant(I64, 1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
 
 
 def _function(module: ir.Module, name: str, ret, args) -> tuple[ir.Function, ir.IRBuilder]:
@@ -77,8 +62,8 @@ def _copy_rows(b: ir.IRBuilder, rows, row_bytes, src, src_stride, dst, dst_strid
         def byte(c):
             value = b.load(_byte(b, src, b.add(b.mul(r, src_stride), c)), typ=I8)
             b.store(value, _byte(b, dst, b.add(b.mul(r, dst_stride), c)))
-        _loop(b, row_bytes, byte)
-    _loop(b, rows, row)
+        runtime_loop(b, 0, row_bytes, byte)
+    runtime_loop(b, 0, rows, row)
 
 
 def model_ir() -> str:
@@ -126,9 +111,9 @@ def model_ir() -> str:
                                                        ir.Constant(I64, q)))), typ=I8)
                     total = b.add(total, b.mul(b.zext(x, I32), b.sext(y, I32)))
                 b.store(total, sum_ptr)
-            _loop(b, k_groups, group)
-        _loop(b, n_sums, column)
-    _loop(b, m_rows, row)
+            runtime_loop(b, 0, k_groups, group)
+        runtime_loop(b, 0, n_sums, column)
+    runtime_loop(b, 0, m_rows, row)
     b.ret(b.load(c, typ=TILE, align=64))
     return "\n".join(line for line in str(module).splitlines()
                      if not line.startswith(("target ", "; ModuleID", "source_filename")))

@@ -53,6 +53,14 @@ def skip_unless_host_runs(target: Target) -> None:
                     f"can be generated here, not run")
 
 
+def kernel_assembly(nest, target) -> str:
+    """The assembly of `nest`'s kernel for `target`, optimised as it is compiled."""
+    from tuner.codegen.emit import emit_llvm
+    from tuner.codegen.jit import optimize, target_machine
+
+    return target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
+
+
 def assert_matches_reference(dag, out, inputs):
     rtol, atol = dag.tolerance()
     np.testing.assert_allclose(out, dag.reference(*inputs), rtol=rtol, atol=atol)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from amx_model import modelled_amx_kernel
-from conftest import generated_target
+from conftest import generated_target, kernel_assembly
 from schedule_gen import random_int8_task
-from tuner.codegen.jit import CompiledKernel, optimize, target_machine
+from tuner.codegen.jit import CompiledKernel
 from tuner.errors import ScheduleError
 from tuner.ir.machine import amx_tile_counts, has_amx
 from tuner.ir.schedule import Annotate, apply_steps, schedule_from_json, schedule_to_json
@@ -75,12 +75,6 @@ def _check(dag, steps, target, rng):
         np.testing.assert_array_equal(out, expected)
 
 
-def _assembly(nest, target) -> str:
-    from tuner.codegen.emit import emit_llvm
-
-    return target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
-
-
 @pytest.mark.parametrize("seed", range(40))
 def test_random_amx_schedule_is_exact(seed):
     rng = np.random.default_rng(11000 + seed)
@@ -125,7 +119,7 @@ def test_amx_code_is_tile_instructions():
     dag = Task.create("matmul", (64, 96, 300), "int8", bias=True, out_type=1).dag()
     sketch = _amx_sketch(dag, target)
     steps, nest = lower(dag, sketch, expert_annotation(dag, sketch, target), target)
-    asm = _assembly(apply_steps(dag, steps), target)
+    asm = kernel_assembly(apply_steps(dag, steps), target)
     assert "tdpbusd" in asm and "tileloadd" in asm and "tilestored" in asm
     # configured in the kernel's entry, and again after its call asking for the tiles
     assert 1 <= asm.count("ldtilecfg") <= 2

@@ -12,7 +12,7 @@ plain IR, tests/vnni_model.py).
 import numpy as np
 import pytest
 
-from conftest import generated_target
+from conftest import generated_target, kernel_assembly
 from schedule_gen import random_int8_task, random_schedule
 from tuner.codegen.jit import CompiledKernel
 from tuner.ir.target import host_target
@@ -43,13 +43,6 @@ def test_random_int8_schedule_is_exact(seed, target1, target2):
     _check(dag, steps, target, rng)
 
 
-def _assembly(nest, target) -> str:
-    from tuner.codegen.emit import emit_llvm
-    from tuner.codegen.jit import optimize, target_machine
-
-    return target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
-
-
 @pytest.mark.parametrize("seed", range(48))
 def test_reduced_range_int8_schedule_is_exact(seed, target1, target2):
     """Weights of reduced range (tuner.ir.dag.REDUCED_WEIGHT_RANGE) on CPUs without VNNI are
@@ -67,7 +60,7 @@ def test_reduced_range_int8_schedule_is_exact(seed, target1, target2):
     vec = vector_loop(nest)
     if target.machine.dot_instruction == "pmaddwd" and nest.loops[-1].kind == "dot" and \
             vec is not None and vec.extent > 1:
-        assert "vpmaddubsw" in _assembly(nest, target)
+        assert "vpmaddubsw" in kernel_assembly(nest, target)
     _check(dag, steps, target, rng)
 
 
@@ -142,10 +135,10 @@ def test_reduced_range_on_avx512_without_vnni_is_512_bit_vpmaddubsw():
     task = Task.create("matmul", (16, 64, 64), "int8", out_type=1, reduce_range=True)
     target = generated_target("skylake-avx512", 1)
     assert target.machine.int8_instruction(True) == "pmaddubsw"
-    asm = _assembly(default_lowered(task.dag(), target)[1], target)
+    asm = kernel_assembly(default_lowered(task.dag(), target)[1], target)
     assert "vpmaddubsw\t%zmm" in asm
     vnni = _vnni_target("x86-64-v4")
-    assert "vpdpbusd" in _assembly(default_lowered(task.dag(), vnni)[1], vnni)
+    assert "vpdpbusd" in kernel_assembly(default_lowered(task.dag(), vnni)[1], vnni)
 
 
 @pytest.mark.parametrize("seed", range(24))
@@ -196,7 +189,7 @@ def test_vnni_int8_schedule_is_exact(seed):
                                           | {"+avx512vnni"})), 1)
     assert target.machine.dot_instruction == "vpdpbusd"
     steps, nest = default_lowered(dag, target)
-    assert "vpdpbusd" in _assembly(nest, target)
+    assert "vpdpbusd" in kernel_assembly(nest, target)
     _check_vnni(dag, steps, target, rng)
 
 
@@ -226,7 +219,7 @@ def test_random_vnni_schedules_compile_to_vpdpbusd(cpu, seed):
     nest = apply_steps(task.dag(), steps)
     vec = vector_loop(nest)
     if nest.loops[-1].kind == "dot" and vec is not None and vec.extent > 1:
-        assert "vpdpbusd" in _assembly(nest, target)
+        assert "vpdpbusd" in kernel_assembly(nest, target)
     _check_vnni(task.dag(), steps, target, rng)
 
 
@@ -262,7 +255,7 @@ def test_random_int8_batch_matmul_schedule_is_exact(seed, target1, target2):
     nest = apply_steps(dag, steps)
     vec = vector_loop(nest)
     if nest.loops[-1].kind == "dot" and vec is not None and vec.extent > 1:
-        assembly = _assembly(nest, target)
+        assembly = kernel_assembly(nest, target)
         pairs = "vpdpwssd" if target.machine.dot_instruction == "vpdpbusd" else "vpmaddwd"
         assert pairs in assembly and "vpdpbusd" not in assembly
     _check_vnni(dag, steps, target, rng)

@@ -19,7 +19,7 @@ PACKAGES = ("tuner", "records", "costmodel", "templates")
 # the stages in the order data flows (tuner/__init__.py); a module may import its own stage's
 # modules and those of earlier stages
 STAGES = (
-    ("tuner.errors", "tuner.version"),
+    ("tuner.errors", "tuner.version", "tuner.buffers"),
     ("tuner.ir", "templates"),
     ("tuner.codegen",),
     ("tuner.measure", "records", "costmodel"),

@@ -4,7 +4,7 @@ The folders are the pipeline's stages, in the order data flows; a module imports
 its own stage or from stages listed before it, with no import cycle (tests/test_layout.py
 checks both), and each folder's __init__.py maps its modules.
 
-    tuner/errors.py, version.py  leaves every stage may import
+    tuner/errors.py, version.py, buffers.py  leaves every stage may import
     tuner/ir/        define: Task, ComputeDAG, steps -> LoopNest, Target and Machine (the
                      hardware facts); templates/ (each operator's compute definition) is here
     tuner/codegen/   lower: LoopNest -> LLVM IR -> machine code (CompiledKernel), pseudo-code

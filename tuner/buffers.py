@@ -33,10 +33,15 @@ def is_aligned(array: np.ndarray) -> bool:
     return array.ctypes.data % ALIGN == 0
 
 
-def aligned_copy(array: np.ndarray) -> np.ndarray:
-    """`array` itself if C-contiguous and aligned, else an aligned copy."""
-    if array.flags.c_contiguous and is_aligned(array):
-        return array
+def aligned_clone(array: np.ndarray) -> np.ndarray:
+    """A new C-contiguous copy of `array` on a cache line."""
     out = aligned_empty(array.shape, array.dtype)
     out[...] = array
     return out
+
+
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    """`array` itself if C-contiguous and aligned, else `aligned_clone(array)`."""
+    if array.flags.c_contiguous and is_aligned(array):
+        return array
+    return aligned_clone(array)

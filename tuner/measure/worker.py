@@ -18,6 +18,7 @@ import traceback
 
 import numpy as np
 
+from tuner.buffers import aligned_clone
 from tuner.errors import CodegenError, ScheduleError, ShapeError
 from tuner.measure.result import ErrorKind
 from tuner.ir.dag import DTYPES
@@ -111,15 +112,6 @@ def run(request: dict) -> dict:
     return {"ok": True, "costs_s": list(timing.costs_s), "number": timing.number}
 
 
-def _aligned_clone(array: np.ndarray) -> np.ndarray:
-    """A copy of `array` on a cache line, as the original is (tuner/buffers.py)."""
-    from tuner.buffers import aligned_empty
-
-    out = aligned_empty(array.shape, array.dtype)
-    out[...] = array
-    return out
-
-
 def rotating_weights(kernel, out, args: tuple, constant: list[bool], total_bytes: int):
     """A call of the kernel that reads another copy of its constant operands each time,
     cycling through enough copies to fill `total_bytes` (at least 2, at most
@@ -128,7 +120,7 @@ def rotating_weights(kernel, out, args: tuple, constant: list[bool], total_bytes
     if not weight_bytes:
         return lambda: kernel.run(out, *args)
     count = min(MAX_WEIGHT_COPIES, max(2, -(-total_bytes // weight_bytes)))
-    copies = [[_aligned_clone(a) if c else a for a, c in zip(args, constant)]
+    copies = [[aligned_clone(a) if c else a for a, c in zip(args, constant)]
               for _ in range(count)]
     addresses = itertools.cycle([(out.ctypes.data, *(a.ctypes.data for a in copy))
                                  for copy in copies])
