@@ -129,7 +129,7 @@ def test_amx_code_is_tile_instructions():
 def test_the_amx_sketch_is_offered_only_where_the_cpu_has_amx():
     dag = Task.create("matmul", (64, 64, 64), "int8").dag()
     assert any(s.amx for s in generate_sketches(dag, amx_target().machine))
-    for cpu in ("x86-64-v4", "znver4", "sapphirerapids"):  # LLVM's names list no AMX here
+    for cpu in ("x86-64-v4", "znver4"):  # VNNI, no AMX
         machine = generated_target(cpu, 1).machine
         assert not machine.amx
         assert not any(s.amx for s in generate_sketches(dag, machine))
@@ -294,3 +294,12 @@ int main(void) {{
     subprocess.run(["./main"], cwd=tmp_path, check=True, timeout=120)
     out = np.fromfile(tmp_path / "out.bin", dtype=np.uint8).reshape(40, 50)
     np.testing.assert_array_equal(out, dag.reference(a, b, bias, scale, zero_points))
+
+
+def test_a_named_cpu_with_amx_is_probed_for_it():
+    """`--cpu sapphirerapids` (from any host that can run its code) tunes with AMX: the probe
+    compiles a tile product for the named CPU in a process of its own."""
+    from tuner.ir.target import _probe
+
+    assert {"+amx-int8", "+amx-tile"} <= set(_probe("sapphirerapids").split(","))
+    assert "amx" not in _probe("znver4") and "amx" not in _probe("x86-64-v3")

@@ -54,6 +54,33 @@ declare i32 @llvm.vector.reduce.add.v32i32(<32 x i32>)
 """
 
 
+AMX_PROBE_IR = """
+define void @tile(ptr %p) {
+  %a = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %p, i64 64)
+  %c = call x86_amx @llvm.x86.tdpbusd.internal(i16 16, i16 64, i16 64, x86_amx %a, x86_amx %a,
+                                               x86_amx %a)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %p, i64 64, x86_amx %c)
+  ret void
+}
+declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
+declare x86_amx @llvm.x86.tdpbusd.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
+declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
+"""
+
+
+def probe_amx(cpu: str) -> list[str]:
+    """The AMX int8 features of `cpu` where LLVM compiles a tile product for it: `tdpbusd` in
+    its assembly. Run as its own process too: for a CPU without AMX, LLVM cannot select the
+    tile instructions and ends the process, which the parent reads as no AMX."""
+    from tuner.ir.llvm_init import llvm
+
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    tm = target.create_target_machine(cpu=cpu, features="", opt=2)
+    module = llvm.parse_assembly(AMX_PROBE_IR)
+    module.verify()
+    return ["+amx-int8", "+amx-tile"] if "tdpbusd" in tm.emit_assembly(module) else []
+
+
 def probe(cpu: str) -> list[str]:
     from tuner.ir.llvm_init import llvm
 
@@ -80,4 +107,7 @@ def probe(cpu: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1])))
+    if sys.argv[1] == "--amx":
+        print(json.dumps(probe_amx(sys.argv[2])))
+    else:
+        print(json.dumps(probe(sys.argv[1])))

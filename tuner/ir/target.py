@@ -87,7 +87,13 @@ def _probe(cpu: str) -> str:
     if done.returncode != 0 or not done.stdout.strip():
         raise TunerError(f"--cpu {cpu!r} is not a CPU LLVM knows (try znver3, znver4, "
                          f"skylake-avx512, x86-64-v3, x86-64-v4 or 'host')")
-    return ",".join(json.loads(done.stdout))
+    features = json.loads(done.stdout)
+    # AMX: a second child, which LLVM ends where the CPU has none (no AMX, not an error)
+    amx = subprocess.run([sys.executable, "-m", "tuner.ir.cpu_probe", "--amx", cpu],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if amx.returncode == 0 and amx.stdout.strip():
+        features += json.loads(amx.stdout)
+    return ",".join(sorted(features))
 
 
 def named_target(cpu: str | None, threads: int | None = None) -> Target:
