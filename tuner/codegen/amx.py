@@ -41,7 +41,7 @@ from llvmlite import ir
 from tuner.codegen.irutil import (I8, I16, I64, PTR, VOID, Lin, elem_ptr, intrinsic, masked_load,
                                   materialize)
 from tuner.errors import ScheduleError
-from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS
+from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_COLUMNS, AMX_TILE_ROWS
 
 SYS_ARCH_PRCTL = 158           # x86-64 Linux
 ARCH_REQ_XCOMP_PERM = 0x1023
@@ -176,7 +176,7 @@ def emit_tile(em, fn, ctx) -> None:
     # rows left come from the loops (the last tile's are M's remainder), the columns are the
     # tile's own: B's packing is zero-filled to whole tiles
     tile_rows = min(AMX_TILE_ROWS, dag.axis("i").extent)
-    width = min(AMX_TILE_BYTES // INT32_BYTES, dag.axis("j").extent)
+    width = min(AMX_TILE_COLUMNS, dag.axis("j").extent)
     row_starts = _starts(b, rows, tile_rows, ctx.rem["i"])
     col_starts = _starts(b, columns, width, columns)
     shape = _Shape(ir.Constant(I16, tile_rows), ir.Constant(I16, width * INT32_BYTES))

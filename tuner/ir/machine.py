@@ -52,6 +52,7 @@ CACHE_LINE_BYTES = 64
 # every CPU that has them (palette 1), and the bytes of one dot group (4 uint8 x int8).
 AMX_TILES = 8
 AMX_TILE_ROWS = 16
+AMX_TILE_COLUMNS = 16   # int32 sums in a 64-byte row of an accumulator tile
 AMX_TILE_BYTES = 64
 AMX_GROUP_BYTES = 4
 # When sysfs does not say (some containers): sizes common to the CPUs above, per core.
@@ -138,7 +139,7 @@ def amx_tile_counts(rows: int, columns: int) -> tuple[int, int] | None:
     or None where its accumulator tiles, one A tile per row tile and one B tile per column
     tile do not fit the tile registers together."""
     rt = -(-rows // AMX_TILE_ROWS)
-    ct = -(-columns // (AMX_TILE_BYTES // 4))
+    ct = -(-columns // AMX_TILE_COLUMNS)
     return (rt, ct) if rt * ct + rt + ct <= AMX_TILES else None
 
 

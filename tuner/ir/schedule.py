@@ -357,7 +357,8 @@ def check_amx(nest: LoopNest) -> None:
     stored), at least a tile's 16 of each (or all of a smaller matrix) and at most what the 8
     tile registers hold (`amx_tile_counts`); and A, where
     its last group overhangs K, padded at the root (a tile reads whole groups)."""
-    from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS, amx_tile_counts
+    from tuner.ir.machine import (AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_COLUMNS,
+                                  AMX_TILE_ROWS, amx_tile_counts)
 
     dag, loops = nest.dag, nest.loops
     amx = [l for l in loops if l.kind == "amx"]
@@ -385,8 +386,9 @@ def check_amx(nest: LoopNest) -> None:
     if cols and cols[0].kind != "vectorize":
         raise ScheduleError(f"amx: the tile's column loop {cols[0].name!r} must be vectorized")
     extent = {l.parts[0].axis: l.extent for l in tile}
-    for axis in ("i", "j"):  # a tile's rows (columns) are 16, or all of a smaller matrix
-        least = min(AMX_TILE_ROWS, dag.axis(axis).extent)
+    for axis, whole in (("i", AMX_TILE_ROWS), ("j", AMX_TILE_COLUMNS)):
+        # a tile's rows (columns) are 16, or all of a smaller matrix's
+        least = min(whole, dag.axis(axis).extent)
         if extent.get(axis, 1) < least:
             raise ScheduleError(f"amx: the tile has {extent.get(axis, 1)} of {axis}'s "
                                 f"{dag.axis(axis).extent}; at least {least}")

@@ -32,7 +32,8 @@ from tuner.errors import ScheduleError
 from tuner.search.default import least_rows, tile_rows
 from tuner.ir.layout import (MAX_CODE_SIZE, code_size, operand_registers,
                           pad_at_root_where_local_fails, vector_cost)
-from tuner.ir.machine import (AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_ROWS, AMX_TILES, Machine,
+from tuner.ir.machine import (AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_COLUMNS, AMX_TILE_ROWS,
+                              AMX_TILES, Machine,
                               amx_tile_counts)
 from tuner.ir.schedule import (MAX_TILE_FLOATS, MAX_VECTOR_LANES, Annotate, CacheWrite, Fuse,
                             LayoutRewrite, LoopNest, Pad, Reorder, Split, Step, apply_steps)
@@ -240,7 +241,7 @@ def sample(rng: np.random.Generator, dag: ComputeDAG, sketch: Sketch,
 # (row tiles, column tiles) of an AMX register tile: every pair whose accumulators and operand
 # tiles fit the tile registers (tuner.ir.machine.amx_tile_counts)
 AMX_SHAPES = tuple((r, c) for r in range(1, AMX_TILES) for c in range(1, AMX_TILES)
-                   if amx_tile_counts(r * AMX_TILE_ROWS, c * AMX_TILE_ROWS) is not None)
+                   if amx_tile_counts(r * AMX_TILE_ROWS, c * AMX_TILE_COLUMNS) is not None)
 
 
 def amx_annotation(dag: ComputeDAG, target: Target, row_tiles: int, column_tiles: int,
@@ -250,7 +251,7 @@ def amx_annotation(dag: ComputeDAG, target: Target, row_tiles: int, column_tiles
     `row_blocks` x `column_blocks` of them per cache tile (S1), the whole reduction in
     blocks of one tile's 16 dot groups."""
     m, n = dag.axis("i").extent, dag.axis("j").extent
-    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_ROWS, n)
+    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_COLUMNS, n)
     groups = AMX_TILE_BYTES // AMX_GROUP_BYTES
     tiles = {"i": (row_blocks, 1, rows), "j": (column_blocks, 1, cols), "k": (groups,)}
     ann = Annotation(tuple((a, tiles[a]) for a in split_axes(dag)), "j", unroll_max, 0,
@@ -261,7 +262,7 @@ def amx_annotation(dag: ComputeDAG, target: Target, row_tiles: int, column_tiles
 def _sample_amx(rng, dag: ComputeDAG, target: Target) -> Annotation:
     row_tiles, column_tiles = _pick(rng, AMX_SHAPES)
     m, n = dag.axis("i").extent, dag.axis("j").extent
-    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_ROWS, n)
+    rows, cols = min(row_tiles * AMX_TILE_ROWS, m), min(column_tiles * AMX_TILE_COLUMNS, n)
     return amx_annotation(dag, target, row_tiles, column_tiles,
                           _random_factors(rng, -(-m // rows), 1)[0],
                           _random_factors(rng, -(-n // cols), 1)[0],
@@ -274,7 +275,8 @@ def _fits_amx(dag: ComputeDAG, ann: Annotation) -> bool:
     if ann.vector_axis != "j" or not {"j", "k"} <= set(tiles) or tiles["k"] != (groups,):
         return False
     i, j = tiles.get("i", (1, 1, 1)), tiles["j"]
-    least = [min(AMX_TILE_ROWS, dag.axis(a).extent) if a in tiles else 1 for a in ("i", "j")]
+    least = [min(tile, dag.axis(a).extent) if a in tiles else 1
+             for a, tile in (("i", AMX_TILE_ROWS), ("j", AMX_TILE_COLUMNS))]
     return (i[1] == 1 and j[1] == 1 and i[2] >= least[0] and j[2] >= least[1]
             and amx_tile_counts(i[2], j[2]) is not None)
 
