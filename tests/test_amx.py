@@ -124,6 +124,11 @@ def test_amx_code_is_tile_instructions():
     # configured in the kernel's entry, and again after its call asking for the tiles
     assert 1 <= asm.count("ldtilecfg") <= 2
     assert "vpdpbusd" not in asm
+    from tuner.codegen.pseudo import pseudo_code
+
+    text = pseudo_code(apply_steps(dag, steps), target.machine)
+    assert "amx tiles over k.1 in 0..16:" in text and "dot product (tdpbusd) over ki" in text
+    assert "vpdpbusd" not in text
 
 
 def test_the_amx_sketch_is_offered_only_where_the_cpu_has_amx():

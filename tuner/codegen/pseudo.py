@@ -44,10 +44,13 @@ def _local_pad_lines(nest: LoopNest, depth: int) -> list[str]:
 
 def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
     """The nest as indented loops; with the `machine` it runs on, an int8 kernel's dot
-    product names the instruction that sums it (Machine.int8_instruction)."""
+    product names the instruction that sums it (Machine.int8_instruction, or tdpbusd in
+    an AMX kernel, whose tile instruction sums the loops inside its amx loop)."""
     dag = nest.dag
     dot = "dot product over" if machine is None or dag.quant is None else \
         f"dot product ({machine.int8_instruction(dag.reduced_range, dag.centered)}) over"
+    if any(loop.kind == "amx" for loop in nest.loops):  # the tile instruction sums it all
+        dot = "dot product (tdpbusd) over"
     lines: list[str] = []
     for op in dag.inputs:
         if regroup_dim(nest, op) is not None:
@@ -79,7 +82,7 @@ def pseudo_code(nest: LoopNest, machine: Machine | None = None) -> str:
             if len(loop.parts) > 1 else str(loop.extent)
         keyword = {"serial": "for", "parallel": "parallel for", "unroll": "unroll",
                    "vectorize": "vectorize", "dot": dot,
-                   "amx": "amx tiles (tdpbusd) over"}[loop.kind]
+                   "amx": "amx tiles over"}[loop.kind]
         lines.append("  " * depth + f"{keyword} {loop.name} in 0..{detail}:")
         depth += 1
         lines += ["  " * depth + text for text in _local_pad_lines(nest, i + 1)]
