@@ -38,8 +38,8 @@ from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
-from tuner.codegen.irutil import (I8, I16, I64, PTR, VOID, Lin, elem_ptr, intrinsic, masked_load,
-                                  materialize)
+from tuner.codegen.irutil import (I8, I16, I64, PTR, VOID, Lin, carried_loop, elem_ptr, intrinsic,
+                                  masked_load, materialize)
 from tuner.errors import ScheduleError
 from tuner.ir.machine import AMX_GROUP_BYTES, AMX_TILE_BYTES, AMX_TILE_COLUMNS, AMX_TILE_ROWS
 
@@ -100,10 +100,6 @@ def request_permission(b: ir.IRBuilder) -> None:
         b.store(ir.Constant(I8, 1), flag)
 
 
-def _coefficients(expr) -> dict[str, int]:
-    return {axis: coef for axis, coef in expr.terms}
-
-
 def headroom(nest) -> int:
     """Elements of the local tile allocated before its first row: a last row tile shifted
     back by up to a tile's rows (`_starts`) stores its rows there."""
@@ -157,10 +153,10 @@ def emit_tile(em, fn, ctx) -> None:
     origin = replace(origin, vec=None, vec_rem=None)
 
     a_acc, b_acc, out = em.accesses[dag.lhs.name], em.accesses[dag.rhs.name], ctx.acc
-    a_terms = _coefficients(a_acc.flat)
-    if a_acc.guards or a_terms.get("k") != AMX_GROUP_BYTES or a_terms.get(dag.dot_axis) != 1:
+    if a_acc.guards or a_acc.flat.coef("k") != AMX_GROUP_BYTES or \
+            a_acc.flat.coef(dag.dot_axis) != 1:
         raise ScheduleError(f"amx: {dag.lhs.name!r} is not read as whole rows of dot groups")
-    a_row = a_terms.get("i", 0)
+    a_row = a_acc.flat.coef("i")
     strides = b_acc.strides
     col_key = (col_loop.parts[0].axis, col_loop.parts[0].level)
     if strides.get((dag.dot_axis, 0)) != 1 or strides.get(col_key) != AMX_GROUP_BYTES:
@@ -219,27 +215,11 @@ def emit_tile(em, fn, ctx) -> None:
             for _ in row_starts for _ in col_starts]
     if whole:
         # the accumulators are carried through the loop as SSA values: tile registers
-        before = b.block
-        body = b.function.append_basic_block("amx.k")
-        done = b.function.append_basic_block("amx.k.end")
-        b.branch(body)
-        b.position_at_end(body)
-        index = b.phi(I64, name="amx.k")
-        index.add_incoming(ir.Constant(I64, 0), before)
-        carried = []
-        for value in sums:
-            phi = b.phi(TILE)
-            phi.add_incoming(value, before)
-            carried.append(phi)
-        offset = b.mul(index, ir.Constant(I64, AMX_TILE_BYTES))
-        sums = block(carried, index, [(b.gep(p, [offset], source_etype=I8), a_row)
-                                      for p in a_rows])
-        following = b.add(index, ir.Constant(I64, 1))
-        index.add_incoming(following, b.block)
-        for phi, value in zip(carried, sums):
-            phi.add_incoming(value, b.block)
-        b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, whole)), body, done)
-        b.position_at_end(done)
+        def step(index: ir.Value, carried: list) -> list:
+            offset = b.mul(index, ir.Constant(I64, AMX_TILE_BYTES))
+            return block(carried, index, [(b.gep(p, [offset], source_etype=I8), a_row)
+                                          for p in a_rows])
+        sums = carried_loop(b, whole, sums, step, "amx.k")
     if tail:
         sums = block(sums, whole, [(_tail_copy(b, fn, p, whole, tail, tile_rows, a_row),
                                     AMX_TILE_BYTES) for p in a_rows])

@@ -10,6 +10,7 @@ pipeline suffices (tuner/codegen/emit.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from llvmlite import ir
 
@@ -100,6 +101,37 @@ def runtime_loop(b: ir.IRBuilder, start, stop, body, name: str = "l") -> None:
     phi.add_incoming(b.add(phi, ir.Constant(I64, 1)), b.block)
     b.branch(head)
     b.position_at_end(done)
+
+
+def carried_loop(b: ir.IRBuilder, trips: int, state: list[ir.Value],
+                 body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
+                 name: str = "carried") -> list[ir.Value]:
+    """for (i = 0; i < trips; ++i) state = body(i, state), the state in phis (vectors, or
+    AMX tiles, which live only in SSA values); the state after the last trip (trips >= 1)."""
+    if trips == 1:
+        return body(ir.Constant(I64, 0), state)
+    function, pre = b.function, b.block
+    head = function.append_basic_block(f"{name}.head")
+    loop = function.append_basic_block(f"{name}.body")
+    done = function.append_basic_block(f"{name}.end")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name=name)
+    i.add_incoming(ir.Constant(I64, 0), pre)
+    phis = []
+    for value in state:
+        phi = b.phi(value.type)
+        phi.add_incoming(value, pre)
+        phis.append(phi)
+    b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, trips)), loop, done)
+    b.position_at_end(loop)
+    after = body(i, phis)
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+    for phi, value in zip(phis, after):
+        phi.add_incoming(value, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return phis
 
 
 def vec_type(width: int, etype: ir.Type = F32) -> ir.VectorType:

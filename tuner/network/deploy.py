@@ -315,14 +315,14 @@ def _bind(spec: dict, node: Node, initializers: dict, library, weights_file: Pat
         if array.shape != shape:
             raise TunerError(f"'{weights_file}': '{source}' has shape {array.shape}, the "
                              f"kernel {spec['symbol']} takes {shape}")
-        array = aligned_copy(kernel_input(node.name, array, shape, dtype).reshape(shape))
+        array = kernel_input(node.name, array, shape, dtype).reshape(shape)
         if operand["packed"]:
             pack = _function(library, operand["packed"]["function"], [ctypes.c_void_p] * 2)
             dst = aligned_empty(tuple(int(d) for d in operand["packed"]["shape"]),
                                 operand["packed"].get("dtype", dtype))
             pack(dst.ctypes.data, array.ctypes.data)
             array = dst
-        arguments.append(array)
+        arguments.append(aligned_copy(array))  # a packed one already is
     function = _function(library, spec["symbol"], [ctypes.c_void_p] * (1 + len(operands)))
     kernel = _BoundKernel(function, arguments, input_shapes,
                           tuple(int(d) for d in spec["output_shape"]),

@@ -42,7 +42,8 @@ from typing import Callable
 
 from llvmlite import ir
 
-from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, elem_ptr, gomp_parallel, intrinsic,
+from tuner.codegen.irutil import (F32, I1, I32, I64, PTR, VOID, carried_loop, elem_ptr,
+                          gomp_parallel, intrinsic,
                           masked_store, outlined_function, runtime_loop, shared_pointers, splat,
                           static_block, vec_type)
 from tuner.ir.machine import Machine
@@ -220,43 +221,13 @@ def over_row(b: ir.IRBuilder, width: int, lanes: int, slots: int, init: State,
             return [v for s in range(slots) for v in step(
                 b.add(first, ir.Constant(I64, s * lanes)), lanes,
                 tuple(flat[s * size:(s + 1) * size]))]
-        flat = _carried_loop(b, groups, [v for s in states for v in s], group)
+        flat = carried_loop(b, groups, [v for s in states for v in s], group, "chunk")
         states = [tuple(flat[s * size:(s + 1) * size]) for s in range(slots)]
     for s in range(rest):
         states[s] = step(ir.Constant(I64, (groups * slots + s) * lanes), lanes, states[s])
     if tail:
         states[rest] = step(ir.Constant(I64, full * lanes), tail, states[rest])
     return states
-
-
-def _carried_loop(b: ir.IRBuilder, trips: int, state: list[ir.Value],
-                  body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]]) -> list[ir.Value]:
-    """for (i = 0; i < trips; ++i) state = body(i, state), the state in phis; the state
-    after the last trip (trips >= 1)."""
-    if trips == 1:
-        return body(ir.Constant(I64, 0), state)
-    function, pre = b.function, b.block
-    head = function.append_basic_block("chunk.head")
-    loop = function.append_basic_block("chunk.body")
-    done = function.append_basic_block("chunk.end")
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64, name="chunk")
-    i.add_incoming(ir.Constant(I64, 0), pre)
-    phis = []
-    for value in state:
-        phi = b.phi(value.type)
-        phi.add_incoming(value, pre)
-        phis.append(phi)
-    b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, trips)), loop, done)
-    b.position_at_end(loop)
-    after = body(i, phis)
-    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-    for phi, value in zip(phis, after):
-        phi.add_incoming(value, b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return phis
 
 
 def combine_lanes(b: ir.IRBuilder, vectors: list[ir.Value],
