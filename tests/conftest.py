@@ -61,6 +61,49 @@ def kernel_assembly(nest, target) -> str:
     return target_machine(target).emit_assembly(optimize(str(emit_llvm(nest, target)), target))
 
 
+def c_program_calls_int8_matmul(folder, name: str, shape: tuple[int, int, int], inputs,
+                                packed: bool) -> np.ndarray:
+    """The uint8 output of the library's int8 matmul `name` (bias, requantized to uint8), as
+    a C program of its own computes it in `folder`, which holds libtuner_kernels.so and its
+    header: the inputs read from files, the weight packed by the library's pack function
+    (`packed`) or copied as it is."""
+    import subprocess
+
+    m, n, k = shape
+    for label, arr in zip(("a", "b", "bias", "scale", "zp"), inputs):
+        arr.tofile(folder / f"{label}.bin")
+    pack = f"{name}_pack_b(b_packed, b);" if packed else f"memcpy(b_packed, b, {k * n});"
+    size = f"{name.upper()}_B_PACKED_BYTES" if packed else str(k * n)
+    (folder / "main.c").write_text(f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tuner_kernels.h"
+static void *load(const char *path, size_t bytes) {{
+    void *p = malloc(bytes); FILE *f = fopen(path, "rb");
+    if (!f || fread(p, 1, bytes, f) != bytes) exit(3);
+    fclose(f); return p;
+}}
+int main(void) {{
+    uint8_t *a = load("a.bin", {m} * {k});
+    int8_t *b = load("b.bin", {k} * {n});
+    int32_t *bias = load("bias.bin", 4 * {n});
+    float *scale = load("scale.bin", 4 * {n});
+    int32_t *zp = load("zp.bin", 8);
+    void *b_packed = malloc({size});
+    {pack}
+    static uint8_t out[{m} * {n}];
+    {name}(out, a, b_packed, bias, scale, zp);
+    FILE *f = fopen("out.bin", "wb"); fwrite(out, 1, sizeof out, f); fclose(f);
+    return 0;
+}}
+""")
+    subprocess.run(["cc", "-O2", "-std=c99", "-o", "main", "main.c", "-I.", "-L.",
+                    "-ltuner_kernels", "-Wl,-rpath,$ORIGIN"], cwd=folder, check=True)
+    subprocess.run(["./main"], cwd=folder, check=True, timeout=120)
+    return np.fromfile(folder / "out.bin", dtype=np.uint8).reshape(m, n)
+
+
 def assert_matches_reference(dag, out, inputs):
     rtol, atol = dag.tolerance()
     np.testing.assert_allclose(out, dag.reference(*inputs), rtol=rtol, atol=atol)

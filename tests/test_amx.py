@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from amx_model import modelled_amx_kernel
-from conftest import generated_target, kernel_assembly
+from conftest import c_program_calls_int8_matmul, generated_target, kernel_assembly
 from schedule_gen import random_int8_task
 from tuner.codegen.jit import CompiledKernel
 from tuner.errors import ScheduleError
@@ -266,38 +266,10 @@ def test_a_c_program_calls_an_amx_kernel_from_the_library(tmp_path):
     nest = apply_steps(dag, steps)
     lib = build_library([Choice(task, target, steps, True, "test", 1.0, target, nest)],
                         tmp_path)
-    name = c_name(task)
     a, b, bias, scale, zero_points = dag.random_inputs(np.random.default_rng(8))
-    for label, arr in (("a", a), ("b", b), ("bias", bias), ("scale", scale),
-                       ("zp", zero_points)):
-        arr.tofile(tmp_path / f"{label}.bin")
-    (tmp_path / "main.c").write_text(f"""
-#include <stdio.h>
-#include <stdlib.h>
-#include "{lib.header.name}"
-static void *load(const char *path, size_t bytes) {{
-    void *p = malloc(bytes); FILE *f = fopen(path, "rb");
-    if (!f || fread(p, 1, bytes, f) != bytes) exit(3);
-    fclose(f); return p;
-}}
-int main(void) {{
-    uint8_t *a = load("a.bin", 40 * 100);
-    int8_t *b = load("b.bin", 100 * 50);
-    int32_t *bias = load("bias.bin", 4 * 50);
-    float *scale = load("scale.bin", 4 * 50);
-    int32_t *zp = load("zp.bin", 8);
-    void *b_packed = malloc({name.upper()}_B_PACKED_BYTES);
-    {name}_pack_b(b_packed, b);
-    uint8_t out[40 * 50];
-    {name}(out, a, b_packed, bias, scale, zp);
-    FILE *f = fopen("out.bin", "wb"); fwrite(out, 1, sizeof out, f); fclose(f);
-    return 0;
-}}
-""")
-    subprocess.run(["cc", "-O2", "-std=c99", "-o", "main", "main.c", "-I.", "-L.",
-                    "-ltuner_kernels", "-Wl,-rpath,$ORIGIN"], cwd=tmp_path, check=True)
-    subprocess.run(["./main"], cwd=tmp_path, check=True, timeout=120)
-    out = np.fromfile(tmp_path / "out.bin", dtype=np.uint8).reshape(40, 50)
+    assert lib.header.name == "tuner_kernels.h"
+    out = c_program_calls_int8_matmul(tmp_path, c_name(task), (40, 50, 100),
+                                      (a, b, bias, scale, zero_points), packed=True)
     np.testing.assert_array_equal(out, dag.reference(a, b, bias, scale, zero_points))
 
 

@@ -2,7 +2,6 @@
 replay with `tuner.build`, the C library and header, and the errors of bad input."""
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from tuner.cli import main
 from tuner.errors import ShapeError, TunerError
 from tuner.ir.target import host_target
 from tuner.ir.task import Task
+from conftest import c_program_calls_int8_matmul
 from tuner.replay.aot import build_library, c_name, task_from_spec
 
 MATMUL = Task.create("matmul", (12, 24, 30), "int8", bias=True, out_type=1)
@@ -102,39 +102,8 @@ def test_a_c_program_calls_the_int8_library(task, tuned_db, tmp_path):
     packed = f"{name.upper()}_B_PACKED_ELEMENTS"
     dag = task.dag()
     a, b, bias, scale, zero_points = dag.random_inputs(np.random.default_rng(5))
-    for label, arr in (("a", a), ("b", b), ("bias", bias), ("scale", scale),
-                       ("zp", zero_points)):
-        arr.tofile(tmp_path / f"{label}.bin")
-    pack = f"{name}_pack_b(b_packed, b);" if packed in header else "memcpy(b_packed, b, 720);"
-    size = f"{name.upper()}_B_PACKED_BYTES" if packed in header else "720"
-    (tmp_path / "main.c").write_text(f"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include "tuner_kernels.h"
-static void *load(const char *path, size_t bytes) {{
-    void *p = malloc(bytes); FILE *f = fopen(path, "rb");
-    if (!f || fread(p, 1, bytes, f) != bytes) exit(3);
-    fclose(f); return p;
-}}
-int main(void) {{
-    uint8_t *a = load("a.bin", 12 * 30);
-    int8_t *b = load("b.bin", 30 * 24);
-    int32_t *bias = load("bias.bin", 4 * 24);
-    float *scale = load("scale.bin", 4 * 24);
-    int32_t *zp = load("zp.bin", 8);
-    void *b_packed = malloc({size});
-    {pack}
-    uint8_t out[12 * 24];
-    {name}(out, a, b_packed, bias, scale, zp);
-    FILE *f = fopen("out.bin", "wb"); fwrite(out, 1, sizeof out, f); fclose(f);
-    return 0;
-}}
-""")
-    subprocess.run(["cc", "-O2", "-std=c99", "-o", "main", "main.c", "-I.", "-L.",
-                    "-ltuner_kernels", "-Wl,-rpath,$ORIGIN"], cwd=tmp_path, check=True)
-    subprocess.run(["./main"], cwd=tmp_path, check=True)
-    out = np.fromfile(tmp_path / "out.bin", dtype=np.uint8).reshape(12, 24)
+    out = c_program_calls_int8_matmul(tmp_path, name, (12, 24, 30),
+                                      (a, b, bias, scale, zero_points), packed in header)
     np.testing.assert_array_equal(out, dag.reference(a, b, bias, scale, zero_points))
 
 
